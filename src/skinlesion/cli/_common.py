@@ -1,0 +1,25 @@
+"""Helpers shared by the CLI commands: turn user-facing errors into one red line and exit 1."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+from skinlesion.classes import UnknownLabelError
+from skinlesion.errors import SkinLesionError
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print known user errors without a traceback and exit with status 1."""
+    try:
+        yield
+    except (SkinLesionError, UnknownLabelError, FileNotFoundError) as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        raise typer.Exit(code=1) from None

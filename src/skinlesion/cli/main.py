@@ -1,0 +1,45 @@
+"""The ``skinlesion`` command: sub-apps composed in one place."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from skinlesion import __version__
+from skinlesion.cli.data import data_app
+from skinlesion.cli.demo import demo_command
+from skinlesion.cli.evaluate import evaluate_command
+from skinlesion.cli.models import models_app
+from skinlesion.cli.train import train_command
+
+app = typer.Typer(
+    name="skinlesion",
+    help="Dermoscopic skin-lesion classification for clinical decision support (research use, not a diagnosis).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.command("demo")(demo_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,145 @@
+"""Evaluate a checkpoint on a split of its own manifest: metrics.json, predictions.csv, report.html."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import skinlesion
+from skinlesion.data.splits import apply_manifest, read_manifest
+from skinlesion.errors import CheckpointError, DataError
+from skinlesion.inference import predict_table
+from skinlesion.metrics.bootstrap import bootstrap_ci, standard_metric_fns
+from skinlesion.metrics.calibration import (
+    brier_score,
+    expected_calibration_error,
+    negative_log_likelihood,
+    reliability_curve,
+)
+from skinlesion.metrics.classification import compute_classification_metrics
+from skinlesion.metrics.isic import write_ground_truth, write_submission
+from skinlesion.report.html import write_evaluation_report
+from skinlesion.train.checkpoint import load_checkpoint
+from skinlesion.train.config import DataConfig
+from skinlesion.train.data import load_table
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+def _data_config(meta: dict[str, Any], data_root: str | None) -> DataConfig:
+    raw = dict(meta.get("config", {}).get("data", {}))
+    if data_root:
+        raw["root"] = data_root
+    elif raw.get("format") == "synthetic" or not raw.get("root"):
+        raw["root"] = meta["data"].get("root")
+    return DataConfig.model_validate(raw)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    data_root: str | None = None,
+    manifest: str | Path | None = None,
+    n_boot: int = 1000,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Predict ``split`` of the checkpoint's lesion-disjoint manifest and write the evaluation files.
+
+    The manifest must be the one the model was trained with (its hash is checked against the
+    checkpoint) unless another is given explicitly, which is then recorded in the output.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"The 'split' parameter must be one of {SPLITS}. Got {split!r} instead.")
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt.meta
+    out = Path(out_dir) if out_dir else ckpt.path.parent / f"eval-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    manifest_path = Path(manifest) if manifest else (ckpt.path / meta["data"]["manifest"]).resolve()
+    if not manifest_path.is_file():
+        raise CheckpointError(f"Split manifest {manifest_path} (recorded in {ckpt.path}/checkpoint.json) is missing")
+    man, info = read_manifest(manifest_path)
+    expected = meta["data"].get("split_hash")
+    same_split = info.get("sha256") == expected
+    if not same_split and not manifest:
+        raise CheckpointError(
+            f"Manifest {manifest_path} has hash {info.get('sha256')} but the checkpoint was trained on {expected}"
+        )
+    table = load_table(_data_config(meta, data_root), ckpt.path.parent)
+    if tuple(table.classes) != ckpt.classes:
+        # The model's class order is authoritative; labels are re-indexed onto it.
+        missing = sorted(set(table.classes) - set(ckpt.classes))
+        if missing:
+            raise DataError(f"Dataset has classes {missing} that the checkpoint does not know ({list(ckpt.classes)})")
+        table.classes = ckpt.classes
+    subset = apply_manifest(table, man).get(split)
+    if subset is None or len(subset) == 0:
+        raise DataError(f"Split {split!r} of {manifest_path} is empty")
+
+    probs = predict_table(ckpt.model, subset, ckpt.preprocessing, batch_size=batch_size, num_workers=num_workers)
+    y = subset.labels()
+    classes = list(ckpt.classes)
+    metrics = compute_classification_metrics(y, probs, classes)
+    groups = subset.frame[subset.group_key].astype(str).to_numpy()
+    intervals = bootstrap_ci(y, probs, groups, standard_metric_fns(classes), n_boot=n_boot, seed=seed)
+    calibration = {
+        "ece": expected_calibration_error(y, probs),
+        "nll": negative_log_likelihood(y, probs),
+        "brier": brier_score(y, probs),
+        "reliability": reliability_curve(y, probs),
+    }
+    ids = subset.frame["image_id"].astype(str).tolist()
+    write_submission(out / "predictions.csv", ids, probs, classes)
+    write_ground_truth(out / "ground_truth.csv", ids, y, classes)
+    provenance = {
+        "checkpoint": str(ckpt.path),
+        "backbone": meta["backbone"],
+        "weights_sha256": meta.get("weights_sha256"),
+        "split": split,
+        "manifest": str(manifest_path),
+        "split_hash": info.get("sha256"),
+        "same_split_as_training": same_split,
+        "grouped_by_lesion": bool(info.get("grouped_by_lesion", subset.group_key != "image_id")),
+        "dataset": meta["data"].get("source"),
+        "n_images": int(len(subset)),
+        "n_groups": int(len(set(groups))),
+        "skinlesion_version": skinlesion.__version__,
+        "trained_with": meta.get("versions", {}).get("skinlesion"),
+        "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bootstrap": {"n_boot": n_boot, "resampled_by": subset.group_key, "alpha": 0.05},
+    }
+    result = {"metrics": metrics, "intervals": intervals, "calibration": calibration, "provenance": provenance}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    notes = [] if provenance["grouped_by_lesion"] else ["No lesion ids: split and bootstrap are by image; scores may be optimistic."]
+    write_evaluation_report(
+        out / "report.html",
+        title=f"skinlesion evaluation: {meta['backbone']} on {split}",
+        metrics={**metrics, "ece": calibration["ece"], "nll": calibration["nll"]},
+        intervals=intervals,
+        y_true=y,
+        probs=probs,
+        classes=classes,
+        provenance=provenance,
+        notes=notes,
+    )
+    log.info("Evaluation of %s on %s written to %s", ckpt.path, split, out)
+    return {**result, "out_dir": str(out)}
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        v = o.item()
+        return None if isinstance(v, float) and not np.isfinite(v) else v
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

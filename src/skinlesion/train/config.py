@@ -1,0 +1,183 @@
+"""Training configuration: YAML presets validated by pydantic (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from skinlesion.errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Strict):
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    seed: int = 42
+
+
+class DataConfig(_Strict):
+    format: Literal["ham10000", "isic2018", "isic2019", "dermamnist", "folder", "synthetic"] = "ham10000"
+    root: str | None = Field(None, description="Dataset folder (ham10000, folder, synthetic output) or npz file.")
+    ground_truth: str | None = Field(None, description="ISIC ground-truth CSV (isic2018/isic2019).")
+    images: str | None = Field(None, description="ISIC image folder (isic2018/isic2019).")
+    metadata: str | None = Field(None, description="Metadata CSV carrying lesion_id (isic2018/isic2019).")
+    manifest: str | None = Field(None, description="Split manifest CSV; null = split here and save it.")
+    split: SplitConfig = SplitConfig()
+    skip_bad: bool = Field(False, description="Leave out bad rows (listed in the run folder) instead of failing.")
+    max_train_images: int | None = Field(None, gt=0, description="Stratified subsample of the train split.")
+    synthetic_lesions_per_class: int = Field(60, gt=0)
+    synthetic_seed: int = 0
+    num_workers: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> DataConfig:
+        if self.split.val_fraction + self.split.test_fraction >= 1.0:
+            raise ValueError(
+                "data.split.val_fraction + data.split.test_fraction must be < 1; "
+                f"got {self.split.val_fraction} + {self.split.test_fraction}"
+            )
+        if self.format in ("isic2018", "isic2019") and not (self.ground_truth and self.images):
+            raise ValueError(f"data.format={self.format!r} needs data.ground_truth and data.images")
+        if self.format in ("ham10000", "folder", "dermamnist") and not self.root:
+            raise ValueError(f"data.format={self.format!r} needs data.root")
+        return self
+
+
+class ModelConfig(_Strict):
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: str = Field("auto", description="none | auto | hub | lite-pip | file:PATH")
+    input_size: tuple[int, int] | None = Field(None, description="(H, W); null = the backbone's default.")
+    drop_rate: float | None = Field(None, ge=0.0, lt=1.0)
+    drop_path_rate: float | None = Field(None, ge=0.0, lt=1.0)
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] < 16 or v[1] < 16):
+            raise ValueError(f"model.input_size must be at least 16x16 (H, W); got {v}")
+        return v
+
+
+class AugmentConfig(_Strict):
+    level: Literal["none", "light", "medium", "strong"] = "medium"
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr_factor: float = Field(1.0, gt=0, le=1.0, description="Backbone LR = lr * factor (head gets lr).")
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    loss: Literal["ce", "weighted_ce", "focal"] = "weighted_ce"
+    focal_gamma: float = Field(2.0, ge=0)
+    class_weight_power: float = Field(0.5, ge=0, le=1, description="Class weight = (1/freq)^power.")
+    sampler: Literal["none", "weighted"] = "none"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping_patience: int | None = Field(5, gt=0)
+    max_time_minutes: float | None = Field(None, gt=0)
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    gradient_clip_val: float | None = Field(None, gt=0)
+    accumulate_grad_batches: int = Field(1, gt=0)
+
+
+class TrainerConfig(_Strict):
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = Field(1, gt=0)
+    strategy: str = "auto"
+    precision: str = Field("32-true", description="'16-mixed'/'bf16-mixed' for AMP on GPU")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads; null = leave as is")
+
+
+class TrainConfig(_Strict):
+    name: str = "run"
+    seed: int = 42
+    output_dir: str = "runs"
+    data: DataConfig = DataConfig(root=None, format="synthetic")
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled YAML presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _resolve(path_or_preset: str | Path) -> Path:
+    p = Path(path_or_preset)
+    if p.is_file():
+        return p
+    preset = PRESET_DIR / f"{path_or_preset}.yaml"
+    if preset.is_file():
+        return preset
+    raise ConfigError(f"Config {str(path_or_preset)!r} is neither a file nor a preset; presets: {list_presets()}")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"Override {dotted!r}: {k!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["train.epochs=3", "model.input_size=[96,128]"]`` -> dotted keys with YAML-parsed values."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"Override {item!r} must look like section.key=value (e.g. train.epochs=3)")
+        out.append((key.strip(), yaml.safe_load(raw)))
+    return out
+
+
+def load_config(path_or_preset: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML file or preset name, apply ``section.key=value`` overrides, validate.
+
+    Relative data paths in a file are resolved against the current directory (presets are written
+    relative to the repository root, as `make` runs them).
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path_or_preset is not None:
+        path = _resolve(path_or_preset)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        tree = loaded
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}" + (f" (got {err.get('input')!r})" if err["type"] != "missing" else ""))
+        raise ConfigError(f"Invalid config ({source}):\n" + "\n".join(lines)) from None
+
+
+def dump_config(cfg: TrainConfig) -> dict[str, Any]:
+    """JSON/YAML-serialisable dict of the config."""
+    return cfg.model_dump(mode="json")

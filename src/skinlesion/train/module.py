@@ -1,0 +1,117 @@
+"""LightningModule: a timm backbone trained with AdamW, linear warm-up and cosine decay.
+
+The same code runs on one CPU, one GPU or many (DDP through Lightning's strategies); validation
+predictions are gathered across processes and de-duplicated by row before BACC is computed, so the
+score does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from skinlesion.metrics.classification import balanced_accuracy
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine decay to ``min_ratio`` (Loshchilov & Hutter 2017)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LesionClassifier(L.LightningModule):
+    """Classifier over ``classes`` with a given backbone and loss."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float,
+        backbone_lr_factor: float,
+        warmup_epochs: float,
+        min_lr_ratio: float,
+        n_classes: int,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.backbone_lr_factor = backbone_lr_factor
+        self.warmup_epochs = warmup_epochs
+        self.min_lr_ratio = min_lr_ratio
+        self.n_classes = n_classes
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        logits = self(x)
+        loss = self.loss_fn(logits, y)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y, rows = batch
+        logits = self(x)
+        self._val.append((logits.detach().float(), y, rows))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        logits = torch.cat([v[0] for v in self._val])
+        y = torch.cat([v[1] for v in self._val])
+        rows = torch.cat([v[2] for v in self._val])
+        self._val.clear()
+        if self.trainer.world_size > 1:
+            logits = self.all_gather(logits).reshape(-1, logits.shape[-1])
+            y = self.all_gather(y).reshape(-1)
+            rows = self.all_gather(rows).reshape(-1)
+        # DistributedSampler pads by repeating rows: keep each row once.
+        _, first = np.unique(rows.cpu().numpy(), return_index=True)
+        logits, y = logits[first], y[first]
+        val_loss = nn.functional.cross_entropy(logits, y).item()
+        bacc = balanced_accuracy(y.cpu().numpy(), logits.argmax(1).cpu().numpy(), n_classes=self.n_classes)
+        # Values are identical on every rank after the gather; no further sync needed.
+        self.log("val_loss", val_loss, prog_bar=False, rank_zero_only=False)
+        self.log("val_bacc", float(bacc), prog_bar=True, rank_zero_only=False)
+
+    def configure_optimizers(self):  # type: ignore[override]
+        head = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
+        head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+        decay, no_decay, head_params = [], [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if id(p) in head_ids:
+                head_params.append(p)
+            elif p.ndim <= 1 or name.endswith(".bias"):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        blr = self.lr * self.backbone_lr_factor
+        groups = [
+            {"params": decay, "lr": blr, "weight_decay": self.weight_decay},
+            {"params": no_decay, "lr": blr, "weight_decay": 0.0},
+            {"params": head_params, "lr": self.lr, "weight_decay": self.weight_decay},
+        ]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]])
+        total = int(self.trainer.estimated_stepping_batches)
+        max_epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = int(round(total * self.warmup_epochs / max_epochs))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda s: warmup_cosine(s, warmup_steps=warmup, total_steps=total, min_ratio=self.min_lr_ratio),
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

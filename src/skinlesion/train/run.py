@@ -1,0 +1,248 @@
+"""Training entry point: one backbone per run, one folder per run, resumable, DDP-ready."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+import skinlesion
+from skinlesion.data.loader import LesionDataset
+from skinlesion.data.transforms import eval_transform, train_transform
+from skinlesion.errors import ConfigError
+from skinlesion.inference import predict_table
+from skinlesion.metrics.classification import compute_classification_metrics
+from skinlesion.models.registry import create_backbone, data_config
+from skinlesion.train.checkpoint import save_checkpoint
+from skinlesion.train.config import TrainConfig, dump_config
+from skinlesion.train.data import PreparedData, is_worker_process, prepare_data
+from skinlesion.train.losses import build_loss
+from skinlesion.train.module import LesionClassifier
+from skinlesion.train.sampling import balanced_sampler, stratified_subsample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint_dir: Path | None  # None on DDP worker processes
+    val_metrics: dict[str, Any]
+    wall_time_s: float
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+    import timm
+
+    return {
+        "skinlesion": skinlesion.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "lightning": lightning.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def _progress_bar():
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    return RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=20)
+
+
+def _loaders(cfg: TrainConfig, data: PreparedData, pre: dict[str, Any]) -> tuple[DataLoader, DataLoader | None, np.ndarray]:
+    train_table = data.splits["train"]
+    labels = train_table.labels()
+    if cfg.data.max_train_images:
+        keep = stratified_subsample(labels, cfg.data.max_train_images, seed=cfg.seed)
+        train_table = train_table.subset(train_table.frame["image_id"].to_numpy()[keep])
+        labels = train_table.labels()
+    tf_train = train_transform(pre["input_size"], pre["mean"], pre["std"], cfg.augment.level, pre["interpolation"])
+    tf_eval = eval_transform(pre["input_size"], pre["mean"], pre["std"], pre["interpolation"])
+    nw = cfg.data.num_workers
+    common = {"batch_size": cfg.train.batch_size, "num_workers": nw, "persistent_workers": nw > 0}
+    if cfg.train.sampler == "weighted":
+        sampler = balanced_sampler(labels, power=cfg.train.class_weight_power, seed=cfg.seed)
+        train = DataLoader(LesionDataset(train_table, tf_train), sampler=sampler, drop_last=True, **common)
+    else:
+        train = DataLoader(LesionDataset(train_table, tf_train), shuffle=True, drop_last=True, **common)
+    val_table = data.splits.get("val")
+    val = DataLoader(LesionDataset(val_table, tf_eval), shuffle=False, **common) if val_table is not None and len(val_table) else None
+    return train, val, labels
+
+
+def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
+    """Train one backbone. Writes ``run_dir/checkpoint`` (weights + JSON), ``config.yaml``, the split
+    manifest, per-epoch metrics (``metrics.csv``) and Lightning state for ``resume``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    t0 = time.time()
+    # Deterministic from the arguments: DDP children re-run the same command and must find the same folder.
+    run_dir = Path(run_dir or Path(cfg.output_dir) / cfg.name)
+    worker = is_worker_process()
+    state_dir = run_dir / "lightning"
+    last = state_dir / "last.ckpt"
+    if not worker:
+        if (run_dir / "checkpoint" / "checkpoint.json").exists() and not resume:
+            raise ConfigError(f"{run_dir} already holds a finished run; choose another --out or pass --resume")
+        if state_dir.exists() and not resume and last.exists():
+            raise ConfigError(f"{run_dir} holds an interrupted run; pass --resume to continue it or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    data = prepare_data(cfg.data, run_dir)
+    classes = data.classes
+    dc = data_config(cfg.model.backbone, tuple(cfg.model.input_size) if cfg.model.input_size else None)
+    pre = {
+        "input_size": list(dc["input_size"]),
+        "mean": list(dc["mean"]),
+        "std": list(dc["std"]),
+        "interpolation": dc["interpolation"],
+        "resize": "whole image, no crop",
+    }
+    train_loader, val_loader, train_labels = _loaders(cfg, data, pre)
+    model = create_backbone(
+        cfg.model.backbone,
+        num_classes=len(classes),
+        pretrained=cfg.model.pretrained,
+        drop_rate=cfg.model.drop_rate,
+        drop_path_rate=cfg.model.drop_path_rate,
+    )
+    loss = build_loss(
+        cfg.train.loss,
+        train_labels,
+        len(classes),
+        power=cfg.train.class_weight_power,
+        gamma=cfg.train.focal_gamma,
+        label_smoothing=cfg.train.label_smoothing,
+    )
+    module = LesionClassifier(
+        model,
+        loss,
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        backbone_lr_factor=cfg.train.backbone_lr_factor,
+        warmup_epochs=cfg.train.warmup_epochs,
+        min_lr_ratio=cfg.train.min_lr_ratio,
+        n_classes=len(classes),
+    )
+    monitor = val_loader is not None
+    ckpt_cb = ModelCheckpoint(
+        dirpath=state_dir,
+        filename="best",
+        monitor="val_bacc" if monitor else None,
+        mode="max",
+        save_last=True,
+        save_top_k=1,
+    )
+    callbacks: list[Any] = [ckpt_cb, _progress_bar()]
+    if monitor and cfg.train.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val_bacc", mode="max", patience=cfg.train.early_stopping_patience))
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy,
+        precision=cfg.trainer.precision,
+        max_epochs=cfg.train.epochs,
+        max_time={"minutes": cfg.train.max_time_minutes} if cfg.train.max_time_minutes else None,
+        limit_train_batches=cfg.train.limit_train_batches,
+        limit_val_batches=cfg.train.limit_val_batches,
+        gradient_clip_val=cfg.train.gradient_clip_val,
+        accumulate_grad_batches=cfg.train.accumulate_grad_batches,
+        callbacks=callbacks,
+        logger=CSVLogger(str(run_dir), name="logs", version=""),
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+    )
+    if resume and not last.exists():
+        log.warning("--resume: no %s yet, starting from scratch", last)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
+    if not trainer.is_global_zero:
+        return TrainResult(run_dir, None, {}, time.time() - t0)
+
+    best = ckpt_cb.best_model_path
+    if best and Path(best).is_file():
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    model = module.model.cpu().eval()
+    val_metrics: dict[str, Any] = {}
+    if "val" in data.splits and len(data.splits["val"]):
+        val_table = data.splits["val"]
+        probs = predict_table(model, val_table, pre, batch_size=cfg.train.batch_size * 2, device="cpu")
+        val_metrics = compute_classification_metrics(val_table.labels(), probs, classes)
+    wall = time.time() - t0
+    meta = {
+        "classes": list(classes),
+        "backbone": cfg.model.backbone,
+        "model": {"drop_rate": cfg.model.drop_rate, "drop_path_rate": cfg.model.drop_path_rate, "pretrained": cfg.model.pretrained},
+        "preprocessing": pre,
+        "config": dump_config(cfg),
+        "data": {
+            "source": data.source,
+            "format": cfg.data.format,
+            "root": str(Path(cfg.data.root).resolve()) if cfg.data.root else None,
+            "manifest": os.path.relpath(data.manifest_path, run_dir / "checkpoint"),
+            "split_hash": data.manifest_info.get("sha256"),
+            "group_key": data.group_key,
+            "grouped_by_lesion": data.group_key != "image_id",
+            "n_train": len(train_labels),
+            "n_val": len(data.splits.get("val", [])),
+            "n_test": len(data.splits.get("test", [])),
+            "n_skipped": data.n_skipped,
+        },
+        "validation": val_metrics,
+        "training": {
+            "seed": cfg.seed,
+            "epochs_completed": trainer.current_epoch,
+            "best_epoch_path": os.path.basename(best) if best else None,
+            "best_val_bacc": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
+            "stopped_early": any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in callbacks),
+            "wall_time_s": round(wall, 1),
+            "devices": trainer.num_devices,
+            "strategy": type(trainer.strategy).__name__,
+        },
+        "versions": _versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    ckpt_dir = save_checkpoint(run_dir / "checkpoint", model, meta)
+    log.info("Checkpoint written to %s (val BACC %s)", ckpt_dir, val_metrics.get("bacc"))
+    return TrainResult(run_dir, ckpt_dir, val_metrics, wall)
+
+
+def train_seeds(cfg: TrainConfig, seeds: list[int], *, run_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train once per seed (``run_dir/seed-<s>``) and summarise validation metrics as mean ± std."""
+    base = Path(run_dir or Path(cfg.output_dir) / cfg.name)
+    runs = []
+    for s in seeds:
+        c = cfg.model_copy(deep=True)
+        c.seed = s
+        res = train(c, run_dir=base / f"seed-{s}", resume=resume)
+        runs.append({"seed": s, "checkpoint": str(res.checkpoint_dir), "val": res.val_metrics})
+    summary: dict[str, Any] = {"seeds": seeds, "runs": runs}
+    for key in ("bacc", "malignant_bacc", "accuracy", "f1_macro", "auc_macro"):
+        vals = [r["val"].get(key) for r in runs if r["val"].get(key) is not None]
+        if vals:
+            summary[f"val_{key}_mean"] = float(np.mean(vals))
+            summary[f"val_{key}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    if not is_worker_process():
+        (base / "seeds_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
