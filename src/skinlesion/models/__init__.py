@@ -1,0 +1,26 @@
+"""CNN backbones (timm) with their preprocessing, Grad-CAM layers, dropout and offline weights."""
+
+from skinlesion.models.pretrained import LITE_PIP_PACKAGES, load_pretrained
+from skinlesion.models.registry import (
+    BackboneSpec,
+    DropoutSpec,
+    create_backbone,
+    data_config,
+    get_spec,
+    get_target_layer,
+    list_backbones,
+    stochastic_modules,
+)
+
+__all__ = [
+    "LITE_PIP_PACKAGES",
+    "BackboneSpec",
+    "DropoutSpec",
+    "create_backbone",
+    "data_config",
+    "get_spec",
+    "get_target_layer",
+    "list_backbones",
+    "load_pretrained",
+    "stochastic_modules",
+]

@@ -1,0 +1,169 @@
+"""End to end on synthetic lesions with a tiny backbone: train -> checkpoint -> evaluate, resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from skinlesion.cli.main import app
+from skinlesion.errors import CheckpointError, ConfigError
+from skinlesion.evaluation import evaluate_checkpoint
+from skinlesion.inference import predict_table
+from skinlesion.train.checkpoint import load_checkpoint, read_checkpoint_meta
+from skinlesion.train.config import load_config
+from skinlesion.train.run import train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    res = train(load_config("tiny"), run_dir=run_dir)
+    assert res.checkpoint_dir == run_dir / "checkpoint"
+    return run_dir
+
+
+def test_checkpoint_is_weights_plus_complete_metadata(tiny_run: Path) -> None:
+    ck = tiny_run / "checkpoint"
+    assert (ck / "weights.safetensors").stat().st_size > 10_000
+    meta = json.loads((ck / "checkpoint.json").read_text())
+    assert meta["backbone"] == "test_efficientnet"
+    assert meta["classes"] == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert meta["preprocessing"]["input_size"] == [48, 64]
+    assert len(meta["preprocessing"]["mean"]) == 3
+    sidecar = json.loads((tiny_run / "split_manifest.json").read_text())
+    assert meta["data"]["split_hash"] == sidecar["sha256"]
+    assert meta["data"]["grouped_by_lesion"] is True
+    assert 0.0 <= meta["validation"]["bacc"] <= 1.0
+    assert meta["config"]["train"]["epochs"] == 1
+    assert meta["versions"]["torch"]
+    assert (tiny_run / "config.yaml").is_file()
+
+
+def test_loaded_checkpoint_reproduces_validation_metrics(tiny_run: Path) -> None:
+    from skinlesion.metrics.classification import compute_classification_metrics
+    from skinlesion.train.data import prepare_data
+
+    ck = load_checkpoint(tiny_run)
+    cfg = load_config("tiny")
+    data = prepare_data(cfg.data, tiny_run)
+    probs = predict_table(ck.model, data.splits["val"], ck.preprocessing)
+    m = compute_classification_metrics(data.splits["val"].labels(), probs, ck.classes)
+    assert m["bacc"] == pytest.approx(ck.meta["validation"]["bacc"], abs=1e-9)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_evaluate_writes_isic_predictions_metrics_and_report(tiny_run: Path, tmp_path: Path) -> None:
+    res = evaluate_checkpoint(tiny_run, split="test", out_dir=tmp_path / "ev", n_boot=50)
+    out = tmp_path / "ev"
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert len(rows) - 1 == res["provenance"]["n_images"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"metrics", "intervals", "calibration", "provenance"}
+    assert metrics["provenance"]["same_split_as_training"] is True
+    assert metrics["provenance"]["bootstrap"]["resampled_by"] == "lesion_id"
+    iv = metrics["intervals"]["bacc"]
+    assert iv["low"] <= metrics["metrics"]["bacc"] <= iv["high"]
+    assert "not a diagnosis" in (out / "report.html").read_text().lower()
+
+
+def test_evaluate_rejects_a_manifest_edited_after_training(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    man = copy / "split_manifest.csv"
+    lines = man.read_text().splitlines()
+    lines[1] = lines[1].replace(",test", ",train").replace(",val", ",train")
+    man.write_text("\n".join(lines) + "\n")
+    with pytest.raises(Exception, match="(?i)hash|edited|changed"):
+        evaluate_checkpoint(copy, split="test", out_dir=tmp_path / "ev", n_boot=10)
+
+
+def test_finished_run_is_not_overwritten(tiny_run: Path) -> None:
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        train(load_config("tiny"), run_dir=tiny_run)
+
+
+def test_resume_continues_from_last_state(tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    train(load_config("tiny"), run_dir=run_dir)
+    res = train(load_config("tiny", ["train.epochs=2"]), run_dir=run_dir, resume=True)
+    meta = read_checkpoint_meta(res.checkpoint_dir)
+    assert meta["training"]["epochs_completed"] == 2
+    assert meta["config"]["train"]["epochs"] == 2
+
+
+def test_checkpoint_errors_name_the_problem(tiny_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a skinlesion checkpoint"):
+        load_checkpoint(tmp_path / "empty")
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_run / "checkpoint", bad)
+    meta = json.loads((bad / "checkpoint.json").read_text())
+    del meta["classes"]
+    (bad / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"missing field\(s\) \['classes'\]"):
+        load_checkpoint(bad)
+    shutil.rmtree(bad)
+    shutil.copytree(tiny_run / "checkpoint", bad)
+    with open(bad / "weights.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        load_checkpoint(bad)
+
+
+def test_cli_train_seeds_reports_mean_and_std(tmp_path: Path) -> None:
+    out = tmp_path / "seeds"
+    r = runner.invoke(app, ["train", "-c", "tiny", "--seeds", "1,2", "--out", str(out), "--set", "train.limit_train_batches=2"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "seeds_summary.json").read_text())
+    assert summary["seeds"] == [1, 2]
+    assert {"val_bacc_mean", "val_bacc_std"} <= set(summary)
+    assert (out / "seed-1" / "checkpoint" / "checkpoint.json").is_file()
+    assert "±" in r.output
+
+
+def test_cli_errors_are_one_line_not_tracebacks(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["train", "-c", "tiny", "--set", "train.epochz=1", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1
+    assert "train.epochz" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "missing")])
+    assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def test_cli_evaluate(tiny_run: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["evaluate", str(tiny_run), "--split", "val", "--out", str(tmp_path / "e"), "--n-boot", "20"])
+    assert r.exit_code == 0, r.output
+    assert "BACC" in r.output and (tmp_path / "e" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_gloo(tmp_path: Path) -> None:
+    """A real 2-process DDP run on the CPU (gloo backend), launched the way users launch it."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "skinlesion", "train", "-c", "tiny", "--devices", "2", "--strategy", "ddp",
+           "--accelerator", "cpu", "--out", str(out), "--set", "train.limit_train_batches=3"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    meta = json.loads((out / "checkpoint" / "checkpoint.json").read_text())
+    assert meta["training"]["devices"] == 2
+    assert meta["training"]["strategy"] == "DDPStrategy"
+    assert 0.0 <= meta["validation"]["bacc"] <= 1.0
