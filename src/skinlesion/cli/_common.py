@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from skinlesion.classes import UnknownLabelError
 from skinlesion.errors import SkinLesionError
@@ -20,6 +21,7 @@ def user_errors() -> Iterator[None]:
     """Print known user errors without a traceback and exit with status 1."""
     try:
         yield
-    except (SkinLesionError, UnknownLabelError, FileNotFoundError) as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+    except (SkinLesionError, UnknownLabelError, FileNotFoundError, ValueError) as e:
+        # ValueError covers parameter checks (unknown backbone, bad split name...), worded for users.
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
