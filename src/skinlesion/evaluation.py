@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 import skinlesion
-from skinlesion.data.splits import apply_manifest, read_manifest
+from skinlesion.data.splits import apply_manifest, group_ids, read_manifest
 from skinlesion.errors import CheckpointError, DataError
 from skinlesion.inference import predict_table
 from skinlesion.metrics.bootstrap import bootstrap_ci, standard_metric_fns
@@ -70,10 +70,12 @@ def evaluate_checkpoint(
         raise CheckpointError(f"Split manifest {manifest_path} (recorded in {ckpt.path}/checkpoint.json) is missing")
     man, info = read_manifest(manifest_path)
     expected = meta["data"].get("split_hash")
-    same_split = info.get("sha256") == expected
+    if not expected:
+        raise CheckpointError(f"{ckpt.path}/checkpoint.json records no split hash: cannot verify the split")
+    same_split = info["hash"] == expected
     if not same_split and not manifest:
         raise CheckpointError(
-            f"Manifest {manifest_path} has hash {info.get('sha256')} but the checkpoint was trained on {expected}"
+            f"Manifest {manifest_path} has hash {info['hash']} but the checkpoint was trained on {expected}"
         )
     table = load_table(_data_config(meta, data_root), ckpt.path.parent)
     if tuple(table.classes) != ckpt.classes:
@@ -90,7 +92,7 @@ def evaluate_checkpoint(
     y = subset.labels()
     classes = list(ckpt.classes)
     metrics = compute_classification_metrics(y, probs, classes)
-    groups = subset.frame[subset.group_key].astype(str).to_numpy()
+    groups = group_ids(subset).to_numpy()  # a missing lesion id makes the image its own group
     intervals = bootstrap_ci(y, probs, groups, standard_metric_fns(classes), n_boot=n_boot, seed=seed)
     calibration = {
         "ece": expected_calibration_error(y, probs),
@@ -107,7 +109,7 @@ def evaluate_checkpoint(
         "weights_sha256": meta.get("weights_sha256"),
         "split": split,
         "manifest": str(manifest_path),
-        "split_hash": info.get("sha256"),
+        "split_hash": info["hash"],
         "same_split_as_training": same_split,
         "grouped_by_lesion": bool(info.get("grouped_by_lesion", subset.group_key != "image_id")),
         "dataset": meta["data"].get("source"),

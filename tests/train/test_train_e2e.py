@@ -41,7 +41,7 @@ def test_checkpoint_is_weights_plus_complete_metadata(tiny_run: Path) -> None:
     assert meta["preprocessing"]["input_size"] == [48, 64]
     assert len(meta["preprocessing"]["mean"]) == 3
     sidecar = json.loads((tiny_run / "split_manifest.json").read_text())
-    assert meta["data"]["split_hash"] == sidecar["sha256"]
+    assert meta["data"]["split_hash"] == sidecar["hash"]
     assert meta["data"]["grouped_by_lesion"] is True
     assert 0.0 <= meta["validation"]["bacc"] <= 1.0
     assert meta["config"]["train"]["epochs"] == 1

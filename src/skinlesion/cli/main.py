@@ -41,5 +41,7 @@ def main(
     from rich.logging import RichHandler
 
     level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
+    handler = RichHandler(show_path=False, rich_tracebacks=False)
+    handler.addFilter(lambda record: "litlogger" not in record.getMessage())  # Lightning's advert
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -77,7 +77,7 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedData:
     if cfg.manifest:
         manifest, info = read_manifest(cfg.manifest)
         if not is_worker_process() and Path(cfg.manifest).resolve() != manifest_path.resolve():
-            write_manifest(manifest, manifest_path, info={k: v for k, v in info.items() if k != "sha256"})
+            write_manifest(manifest, manifest_path, info={k: v for k, v in info.items() if k != "hash"})
     elif manifest_path.is_file():  # resume, or a DDP worker reading rank 0's manifest
         manifest, info = read_manifest(manifest_path)
     else:

@@ -89,6 +89,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    if logging.getLogger().handlers:  # the application configured logging: no second copy of each line
+        logging.getLogger("lightning").handlers.clear()
     t0 = time.time()
     # Deterministic from the arguments: DDP children re-run the same command and must find the same folder.
     run_dir = Path(run_dir or Path(cfg.output_dir) / cfg.name)
@@ -201,7 +203,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
             "format": cfg.data.format,
             "root": str(Path(cfg.data.root).resolve()) if cfg.data.root else None,
             "manifest": os.path.relpath(data.manifest_path, run_dir / "checkpoint"),
-            "split_hash": data.manifest_info.get("sha256"),
+            "split_hash": data.manifest_info["hash"],
             "group_key": data.group_key,
             "grouped_by_lesion": data.group_key != "image_id",
             "n_train": len(train_labels),
