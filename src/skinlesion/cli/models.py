@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from skinlesion.cli._common import console
 
 models_app = typer.Typer(help="Backbones available for training.", no_args_is_help=True)
 
@@ -29,4 +31,5 @@ def list_command(
             f"head {s.dropout.head_rate}, {s.dropout.backbone}",
             ", ".join(s.pretrained_sources),
         )
-    console.print(t)
+    # Wide enough for every column even when piped (rich would otherwise squeeze to 80).
+    Console(width=max(170, shutil.get_terminal_size().columns)).print(t)

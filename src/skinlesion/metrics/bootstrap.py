@@ -150,7 +150,7 @@ def standard_metric_fns(classes: Sequence[str], *, present: Sequence[int] | None
     k = len(classes)
     required = np.asarray(sorted(set(int(i) for i in present)) if present is not None else [], dtype=np.int64)
     if required.size and (required.min() < 0 or required.max() >= k):
-        raise ValueError(f"present must hold class indices in [0, {k}); got {list(required)}.")
+        raise ValueError(f"present must hold class indices in [0, {k}); got {required.tolist()}.")
     mal = np.asarray(malignant_class_indices(classes), dtype=np.int64)
 
     def rates(y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:

@@ -54,15 +54,16 @@ def check_labels(y: Any, n_classes: int | None = None, *, name: str = "y_true") 
     if arr.size == 0:
         raise ValueError(f"{name} is empty; at least one image is needed to compute metrics.")
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        first = arr.flat[0].item() if isinstance(arr.flat[0], np.generic) else arr.flat[0]
         raise ValueError(
-            f"{name} must hold integer class indices; got dtype {arr.dtype} (e.g. {arr.flat[0]!r}). "
+            f"{name} must hold integer class indices; got dtype {arr.dtype} (e.g. {first!r}). "
             "Map class names to indices first, e.g. classes.index(name)."
         )
     if np.issubdtype(arr.dtype, np.floating):
         bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
         if bad.size:
             i = int(bad[0])
-            raise ValueError(f"{name} must hold integer class indices; got {name}[{i}] = {arr[i]!r}.")
+            raise ValueError(f"{name} must hold integer class indices; got {name}[{i}] = {arr[i].item()!r}.")
     out = arr.astype(np.int64)
     hi = n_classes if n_classes is not None else None
     bad = np.flatnonzero((out < 0) | ((out >= hi) if hi is not None else False))

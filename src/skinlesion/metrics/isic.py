@@ -18,6 +18,7 @@ import contextlib
 import csv
 import logging
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,11 +123,16 @@ def write_ground_truth(path: Any, image_ids: Sequence[str], y_true: Any, classes
 
 @contextlib.contextmanager
 def _pandas3_applymap() -> Iterator[None]:
-    """isic-challenge-scoring 5.6 calls ``DataFrame.applymap``, removed in pandas 3; alias it to ``map``."""
+    """isic-challenge-scoring 5.6 calls ``DataFrame.applymap`` (deprecated in pandas 2.1, removed in 3).
+
+    Silence its deprecation warning, or alias it to ``DataFrame.map`` for the call when missing.
+    """
     import pandas as pd
 
     if hasattr(pd.DataFrame, "applymap"):
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*applymap has been deprecated", category=FutureWarning)
+            yield
         return
     pd.DataFrame.applymap = pd.DataFrame.map  # type: ignore[attr-defined]
     try:
@@ -135,13 +141,29 @@ def _pandas3_applymap() -> Iterator[None]:
         del pd.DataFrame.applymap
 
 
+def _check_truth_has_positives(truth: Path) -> None:
+    """isic-challenge-scoring 5.6 crashes (np.interp on an empty ROC segment) on a class with no positive."""
+    import pandas as pd
+
+    table = pd.read_csv(truth, header=0)
+    cols = [c for c in table.columns if c not in ("image", "score_weight", "validation_weight")]
+    empty = [c for c in cols if not (pd.to_numeric(table[c], errors="coerce") > 0.5).any()]
+    if empty:
+        raise ValueError(
+            f"truth_csv {str(truth)!r} has no positive image for classes {empty}; isic-challenge-scoring 5.6 "
+            "cannot score such a file (its partial AUC fails). Use compute_classification_metrics, which "
+            "reports those classes as undefined."
+        )
+
+
 def score_with_isic_challenge_scoring(truth_csv: Any, prediction_csv: Any) -> dict:
     """Score a submission with the official ``isic-challenge-scoring`` package.
 
     Its definitions: balanced accuracy from argmax labels (exact ties count as wrong), mean
     recall over classes present in the truth; per-class AUC/AP from sklearn on the class
     probability; per-class sensitivity/specificity/PPV/NPV/accuracy/dice from ``prob > 0.5``
-    (not argmax), with undefined ratios scored 1.0.
+    (not argmax), with undefined ratios scored 1.0. It cannot score a truth file in which a class
+    has no positive image (raises ``ValueError`` here, before the package would crash).
 
     Returns:
         ``{"balanced_accuracy": float, "per_category": {class: {metric: float}},
@@ -157,7 +179,9 @@ def score_with_isic_challenge_scoring(truth_csv: Any, prediction_csv: Any) -> di
     for name, f in (("truth_csv", truth), ("prediction_csv", pred)):
         if not f.is_file():
             raise FileNotFoundError(f"{name} {str(f)!r} does not exist or is not a file.")
-    with _pandas3_applymap():
+    _check_truth_has_positives(truth)
+    with _pandas3_applymap(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="rdp")
         try:
             score = ClassificationScore.from_file(truth, pred, ClassificationMetric.BALANCED_ACCURACY)
         except ScoreError as exc:

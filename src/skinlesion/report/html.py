@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import json
 import math
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -39,6 +40,9 @@ PER_CLASS: tuple[tuple[str, str], ...] = (
 )
 PROVENANCE_KEYS: tuple[str, ...] = ("checkpoint", "backbone", "split_hash", "dataset", "package_version", "date")
 
+_VERSION_ALIASES = frozenset({"package_version", "skinlesion_version", "version"})
+_DATE_ALIASES = frozenset({"date", "evaluated", "created", "timestamp"})
+
 DISCLAIMER = (
     "This report comes from a research tool for clinical decision support. It is not a diagnosis "
     "and not a medical device; every decision about a patient rests with a qualified clinician."
@@ -62,6 +66,12 @@ def _num(value: Any, digits: int = 4) -> str:
         return str(int(value))
     v = float(value)
     return "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str, sort_keys=True)
+    return str(value)
 
 
 def _interval(iv: Mapping[str, Any] | None) -> str:
@@ -123,7 +133,7 @@ def write_evaluation_report(
         probs: class probabilities, shape ``(n, K)``.
         classes: the K class names.
         provenance: checkpoint, backbone, split_hash, dataset, ... (``package_version`` and
-            ``date`` are filled in when absent).
+            ``date`` are filled in unless given, also as ``skinlesion_version``/``evaluated``).
         notes: free-text remarks shown under the title (escaped).
     """
     import skinlesion
@@ -166,10 +176,12 @@ def write_evaluation_report(
     )
 
     prov = dict(provenance)
-    prov.setdefault("package_version", f"skinlesion {skinlesion.__version__}")
-    prov.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if not _VERSION_ALIASES & set(prov):
+        prov["package_version"] = f"skinlesion {skinlesion.__version__}"
+    if not _DATE_ALIASES & set(prov):
+        prov["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     ordered = [k for k in PROVENANCE_KEYS if k in prov] + [k for k in prov if k not in PROVENANCE_KEYS]
-    provenance_table = _table(["Field", "Value"], [[escape(str(k)), escape(str(prov[k]))] for k in ordered])
+    provenance_table = _table(["Field", "Value"], [[escape(str(k)), escape(_text(prov[k]))] for k in ordered])
 
     absent = metrics.get("absent_classes") or []
     definitions = [

@@ -44,9 +44,9 @@ def confusion_matrix_png(cm: Any, classes: Sequence[str], normalise: bool = True
     size = 1.2 + 0.6 * k
     fig = _new_figure(size + 1.0, size)
     ax = fig.add_subplot()
-    im = ax.imshow(np.nan_to_num(shown), cmap="Blues", vmin=0, vmax=1 if normalise else None)
+    top = 1.0 if normalise else max(float(counts.max()), 1.0)
+    im = ax.imshow(np.nan_to_num(shown), cmap="Blues", vmin=0, vmax=top)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    top = np.nanmax(shown) if np.isfinite(shown).any() else 1.0
     for i in range(k):
         for j in range(k):
             label = f"{shown[i, j]:.2f}\n({int(counts[i, j])})" if normalise and np.isfinite(shown[i, j]) else f"{int(counts[i, j])}"
