@@ -93,7 +93,12 @@ def evaluate_checkpoint(
     classes = list(ckpt.classes)
     metrics = compute_classification_metrics(y, probs, classes)
     groups = group_ids(subset).to_numpy()  # a missing lesion id makes the image its own group
-    intervals = bootstrap_ci(y, probs, groups, standard_metric_fns(classes), n_boot=n_boot, seed=seed)
+    # present=...: a resample that misses a class is dropped (and counted), not averaged over fewer classes.
+    intervals = (
+        bootstrap_ci(y, probs, groups, standard_metric_fns(classes, present=np.unique(y)), n_boot=n_boot, seed=seed)
+        if n_boot > 0
+        else None
+    )
     calibration = {
         "ece": expected_calibration_error(y, probs),
         "nll": negative_log_likelihood(y, probs),

@@ -167,3 +167,9 @@ def test_ddp_two_cpu_processes_gloo(tmp_path: Path) -> None:
     assert meta["training"]["devices"] == 2
     assert meta["training"]["strategy"] == "DDPStrategy"
     assert 0.0 <= meta["validation"]["bacc"] <= 1.0
+
+
+def test_evaluate_without_bootstrap(tiny_run: Path, tmp_path: Path) -> None:
+    res = evaluate_checkpoint(tiny_run, split="val", out_dir=tmp_path / "nb", n_boot=0)
+    assert res["intervals"] is None
+    assert (tmp_path / "nb" / "report.html").is_file()

@@ -39,7 +39,7 @@ def demo_command(
         cfg = load_config("demo", overrides)
         res = train(cfg, run_dir=out)
         ev = evaluate_checkpoint(res.checkpoint_dir, split="test", out_dir=out / "eval-test", n_boot=500)
-    m, ci = ev["metrics"], ev["intervals"]
+    m, ci = ev["metrics"], ev["intervals"] or {}
     bacc_ci = ci.get("bacc", {})
     console.print(
         f"test BACC {m['bacc']:.3f} [{bacc_ci.get('low', float('nan')):.3f}, {bacc_ci.get('high', float('nan')):.3f}] "

@@ -29,7 +29,7 @@ def evaluate_command(
         res = evaluate_checkpoint(
             checkpoint, split=split, out_dir=out, data_root=data_root, manifest=manifest, n_boot=n_boot, batch_size=batch_size
         )
-    m, ci = res["metrics"], res["intervals"]
+    m, ci = res["metrics"], res["intervals"] or {}
 
     def line(name: str, key: str) -> str:
         iv = ci.get(key) or {}

@@ -146,6 +146,8 @@ def _check_truth_has_positives(truth: Path) -> None:
     import pandas as pd
 
     table = pd.read_csv(truth, header=0)
+    if "image" in table.columns and (table["image"].astype(str) == "ISIC_0035068").any():
+        logger.warning("truth_csv %s contains ISIC_0035068, which isic-challenge-scoring weights 0.", truth)
     cols = [c for c in table.columns if c not in ("image", "score_weight", "validation_weight")]
     empty = [c for c in cols if not (pd.to_numeric(table[c], errors="coerce") > 0.5).any()]
     if empty:
