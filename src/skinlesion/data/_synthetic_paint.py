@@ -14,7 +14,14 @@ from PIL import Image
 from scipy import ndimage
 
 from skinlesion.data._synthetic_shape import LesionGeometry
-from skinlesion.data._synthetic_spec import COLOUR_RGB, DERMOSCOPIC_COLOURS, MAX_TONE, SHADE_STEP, ColourLayer, LesionSpec
+from skinlesion.data._synthetic_spec import (
+    COLOUR_RGB,
+    DERMOSCOPIC_COLOURS,
+    MAX_TONE,
+    SHADE_STEP,
+    ColourLayer,
+    LesionSpec,
+)
 
 #: A colour is painted only where it covers at least this fraction of the lesion mask; smaller
 #: regions are repainted with the lesion's dominant colour before anything is rendered.
@@ -113,7 +120,9 @@ def paint_labels(spec: LesionSpec, geo: LesionGeometry, where: np.ndarray) -> tu
     return labels, shade
 
 
-def lesion_rgb(spec: LesionSpec, geo: LesionGeometry, where: np.ndarray, labels: np.ndarray, shade: np.ndarray) -> np.ndarray:
+def lesion_rgb(
+    spec: LesionSpec, geo: LesionGeometry, where: np.ndarray, labels: np.ndarray, shade: np.ndarray
+) -> np.ndarray:
     """RGB of the painted pixels: the reference colour scaled by shading and mild texture."""
     grid = _LesionGrid(spec, geo, where)
     texture = 0.75 * grid.smooth(1000, 1.8) + 0.5 * grid.smooth(1001, 0.6)
@@ -126,9 +135,9 @@ def coarse_noise(rng: np.random.Generator, size: tuple[int, int], cell_px: float
     h, w = size
     ch, cw = max(2, int(h / cell_px) + 2), max(2, int(w / cell_px) + 2)
     coarse = rng.standard_normal((ch, cw)).astype(np.float32)
-    up = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR), dtype=np.float64)
-    sd = up.std()
-    return (up - up.mean()) / (sd if sd > 0 else 1.0)
+    up = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR), dtype=np.float32)
+    sd = float(up.std())
+    return (up - float(up.mean())) / np.float32(sd if sd > 0 else 1.0)
 
 
 def skin_rgb(spec: LesionSpec, geo: LesionGeometry, size: tuple[int, int]) -> np.ndarray:
@@ -136,20 +145,23 @@ def skin_rgb(spec: LesionSpec, geo: LesionGeometry, size: tuple[int, int]) -> np
     (for inflamed lesions) erythema fading with distance from the lesion."""
     h, w = size
     rng = np.random.default_rng([spec.texture_seed, 2000])
-    shading = 1.0 + 0.035 * coarse_noise(rng, size, max(h, w) / 5.0) + 0.018 * rng.standard_normal(size)
-    rr, cc = np.mgrid[0:h, 0:w]
-    d2 = ((rr - (h - 1) / 2) / (h / 2)) ** 2 + ((cc - (w - 1) / 2) / (w / 2)) ** 2
-    light = 1.04 - 0.06 * np.clip(d2, 0, 2)
-    skin = np.array(spec.skin_rgb, dtype=np.float64)[None, None, :] * (shading * light)[..., None]
+    grain = rng.standard_normal(size, dtype=np.float32)
+    shading = 1.0 + 0.025 * coarse_noise(rng, size, max(h, w) / 5.0) + 0.018 * grain
+    r2 = (((np.arange(h) - (h - 1) / 2) / (h / 2)) ** 2)[:, None]
+    c2 = (((np.arange(w) - (w - 1) / 2) / (w / 2)) ** 2)[None, :]
+    light = (1.04 - 0.06 * np.clip(r2 + c2, 0, 2)).astype(np.float32)
+    skin = np.array(spec.skin_rgb, dtype=np.float32)[None, None, :] * (shading * light)[..., None]
     if spec.erythema > 0:
-        outside = np.maximum(geo.rho - geo.boundary, 0.0)
+        outside = np.maximum(geo.rho - geo.boundary, 0.0).astype(np.float32)
         patchy = 0.75 + 0.25 * np.tanh(coarse_noise(rng, size, max(4.0, spec.radius_px / 2)))
         weight = 0.7 * spec.erythema * patchy * np.exp(-outside / (0.7 * spec.radius_px + 3.0))
-        skin = skin * (1 - weight[..., None]) + _ERYTHEMA_RGB * weight[..., None]
+        skin = skin * (1 - weight[..., None]) + _ERYTHEMA_RGB.astype(np.float32) * weight[..., None]
     return skin
 
 
-def composite(spec: LesionSpec, geo: LesionGeometry, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def composite(
+    spec: LesionSpec, geo: LesionGeometry, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Float RGB image of lesion on skin, the colour-index map (-1 off the lesion) and the mask.
 
     Inside the mask the lesion is opaque; in a rim of ``edge_width_px`` outside it the lesion fades
@@ -160,7 +172,9 @@ def composite(spec: LesionSpec, geo: LesionGeometry, size: tuple[int, int]) -> t
     labels, shade = paint_labels(spec, geo, where)
     colours = lesion_rgb(spec, geo, where, labels, shade)
     image = skin_rgb(spec, geo, size)
-    alpha = np.where(geo.mask[where], 1.0, 0.5 * np.clip(1.0 - outside[where] / max(spec.edge_width_px, 1e-6), 0.0, 1.0))
+    alpha = np.where(
+        geo.mask[where], 1.0, 0.5 * np.clip(1.0 - outside[where] / max(spec.edge_width_px, 1e-6), 0.0, 1.0)
+    )
     image[where] = image[where] * (1.0 - alpha[:, None]) + colours * alpha[:, None]
     label_map = np.full(size, -1, dtype=np.int64)
     label_map[where] = labels

@@ -30,13 +30,27 @@ _SKIN_WEIGHTS = np.array([0.25, 0.3, 0.25, 0.14, 0.06])
 # label -> diameter mm, elongation (minor/major), asymmetry amplitude, border amplitude,
 #          edge width mm, erythema, texture amplitude
 _PROFILES: dict[str, dict[str, tuple[float, float]]] = {
-    "MEL": dict(diam=(6.0, 15.0), elong=(0.5, 0.9), asym=(0.07, 0.2), border=(0.025, 0.07), edge=(0.1, 0.5), ery=(0.0, 0.2)),
-    "NV": dict(diam=(2.5, 7.0), elong=(0.7, 1.0), asym=(0.0, 0.035), border=(0.0, 0.012), edge=(0.1, 0.3), ery=(0.0, 0.1)),
-    "BCC": dict(diam=(4.0, 12.0), elong=(0.55, 0.95), asym=(0.02, 0.12), border=(0.01, 0.045), edge=(0.2, 0.5), ery=(0.1, 0.5)),
-    "AKIEC": dict(diam=(5.0, 12.0), elong=(0.55, 0.95), asym=(0.02, 0.1), border=(0.015, 0.05), edge=(0.4, 0.8), ery=(0.4, 0.9)),
-    "BKL": dict(diam=(5.0, 13.0), elong=(0.55, 0.95), asym=(0.02, 0.12), border=(0.01, 0.045), edge=(0.0, 0.15), ery=(0.0, 0.15)),
-    "DF": dict(diam=(3.0, 8.0), elong=(0.65, 1.0), asym=(0.0, 0.04), border=(0.0, 0.015), edge=(0.3, 0.6), ery=(0.05, 0.3)),
-    "VASC": dict(diam=(2.5, 9.0), elong=(0.7, 1.0), asym=(0.0, 0.05), border=(0.0, 0.02), edge=(0.0, 0.15), ery=(0.0, 0.3)),
+    "MEL": dict(
+        diam=(6.0, 15.0), elong=(0.5, 0.9), asym=(0.07, 0.2), border=(0.025, 0.07), edge=(0.1, 0.5), ery=(0.0, 0.2)
+    ),
+    "NV": dict(
+        diam=(2.5, 7.0), elong=(0.7, 1.0), asym=(0.0, 0.035), border=(0.0, 0.012), edge=(0.1, 0.3), ery=(0.0, 0.1)
+    ),
+    "BCC": dict(
+        diam=(4.0, 12.0), elong=(0.55, 0.95), asym=(0.02, 0.12), border=(0.01, 0.045), edge=(0.2, 0.5), ery=(0.1, 0.5)
+    ),
+    "AKIEC": dict(
+        diam=(5.0, 12.0), elong=(0.55, 0.95), asym=(0.02, 0.1), border=(0.015, 0.05), edge=(0.4, 0.8), ery=(0.4, 0.9)
+    ),
+    "BKL": dict(
+        diam=(5.0, 13.0), elong=(0.55, 0.95), asym=(0.02, 0.12), border=(0.01, 0.045), edge=(0.0, 0.15), ery=(0.0, 0.15)
+    ),
+    "DF": dict(
+        diam=(3.0, 8.0), elong=(0.65, 1.0), asym=(0.0, 0.04), border=(0.0, 0.015), edge=(0.3, 0.6), ery=(0.05, 0.3)
+    ),
+    "VASC": dict(
+        diam=(2.5, 9.0), elong=(0.7, 1.0), asym=(0.0, 0.05), border=(0.0, 0.02), edge=(0.0, 0.15), ery=(0.0, 0.3)
+    ),
 }
 
 SYNTHETIC_CLASSES: tuple[str, ...] = tuple(_PROFILES)
@@ -63,7 +77,9 @@ class _Draw:
         """A length drawn in millimetres, returned in pixels (at least ``floor``)."""
         return max(floor, self.u(lo_mm, hi_mm) / self.spacing)
 
-    def layer(self, colour: str, kind: str, cov: tuple[float, float], scale_mm: tuple[float, float], **kw: float) -> ColourLayer:
+    def layer(
+        self, colour: str, kind: str, cov: tuple[float, float], scale_mm: tuple[float, float], **kw: float
+    ) -> ColourLayer:
         return ColourLayer(colour, kind, coverage=self.u(*cov), scale_px=self.px(*scale_mm), **kw)
 
 
@@ -89,13 +105,15 @@ def _mel_layers(d: _Draw) -> list[ColourLayer]:
         elif c == "blue_grey":
             layers.append(d.layer(c, "blotch", (0.1, 0.28), (1.5, 3.0), eccentricity=d.u(0.2, 1.0), **ecc))
         elif c == "white":
-            layers.append(d.layer(c, "blotch", (0.06, 0.15), (1.0, 2.5), eccentricity=d.u(0.0, 0.8), direction=d.u(0, 6.3)))
+            layers.append(
+                d.layer(c, "blotch", (0.06, 0.15), (1.0, 2.5), eccentricity=d.u(0.0, 0.8), direction=d.u(0, 6.3))
+            )
         else:  # red: atypical vessels or inflamed patches
             kind = "lines" if d.p(0.5) else "blotch"
             layers.append(d.layer(c, kind, (0.06, 0.12), (0.8, 1.5), eccentricity=d.u(0.0, 0.8), direction=d.u(0, 6.3)))
     layers.sort(key=lambda layer: -layer.coverage)
-    if d.p(0.35):  # radial streaks / pseudopods at the rim in a dark colour already used
-        dark = [c for c in ("black", "dark_brown") if c in extra or c == base]
+    dark = [c for c in ("black", "dark_brown") if c in extra or c == base]
+    if dark and d.p(0.35):  # radial streaks / pseudopods at the rim in a dark colour already used
         layers.append(d.layer(dark[0], "streaks", (0.08, 0.15), (0.5, 0.9)))
     return [ColourLayer(base), *layers]
 
@@ -144,7 +162,10 @@ def _akiec_layers(d: _Draw) -> list[ColourLayer]:
 def _bkl_layers(d: _Draw) -> list[ColourLayer]:
     base = "light_brown" if d.p(0.6) else "dark_brown"
     other = "dark_brown" if base == "light_brown" else "light_brown"
-    layers = [ColourLayer(base, shade=d.u(-0.5, 0.5)), d.layer(other, "network", (0.3, 0.45), (1.0, 1.8))]  # cerebriform
+    layers = [
+        ColourLayer(base, shade=d.u(-0.5, 0.5)),
+        d.layer(other, "network", (0.3, 0.45), (1.0, 1.8)),
+    ]  # cerebriform
     if d.p(0.6):
         layers.append(d.layer("white", "globules", (0.04, 0.08), (0.3, 0.5)))  # milia-like cysts
     if d.p(0.35):
@@ -166,7 +187,7 @@ def _df_layers(d: _Draw) -> list[ColourLayer]:
 
 def _vasc_layers(d: _Draw) -> list[ColourLayer]:
     scale = (0.6, 1.2)
-    layers = [ColourLayer("red", shade=d.u(0.0, 0.6)), d.layer("red", "globules", (0.35, 0.5), scale, shade=-1.0)]
+    layers = [ColourLayer("red", shade=d.u(0.4, 1.0)), d.layer("red", "globules", (0.35, 0.5), scale, shade=-1.0)]
     if d.p(0.45):
         layers.append(d.layer("blue_grey", "globules", (0.1, 0.3), scale, shade=-0.5))  # purple-blue lacunae
     if d.p(0.3):
@@ -200,12 +221,14 @@ def sample_spec(
     size = check_size(size)
     spacing = default_pixel_spacing(size) if pixel_spacing_mm is None else float(pixel_spacing_mm)
     if not (math.isfinite(spacing) and spacing > 0):
-        raise ValueError(f"The 'pixel_spacing_mm' parameter must be a positive number. Got {pixel_spacing_mm!r} instead.")
+        raise ValueError(
+            f"The 'pixel_spacing_mm' parameter must be a positive number. Got {pixel_spacing_mm!r} instead."
+        )
     prof, d = _PROFILES[label], _Draw(rng, spacing)
     amp_a, amp_b = d.u(*prof["asym"]), d.u(*prof["border"])
     asym = tuple((k, amp_a * d.u(0.4, 1.0), d.u(0, 2 * math.pi)) for k in (1, 2, 3, 4))
     orders = sorted(int(k) for k in rng.choice(np.arange(5, 25), 6, replace=False))
-    border = tuple((k, amp_b * d.u(0.3, 1.0), d.u(0, 2 * math.pi)) for k in orders)
+    border = tuple((k, amp_b * d.u(0.3, 1.0) * (5.0 / k) ** 0.6, d.u(0, 2 * math.pi)) for k in orders)
     tone = _SKIN_TONES[rng.choice(len(_SKIN_TONES), p=_SKIN_WEIGHTS)] + rng.uniform(-6, 6, 3)
     spec = LesionSpec(
         label=label,
@@ -237,7 +260,9 @@ def check_size(size: tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
-def fit_in_frame(spec: LesionSpec, size: tuple[int, int], rng: np.random.Generator, *, jitter: float = 0.12) -> LesionSpec:
+def fit_in_frame(
+    spec: LesionSpec, size: tuple[int, int], rng: np.random.Generator, *, jitter: float = 0.12
+) -> LesionSpec:
     """Shrink ``spec`` if it cannot fit and place its centre near the image centre (random offset
     up to ``jitter`` of the image size) so that boundary and rim stay 2 px inside the image."""
     from dataclasses import replace

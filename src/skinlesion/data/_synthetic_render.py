@@ -56,7 +56,13 @@ class LesionTruth:
 
 
 def measure_truth(
-    spec: LesionSpec, mask: np.ndarray, labels: np.ndarray, *, hair: bool = False, vignette: bool = False, ruler: bool = False
+    spec: LesionSpec,
+    mask: np.ndarray,
+    labels: np.ndarray,
+    *,
+    hair: bool = False,
+    vignette: bool = False,
+    ruler: bool = False,
 ) -> LesionTruth:
     """Ground truth of a rendered lesion from its mask and colour-index map (-1 off the lesion)."""
     n_col = len(DERMOSCOPIC_COLOURS)
@@ -124,7 +130,9 @@ def render_lesion(
         )
     m = geo.mask
     if m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any():
-        logger.warning("Synthetic %s lesion touches the image border; its measured truth is that of the cut mask.", spec.label)
+        logger.warning(
+            "Synthetic %s lesion touches the image border; its measured truth is that of the cut mask.", spec.label
+        )
     image, labels, mask = composite(spec, geo, size)
     if hair:
         image = draw_hair(image, rng)
@@ -135,7 +143,7 @@ def render_lesion(
     if brightness != 1.0:
         image = image * brightness
     if noise > 0:
-        image = image + rng.normal(0.0, noise, image.shape)
+        image = image + noise * rng.standard_normal(image.shape, dtype=np.float32)
     out = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return out, mask, measure_truth(spec, mask, labels, hair=hair, vignette=vignette, ruler=ruler)
 

@@ -83,7 +83,9 @@ class ColourLayer:
 
     def __post_init__(self) -> None:
         if self.colour not in DERMOSCOPIC_COLOURS:
-            raise ValueError(f"The 'colour' of a ColourLayer must be one of {DERMOSCOPIC_COLOURS}. Got {self.colour!r} instead.")
+            raise ValueError(
+                f"The 'colour' of a ColourLayer must be one of {DERMOSCOPIC_COLOURS}. Got {self.colour!r} instead."
+            )
         if self.kind not in LAYER_KINDS:
             raise ValueError(f"The 'kind' of a ColourLayer must be one of {LAYER_KINDS}. Got {self.kind!r} instead.")
         _check_range("coverage", self.coverage, 0.0, 1.0, low_open=True)
@@ -146,7 +148,9 @@ class LesionSpec:
                 f"Got {tuple(layer.kind for layer in self.layers)!r} instead."
             )
         if len(self.skin_rgb) != 3 or not all(0 <= int(v) <= 255 for v in self.skin_rgb):
-            raise ValueError(f"The 'skin_rgb' of a LesionSpec must be three values in 0..255. Got {self.skin_rgb!r} instead.")
+            raise ValueError(
+                f"The 'skin_rgb' of a LesionSpec must be three values in 0..255. Got {self.skin_rgb!r} instead."
+            )
 
     @property
     def colours(self) -> tuple[str, ...]:

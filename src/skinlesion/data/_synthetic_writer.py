@@ -18,12 +18,28 @@ from skinlesion.data._synthetic_render import render_lesion, vary_spec
 logger = logging.getLogger(__name__)
 
 #: Canonical class -> HAM10000 ``dx`` value.
-HAM_DX: dict[str, str] = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"}
+HAM_DX: dict[str, str] = {
+    "MEL": "mel",
+    "NV": "nv",
+    "BCC": "bcc",
+    "AKIEC": "akiec",
+    "BKL": "bkl",
+    "DF": "df",
+    "VASC": "vasc",
+}
 METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 _SITES = ("back", "lower extremity", "trunk", "upper extremity", "abdomen", "face", "chest", "foot", "neck", "scalp")
 _SITE_WEIGHTS = np.array([0.22, 0.21, 0.14, 0.11, 0.1, 0.08, 0.04, 0.04, 0.03, 0.03])
 # (mean, sd) of age by class, roughly as in HAM10000
-_AGE = {"MEL": (62, 15), "NV": (46, 16), "BCC": (66, 12), "AKIEC": (67, 11), "BKL": (64, 13), "DF": (52, 14), "VASC": (52, 20)}
+_AGE = {
+    "MEL": (62, 15),
+    "NV": (46, 16),
+    "BCC": (66, 12),
+    "AKIEC": (67, 11),
+    "BKL": (64, 13),
+    "DF": (52, 14),
+    "VASC": (52, 20),
+}
 _ID = re.compile(r"^SYN_\d{7}$")
 
 
@@ -33,13 +49,17 @@ def _lesion_counts(n_lesions_per_class: Mapping[str, int] | int, classes: tuple[
         for name, n in n_lesions_per_class.items():
             canon = supported_label(name)
             if canon not in classes:
-                raise ValueError(f"The 'n_lesions_per_class' parameter names class {name!r}, which is not in 'classes' {classes}.")
+                raise ValueError(
+                    f"The 'n_lesions_per_class' parameter names class {name!r}, which is not in 'classes' {classes}."
+                )
             counts[canon] = n
     else:
         counts = {c: n_lesions_per_class for c in classes}
     for name, n in counts.items():
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"The 'n_lesions_per_class' parameter must give non-negative integers. Got {n!r} for {name!r} instead.")
+            raise ValueError(
+                f"The 'n_lesions_per_class' parameter must give non-negative integers. Got {n!r} for {name!r} instead."
+            )
     if sum(counts.values()) == 0:
         raise ValueError(f"The 'n_lesions_per_class' parameter asks for no lesion at all. Got {n_lesions_per_class!r}.")
     return {c: int(counts.get(c, 0)) for c in classes}
@@ -51,7 +71,10 @@ def _check_args(images_per_lesion: Sequence[int], probs: dict[str, float]) -> tu
     except (TypeError, ValueError):
         lo, hi = 0, -1
     if not 1 <= lo <= hi or (lo, hi) != tuple(images_per_lesion):
-        raise ValueError(f"The 'images_per_lesion' parameter must be (min, max) integers with 1 <= min <= max. Got {images_per_lesion!r} instead.")
+        raise ValueError(
+            "The 'images_per_lesion' parameter must be (min, max) integers with 1 <= min <= max. "
+            f"Got {images_per_lesion!r} instead."
+        )
     for name, p in probs.items():
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"The '{name}' parameter must be a probability in [0, 1]. Got {p!r} instead.")
@@ -103,7 +126,8 @@ def write_synthetic_dataset(
     if len(set(classes)) != len(classes) or not classes:
         raise ValueError(f"The 'classes' parameter must list distinct classes. Got {classes!r} instead.")
     counts = _lesion_counts(n_lesions_per_class, classes)
-    lo, hi = _check_args(images_per_lesion, {"hair_prob": hair_prob, "vignette_prob": vignette_prob, "ruler_prob": ruler_prob})
+    probs = {"hair_prob": hair_prob, "vignette_prob": vignette_prob, "ruler_prob": ruler_prob}
+    lo, hi = _check_args(images_per_lesion, probs)
     size = check_size(size)
     if root.exists() and not root.is_dir():
         raise ValueError(f"The 'root' parameter must be a folder. Got the file {root} instead.")
@@ -133,20 +157,22 @@ def write_synthetic_dataset(
         hair, vignette = bool(rng.random() < hair_prob), bool(rng.random() < vignette_prob)
         for k in range(int(rng.integers(lo, hi + 1))):
             spec = base if k == 0 else vary_spec(base, rng, size=size)
-            renders.append((person, spec, hair, vignette, bool(rng.random() < ruler_prob), float(rng.uniform(0.92, 1.08)),
-                            int(rng.integers(2**31))))  # fmt: skip
+            ruler, brightness = bool(rng.random() < ruler_prob), float(rng.uniform(0.92, 1.08))
+            renders.append((person, spec, hair, vignette, ruler, brightness, int(rng.integers(2**31))))
             n_images += 1
     ids = np.random.default_rng([int(seed), 999_999]).permutation(n_images)
     for n, (person, spec, hair, vignette, ruler, brightness, render_seed) in enumerate(renders):
         image_id = f"SYN_{int(ids[n]):07d}"
-        image, mask, truth = render_lesion(spec, render_seed, size=size, hair=hair, vignette=vignette, ruler=ruler, brightness=brightness)
+        image, mask, truth = render_lesion(
+            spec, render_seed, size=size, hair=hair, vignette=vignette, ruler=ruler, brightness=brightness
+        )
         Image.fromarray(image).save(root / "images" / f"{image_id}.jpg", quality=95)
         if write_masks:
             Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{image_id}_segmentation.png")
         rows, cols = np.nonzero(mask)
         meta_rows.append({**person, "image_id": image_id})
-        truth_rows.append({"image_id": image_id, "lesion_id": person["lesion_id"], **truth.to_dict(),
-                           "top": int(rows.min()), "bottom": int(rows.max()), "left": int(cols.min()), "right": int(cols.max())})  # fmt: skip
+        box = {"top": int(rows.min()), "bottom": int(rows.max()), "left": int(cols.min()), "right": int(cols.max())}
+        truth_rows.append({"image_id": image_id, "lesion_id": person["lesion_id"], **truth.to_dict(), **box})
     with open(root / "HAM10000_metadata.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(METADATA_COLUMNS))
         writer.writeheader()

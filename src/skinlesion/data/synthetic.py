@@ -21,11 +21,24 @@ from the spec's parameters:
 * ``colours``: exactly the colours painted inside the mask; each covers at least
   :data:`MIN_COLOUR_FRACTION` of it. On a clean render (``noise=0``, no hair/vignette/ruler,
   ``brightness=1``) every mask pixel is nearer (Euclidean RGB) to its painted colour's reference
-  than to any other, so the truth can be checked on the pixels; the skin is none of the six.
+  than to any other, so the truth can be checked on the pixels. Skin is never counted as a colour.
 * ``diameter_px``: maximum Feret diameter of the mask (:func:`feret_diameter`); ``diameter_mm``
   multiplies by the pixel spacing (default: the image width spans :data:`FIELD_OF_VIEW_MM` mm,
   0.11 mm per pixel at 200 px).
-* ``centre``: centroid of the mask (row, col); ``area_px``: mask pixel count.
+* ``centre``: centroid of the mask (row, col); ``area_px``: mask pixel count; ``hair``,
+  ``vignette``, ``ruler``: which artefacts were drawn (they never change the mask);
+  ``shape_asymmetry_axes``/``colour_asymmetry_axes``: the per-axis indices (major, minor).
+
+Pixel spacing: by default the image width spans :data:`FIELD_OF_VIEW_MM` = 22 mm (0.11 mm per
+pixel at 200 px, 0.34 mm at 64 px); lesion sizes are drawn in millimetres, so a class looks the same
+size at every resolution. Lesions are kept 2 px inside the image (the largest melanomas are shrunk
+to fit the 16.5 mm image height). Shape indices of lesions only a few pixels wide are dominated by
+pixelation (see :func:`shape_asymmetry`).
+
+Example:
+    >>> image, mask, truth = generate_lesion("MEL", seed=0)
+    >>> image.shape, mask.shape, truth.label
+    ((150, 200, 3), (150, 200), 'MEL')
 """
 
 from __future__ import annotations
