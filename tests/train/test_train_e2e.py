@@ -45,6 +45,7 @@ def test_checkpoint_is_weights_plus_complete_metadata(tiny_run: Path) -> None:
     assert meta["data"]["grouped_by_lesion"] is True
     assert 0.0 <= meta["validation"]["bacc"] <= 1.0
     assert meta["config"]["train"]["epochs"] == 1
+    assert meta["training"]["best_epoch"] == 1
     assert meta["versions"]["torch"]
     assert (tiny_run / "config.yaml").is_file()
 

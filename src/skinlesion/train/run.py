@@ -182,9 +182,11 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         return TrainResult(run_dir, None, {}, time.time() - t0)
 
     best = ckpt_cb.best_model_path
+    best_epoch = None
     if best and Path(best).is_file():
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
+        saved = torch.load(best, map_location="cpu", weights_only=False)
+        module.load_state_dict(saved["state_dict"])
+        best_epoch = int(saved["epoch"]) + 1  # 1-based: the epoch whose end produced these weights
     model = module.model.cpu().eval()
     val_metrics: dict[str, Any] = {}
     if "val" in data.splits and len(data.splits["val"]):
@@ -215,7 +217,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         "training": {
             "seed": cfg.seed,
             "epochs_completed": trainer.current_epoch,
-            "best_epoch_path": os.path.basename(best) if best else None,
+            "best_epoch": best_epoch,
             "best_val_bacc": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
             "stopped_early": any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in callbacks),
             "wall_time_s": round(wall, 1),
