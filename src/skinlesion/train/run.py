@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,6 +92,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
 
     if logging.getLogger().handlers:  # the application configured logging: no second copy of each line
         logging.getLogger("lightning").handlers.clear()
+    # Lightning 2.6 trips over its own torch-pytree deprecation on every fit; not actionable for users.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     t0 = time.time()
     # Deterministic from the arguments: DDP children re-run the same command and must find the same folder.
     run_dir = Path(run_dir or Path(cfg.output_dir) / cfg.name)
