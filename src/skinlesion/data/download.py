@@ -11,25 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import socket
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
-from http.client import HTTPException
 from pathlib import Path, PurePosixPath
-from urllib.error import HTTPError, URLError
-from urllib.parse import urlsplit, urlunsplit
-from urllib.request import Request, getproxies, proxy_bypass, urlopen
+from urllib.parse import urlsplit
 
 from skinlesion import __version__
+from skinlesion._hashing import sha256_file
+from skinlesion.data._http import CHUNK, ProgressCallback, check_reachable, http_fetch, resolve_url
 from skinlesion.data._sources import DATASET_SPECS, DatasetSpec, SourceFile, SourceSet
 from skinlesion.errors import DownloadError
 
@@ -75,13 +72,6 @@ ENV_BASE_URL = "SKINLESION_DOWNLOAD_BASE_URL"
 RECORD_NAME = "download_record.json"
 CHECKSUMS_NAME = "CHECKSUMS.sha256"
 DOWNLOADS_DIR = "downloads"
-
-#: ``progress(filename, bytes_done, bytes_total_or_None)``, called while a file streams in.
-ProgressCallback = Callable[[str, int, "int | None"], None]
-
-_CHUNK = 1 << 20
-_CONNECT_TIMEOUT = 3.0
-_USER_AGENT = f"skinlesion/{__version__} (python-urllib)"
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -238,7 +228,7 @@ def _fetch_split(
     files = [
         {
             "filename": f.filename,
-            "url": _resolve_url(f.url, base) if local is None and f.url else None,
+            "url": resolve_url(f.url, base) if local is None and f.url else None,
             "from": str(fetched[f.filename][0]) if local is not None else None,
             "size": fetched[f.filename][1][0],
             "sha256": fetched[f.filename][1][1],
@@ -324,142 +314,18 @@ def _download_set(
             except DownloadError as exc:
                 logger.warning("%s Downloading it again.", exc)
         todo.append(f)
-    urls = {f.filename: _resolve_url(f.url or "", base) for f in todo}
+    urls = {f.filename: resolve_url(f.url or "", base) for f in todo}
     if todo:
-        _check_reachable(list(urls.values()), name, split, chosen, base, timeout)
+        check_reachable(list(urls.values()), name, split, chosen, base, timeout)
     for f in todo:
         part = downloads / (f.filename + ".part")
         if f.size is None or not part.is_file() or part.stat().st_size != f.size:
-            _http_fetch(urls[f.filename], part, f, timeout, progress)
+            http_fetch(urls[f.filename], part, f, timeout, progress)
         size_sha = _verify(part, f, delete=True)
         final = downloads / f.filename
         os.replace(part, final)
         fetched[f.filename] = (final, size_sha)
     return fetched
-
-
-def _resolve_url(url: str, base: str | None) -> str:
-    if base is None:
-        return url
-    parts, b = urlsplit(url), urlsplit(base)
-    return urlunsplit((b.scheme, b.netloc, b.path.rstrip("/") + parts.path, parts.query, ""))
-
-
-def _check_reachable(
-    urls: list[str], name: str, split: str, chosen: SourceSet, base: str | None, timeout: float
-) -> None:
-    """Fail fast, before any download, when the hosts (or the configured proxy) cannot be reached."""
-    seen = set()
-    for url in urls:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-        proxy = getproxies().get(parts.scheme)
-        if proxy and not proxy_bypass(host):
-            p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-            host, port = p.hostname or "", p.port or 80
-        if (host, port) in seen:
-            continue
-        seen.add((host, port))
-        try:
-            socket.create_connection((host, port), timeout=min(_CONNECT_TIMEOUT, timeout)).close()
-        except OSError as exc:
-            wanted = ", ".join(_resolve_url(f.url or "", base) for f in chosen.files)
-            raise DownloadError(
-                f"Cannot reach {url} ({host}:{port}: {exc}): this machine seems to be offline or the host is blocked. "
-                f"Download these files on a machine with internet access: {wanted}; copy them into one folder DIR "
-                f"and run `skinlesion data download {name} --split {split} --from-dir DIR` "
-                f"(download_dataset(..., from_dir=DIR)), which verifies and unpacks them without a network."
-            ) from exc
-
-
-def _content_range(value: str | None) -> tuple[int | None, int | None]:
-    """``bytes 100-199/1000`` -> (100, 1000); ``bytes */1000`` -> (None, 1000)."""
-    m = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
-    if not m:
-        return None, None
-    first = int(m.group(1)) if m.group(1) else None
-    total = int(m.group(2)) if m.group(2) != "*" else None
-    return first, total
-
-
-def _http_fetch(url: str, part: Path, f: SourceFile, timeout: float, progress: ProgressCallback | None) -> None:
-    """Stream ``url`` into ``part``, resuming from its current size with an HTTP Range request."""
-    for _attempt in range(3):
-        start = part.stat().st_size if part.is_file() else 0
-        if f.size is not None and start > f.size:
-            part.unlink()
-            start = 0
-        headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
-        if start:
-            headers["Range"] = f"bytes={start}-"
-        try:
-            resp = urlopen(Request(url, headers=headers), timeout=timeout)
-        except HTTPError as exc:
-            if exc.code == 416 and start:
-                _, total = _content_range(exc.headers.get("Content-Range"))
-                exc.close()
-                if total == start:
-                    return  # the .part already holds the whole file
-                logger.warning("%s: server refused to resume at byte %d (HTTP 416); restarting.", f.filename, start)
-                part.unlink()
-                continue
-            raise DownloadError(f"Downloading {f.filename} from {url} failed: HTTP {exc.code} {exc.reason}.") from exc
-        except (URLError, OSError, HTTPException) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise DownloadError(f"Downloading {f.filename} from {url} failed: {reason}. Run again to retry.") from exc
-        with resp:
-            mode = "ab"
-            if resp.status == 206:
-                first, _ = _content_range(resp.headers.get("Content-Range"))
-                if first != start:
-                    logger.warning("%s: server resumed at byte %s, not %d; restarting.", f.filename, first, start)
-                    part.unlink()
-                    continue
-            elif resp.status == 200:
-                if start:
-                    logger.warning("%s: server ignored the Range request; downloading from the start.", f.filename)
-                start, mode = 0, "wb"
-            else:
-                raise DownloadError(f"Downloading {f.filename} from {url} failed: unexpected HTTP {resp.status}.")
-            length_header = resp.headers.get("Content-Length")
-            length = int(length_header) if length_header and length_header.isdigit() else None
-            total = start + length if length is not None else None
-            if f.size is not None and total is not None and total != f.size:
-                part.unlink(missing_ok=True)
-                raise DownloadError(
-                    f"Size mismatch for {f.filename}: expected {f.size} bytes, got {total} bytes announced by "
-                    f"{url} (Content-Length); the partial file was deleted."
-                )
-            received = 0
-            try:
-                with part.open(mode) as fh:
-                    if progress is not None:
-                        progress(f.filename, start, total)
-                    while chunk := resp.read(_CHUNK):
-                        fh.write(chunk)
-                        received += len(chunk)
-                        if progress is not None:
-                            progress(f.filename, start + received, total)
-            except (OSError, HTTPException) as exc:
-                raise DownloadError(
-                    f"Downloading {f.filename} was interrupted after {start + received} bytes ({exc!r}); "
-                    f"run again to resume from {part}."
-                ) from exc
-        if length is not None and received != length:
-            raise DownloadError(
-                f"Downloading {f.filename}: connection closed after {start + received} of {total} bytes "
-                f"(Content-Length); run again to resume from {part}."
-            )
-        return
-    raise DownloadError(f"Downloading {f.filename} from {url} failed: the server could not resume {part}; delete it.")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _verify(path: Path, f: SourceFile, *, delete: bool, fallback_sha: str | None = None) -> tuple[int, str]:
@@ -472,7 +338,7 @@ def _verify(path: Path, f: SourceFile, *, delete: bool, fallback_sha: str | None
         raise DownloadError(
             f"Size mismatch for {f.filename}: expected {f.size} bytes, got {size} bytes ({path}){deleted}."
         )
-    digest = _sha256(path)
+    digest = sha256_file(path)
     expected = (f.sha256 or fallback_sha or "").lower()
     if expected and digest != expected:
         if delete:
@@ -523,7 +389,7 @@ def _unpack_zip(archive: Path, f: SourceFile, root: Path) -> int:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_name(target.name + ".tmp")
                 with zf.open(info) as src, tmp.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
+                    shutil.copyfileobj(src, dst, CHUNK)
                 os.replace(tmp, target)
                 tmp = None
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:

@@ -6,7 +6,6 @@ the config, the split manifest and its hash, validation metrics and package vers
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from skinlesion._hashing import sha256_file
 from skinlesion.errors import CheckpointError
 
 FORMAT = "skinlesion-checkpoint"
@@ -42,14 +42,6 @@ class Checkpoint:
         return self.meta["preprocessing"]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(directory: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
     """Write weights and metadata into ``directory`` (created). Returns the directory."""
     directory = Path(directory)
@@ -57,7 +49,7 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, meta: dict[str, Any
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
-    meta["weights_sha256"] = _sha256(directory / WEIGHTS)
+    meta["weights_sha256"] = sha256_file(directory / WEIGHTS)
     (directory / META).write_text(json.dumps(meta, indent=2, sort_keys=False, default=str))
     return directory
 
@@ -113,7 +105,7 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu", verify: bool
     wpath = d / WEIGHTS
     if not wpath.is_file():
         raise CheckpointError(f"{d}: weights file {WEIGHTS} is missing")
-    if verify and meta.get("weights_sha256") and _sha256(wpath) != meta["weights_sha256"]:
+    if verify and meta.get("weights_sha256") and sha256_file(wpath) != meta["weights_sha256"]:
         raise CheckpointError(f"{wpath}: sha256 differs from checkpoint.json (file changed or corrupted)")
     model = create_backbone(
         meta["backbone"],
