@@ -29,16 +29,9 @@ def predict_table(
     )
     loader = DataLoader(LesionDataset(table, tf), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     model = model.to(device).eval()
-    out = np.zeros((len(table), 0), dtype=np.float32)
     chunks: list[np.ndarray] = []
-    rows: list[np.ndarray] = []
     with torch.inference_mode():
-        for x, _, r in loader:
+        for x, _, _ in loader:  # shuffle=False: batches come in table row order
             logits = model(x.to(device, non_blocking=True)).float()
             chunks.append(torch.softmax(logits, dim=1).cpu().numpy())
-            rows.append(r.numpy())
-    if not chunks:
-        return out
-    probs = np.concatenate(chunks)
-    order = np.argsort(np.concatenate(rows))
-    return probs[order]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
