@@ -6,12 +6,14 @@ import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 import skinlesion
 from skinlesion.data.splits import apply_manifest, group_ids, read_manifest
+from skinlesion.data.table import LesionTable
 from skinlesion.errors import CheckpointError, DataError
 from skinlesion.inference import predict_table
 from skinlesion.metrics.bootstrap import bootstrap_ci, standard_metric_fns
@@ -32,13 +34,54 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-def _data_config(meta: dict[str, Any], data_root: str | None) -> DataConfig:
+def data_config_from_meta(meta: dict[str, Any], data_root: str | None) -> DataConfig:
+    """The dataset a checkpoint was trained on (``data_root`` overrides its root folder)."""
     raw = dict(meta.get("config", {}).get("data", {}))
     if data_root:
         raw["root"] = data_root
     elif raw.get("format") == "synthetic" or not raw.get("root"):
         raw["root"] = meta["data"].get("root")
     return DataConfig.model_validate(raw)
+
+
+def load_split_table(
+    meta: dict[str, Any],
+    manifest_path: Path,
+    split: str,
+    classes: Sequence[str],
+    *,
+    data_root: str | None = None,
+    run_dir: Path | None = None,
+    explicit_manifest: bool = False,
+    where: str = "checkpoint.json",
+) -> tuple[LesionTable, dict[str, Any], bool]:
+    """Rows of ``split`` in the manifest the model was trained on, labels indexed by ``classes``.
+
+    The manifest's hash must equal ``meta["data"]["split_hash"]`` unless the manifest was given
+    explicitly (then ``same_split`` is False and callers record it). Returns ``(table, info, same_split)``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"The 'split' parameter must be one of {SPLITS}. Got {split!r} instead.")
+    if not manifest_path.is_file():
+        raise CheckpointError(f"Split manifest {manifest_path} (recorded in {where}) is missing")
+    man, info = read_manifest(manifest_path)
+    expected = meta["data"].get("split_hash")
+    if not expected:
+        raise CheckpointError(f"{where} records no split hash: cannot verify the split")
+    same_split = info["hash"] == expected
+    if not same_split and not explicit_manifest:
+        raise CheckpointError(f"Manifest {manifest_path} has hash {info['hash']} but the model was trained on {expected}")
+    table = load_table(data_config_from_meta(meta, data_root), run_dir or manifest_path.parent)
+    if tuple(table.classes) != tuple(classes):
+        # The model's class order is authoritative; labels are re-indexed onto it.
+        missing = sorted(set(table.classes) - set(classes))
+        if missing:
+            raise DataError(f"Dataset has classes {missing} that the model does not know ({list(classes)})")
+        table.classes = tuple(classes)
+    subset = apply_manifest(table, man).get(split)
+    if subset is None or len(subset) == 0:
+        raise DataError(f"Split {split!r} of {manifest_path} is empty")
+    return subset, info, same_split
 
 
 def evaluate_checkpoint(
@@ -66,27 +109,10 @@ def evaluate_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
 
     manifest_path = Path(manifest) if manifest else (ckpt.path / meta["data"]["manifest"]).resolve()
-    if not manifest_path.is_file():
-        raise CheckpointError(f"Split manifest {manifest_path} (recorded in {ckpt.path}/checkpoint.json) is missing")
-    man, info = read_manifest(manifest_path)
-    expected = meta["data"].get("split_hash")
-    if not expected:
-        raise CheckpointError(f"{ckpt.path}/checkpoint.json records no split hash: cannot verify the split")
-    same_split = info["hash"] == expected
-    if not same_split and not manifest:
-        raise CheckpointError(
-            f"Manifest {manifest_path} has hash {info['hash']} but the checkpoint was trained on {expected}"
-        )
-    table = load_table(_data_config(meta, data_root), ckpt.path.parent)
-    if tuple(table.classes) != ckpt.classes:
-        # The model's class order is authoritative; labels are re-indexed onto it.
-        missing = sorted(set(table.classes) - set(ckpt.classes))
-        if missing:
-            raise DataError(f"Dataset has classes {missing} that the checkpoint does not know ({list(ckpt.classes)})")
-        table.classes = ckpt.classes
-    subset = apply_manifest(table, man).get(split)
-    if subset is None or len(subset) == 0:
-        raise DataError(f"Split {split!r} of {manifest_path} is empty")
+    subset, info, same_split = load_split_table(
+        meta, manifest_path, split, ckpt.classes, data_root=data_root, run_dir=ckpt.path.parent,
+        explicit_manifest=manifest is not None, where=f"{ckpt.path}/checkpoint.json",
+    )
 
     probs = predict_table(ckpt.model, subset, ckpt.preprocessing, batch_size=batch_size, num_workers=num_workers)
     y = subset.labels()

@@ -1,0 +1,315 @@
+"""The decision bundle: one folder with everything a prediction needs and can be audited against.
+
+Layout::
+
+    BUNDLE/
+      bundle.json            members, weights, TTA policy, temperatures, thresholds, priority,
+                             class names, provenance (split hash, validation metrics, versions)
+      members/<name>/        one checkpoint per member (weights.safetensors + checkpoint.json)
+      split_manifest.csv     the lesion-disjoint split every member was trained on (+ .json)
+      validation.npz         cached validation view logits (lets ``calibrate`` refit without a rerun)
+
+``load_bundle`` validates the folder and names whatever is missing or inconsistent. A single
+checkpoint is used as a one-member bundle through :func:`bundle_from_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import log_softmax
+
+from skinlesion._hashing import sha256_file
+from skinlesion.calibration.decision import decide, resolve_priority
+from skinlesion.calibration.temperature import apply_temperature
+from skinlesion.data.table import LesionTable
+from skinlesion.ensemble.members import Member
+from skinlesion.ensemble.predict import images_view_logits, member_view_logits
+from skinlesion.ensemble.tta import TTAPolicy
+from skinlesion.ensemble.weighting import combine_log_probs
+from skinlesion.errors import CheckpointError
+
+FORMAT = "skinlesion-bundle"
+FORMAT_VERSION = 1
+META = "bundle.json"
+MANIFEST = "split_manifest.csv"
+VALIDATION_CACHE = "validation.npz"
+TEMPERATURE_MODES = ("none", "member", "ensemble")
+REQUIRED = ("format", "format_version", "classes", "members", "tta", "temperature", "decision", "provenance")
+REQUIRED_MEMBER = ("name", "dir", "backbone", "weight", "temperature", "weights_sha256")
+
+
+class BundleError(CheckpointError):
+    """A decision bundle is missing, incomplete or inconsistent."""
+
+
+@dataclass
+class BundlePrediction:
+    """Outputs for N images: calibrated probabilities, argmax and rule-based decisions, member outputs."""
+
+    probs: np.ndarray  # (N, K) calibrated ensemble probabilities
+    argmax: np.ndarray  # (N,)
+    decision: np.ndarray  # (N,) decision rule (thresholds + priority); equals argmax without thresholds
+    fired: np.ndarray  # (N,) index of the class whose threshold fired, -1 when argmax decided
+    member_view_logits: list[np.ndarray] = field(default_factory=list)  # M x (N, V, K)
+
+
+@dataclass
+class Bundle:
+    """A loaded decision bundle (members in eval mode)."""
+
+    path: Path | None
+    meta: dict[str, Any]
+    members: list[Member]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.meta["classes"])
+
+    @property
+    def tta(self) -> TTAPolicy:
+        return TTAPolicy.parse(self.meta["tta"]["views"], self.meta["tta"]["average"])
+
+    @property
+    def temperature_mode(self) -> str:
+        return self.meta["temperature"]["mode"]
+
+    @property
+    def ensemble_temperature(self) -> float:
+        return float(self.meta["temperature"].get("ensemble", 1.0))
+
+    @property
+    def thresholds(self) -> dict[str, float | None]:
+        return {c: v.get("threshold") for c, v in self.meta["decision"].get("thresholds", {}).items()}
+
+    @property
+    def priority(self) -> list[str]:
+        return resolve_priority(self.classes, self.meta["decision"].get("priority"))
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.array([m.weight for m in self.members], dtype=np.float64)
+
+    @property
+    def bundle_id(self) -> str:
+        """sha256 of bundle.json (which records every member's weight hash): names the exact model."""
+        if self.path is not None and (self.path / META).is_file():
+            return sha256_file(self.path / META)
+        return "unsaved:" + "-".join(m.meta.get("weights_sha256", "?")[:12] for m in self.members)
+
+    # -- combining -----------------------------------------------------------------------------
+    def log_probs(
+        self, view_logits: Sequence[np.ndarray], *, calibrated: bool = True, views: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Ensemble log-probabilities ``(N, K)`` from M member view logits ``(N, V, K)``.
+
+        ``calibrated=False`` ignores every temperature; ``views`` selects a subset of the TTA views
+        (e.g. ``[0]`` for the identity view only).
+        """
+        if len(view_logits) != len(self.members):
+            raise ValueError(f"Got view logits of {len(view_logits)} members; the bundle has {len(self.members)}")
+        mode = self.temperature_mode if calibrated else "none"
+        average = self.meta["tta"]["average"]
+        member_lp = []
+        for m, z in zip(self.members, view_logits, strict=True):
+            z = np.asarray(z)
+            if views is not None:
+                z = z[:, list(views)]
+            member_lp.append(apply_temperature(z, m.temperature if mode == "member" else 1.0, average))
+        lp = combine_log_probs(member_lp, self.weights)
+        if mode == "ensemble":
+            lp = log_softmax(lp / self.ensemble_temperature, axis=-1)
+        return lp
+
+    def decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decisions and the class whose threshold fired (-1: argmax) under the bundle's rule."""
+        return decide(probs, self.classes, self.thresholds, self.priority, return_reason=True)  # type: ignore[return-value]
+
+    def _finish(self, view_logits: list[np.ndarray]) -> BundlePrediction:
+        probs = np.exp(self.log_probs(view_logits))
+        decision, fired = self.decide(probs)
+        return BundlePrediction(probs, probs.argmax(axis=1), decision, fired, view_logits)
+
+    # -- running -------------------------------------------------------------------------------
+    def view_logits_table(
+        self, table: LesionTable, *, batch_size: int = 32, num_workers: int = 0, device: str | None = None
+    ) -> list[np.ndarray]:
+        views = self.tta.views
+        return [
+            member_view_logits(m, table, views, batch_size=batch_size, num_workers=num_workers, device=device)
+            for m in self.members
+        ]
+
+    def predict_table(self, table: LesionTable, **kw: Any) -> BundlePrediction:
+        return self._finish(self.view_logits_table(table, **kw))
+
+    def predict_images(self, images: Sequence[np.ndarray], *, device: str | None = None) -> BundlePrediction:
+        views = self.tta.views
+        return self._finish([images_view_logits(m, images, views, device=device) for m in self.members])
+
+
+# -- validation and loading ----------------------------------------------------------------------
+def _fail(path: Path | None, msg: str) -> BundleError:
+    where = f"{path / META}" if path is not None else "bundle"
+    return BundleError(f"{where}: {msg}")
+
+
+def validate_meta(meta: dict[str, Any], path: Path | None = None) -> None:
+    """Check a bundle.json dict; errors name the missing or inconsistent field."""
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise _fail(path, f"missing field(s) {missing}")
+    if meta["format"] != FORMAT:
+        raise _fail(path, f"field 'format' must be {FORMAT!r}, got {meta['format']!r}")
+    if int(meta["format_version"]) > FORMAT_VERSION:
+        raise _fail(path, f"format_version {meta['format_version']} is newer than this package supports ({FORMAT_VERSION})")
+    classes = meta["classes"]
+    if not classes or len(set(classes)) != len(classes):
+        raise _fail(path, f"field 'classes' must be a non-empty list of distinct names, got {classes!r}")
+    members = meta["members"]
+    if not members:
+        raise _fail(path, "field 'members' is empty: a bundle needs at least one member")
+    for i, m in enumerate(members):
+        lacking = [k for k in REQUIRED_MEMBER if k not in m]
+        if lacking:
+            raise _fail(path, f"members[{i}] lacks {lacking}")
+        if not (isinstance(m["weight"], (int, float)) and m["weight"] >= 0):
+            raise _fail(path, f"members[{i}] ({m['name']}): weight must be >= 0, got {m['weight']!r}")
+        if not (isinstance(m["temperature"], (int, float)) and m["temperature"] > 0):
+            raise _fail(path, f"members[{i}] ({m['name']}): temperature must be > 0, got {m['temperature']!r}")
+    total = sum(float(m["weight"]) for m in members)
+    if not math.isclose(total, 1.0, abs_tol=1e-6):
+        raise _fail(path, f"member weights must sum to 1, they sum to {total:.6f}")
+    try:
+        TTAPolicy.parse(meta["tta"].get("views", ()), meta["tta"].get("average", ""))
+    except (ValueError, AttributeError) as e:
+        raise _fail(path, f"field 'tta' is invalid: {e}") from None
+    t = meta["temperature"]
+    if t.get("mode") not in TEMPERATURE_MODES:
+        raise _fail(path, f"temperature.mode must be one of {TEMPERATURE_MODES}, got {t.get('mode')!r}")
+    if t["mode"] == "ensemble" and not (isinstance(t.get("ensemble"), (int, float)) and t["ensemble"] > 0):
+        raise _fail(path, f"temperature.ensemble must be > 0 when mode is 'ensemble', got {t.get('ensemble')!r}")
+    decision = meta["decision"]
+    thresholds = decision.get("thresholds", {})
+    unknown = [c for c in thresholds if c not in classes]
+    if unknown:
+        raise _fail(path, f"decision.thresholds name unknown class(es) {unknown}; classes are {classes}")
+    for c, v in thresholds.items():
+        thr = v.get("threshold") if isinstance(v, dict) else "?"
+        if thr is not None and not (isinstance(thr, (int, float)) and 0 <= thr <= 1):
+            raise _fail(path, f"decision.thresholds.{c}.threshold must be a probability or null, got {thr!r}")
+    try:
+        resolve_priority(classes, decision.get("priority"))
+    except ValueError as e:
+        raise _fail(path, f"decision.priority: {e}") from None
+
+
+def load_bundle(path: str | Path, *, map_location: str = "cpu", verify: bool = True) -> Bundle:
+    """Load and validate a bundle folder (or its bundle.json)."""
+    from skinlesion.train.checkpoint import load_checkpoint
+
+    p = Path(path)
+    if p.is_file() and p.name == META:
+        p = p.parent
+    if not p.exists():
+        raise BundleError(f"Bundle {str(path)!r} does not exist")
+    if not (p / META).is_file():
+        raise BundleError(f"{p} is not a skinlesion bundle: {META} is missing (build one with `skinlesion ensemble build`)")
+    try:
+        meta = json.loads((p / META).read_text())
+    except json.JSONDecodeError as e:
+        raise _fail(p, f"not valid JSON ({e})") from e
+    validate_meta(meta, p)
+    members = []
+    for i, m in enumerate(meta["members"]):
+        d = p / m["dir"]
+        if not d.is_dir():
+            raise _fail(p, f"members[{i}] ({m['name']}): folder {d} is missing")
+        try:
+            ckpt = load_checkpoint(d, map_location=map_location, verify=verify)
+        except CheckpointError as e:
+            raise _fail(p, f"members[{i}] ({m['name']}): {e}") from None
+        if ckpt.meta.get("weights_sha256") != m["weights_sha256"]:
+            raise _fail(p, f"members[{i}] ({m['name']}): weights_sha256 differs from the member's checkpoint.json")
+        if list(ckpt.classes) != list(meta["classes"]):
+            raise _fail(p, f"members[{i}] ({m['name']}): classes {list(ckpt.classes)} differ from the bundle's {meta['classes']}")
+        members.append(_member(ckpt, m["name"], float(m["weight"]), float(m["temperature"])))
+    return Bundle(p, meta, members)
+
+
+def _member(ckpt: Any, name: str, weight: float = 1.0, temperature: float = 1.0) -> Member:
+    return Member(
+        name=name,
+        model=ckpt.model,
+        preprocessing=ckpt.preprocessing,
+        backbone=ckpt.meta["backbone"],
+        weight=weight,
+        temperature=temperature,
+        meta=ckpt.meta,
+    )
+
+
+def bundle_from_checkpoint(path: str | Path, *, tta: str = "none", map_location: str = "cpu") -> Bundle:
+    """A one-member, uncalibrated bundle (argmax decisions) around a checkpoint."""
+    from skinlesion.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, map_location=map_location)
+    policy = TTAPolicy.parse(tta)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": f"checkpoint:{ckpt.path}",
+        "classes": list(ckpt.classes),
+        "members": [
+            {
+                "name": ckpt.meta["backbone"],
+                "dir": str(ckpt.path),
+                "backbone": ckpt.meta["backbone"],
+                "weight": 1.0,
+                "temperature": 1.0,
+                "weights_sha256": ckpt.meta.get("weights_sha256"),
+            }
+        ],
+        "tta": policy.to_dict(),
+        "temperature": {"mode": "none"},
+        "decision": {"rule": "argmax", "thresholds": {}, "priority": None},
+        "provenance": {"split_hash": ckpt.meta["data"].get("split_hash"), "checkpoint": str(ckpt.path)},
+    }
+    return Bundle(None, meta, [_member(ckpt, ckpt.meta["backbone"])])
+
+
+def load_model_source(*, bundle: str | Path | None = None, checkpoint: str | Path | None = None) -> Bundle:
+    """Exactly one of ``bundle`` / ``checkpoint`` -> a Bundle (what explain/predict/serve take)."""
+    if (bundle is None) == (checkpoint is None):
+        raise ValueError("Give exactly one of --bundle or --checkpoint")
+    return load_bundle(bundle) if bundle is not None else bundle_from_checkpoint(checkpoint)  # type: ignore[arg-type]
+
+
+def is_bundle(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / META).is_file() or (p.is_file() and p.name == META)
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    validate_meta(meta, path)
+    tmp = path / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=_json_default))
+    tmp.replace(path / META)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        v = o.item()
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    return str(o)

@@ -1,0 +1,44 @@
+"""An ensemble member: one trained backbone with its own preprocessing, weight and temperature."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from skinlesion.data.transforms import eval_transform, to_chw_tensor
+
+
+@dataclass
+class Member:
+    """A model in eval mode plus everything needed to feed it and weigh its output.
+
+    ``preprocessing`` is the checkpoint's dict (``input_size`` (H, W), ``mean``, ``std``,
+    ``interpolation``); ``temperature`` divides the member's logits before softmax.
+    """
+
+    name: str
+    model: torch.nn.Module
+    preprocessing: dict[str, Any]
+    backbone: str
+    weight: float = 1.0
+    temperature: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        h, w = self.preprocessing["input_size"]
+        return int(h), int(w)
+
+    def transform(self):  # noqa: ANN201 - an albumentations Compose
+        p = self.preprocessing
+        return eval_transform(tuple(p["input_size"]), p["mean"], p["std"], p["interpolation"])
+
+    def preprocess(self, images: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+        """RGB uint8 images ``(H, W, 3)`` of any size -> normalised batch ``(N, 3, h, w)`` for this member."""
+        tf = self.transform()
+        batch = [to_chw_tensor(np.asarray(tf(image=np.asarray(im))["image"], dtype=np.float32)) for im in images]
+        return torch.stack(batch).to(device)

@@ -1,0 +1,331 @@
+"""Class activation maps for one model or a weighted ensemble, with test-time-augmentation views.
+
+Grad-CAM (Selvaraju et al., ICCV 2017) weighs the channels of a convolutional feature map by the
+spatially averaged gradient of the class score; Grad-CAM++ (Chattopadhay et al., WACV 2018) uses
+higher-order gradient weights, which localise several instances of the evidence better. Both come
+from pytorch-grad-cam; this module only chooses the target layer (from the backbone registry), the
+class to explain, and runs the views of :mod:`skinlesion.ensemble.tta`, mapping each view's map
+back to the original frame before averaging.
+
+Every map is min-max scaled to [0, 1] by the library; averages over views and members are not
+rescaled, so a peak below 1 means the views (or members) disagree about where the evidence is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skinlesion.ensemble.members import Member
+from skinlesion.ensemble.tta import SWAPS_AXES, apply_view, deaugment_maps, parse_views
+from skinlesion.models.registry import get_target_layer
+
+METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
+ClassIndex = int | Sequence[int] | np.ndarray | None
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """CAMs of an ensemble for N images, every map at its image's original size ``(H_i, W_i)``.
+
+    ``maps[i]`` is the weighted mean of ``member_maps[m][i]`` over members ``m`` with the
+    normalised ``weights``; ``class_index[i]`` is the class explained and ``probabilities`` the
+    ensemble's class probabilities ``(N, K)`` on the identity view.
+    """
+
+    maps: list[np.ndarray]
+    member_maps: list[list[np.ndarray]]
+    member_names: tuple[str, ...]
+    weights: np.ndarray
+    class_index: np.ndarray
+    probabilities: np.ndarray
+    method: str
+    views: tuple[str, ...]
+
+
+def check_method(method: str) -> str:
+    """Return ``method`` if it is a supported CAM method, else raise a ValueError naming them."""
+    if method not in METHODS:
+        raise ValueError(f"The 'method' parameter must be one of {set(METHODS)}. Got {method!r} instead.")
+    return method
+
+
+def _cam_class(method: str) -> type:
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+
+    return {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}[check_method(method)]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def check_class_index(class_index: ClassIndex, n: int, num_classes: int) -> np.ndarray:
+    """``class_index`` (one int for all images, or one per image) as an int array ``(n,)``."""
+    if isinstance(class_index, (int, np.integer)) and not isinstance(class_index, bool):
+        values = [class_index] * n
+    elif isinstance(class_index, (Sequence, np.ndarray)) and not isinstance(class_index, str):
+        values = list(np.asarray(class_index).reshape(-1)) if isinstance(class_index, np.ndarray) else list(class_index)
+        if len(values) != n:
+            raise ValueError(
+                f"The 'class_index' parameter must hold one class per image ({n}). Got {len(values)} instead."
+            )
+    else:
+        raise ValueError(
+            f"The 'class_index' parameter must be None, an int or a sequence of ints. Got {class_index!r} instead."
+        )
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_classes:
+            raise ValueError(
+                f"The 'class_index' parameter must hold integers in [0, K) with K = {num_classes} classes. "
+                f"Got {v!r} instead."
+            )
+    return np.asarray(values, dtype=np.int64)
+
+
+def _check_batch(x: Any) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] == 0:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"The 'x' parameter must be a non-empty tensor of shape (N, C, H, W). Got {shape} instead.")
+    return x
+
+
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    k = getattr(model, "num_classes", None)
+    if isinstance(k, int) and k > 0:
+        return k
+    with torch.no_grad():
+        return int(model(x[:1].to(_device(model))).shape[-1])
+
+
+@contextmanager
+def _grad_to_input_only(model: nn.Module) -> Iterator[None]:
+    """Let gradients flow from the input only, and restore every ``requires_grad`` and ``.grad`` after.
+
+    Grad-CAM needs the gradient at the target layer, not the weights' gradients: freezing the
+    weights skips their computation and leaves a frozen (or fine-tuned) model exactly as it was.
+    """
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        for p, flag, grad in zip(params, flags, grads, strict=True):
+            p.requires_grad_(flag)
+            p.grad = grad
+
+
+@contextmanager
+def _cam_session(method: str, model: nn.Module, layer: nn.Module) -> Iterator[Any]:
+    """The library's CAM object, with its hooks released on exit.
+
+    The library's own ``__exit__`` swallows IndexError (printing it); this one re-raises everything.
+    """
+    cam = _cam_class(method)(model=model, target_layers=[layer])
+    try:
+        yield cam
+    finally:
+        cam.activations_and_grads.release()
+
+
+def _view_groups(views: Sequence[str], square: bool) -> list[list[int]]:
+    if square:
+        return [list(range(len(views)))]
+    same = [i for i, v in enumerate(views) if v not in SWAPS_AXES]
+    swapped = [i for i, v in enumerate(views) if v in SWAPS_AXES]
+    return [g for g in (same, swapped) if g]
+
+
+def _cam_views(
+    model: nn.Module, layer: nn.Module, x: torch.Tensor, classes: np.ndarray, method: str, views: Sequence[str]
+) -> np.ndarray:
+    """Maps ``(N, h, w)`` of ``classes`` averaged over ``views``; views of one shape share a batch."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    n = x.shape[0]
+    per_view: list[np.ndarray | None] = [None] * len(views)
+    with _grad_to_input_only(model), _cam_session(method, model, layer) as cam:
+        for group in _view_groups(views, x.shape[-1] == x.shape[-2]):
+            batch = torch.cat([apply_view(x, views[i]) for i in group]).detach().clone().requires_grad_(True)
+            targets = [ClassifierOutputTarget(int(c)) for _ in group for c in classes]
+            out = cam(input_tensor=batch, targets=targets)
+            for j, i in enumerate(group):
+                per_view[i] = out[j * n : (j + 1) * n]
+    model.eval()
+    return np.clip(deaugment_maps(per_view, views), 0.0, 1.0).astype(np.float32)  # type: ignore[arg-type]
+
+
+def compute_cam(
+    model: nn.Module,
+    backbone: str | nn.Module,
+    x: torch.Tensor,
+    class_index: ClassIndex = None,
+    method: str = "gradcam++",
+    views: str | Sequence[str] = ("identity",),
+) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017) or Grad-CAM++ (Chattopadhay et al. 2018) of a batch.
+
+    Args:
+        model: a classifier returning logits ``(N, K)``; it is put in (and left in) eval mode, and
+            its ``requires_grad`` flags and ``.grad`` are left unchanged.
+        backbone: the registry name of the model (its target layer comes from the registry), or
+            the target layer itself (a module of ``model``).
+        x: the preprocessed batch ``(N, C, h, w)``.
+        class_index: the class to explain, one for all images or one per image; ``None`` explains
+            the predicted class (argmax of the logits on the identity view).
+        method: ``"gradcam"`` or ``"gradcam++"``.
+        views: TTA view names or a preset (see :func:`skinlesion.ensemble.tta.parse_views`); each
+            view's map is brought back to the original frame and the maps are averaged.
+
+    Returns:
+        float32 maps ``(N, h, w)`` in [0, 1].
+    """
+    check_method(method)
+    views = parse_views(views)
+    x = _check_batch(x)
+    layer = get_target_layer(model, backbone) if isinstance(backbone, str) else backbone
+    if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
+        raise ValueError(
+            "The 'backbone' parameter must be a registry name or a target layer of the model (one of its "
+            f"modules). Got {type(backbone).__name__} {backbone!r} instead."
+        )
+    model.eval()
+    if class_index is None:
+        with torch.no_grad():
+            classes = model(x.to(_device(model))).argmax(dim=-1).cpu().numpy()
+    else:
+        classes = check_class_index(class_index, x.shape[0], _num_classes(model, x))
+    return _cam_views(model, layer, x, classes, method, views)
+
+
+def _check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    images = [np.asarray(im) for im in images] if isinstance(images, (list, tuple)) else []
+    if not images:
+        raise ValueError("The 'images' parameter must be a non-empty list of RGB uint8 arrays (H, W, 3).")
+    for i, im in enumerate(images):
+        if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(
+                f"The 'images' parameter must hold RGB uint8 arrays (H, W, 3). "
+                f"Got {im.dtype} {im.shape} at index {i} instead."
+            )
+    return images
+
+
+def _normalised_weights(members: Sequence[Member]) -> np.ndarray:
+    w = np.asarray([m.weight for m in members], dtype=np.float64)
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(
+            f"The member weights must be finite, non-negative and not all zero. Got {w.tolist()} instead."
+        )
+    return w / w.sum()
+
+
+def resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear (antialiased) resize of a map ``(h, w)`` to ``size`` (H, W), clipped to [0, 1]."""
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape == tuple(size):
+        return cam.copy()
+    t = torch.from_numpy(cam)[None, None]
+    out = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+    return out.clamp_(0.0, 1.0).numpy()
+
+
+def ensemble_cam(
+    members: Sequence[Member],
+    images: Sequence[np.ndarray],
+    class_index: ClassIndex = None,
+    method: str = "gradcam++",
+    views: str | Sequence[str] = ("identity",),
+) -> CamResult:
+    """CAMs of a weighted ensemble: each member's map at the image's size, and their weighted mean.
+
+    Each member preprocesses the RGB uint8 ``images`` itself (members may differ in input size);
+    its map is resized back to the original image. ``class_index=None`` explains the ensemble's
+    predicted class: the argmax of the weight-averaged softmax of ``logits / member.temperature``
+    on the identity view. Method: Grad-CAM (Selvaraju et al. 2017) or Grad-CAM++ (Chattopadhay et
+    al. 2018), see :func:`compute_cam`.
+    """
+    members = list(members)
+    if not members:
+        raise ValueError("The 'members' parameter must hold at least one Member. Got an empty sequence instead.")
+    check_method(method)
+    views = parse_views(views)
+    images = _check_images(images)
+    weights = _normalised_weights(members)
+    inputs: list[torch.Tensor] = []
+    probs: list[np.ndarray] = []
+    for m in members:
+        if not (isinstance(m.temperature, (int, float)) and np.isfinite(m.temperature) and m.temperature > 0):
+            raise ValueError(f"Member {m.name!r}: the temperature must be a positive number. Got {m.temperature!r}.")
+        m.model.eval()
+        x = m.preprocess(images, device=_device(m.model))
+        with torch.no_grad():
+            logits = m.model(x).float()
+        probs.append(torch.softmax(logits / m.temperature, dim=-1).cpu().numpy().astype(np.float64))
+        inputs.append(x)
+    ks = {p.shape[-1] for p in probs}
+    if len(ks) != 1:
+        raise ValueError(f"All members must have the same number of classes. Got {sorted(ks)} instead.")
+    mean_probs = sum(w * p for w, p in zip(weights, probs, strict=True))
+    if class_index is None:
+        classes = np.asarray(mean_probs.argmax(axis=-1), dtype=np.int64)
+    else:
+        classes = check_class_index(class_index, len(images), ks.pop())
+    member_maps: list[list[np.ndarray]] = []
+    for m, x in zip(members, inputs, strict=True):
+        maps = _cam_views(m.model, get_target_layer(m.model, m.backbone), x, classes, method, views)
+        member_maps.append([resize_map(maps[i], im.shape[:2]) for i, im in enumerate(images)])
+    mean_maps = [
+        np.asarray(sum(w * mm[i] for w, mm in zip(weights, member_maps, strict=True)), dtype=np.float32)
+        for i in range(len(images))
+    ]
+    return CamResult(
+        maps=mean_maps,
+        member_maps=member_maps,
+        member_names=tuple(m.name for m in members),
+        weights=weights,
+        class_index=classes,
+        probabilities=np.asarray(mean_probs),
+        method=method,
+        views=tuple(views),
+    )
+
+
+def overlay_array(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """The CAM as a jet heat map blended over an RGB uint8 image: ``(H, W, 3)`` uint8.
+
+    ``alpha`` is the heat map's share; the map is resized to the image if needed.
+    """
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    image = _check_images([image])[0]
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.ndim != 2 or not np.all(np.isfinite(cam)):
+        raise ValueError(f"The 'cam' parameter must be a finite 2-D map (h, w). Got shape {cam.shape} instead.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"The 'alpha' parameter must be a float in [0, 1]. Got {alpha!r} instead.")
+    cam = resize_map(np.clip(cam, 0.0, 1.0), image.shape[:2])
+    return show_cam_on_image(image.astype(np.float32) / 255.0, cam, use_rgb=True, image_weight=1.0 - float(alpha))
+
+
+def overlay_png(image: np.ndarray, cam: np.ndarray, path: str | Path, alpha: float = 0.4) -> Path:
+    """Write :func:`overlay_array` as a PNG at ``path`` (parent folders created); return the path."""
+    from PIL import Image
+
+    path = Path(path)
+    arr = overlay_array(image, cam, alpha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format="PNG")
+    return path
