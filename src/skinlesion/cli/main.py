@@ -10,6 +10,7 @@ import typer
 from skinlesion import __version__
 from skinlesion.cli.data import data_app
 from skinlesion.cli.demo import demo_command
+from skinlesion.cli.ensemble import calibrate_command, ensemble_app
 from skinlesion.cli.evaluate import evaluate_command
 from skinlesion.cli.models import models_app
 from skinlesion.cli.train import train_command
@@ -23,6 +24,8 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.command("train")(train_command)
+app.add_typer(ensemble_app, name="ensemble")
+app.command("calibrate")(calibrate_command)
 app.command("evaluate")(evaluate_command)
 app.command("demo")(demo_command)
 

@@ -120,6 +120,7 @@ def write_evaluation_report(
     classes: Sequence[str],
     provenance: Mapping[str, Any],
     notes: Sequence[str] = (),
+    extra_tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]] = (),
 ) -> Path:
     """Write a single self-contained HTML evaluation report.
 
@@ -135,6 +136,8 @@ def write_evaluation_report(
         provenance: checkpoint, backbone, split_hash, dataset, ... (``package_version`` and
             ``date`` are filled in unless given, also as ``skinlesion_version``/``evaluated``).
         notes: free-text remarks shown under the title (escaped).
+        extra_tables: ``(heading, header, rows)`` tables shown after the headline metrics (escaped),
+            e.g. argmax vs calibrated decisions of a bundle.
     """
     import skinlesion
 
@@ -208,6 +211,7 @@ def write_evaluation_report(
 {"".join(f"<p>{escape(str(n))}</p>" for n in notes)}
 <h2>Headline metrics</h2>
 {headline}
+{"".join(f"<h2>{escape(h)}</h2>" + _table([escape(str(c)) for c in head], [[escape(_text(v)) for v in r] for r in rows]) for h, head, rows in extra_tables)}
 <h2>Per-class metrics</h2>
 {per_class}
 <h2>Figures</h2>

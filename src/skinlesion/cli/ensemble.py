@@ -1,0 +1,75 @@
+"""``skinlesion ensemble build`` and ``skinlesion calibrate``: decision bundles from checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from skinlesion.cli._common import console, user_errors
+
+ensemble_app = typer.Typer(help="Combine checkpoints into a decision bundle.", no_args_is_help=True)
+
+
+@ensemble_app.command("build")
+def build_command(
+    checkpoints: list[Path] = typer.Argument(..., help="Checkpoint (or run) folders; all trained on one split."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write."),
+    weights: str = typer.Option("bacc", "--weights", help="bacc (proportional to validation BACC), uniform, or nll (fitted)."),
+    tta: str = typer.Option("d4", "--tta", help="Views: d4, flips, none, or a list e.g. identity,hflip,rot90,zoom:1.15."),
+    average: str = typer.Option("prob", "--average", help="Average TTA views as probabilities (prob) or logits (logit)."),
+    temperature: str = typer.Option("ensemble", "--temperature", help="ensemble, member (one per member) or none."),
+    data_root: str | None = typer.Option(None, "--data-root", help="Dataset folder, if it moved since training."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    name: str | None = typer.Option(None, "--name", help="Bundle name (default: the folder name)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
+) -> None:
+    """Fit member weights and temperature on the validation split and write a decision bundle."""
+    from skinlesion.ensemble.build import build_bundle
+
+    with user_errors():
+        b = build_bundle(
+            checkpoints, out, weighting=weights, tta=tta, average=average, temperature=temperature,
+            data_root=data_root, batch_size=batch_size, name=name, overwrite=overwrite,
+        )
+    v = b.meta["validation"]
+    for m in b.members:
+        console.print(f"{m.name:<32} weight {m.weight:.3f}  temperature {m.temperature:.3f}")
+    console.print(f"TTA views: {', '.join(b.tta.views)} ({b.tta.average} average); ensemble temperature {b.ensemble_temperature:.3f}")
+    console.print(
+        f"validation BACC {v['calibrated']['bacc']:.3f}; NLL {v['uncalibrated']['nll']:.3f} -> {v['calibrated']['nll']:.3f}; "
+        f"ECE {v['uncalibrated']['ece']:.3f} -> {v['calibrated']['ece']:.3f}"
+    )
+    console.print(f"bundle: {b.path}  (next: skinlesion calibrate {b.path} --targets MEL:sens=0.85,spec=0.85)")
+
+
+def calibrate_command(
+    bundle: Path = typer.Argument(..., help="Bundle folder."),
+    targets: list[str] = typer.Option(..., "--targets", "-t", help="CLASS:sens=0.85,spec=0.85 (repeat or space-separate)."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Targets must hold on this one-sided lower bound; 0 = point estimates."),
+    bound: str = typer.Option("clopper-pearson", "--bound", help="clopper-pearson or wilson."),
+    prefer: str = typer.Option("balanced", "--prefer", help="Among feasible thresholds: balanced, sensitivity or specificity."),
+    fallback: str = typer.Option("keep_sensitivity", "--fallback", help="When infeasible: keep_sensitivity, keep_specificity, youden, none."),
+    priority: str | None = typer.Option(None, "--priority", help="Clinical priority, e.g. MEL,BCC,AKIEC (default: most dangerous first)."),
+) -> None:
+    """Choose per-class thresholds on validation only and record them in the bundle."""
+    from skinlesion.calibration.thresholds import parse_targets
+    from skinlesion.ensemble.build import calibrate_bundle
+
+    with user_errors():
+        parsed = parse_targets([t for item in targets for t in item.split()])
+        decision = calibrate_bundle(
+            bundle, parsed, confidence=confidence or None, bound=bound, prefer=prefer, fallback=fallback,
+            priority=priority.split(",") if priority else None,
+        )
+    for c, t in decision["thresholds"].items():
+        thr = "none" if t["threshold"] is None else f"{t['threshold']:.4f}"
+        console.print(
+            f"{c:<6} threshold {thr}  validation sensitivity {t['sensitivity']:.3f} (lower bound {t['sensitivity_lower']:.3f}), "
+            f"specificity {t['specificity']:.3f} (lower bound {t['specificity_lower']:.3f})  -> {t['status']} [{t['rule']}]"
+            if t["threshold"] is not None
+            else f"{c:<6} no threshold -> {t['status']} [{t['rule']}]"
+        )
+        if t["status"] != "met":
+            console.print(f"       [yellow]{t['reason']}[/]")
+    console.print(f"priority: {' > '.join(decision['priority'])}; validation BACC of the decision rule {decision['validation']['bacc']:.3f}")

@@ -1,0 +1,167 @@
+"""Bundles end to end on two tiny members (different backbones and input sizes) trained on one split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from skinlesion.calibration.thresholds import Target
+from skinlesion.cli.main import app
+from skinlesion.ensemble.bundle import BundleError, bundle_from_checkpoint, load_bundle
+from skinlesion.ensemble.build import build_bundle, calibrate_bundle, load_validation_cache
+from skinlesion.ensemble.evaluate import evaluate_bundle, load_bundle_split
+from skinlesion.errors import CheckpointError
+from skinlesion.train.config import load_config
+from skinlesion.train.run import train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("bundle")
+    data = f"data.root={root / 'synthetic'}"
+    runs = []
+    for name, backbone, size in (("a", "test_efficientnet", "[48, 64]"), ("b", "test_resnet", "[56, 56]")):
+        cfg = load_config("tiny", [data, f"model.backbone={backbone}", f"model.input_size={size}", "train.epochs=2"])
+        runs.append(train(cfg, run_dir=root / name).checkpoint_dir)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(members: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    build_bundle(members, out, weighting="bacc", tta="flips", temperature="ensemble")
+    return out
+
+
+def test_build_writes_a_complete_bundle(bundle_dir: Path, members: list[Path]) -> None:
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    assert [m["backbone"] for m in meta["members"]] == ["test_efficientnet", "test_resnet"]
+    assert [m["preprocessing"]["input_size"] for m in meta["members"]] == [[48, 64], [56, 56]]
+    assert sum(m["weight"] for m in meta["members"]) == pytest.approx(1.0)
+    bacc = np.array(meta["weighting"]["member_bacc"])
+    np.testing.assert_allclose([m["weight"] for m in meta["members"]], bacc / bacc.sum())
+    assert meta["tta"] == {"views": ["identity", "hflip", "vflip"], "average": "prob"}
+    assert meta["temperature"]["mode"] == "ensemble" and meta["temperature"]["ensemble"] > 0
+    assert meta["validation"]["calibrated"]["nll"] <= meta["validation"]["uncalibrated"]["nll"] + 1e-9
+    split_hash = json.loads((members[0] / "checkpoint.json").read_text())["data"]["split_hash"]
+    assert meta["provenance"]["split_hash"] == split_hash
+    assert (bundle_dir / "split_manifest.csv").is_file()
+    logits, y, _ = load_validation_cache(load_bundle(bundle_dir))
+    assert [z.shape[1:] for z in logits] == [(3, 7), (3, 7)] and logits[0].shape[0] == y.shape[0]
+
+
+def test_loaded_bundle_reproduces_cached_validation_outputs(bundle_dir: Path) -> None:
+    b = load_bundle(bundle_dir)
+    val = load_bundle_split(b, "val")
+    fresh = b.view_logits_table(val)
+    cached, y, _ = load_validation_cache(b)
+    for f, c in zip(fresh, cached, strict=True):
+        np.testing.assert_allclose(f, c, atol=1e-4)
+    np.testing.assert_array_equal(val.labels(), y)
+    # images in memory give what the table pipeline gives
+    images = [val.load_image(i) for i in range(4)]
+    pred = b.predict_images(images)
+    np.testing.assert_allclose(pred.probs, np.exp(b.log_probs([z[:4] for z in fresh])), atol=1e-5)
+
+
+def test_fitted_weights_lower_validation_nll(members: list[Path], tmp_path: Path) -> None:
+    uniform = build_bundle(members, tmp_path / "u", weighting="uniform", tta="none", temperature="none")
+    fitted = build_bundle(members, tmp_path / "f", weighting="nll", tta="none", temperature="none")
+    assert fitted.meta["weighting"]["val_nll"] <= uniform.meta["weighting"]["val_nll"] + 1e-9
+    member = build_bundle(members, tmp_path / "m", weighting="uniform", tta="none", temperature="member")
+    assert all(m.temperature != 1.0 for m in member.members)
+
+
+def test_calibrate_then_evaluate_reports_argmax_and_decisions(bundle_dir: Path, tmp_path: Path) -> None:
+    work = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, work)
+    decision = calibrate_bundle(work, [Target("MEL", 0.6, 0.5), Target("AKIEC", 0.5, 0.5)], confidence=None)
+    assert set(decision["thresholds"]) == {"MEL", "AKIEC"}
+    b = load_bundle(work)
+    assert b.thresholds["MEL"] is not None and b.priority[0] == "MEL"
+    assert [h["action"] for h in b.meta["history"]] == ["build", "calibrate"]
+    res = evaluate_bundle(work, split="test", n_boot=20)
+    assert {t["class"] for t in res["targets"]} == {"MEL", "AKIEC"}
+    for t in res["targets"]:
+        assert t["sensitivity_met"] == (t["sensitivity"] >= t["target_sensitivity"])
+    out = Path(res["out_dir"])
+    for name in ("metrics.json", "predictions.csv", "decisions.csv", "report.html"):
+        assert (out / name).is_file()
+    html = (out / "report.html").read_text()
+    assert "Argmax vs decision rule" in html and "Clinical targets on this split" in html
+    rows = (out / "decisions.csv").read_text().splitlines()
+    assert rows[0] == "image,truth,argmax,decision,threshold_fired" and len(rows) == res["provenance"]["n_images"] + 1
+    assert res["calibration"]["ece_before"] >= 0 and not res["provenance"]["in_sample"]
+
+
+def test_cli_build_calibrate_evaluate(members: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "cli-bundle"
+    r = runner.invoke(app, ["ensemble", "build", *map(str, members), "--out", str(out), "--tta", "none", "--weights", "uniform"])
+    assert r.exit_code == 0, r.output
+    assert "weight 0.500" in r.output
+    r = runner.invoke(app, ["calibrate", str(out), "--targets", "MEL:sens=0.5,spec=0.5 AKIEC:sens=0.5", "--confidence", "0.9"])
+    assert r.exit_code == 0, r.output
+    assert "MEL" in r.output and "priority: MEL" in r.output
+    r = runner.invoke(app, ["evaluate", str(out), "--split", "val", "--n-boot", "10"])
+    assert r.exit_code == 0, r.output
+    assert "IN-SAMPLE" in r.output and "decision rule" in r.output
+    r = runner.invoke(app, ["calibrate", str(out), "--targets", "XYZ:sens=0.5"])
+    assert r.exit_code == 1 and "not among the model's classes" in r.output
+
+
+def test_members_from_different_splits_are_refused(members: list[Path], tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(members[1], other)
+    meta = json.loads((other / "checkpoint.json").read_text())
+    meta["data"]["split_hash"] = "0" * 64
+    (other / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="members must share one split"):
+        build_bundle([members[0], other], tmp_path / "x")
+    with pytest.raises(ValueError, match="same checkpoint is given twice"):
+        build_bundle([members[0], members[0]], tmp_path / "y")
+    with pytest.raises(ValueError, match="'weighting' parameter must be one of"):
+        build_bundle(members, tmp_path / "z", weighting="best")
+
+
+def test_load_bundle_names_what_is_wrong(bundle_dir: Path, tmp_path: Path) -> None:
+    def broken(edit) -> Path:  # noqa: ANN001
+        d = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(bundle_dir, d)
+        meta = json.loads((d / "bundle.json").read_text())
+        edit(meta, d)
+        (d / "bundle.json").write_text(json.dumps(meta))
+        return d
+
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nothing")
+    with pytest.raises(BundleError, match="bundle.json is missing"):
+        load_bundle(tmp_path)
+    cases = [
+        (lambda m, d: m.pop("tta"), r"missing field\(s\) \['tta'\]"),
+        (lambda m, d: m["members"][0].__setitem__("weight", 0.9), "weights must sum to 1"),
+        (lambda m, d: m["decision"].__setitem__("thresholds", {"XX": {"threshold": 0.5}}), r"unknown class\(es\) \['XX'\]"),
+        (lambda m, d: m["tta"].__setitem__("views", ["spin"]), "Unknown TTA view 'spin'"),
+        (lambda m, d: m["temperature"].__setitem__("mode", "auto"), "temperature.mode must be one of"),
+        (lambda m, d: shutil.rmtree(d / m["members"][1]["dir"]), r"members\[1\] \(m1-test_resnet\): folder .* is missing"),
+        (lambda m, d: m["members"][0].__setitem__("weights_sha256", "f" * 64), "weights_sha256 differs"),
+        (lambda m, d: m["members"][0].pop("temperature"), r"members\[0\] lacks \['temperature'\]"),
+    ]
+    for edit, message in cases:
+        with pytest.raises(BundleError, match=message):
+            load_bundle(broken(edit))
+
+
+def test_a_checkpoint_is_a_one_member_bundle(members: list[Path]) -> None:
+    b = bundle_from_checkpoint(members[0])
+    assert len(b.members) == 1 and b.thresholds == {} and b.tta.views == ("identity",)
+    images = [np.full((30, 40, 3), 120, np.uint8), np.zeros((150, 200, 3), np.uint8)]
+    pred = b.predict_images(images)
+    assert pred.probs.shape == (2, 7)
+    np.testing.assert_array_equal(pred.decision, pred.probs.argmax(1))
