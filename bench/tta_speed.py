@@ -1,0 +1,78 @@
+"""Batched test-time augmentation vs a per-view loop, in one run (prints one JSON object).
+
+    python bench/tta_speed.py --backbone tf_efficientnet_lite0 --size 120x160 --batches 1 16 --views d4
+
+Both paths compute the same logits (checked here, max abs diff reported); images/s counts input
+images (each seen through every view). Synthetic tensors: no data loading in the timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from skinlesion.ensemble.tta import parse_views, tta_logits, tta_logits_loop
+from skinlesion.models.registry import create_backbone
+
+
+def _rate(fn, x: torch.Tensor, repeats: int) -> float:  # noqa: ANN001
+    fn(x)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn(x)
+    return x.shape[0] * repeats / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", default="tf_efficientnet_lite0")
+    ap.add_argument("--size", default="120x160", help="HxW")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="Input batch sizes to time.")
+    ap.add_argument("--views", default="d4")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    views = parse_views(args.views)
+    model = create_backbone(args.backbone, num_classes=7, pretrained="none").eval()
+    rows = []
+    for batch in args.batches:
+        x = torch.randn(batch, 3, h, w)
+        with torch.inference_mode():
+            diff = float((tta_logits(model, x, views) - tta_logits_loop(model, x, views)).abs().max())
+            batched = _rate(lambda t: tta_logits(model, t, views), x, args.repeats)
+            looped = _rate(lambda t: tta_logits_loop(model, t, views), x, args.repeats)
+            single = _rate(model, x, args.repeats)
+        rows.append(
+            {
+                "batch": batch,
+                "images_per_s_batched": round(batched, 2),
+                "images_per_s_loop": round(looped, 2),
+                "speedup": round(batched / looped, 3),
+                "images_per_s_no_tta": round(single, 2),
+                "max_abs_logit_diff": diff,
+            }
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "tta_speed",
+                "backbone": args.backbone,
+                "input_size": [h, w],
+                "views": list(views),
+                "threads": args.threads,
+                "results": rows,
+                "torch": torch.__version__,
+                "machine": platform.processor() or platform.machine(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
