@@ -24,3 +24,30 @@ def ham10000_root() -> Path:
             pytest.fail(msg + ", and CI=true forbids skipping it")
         pytest.skip(msg)
     return SHARED_HAM10000
+
+
+@pytest.fixture(scope="session")
+def tiny_members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two tiny checkpoints (different backbones and input sizes) trained in seconds on one split of
+    synthetic lesions: the members of every test bundle."""
+    from skinlesion.train.config import load_config
+    from skinlesion.train.run import train
+
+    root = tmp_path_factory.mktemp("members")
+    data = f"data.root={root / 'synthetic'}"
+    runs = []
+    for name, backbone, size in (("a", "test_efficientnet", "[48, 64]"), ("b", "test_resnet", "[56, 56]")):
+        cfg = load_config("tiny", [data, f"model.backbone={backbone}", f"model.input_size={size}", "train.epochs=2"])
+        runs.append(train(cfg, run_dir=root / name).checkpoint_dir)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_members: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the two tiny members (flips TTA, BACC weights, ensemble temperature). Copy it
+    before changing it: it is shared by the whole session."""
+    from skinlesion.ensemble.build import build_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    build_bundle(tiny_members, out, weighting="bacc", tta="flips", temperature="ensemble")
+    return out

@@ -16,28 +16,18 @@ from skinlesion.ensemble.bundle import BundleError, bundle_from_checkpoint, load
 from skinlesion.ensemble.build import build_bundle, calibrate_bundle, load_validation_cache
 from skinlesion.ensemble.evaluate import evaluate_bundle, load_bundle_split
 from skinlesion.errors import CheckpointError
-from skinlesion.train.config import load_config
-from skinlesion.train.run import train
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    root = tmp_path_factory.mktemp("bundle")
-    data = f"data.root={root / 'synthetic'}"
-    runs = []
-    for name, backbone, size in (("a", "test_efficientnet", "[48, 64]"), ("b", "test_resnet", "[56, 56]")):
-        cfg = load_config("tiny", [data, f"model.backbone={backbone}", f"model.input_size={size}", "train.epochs=2"])
-        runs.append(train(cfg, run_dir=root / name).checkpoint_dir)
-    return runs
+@pytest.fixture
+def members(tiny_members: list[Path]) -> list[Path]:
+    return tiny_members
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(members: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("b") / "bundle"
-    build_bundle(members, out, weighting="bacc", tta="flips", temperature="ensemble")
-    return out
+@pytest.fixture
+def bundle_dir(tiny_bundle: Path) -> Path:
+    return tiny_bundle
 
 
 def test_build_writes_a_complete_bundle(bundle_dir: Path, members: list[Path]) -> None:

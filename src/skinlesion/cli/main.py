@@ -12,6 +12,7 @@ from skinlesion.cli.data import data_app
 from skinlesion.cli.demo import demo_command
 from skinlesion.cli.ensemble import calibrate_command, ensemble_app
 from skinlesion.cli.evaluate import evaluate_command
+from skinlesion.cli.explain import explain_app
 from skinlesion.cli.models import models_app
 from skinlesion.cli.train import train_command
 
@@ -27,6 +28,7 @@ app.command("train")(train_command)
 app.add_typer(ensemble_app, name="ensemble")
 app.command("calibrate")(calibrate_command)
 app.command("evaluate")(evaluate_command)
+app.add_typer(explain_app, name="explain")
 app.command("demo")(demo_command)
 
 

@@ -1,0 +1,53 @@
+"""Faithfulness of a bundle's (or checkpoint's) CAMs over a split; prints one JSON object.
+
+    python bench/faithfulness.py runs/some-bundle --n 100
+    python bench/faithfulness.py runs/cpu-ham10000-lite0/checkpoint --n 100 --mask-source bbox
+
+Deletion/insertion (Petsiuk et al. 2018) of the ensemble's Grad-CAM++ of its predicted class, in
+the original image space, against random maps; and the CAM mass inside the lesion (true masks,
+HAM10000_metadata_ext.csv boxes or the classical segmentation) against the lesion's area fraction.
+One image per lesion, stratified by class; intervals resample lesions. See
+``skinlesion.explain.evaluate.faithfulness_over_split``. ``--records`` keeps the per-image rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from skinlesion.ensemble.bundle import is_bundle, load_model_source
+from skinlesion.explain.evaluate import faithfulness_over_split
+from skinlesion.metrics.classification import to_jsonable
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="Bundle folder or checkpoint folder.")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--method", default="gradcam++")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--baseline", default="blur")
+    ap.add_argument("--n-random", type=int, default=5)
+    ap.add_argument("--random-kind", default="smooth")
+    ap.add_argument("--mask-source", default="auto")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
+    ap.add_argument("--records", action="store_true", help="Include the per-image records.")
+    args = ap.parse_args()
+    source = {"bundle": args.model} if is_bundle(args.model) else {"checkpoint": args.model}
+    res = faithfulness_over_split(
+        load_model_source(**source), split=args.split, n=args.n, method=args.method, steps=args.steps,
+        baseline=args.baseline, n_random=args.n_random, random_kind=args.random_kind, mask_source=args.mask_source,
+        seed=args.seed, data_root=args.data_root, n_boot=args.n_boot, batch_size=args.batch_size, device=args.device,
+    )
+    if not args.records:
+        res.pop("records")
+    print(json.dumps(to_jsonable(res), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Explain one image end to end: prediction, attention map, ABCDE, concepts and uncertainty.
+
+``explain_image`` works on a decision bundle or a bare checkpoint (a one-member bundle) and returns
+one JSON-serialisable dict; ``write_explanation`` also writes the overlay PNGs next to it. Every
+part is a decision aid: the result says what the model attended to, what the lesion measures,
+which concepts push the explained class, and how unsure the model is, never a diagnosis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import skinlesion
+from skinlesion.ensemble.bundle import Bundle
+
+log = logging.getLogger(__name__)
+NOTICE = (
+    "Decision support for research use, not a diagnosis. Attention maps, ABCDE measurements, concept "
+    "scores and uncertainty describe the model and the image; a clinician must interpret them."
+)
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, np.generic):
+        return _finite(v.item())
+    if isinstance(v, np.ndarray):
+        return _finite(v.tolist())
+    return v
+
+
+def _class_index(bundle: Bundle, class_name: str | None, predicted: int) -> int:
+    if class_name is None:
+        return predicted
+    if class_name not in bundle.classes:
+        raise ValueError(f"The 'class' parameter must be one of {list(bundle.classes)}. Got {class_name!r} instead.")
+    return bundle.classes.index(class_name)
+
+
+def _uncertainty(bundle: Bundle, image: np.ndarray, n_samples: int, seed: int) -> dict[str, Any]:
+    from skinlesion.uncertainty.evaluate import bundle_mc_predict
+    from skinlesion.uncertainty.mc_dropout import NotStochasticWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NotStochasticWarning)
+        mc = bundle_mc_predict(bundle, [image], n_samples=n_samples, seed=seed)  # as the review flag was fitted
+    out: dict[str, Any] = {
+        "method": "Monte Carlo dropout (Gal & Ghahramani 2016), head and backbone dropout/drop-path, BatchNorm in eval",
+        "n_samples": n_samples,
+        "stochastic": bool(mc.stochastic),
+        "units": "nats",
+        "mean_probabilities": dict(zip(bundle.classes, mc.mean_probs[0].tolist(), strict=True)),
+        "predictive_entropy": float(mc.predictive_entropy[0]),
+        "aleatoric_expected_entropy": float(mc.expected_entropy[0]),
+        "epistemic_mutual_information": float(mc.mutual_information[0]),
+        "max_probability": float(mc.max_prob[0]),
+        "warnings": [str(w.message) for w in caught],
+    }
+    review = bundle.meta.get("review")
+    if review:
+        from skinlesion.uncertainty.evaluate import review_flag_from_bundle
+
+        flagger = review_flag_from_bundle(bundle)
+        scores = flagger.score_of(mc)  # type: ignore[union-attr]
+        out["review"] = {
+            "flag": bool(flagger.flag(scores)[0]),  # type: ignore[union-attr]
+            "score": review["score"],
+            "value": float(np.asarray(scores)[0]),
+            "threshold": review["threshold"],
+            "goal": f"{review['goal']} {review['target']} (chosen on validation)",
+        }
+    else:
+        out["review"] = {"flag": None, "note": "no review threshold in this bundle: run `skinlesion explain review BUNDLE`"}
+    return out
+
+
+def _concepts(bundle: Bundle, image: np.ndarray, class_index: int) -> dict[str, Any]:
+    folder = bundle.path / "concepts" if bundle.path is not None else None
+    if folder is None or not folder.is_dir():
+        return {"available": False, "note": "no concept bank: run `skinlesion explain concepts --bundle BUNDLE`"}
+    from skinlesion.explain.concept_bank import ConceptBank, concept_sensitivity
+
+    bank = ConceptBank.load(folder)
+    return {"available": True, "class": bundle.classes[class_index], **_finite(concept_sensitivity(bundle, bank, image, class_index))}
+
+
+def explain_image(
+    bundle: Bundle,
+    image: np.ndarray,
+    *,
+    class_name: str | None = None,
+    method: str = "gradcam++",
+    cam_views: str = "identity",
+    mc_samples: int = 20,
+    pixel_spacing_mm: float | None = None,
+    concepts: bool = True,
+    seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Explain one RGB uint8 image. Returns ``(result dict, arrays)`` (arrays: ``cam``, ``mask``)."""
+    from skinlesion.ensemble.tta import parse_views
+    from skinlesion.explain.cam import ensemble_cam
+    from skinlesion.explain.segmentation import segment_lesion
+    from skinlesion.explain.tds import dermoscopy_score
+
+    pred = bundle.predict_images([image])
+    probs = pred.probs[0]
+    decided = int(pred.decision[0])
+    k = _class_index(bundle, class_name, decided)
+    cam = ensemble_cam(bundle.members, [image], class_index=k, method=method, views=parse_views(cam_views))
+    seg = segment_lesion(image)
+    found = seg.quality != "not_found" and bool(seg.mask.any())
+    tds, abcde = dermoscopy_score(image, seg.mask, pixel_spacing_mm) if found else (None, None)
+    from skinlesion.explain.faithfulness import mass_in_mask
+
+    fired = int(pred.fired[0])
+    thresholds = bundle.thresholds
+    result = {
+        "notice": NOTICE,
+        "bundle": {"name": bundle.meta.get("name"), "id": bundle.bundle_id, "members": [m.name for m in bundle.members]},
+        "prediction": {
+            "probabilities": dict(zip(bundle.classes, probs.tolist(), strict=True)),
+            "argmax": bundle.classes[int(pred.argmax[0])],
+            "decision": bundle.classes[decided],
+            "decided_by": f"threshold of {bundle.classes[fired]} ({thresholds[bundle.classes[fired]]:.4f})"
+            if fired >= 0
+            else "most probable class (no threshold reached)",
+            "thresholds": thresholds,
+            "priority": bundle.priority if thresholds else None,
+        },
+        "attention": {
+            "method": cam.method,
+            "class": bundle.classes[k],
+            "views": list(cam.views),
+            "member_weights": dict(zip(cam.member_names, np.asarray(cam.weights).tolist(), strict=True)),
+            "mass_in_lesion": mass_in_mask(cam.maps[0], seg.mask) if found else None,
+            "lesion_area_fraction": float(seg.mask.mean()),
+        },
+        "segmentation": {"quality": seg.quality, "method": seg.method, "bbox_top_bottom_left_right": list(seg.bbox)},
+        "abcde": _finite(abcde.to_dict()) if abcde is not None else None,
+        "dermoscopy_score": _finite(tds.to_dict()) if tds is not None else None,
+        "uncertainty": _finite(_uncertainty(bundle, image, mc_samples, seed)) if mc_samples > 0 else None,
+        "concepts": _concepts(bundle, image, k) if concepts else None,
+        "skinlesion_version": skinlesion.__version__,
+    }
+    return _finite(result), {"cam": cam.maps[0], "mask": seg.mask}
+
+
+def write_explanation(
+    bundle: Bundle, image_path: str | Path, out_dir: str | Path, **kw: Any
+) -> dict[str, Any]:
+    """Explain the image file and write ``<stem>.json``, ``<stem>_cam.png`` and ``<stem>_mask.png`` in ``out_dir``."""
+    from PIL import Image
+
+    from skinlesion.data.table import read_rgb
+    from skinlesion.explain.cam import overlay_png
+
+    image_path = Path(image_path)
+    image = read_rgb(str(image_path))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result, arrays = explain_image(bundle, image, **kw)
+    stem = image_path.stem
+    cam_png = overlay_png(image, arrays["cam"], out / f"{stem}_cam.png")
+    outline = image.copy()
+    mask = arrays["mask"]
+    edge = mask & ~_erode(mask)
+    outline[edge] = (0, 255, 255)
+    Image.fromarray(outline).save(out / f"{stem}_mask.png")
+    result["input"] = {"path": str(image_path), "sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(), "shape": list(image.shape)}
+    result["files"] = {"cam_overlay": cam_png.name, "segmentation_outline": f"{stem}_mask.png"}
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(mask, iterations=1)
