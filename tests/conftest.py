@@ -30,10 +30,12 @@ def ham10000_root() -> Path:
 def tiny_members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two tiny checkpoints (different backbones and input sizes) trained in seconds on one split of
     synthetic lesions: the members of every test bundle."""
+    from skinlesion.data.synthetic import write_synthetic_dataset
     from skinlesion.train.config import load_config
     from skinlesion.train.run import train
 
     root = tmp_path_factory.mktemp("members")
+    write_synthetic_dataset(root / "synthetic", n_lesions_per_class=8, seed=0, write_masks=True)  # true masks too
     data = f"data.root={root / 'synthetic'}"
     runs = []
     for name, backbone, size in (("a", "test_efficientnet", "[48, 64]"), ("b", "test_resnet", "[56, 56]")):
@@ -48,6 +50,6 @@ def tiny_bundle(tiny_members: list[Path], tmp_path_factory: pytest.TempPathFacto
     before changing it: it is shared by the whole session."""
     from skinlesion.ensemble.build import build_bundle
 
-    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    out = tiny_members[0].parents[1] / "bundle"  # beside synthetic/, a/ and b/
     build_bundle(tiny_members, out, weighting="bacc", tta="flips", temperature="ensemble")
     return out

@@ -36,18 +36,10 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two tiny members (both with 0.2 head dropout) trained on one synthetic split."""
-    root = tmp_path_factory.mktemp("unc")
-    data = f"data.root={root / 'synthetic'}"
-    runs = []
-    for name, backbone, size in (("a", "test_efficientnet", "[48, 64]"), ("b", "test_resnet", "[56, 56]")):
-        cfg = load_config("tiny", [data, f"model.backbone={backbone}", f"model.input_size={size}"])
-        runs.append(train(cfg, run_dir=root / name).checkpoint_dir)
-    out = root / "bundle"
-    build_bundle(runs, out, tta="none", temperature="ensemble")
-    return out
+@pytest.fixture
+def bundle_dir(tiny_bundle: Path) -> Path:
+    """The session's tiny bundle (two members, synthetic lesions with true masks); copy before changing it."""
+    return tiny_bundle
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from skinlesion.cli._common import console, user_errors
+from skinlesion.cli.explain_concepts import concepts_command
 from skinlesion.cli.explain_eval import faithfulness_command, review_command
 
 
@@ -75,3 +76,4 @@ def image_command(
 
 explain_app.command("faithfulness")(faithfulness_command)
 explain_app.command("review")(review_command)
+explain_app.command("concepts")(concepts_command)

@@ -29,9 +29,6 @@ def concepts_command(
     data_root: str | None = typer.Option(None, "--data-root", help="Dataset folder, if it moved since training."),
 ) -> None:
     """Learn concept activation vectors and test which concepts matter for which class (TCAV)."""
-    from rich import box
-    from rich.table import Table
-
     from skinlesion.ensemble.bundle import load_model_source
     from skinlesion.explain.concept_bank import learn_concept_bank
 
@@ -43,21 +40,21 @@ def concepts_command(
 
     members = ", ".join(f"{m.name} (w={m.weight:.3f}, layer {m.layer})" for m in bank.members)
     console.print(f"TCAV on {split}, {n_runs} runs, weighted over members: {members}", highlight=False)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("class", "concept", "TCAV mean ± std", "random", "p (corr.)", "verdict", "CAV acc."):
-        table.add_column(column, no_wrap=True)
+    width = max(len(c) for c in bank.concepts)
+    header = f"{'class':<6} {'concept':<{width}}  TCAV mean ± std  random  p (corrected)  verdict"
+    console.print(header, highlight=False, soft_wrap=True)
     for row in bank.table():
-        near_chance = row["cav_accuracy"] < bank.settings["min_cav_accuracy"]
-        table.add_row(row["class"], row["concept"], f"{row['tcav_mean']:.2f} ± {row['tcav_std']:.2f}",
-                      f"{row['random_mean']:.2f}", f"{row['p_value_corrected']:.3g}",
-                      "significant" if row["significant"] else "not significant",
-                      f"{row['cav_accuracy']:.2f}" + (" (chance)" if near_chance else ""))
-    console.print(table)
+        verdict = "significant" if row["significant"] else "not significant"
+        if row["cav_accuracy"] < bank.settings["min_cav_accuracy"]:
+            verdict += f" (CAV accuracy {row['cav_accuracy']:.2f}, near chance)"
+        console.print(f"{row['class']:<6} {row['concept']:<{width}}  {row['tcav_mean']:.2f} ± {row['tcav_std']:.2f}"
+                      f"      {row['random_mean']:.2f}    {row['p_value_corrected']:<13.3g}  {verdict}",
+                      highlight=False, soft_wrap=True)
     counts = ", ".join(f"{name} {c['examples']}" for name, c in bank.concept_counts.items())
-    console.print(f"concept examples: {counts}")
+    console.print(f"concept examples: {counts}", highlight=False, soft_wrap=True)
     for note in bank.notes:
         console.print(f"note: {note}", highlight=False)
     if len(bank.members) > 1:
         console.print("per-member tables: member_results in concepts.json")
     console.print("Decision support only: a concept that is not significant must not be read as an explanation.")
-    console.print(f"saved: {saved}")
+    console.print(f"saved: {saved}", highlight=False, soft_wrap=True)
