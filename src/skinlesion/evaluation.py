@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from skinlesion.data.splits import apply_manifest, group_ids, read_manifest
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import CheckpointError, DataError
 from skinlesion.inference import predict_table
-from skinlesion.metrics.bootstrap import bootstrap_ci, standard_metric_fns
+from skinlesion.metrics.bootstrap import standard_intervals
 from skinlesion.metrics.calibration import (
     brier_score,
     expected_calibration_error,
@@ -119,12 +119,7 @@ def evaluate_checkpoint(
     classes = list(ckpt.classes)
     metrics = compute_classification_metrics(y, probs, classes)
     groups = group_ids(subset).to_numpy()  # a missing lesion id makes the image its own group
-    # present=...: a resample that misses a class is dropped (and counted), not averaged over fewer classes.
-    intervals = (
-        bootstrap_ci(y, probs, groups, standard_metric_fns(classes, present=np.unique(y)), n_boot=n_boot, seed=seed)
-        if n_boot > 0
-        else None
-    )
+    intervals = standard_intervals(y, probs, groups, classes, n_boot=n_boot, seed=seed)
     calibration = {
         "ece": expected_calibration_error(y, probs),
         "nll": negative_log_likelihood(y, probs),

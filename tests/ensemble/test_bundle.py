@@ -12,8 +12,12 @@ from typer.testing import CliRunner
 
 from skinlesion.calibration.thresholds import Target
 from skinlesion.cli.main import app
+from skinlesion.ensemble.build import (
+    build_bundle,
+    calibrate_bundle,
+    load_validation_cache,
+)
 from skinlesion.ensemble.bundle import BundleError, bundle_from_checkpoint, load_bundle
-from skinlesion.ensemble.build import build_bundle, calibrate_bundle, load_validation_cache
 from skinlesion.ensemble.evaluate import evaluate_bundle, load_bundle_split
 from skinlesion.errors import CheckpointError
 

@@ -9,8 +9,19 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from skinlesion.data.synthetic import SYNTHETIC_CLASSES, ColourLayer, LesionSpec, render_lesion, sample_spec
-from skinlesion.explain.abcde import NOTICE, ABCDEResult, compare_evolution, measure_abcde
+from skinlesion.data.synthetic import (
+    SYNTHETIC_CLASSES,
+    ColourLayer,
+    LesionSpec,
+    render_lesion,
+    sample_spec,
+)
+from skinlesion.explain.abcde import (
+    NOTICE,
+    ABCDEResult,
+    compare_evolution,
+    measure_abcde,
+)
 
 # Measured on the fixture below (4 clean lesions per class, spec seeds 2000-2003): with the
 # automatic segmentation the diameter error is at most 3.8% (median 0.2%), the colour sets are all

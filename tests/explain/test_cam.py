@@ -16,8 +16,13 @@ from torch import nn
 from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.tta import apply_view, invert_view
 from skinlesion.explain.cam import compute_cam, ensemble_cam, overlay_array, overlay_png
-from skinlesion.explain.faithfulness import deletion_insertion, model_predict_fn, random_baseline
-from skinlesion.explain.faithfulness import mask_fraction, mass_in_mask
+from skinlesion.explain.faithfulness import (
+    deletion_insertion,
+    mask_fraction,
+    mass_in_mask,
+    model_predict_fn,
+    random_baseline,
+)
 from skinlesion.models.registry import create_backbone
 
 torch.manual_seed(0)

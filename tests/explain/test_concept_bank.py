@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from skinlesion.cli.explain_concepts import concepts_command
 from skinlesion.data.synthetic import FIELD_OF_VIEW_MM, generate_lesion
-from skinlesion.ensemble.build import build_bundle
 from skinlesion.ensemble.bundle import load_bundle
 from skinlesion.ensemble.evaluate import load_bundle_split
 from skinlesion.errors import DataError
@@ -29,23 +28,15 @@ from skinlesion.explain.concept_bank import (
 )
 from skinlesion.explain.concepts import TCAVExplainer
 from skinlesion.models.registry import create_backbone, get_spec
-from skinlesion.train.config import load_config
-from skinlesion.train.run import train
 
 MIN_EXAMPLES = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny convolutions run fastest on one thread, and do not fight the other jobs on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, _one_torch_thread: None) -> Path:
+def bundle_dir(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the session's tiny bundle (banks are saved into it)."""
     out = tmp_path_factory.mktemp("concept-bank") / "bundle"
     shutil.copytree(tiny_bundle, out)

@@ -26,13 +26,7 @@ from skinlesion.explain.concepts import (
 D = 8  # toy feature dimension
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny convolutions run fastest on one thread, and do not fight the other jobs on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ToyNet(nn.Module):

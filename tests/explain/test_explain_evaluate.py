@@ -19,9 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from skinlesion.cli.explain_eval import faithfulness_command
-from skinlesion.data.synthetic import write_synthetic_dataset
 from skinlesion.data.table import LesionTable
-from skinlesion.ensemble.build import build_bundle
 from skinlesion.ensemble.bundle import load_bundle
 from skinlesion.errors import DataError
 from skinlesion.explain.evaluate import (
@@ -30,19 +28,12 @@ from skinlesion.explain.evaluate import (
     faithfulness_over_split,
     sample_one_per_lesion,
 )
-from skinlesion.train.config import load_config
-from skinlesion.train.run import train
 
 FAST = {"steps": 4, "n_random": 2, "n_boot": 50}
 SUMMARY_KEYS = {"mean", "reference", "difference", "ci_low", "ci_high", "p_value", "n"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -85,3 +85,20 @@ def test_cli_explain_writes_json_and_pngs(tiny_members: list[Path], lesion: tupl
     assert r.exit_code == 1 and "exactly one of --bundle or --checkpoint" in r.output
     r = runner.invoke(app, ["explain", str(path), "--checkpoint", str(tiny_members[0]), "--class", "XYZ"])
     assert r.exit_code == 1 and "'class' parameter must be one of" in r.output
+
+
+def test_explain_reports_concept_sensitivities_from_the_bank(tiny_bundle: Path, lesion: tuple, tmp_path: Path) -> None:
+    from skinlesion.explain.concept_bank import learn_concept_bank
+
+    work = tmp_path / "b"
+    shutil.copytree(tiny_bundle, work)
+    bundle = load_bundle(work)
+    learn_concept_bank(bundle, n_per_class=3, n_runs=2, min_concept_examples=2).save()
+    path, _, _ = lesion
+    result, _ = explain_image(load_bundle(work), np.asarray(Image.open(path).convert("RGB")), mc_samples=0, class_name="MEL")
+    concepts = result["concepts"]
+    assert concepts["available"] is True and concepts["class"] == "MEL" and concepts["concepts"]
+    for row in concepts["concepts"].values():
+        assert row["class_name"] == "MEL" and np.isfinite(row["sensitivity"])
+        assert row["direction"] in ("up", "down", "none") and row["summary"]
+    json.dumps(result)  # the whole result is JSON-serialisable

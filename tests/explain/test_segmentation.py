@@ -10,8 +10,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skinlesion.data.synthetic import SYNTHETIC_CLASSES, ColourLayer, LesionSpec, render_lesion, sample_spec
-from skinlesion.explain.segmentation import box_iou, check_image, mask_bbox, mask_iou, segment_lesion
+from skinlesion.data.synthetic import (
+    SYNTHETIC_CLASSES,
+    ColourLayer,
+    LesionSpec,
+    render_lesion,
+    sample_spec,
+)
+from skinlesion.explain.segmentation import (
+    box_iou,
+    check_image,
+    mask_bbox,
+    mask_iou,
+    segment_lesion,
+)
 
 # Bounds measured on these exact lesions (seeds 0-1 per class, 150x200) minus a margin; see
 # bench/abcde_accuracy.py for the larger sample. Measured: clean min 0.931 / median 0.971,

@@ -7,7 +7,12 @@ import itertools
 import numpy as np
 import pytest
 
-from skinlesion.metrics.risk_coverage import aurc, excess_aurc, optimal_aurc, risk_coverage_curve
+from skinlesion.metrics.risk_coverage import (
+    aurc,
+    excess_aurc,
+    optimal_aurc,
+    risk_coverage_curve,
+)
 
 CONF = np.array([0.9, 0.8, 0.7, 0.6])
 CORRECT = np.array([1, 1, 0, 1])

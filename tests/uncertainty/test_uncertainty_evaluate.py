@@ -8,15 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
 from skinlesion.cli.explain_eval import review_command
-from skinlesion.ensemble.build import build_bundle
 from skinlesion.ensemble.bundle import BundleError, load_bundle
-from skinlesion.train.config import load_config
-from skinlesion.train.run import train
 from skinlesion.uncertainty.evaluate import (
     SCORES,
     fit_review_flag,
@@ -28,12 +24,7 @@ from skinlesion.uncertainty.review import ReviewFlagger
 N_SAMPLES = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

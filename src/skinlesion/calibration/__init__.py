@@ -2,7 +2,13 @@
 
 from skinlesion.calibration.decision import DEFAULT_PRIORITY, decide
 from skinlesion.calibration.temperature import TemperatureScaler, apply_temperature
-from skinlesion.calibration.thresholds import ThresholdCalibrator, ThresholdChoice, Target, parse_targets, search_threshold
+from skinlesion.calibration.thresholds import (
+    Target,
+    ThresholdCalibrator,
+    ThresholdChoice,
+    parse_targets,
+    search_threshold,
+)
 
 __all__ = [
     "DEFAULT_PRIORITY",

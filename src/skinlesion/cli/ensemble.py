@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from skinlesion.cli._common import console, user_errors
 
@@ -66,10 +67,10 @@ def calibrate_command(
         thr = "none" if t["threshold"] is None else f"{t['threshold']:.4f}"
         console.print(
             f"{c:<6} threshold {thr}  validation sensitivity {t['sensitivity']:.3f} (lower bound {t['sensitivity_lower']:.3f}), "
-            f"specificity {t['specificity']:.3f} (lower bound {t['specificity_lower']:.3f})  -> {t['status']} [{t['rule']}]"
+            f"specificity {t['specificity']:.3f} (lower bound {t['specificity_lower']:.3f})  -> {t['status']} ({t['rule']})"
             if t["threshold"] is not None
-            else f"{c:<6} no threshold -> {t['status']} [{t['rule']}]"
+            else f"{c:<6} no threshold -> {t['status']} ({t['rule']})"
         )
         if t["status"] != "met":
-            console.print(f"       [yellow]{t['reason']}[/]")
+            console.print(f"       [yellow]{escape(t['reason'])}[/]")
     console.print(f"priority: {' > '.join(decision['priority'])}; validation BACC of the decision rule {decision['validation']['bacc']:.3f}")

@@ -72,4 +72,9 @@ def _evaluate_bundle(bundle: Path, split: str, out: Path | None, data_root: str 
             f"{'met' if t['sensitivity_met'] else 'NOT met'}), specificity {_fmt(t['specificity'])} [{_fmt(ci_p[0])}, {_fmt(ci_p[1])}] "
             f"(target {t['target_specificity']}: {'met' if t['specificity_met'] else 'NOT met'})"
         )
+        if t.get("one_vs_rest_sensitivity") is not None:
+            console.print(
+                f"       one-vs-rest p >= {t['threshold']:.4f} before priority conflicts: sensitivity "
+                f"{_fmt(t['one_vs_rest_sensitivity'])}, specificity {_fmt(t['one_vs_rest_specificity'])}"
+            )
     console.print(f"report: {Path(res['out_dir']) / 'report.html'}")

@@ -1,8 +1,22 @@
 """Weighted ensembles with test-time augmentation, packaged as decision bundles."""
 
-from skinlesion.ensemble.bundle import Bundle, BundleError, BundlePrediction, bundle_from_checkpoint, load_bundle, load_model_source
+from skinlesion.ensemble.bundle import (
+    Bundle,
+    BundleError,
+    BundlePrediction,
+    bundle_from_checkpoint,
+    load_bundle,
+    load_model_source,
+)
 from skinlesion.ensemble.members import Member
-from skinlesion.ensemble.tta import D4_VIEWS, TTAPolicy, apply_view, deaugment_maps, invert_view, parse_views
+from skinlesion.ensemble.tta import (
+    D4_VIEWS,
+    TTAPolicy,
+    apply_view,
+    deaugment_maps,
+    invert_view,
+    parse_views,
+)
 from skinlesion.ensemble.weighting import EnsembleWeights, combine_log_probs
 
 __all__ = [

@@ -20,7 +20,7 @@ import numpy as np
 
 import skinlesion
 from skinlesion.calibration.temperature import TemperatureScaler, apply_temperature
-from skinlesion.calibration.thresholds import ThresholdCalibrator, Target
+from skinlesion.calibration.thresholds import Target, ThresholdCalibrator
 from skinlesion.data.splits import group_ids
 from skinlesion.ensemble.bundle import (
     FORMAT,
@@ -40,8 +40,14 @@ from skinlesion.ensemble.tta import TTAPolicy
 from skinlesion.ensemble.weighting import METHODS as WEIGHTINGS
 from skinlesion.ensemble.weighting import EnsembleWeights
 from skinlesion.errors import CheckpointError
-from skinlesion.metrics.calibration import expected_calibration_error, negative_log_likelihood
-from skinlesion.metrics.classification import balanced_accuracy, compute_classification_metrics
+from skinlesion.metrics.calibration import (
+    expected_calibration_error,
+    negative_log_likelihood,
+)
+from skinlesion.metrics.classification import (
+    balanced_accuracy,
+    compute_classification_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +102,6 @@ def build_bundle(
     device: str | None = None,
 ) -> Bundle:
     """Build a bundle in ``out`` (see module docstring). Returns the loaded bundle."""
-    from skinlesion.data.splits import read_manifest
     from skinlesion.evaluation import load_split_table
 
     if temperature not in TEMPERATURE_MODES:

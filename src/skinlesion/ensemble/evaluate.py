@@ -20,8 +20,11 @@ import numpy as np
 import skinlesion
 from skinlesion.data.splits import group_ids
 from skinlesion.ensemble.bundle import MANIFEST, Bundle, load_bundle
-from skinlesion.metrics.bootstrap import bootstrap_ci, standard_metric_fns
-from skinlesion.metrics.calibration import expected_calibration_error, negative_log_likelihood
+from skinlesion.metrics.bootstrap import standard_intervals
+from skinlesion.metrics.calibration import (
+    expected_calibration_error,
+    negative_log_likelihood,
+)
 from skinlesion.metrics.classification import compute_classification_metrics
 from skinlesion.metrics.isic import write_ground_truth, write_submission
 from skinlesion.report.html import write_evaluation_report
@@ -31,17 +34,21 @@ HEADLINE = ("bacc", "malignant_bacc", "accuracy", "f1_macro")
 
 
 def load_bundle_split(bundle: Bundle, split: str, data_root: str | None = None) -> Any:
-    """The rows of ``split`` in the bundle's own manifest (hash checked against the bundle)."""
+    """The rows of ``split`` in the manifest the bundle's members were trained on (hash checked).
+
+    A saved bundle uses its own copy of the manifest; a checkpoint wrapped by
+    :func:`~skinlesion.ensemble.bundle.bundle_from_checkpoint` uses the checkpoint's.
+    """
     from skinlesion.evaluation import load_split_table
 
-    if bundle.path is None:
-        raise ValueError("An unsaved bundle has no manifest; evaluate its checkpoint instead")
     meta = dict(bundle.members[0].meta)
-    meta["data"] = {**meta["data"], "split_hash": bundle.meta["provenance"]["split_hash"]}
-    table, _, _ = load_split_table(
-        meta, bundle.path / MANIFEST, split, bundle.classes, data_root=data_root, run_dir=bundle.path,
-        where=f"{bundle.path}/bundle.json",
-    )
+    if bundle.path is not None:
+        meta["data"] = {**meta["data"], "split_hash": bundle.meta["provenance"]["split_hash"]}
+        manifest, run_dir, where = bundle.path / MANIFEST, bundle.path, f"{bundle.path}/bundle.json"
+    else:
+        ckpt = Path(bundle.meta["members"][0]["dir"])
+        manifest, run_dir, where = (ckpt / meta["data"]["manifest"]).resolve(), ckpt.parent, f"{ckpt}/checkpoint.json"
+    table, _, _ = load_split_table(meta, manifest, split, bundle.classes, data_root=data_root, run_dir=run_dir, where=where)
     return table
 
 
@@ -53,11 +60,7 @@ def decision_outcomes(
     k = len(classes)
     metrics = compute_classification_metrics(y, probs, classes, y_pred=decision)
     onehot = np.eye(k)[decision]  # bootstrap metric fns read argmax(p): one-hot decisions
-    intervals = (
-        bootstrap_ci(y, onehot, groups, standard_metric_fns(classes, present=np.unique(y)), n_boot=n_boot, seed=seed)
-        if n_boot > 0
-        else None
-    )
+    intervals = standard_intervals(y, onehot, groups, classes, n_boot=n_boot, seed=seed)
     targets = []
     for c, spec in bundle.meta["decision"].get("thresholds", {}).items():
         pc = metrics["per_class"][c]
@@ -76,6 +79,11 @@ def decision_outcomes(
             row[f"{key}_ci"] = [iv.get("low"), iv.get("high")] if iv else None
             row[f"{key}_met"] = bool(pc[key] >= row[f"target_{key}"]) if pc[key] is not None else None
         row["met"] = bool(row["sensitivity_met"] and row["specificity_met"])
+        if spec.get("threshold") is not None:  # the one-vs-rest rule p >= t, before priority conflicts
+            j = classes.index(c)
+            hit, pos = probs[:, j] >= spec["threshold"], y == j
+            row["one_vs_rest_sensitivity"] = float(hit[pos].mean()) if pos.any() else None
+            row["one_vs_rest_specificity"] = float((~hit[~pos]).mean()) if (~pos).any() else None
         targets.append(row)
     return metrics, intervals, targets
 
@@ -105,11 +113,7 @@ def evaluate_bundle(
     probs = pred.probs
 
     argmax_metrics = compute_classification_metrics(y, probs, classes)
-    argmax_intervals = (
-        bootstrap_ci(y, probs, groups, standard_metric_fns(classes, present=np.unique(y)), n_boot=n_boot, seed=seed)
-        if n_boot > 0
-        else None
-    )
+    argmax_intervals = standard_intervals(y, probs, groups, classes, n_boot=n_boot, seed=seed)
     dec_metrics, dec_intervals, targets = decision_outcomes(y, probs, pred.decision, bundle, groups, n_boot, seed)
     calibration = {
         "ece_before": expected_calibration_error(y, uncal),
@@ -180,6 +184,8 @@ def evaluate_bundle(
         f"ECE {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}, "
         f"NLL {calibration['nll_before']:.3f} -> {calibration['nll_after']:.3f} after temperature scaling."
     ]
+    if not provenance["grouped_by_lesion"]:
+        notes.append("No lesion ids: split and bootstrap are by image; scores may be optimistic.")
     if in_sample:
         notes.append("IN-SAMPLE: temperatures, weights and thresholds were fitted on this validation split.")
     write_evaluation_report(

@@ -14,7 +14,11 @@ from __future__ import annotations
 import numpy as np
 from skimage.color import rgb2lab
 
-from skinlesion.data.synthetic import COLOUR_RGB, DERMOSCOPIC_COLOURS, MIN_COLOUR_FRACTION
+from skinlesion.data.synthetic import (
+    COLOUR_RGB,
+    DERMOSCOPIC_COLOURS,
+    MIN_COLOUR_FRACTION,
+)
 
 #: Relative brightness range of each reference colour (the generator's ``MAX_TONE`` plus margin).
 TONE_RANGE = 0.2

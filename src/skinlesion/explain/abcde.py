@@ -34,12 +34,19 @@ from skinlesion.data.synthetic import (
     DERMOSCOPIC_COLOURS,
     SHAPE_AXIS_THRESHOLD,
     colour_asymmetry,
-    border_irregularity as convexity_defect,
     feret_diameter,
     shape_asymmetry,
 )
+from skinlesion.data.synthetic import (
+    border_irregularity as convexity_defect,
+)
 from skinlesion.explain._abcde_artefacts import field_of_view, remove_hair
-from skinlesion.explain._abcde_border import ABRUPT_MAX_RISE_PX, border_sectors, compactness, perimeter
+from skinlesion.explain._abcde_border import (
+    ABRUPT_MAX_RISE_PX,
+    border_sectors,
+    compactness,
+    perimeter,
+)
 from skinlesion.explain._abcde_checks import check_image, check_mask, check_spacing
 from skinlesion.explain._abcde_colour import (
     MIN_FRACTION,

@@ -31,7 +31,12 @@ from typing import Any
 import numpy as np
 
 from skinlesion.errors import DataError
-from skinlesion.explain._tcav_stats import ConceptResult, _check_number, correct_pvalues, two_sided_pvalue
+from skinlesion.explain._tcav_stats import (
+    ConceptResult,
+    _check_number,
+    correct_pvalues,
+    two_sided_pvalue,
+)
 from skinlesion.explain.concepts import (
     DEFAULT_ABCDE_RULES,
     RANDOM_FOLDER,
@@ -242,15 +247,9 @@ def _json_default(o: Any) -> Any:
 def _split_table(bundle: Any, split: str, data_root: str | None) -> tuple[Any, Path]:
     """Rows of ``split`` of the bundle's (or its one checkpoint's) manifest, and the default bank folder."""
     from skinlesion.ensemble.evaluate import load_bundle_split
-    from skinlesion.evaluation import load_split_table
 
-    if bundle.path is not None:
-        return load_bundle_split(bundle, split, data_root), bundle.path / BANK_FOLDER
-    ckpt_dir = Path(bundle.meta["members"][0]["dir"])
-    meta = bundle.members[0].meta
-    table, _, _ = load_split_table(meta, (ckpt_dir / meta["data"]["manifest"]).resolve(), split, bundle.classes,
-                                   data_root=data_root, run_dir=ckpt_dir.parent, where=f"{ckpt_dir}/checkpoint.json")
-    return table, ckpt_dir.parent / BANK_FOLDER
+    folder = bundle.path if bundle.path is not None else Path(bundle.meta["members"][0]["dir"]).parent
+    return load_bundle_split(bundle, split, data_root), folder / BANK_FOLDER
 
 
 def _one_per_group(rows: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -59,24 +59,12 @@ def _positive_int(parameter: str, value: Any, allow_none: bool = False) -> int |
 
 
 def bundle_split_table(bundle: Any, split: str, data_root: str | None = None) -> LesionTable:
-    """Rows of ``split`` of the manifest the bundle's members were trained on (hash checked).
-
-    Works for a saved bundle and for a checkpoint wrapped by
-    :func:`~skinlesion.ensemble.bundle.bundle_from_checkpoint` (its own manifest).
-    """
+    """Rows of ``split`` of the manifest the bundle's members were trained on (hash checked); the
+    split name is checked first. See :func:`skinlesion.ensemble.evaluate.load_bundle_split`."""
     from skinlesion.ensemble.evaluate import load_bundle_split
-    from skinlesion.evaluation import load_split_table
 
     _choice("split", split, SPLITS)
-    if bundle.path is not None:
-        return load_bundle_split(bundle, split, data_root)
-    meta = bundle.members[0].meta
-    ckpt = Path(bundle.meta["members"][0]["dir"])
-    manifest = (ckpt / meta["data"]["manifest"]).resolve()
-    table, _, _ = load_split_table(
-        meta, manifest, split, bundle.classes, data_root=data_root, run_dir=ckpt.parent, where=f"{ckpt}/checkpoint.json"
-    )
-    return table
+    return load_bundle_split(bundle, split, data_root)
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -252,7 +240,12 @@ def faithfulness_over_split(
     from skinlesion.ensemble.bundle import Bundle, load_bundle
     from skinlesion.ensemble.predict import default_device
     from skinlesion.explain.cam import check_method, ensemble_cam
-    from skinlesion.explain.faithfulness import BASELINES, RANDOM_KINDS, evaluate_saliency, faithfulness_summary
+    from skinlesion.explain.faithfulness import (
+        BASELINES,
+        RANDOM_KINDS,
+        evaluate_saliency,
+        faithfulness_summary,
+    )
 
     started = time.perf_counter()
     _choice("split", split, SPLITS)

@@ -93,8 +93,16 @@ def _concepts(bundle: Bundle, image: np.ndarray, class_index: int) -> dict[str, 
         return {"available": False, "note": "no concept bank: run `skinlesion explain concepts --bundle BUNDLE`"}
     from skinlesion.explain.concept_bank import ConceptBank, concept_sensitivity
 
+    from dataclasses import asdict
+
     bank = ConceptBank.load(folder)
-    return {"available": True, "class": bundle.classes[class_index], **_finite(concept_sensitivity(bundle, bank, image, class_index))}
+    sens = concept_sensitivity(bundle, bank, image, class_index)
+    return {
+        "available": True,
+        "class": bundle.classes[class_index],
+        "method": "TCAV (Kim et al. 2018): per-image directional derivative of the class logit along each concept's CAV",
+        "concepts": {name: {**_finite(asdict(s)), "direction": s.direction, "summary": s.summary()} for name, s in sens.items()},
+    }
 
 
 def explain_image(

@@ -23,7 +23,11 @@ import numpy as np
 
 from skinlesion.explain._abcde_artefacts import remove_hair
 from skinlesion.explain._abcde_checks import check_image, check_mask
-from skinlesion.explain._abcde_structures import STRUCTURES, DermoscopicStructures, detect_structures
+from skinlesion.explain._abcde_structures import (
+    STRUCTURES,
+    DermoscopicStructures,
+    detect_structures,
+)
 from skinlesion.explain.abcde import ABCDEResult, measure_abcde
 from skinlesion.explain.segmentation import segment_lesion
 

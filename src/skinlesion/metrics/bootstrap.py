@@ -198,3 +198,14 @@ def standard_metric_fns(classes: Sequence[str], *, present: Sequence[int] | None
         for key in ("sensitivity", "specificity"):
             fns[f"{key}_{c}"] = (lambda key_, j_: lambda y, p: float(rates(y, p)[key_][j_]))(key, j)
     return fns
+
+
+def standard_intervals(
+    y_true: Any, probs: Any, groups: Any, classes: Sequence[str], *, n_boot: int = 1000, seed: int = 0
+) -> dict[str, dict] | None:
+    """:func:`bootstrap_ci` of :func:`standard_metric_fns` with every class of ``y_true`` required in a
+    resample (a resample missing one is dropped and counted); None when ``n_boot`` is 0."""
+    if n_boot == 0:
+        return None
+    present = np.unique(np.asarray(y_true))
+    return bootstrap_ci(y_true, probs, groups, standard_metric_fns(classes, present=present), n_boot=n_boot, seed=seed)

@@ -18,7 +18,11 @@ import numpy as np
 
 from skinlesion.metrics.calibration import expected_calibration_error, reliability_curve
 from skinlesion.metrics.classification import check_inputs
-from skinlesion.report.plots import confusion_matrix_png, reliability_diagram_png, roc_curves_png
+from skinlesion.report.plots import (
+    confusion_matrix_png,
+    reliability_diagram_png,
+    roc_curves_png,
+)
 
 HEADLINE: tuple[tuple[str, str], ...] = (
     ("bacc", "Balanced accuracy (BACC)"),

@@ -30,8 +30,16 @@ import numpy as np
 from skinlesion.data.splits import group_ids
 from skinlesion.metrics.classification import balanced_accuracy, to_jsonable
 from skinlesion.metrics.risk_coverage import aurc, optimal_aurc, risk_coverage_curve
-from skinlesion.uncertainty.mc_dropout import MCResult, NotStochasticWarning, ensemble_mc_predict
-from skinlesion.uncertainty.review import CONFIDENCE_SCORES, UNCERTAINTY_SCORES, ReviewFlagger
+from skinlesion.uncertainty.mc_dropout import (
+    MCResult,
+    NotStochasticWarning,
+    ensemble_mc_predict,
+)
+from skinlesion.uncertainty.review import (
+    CONFIDENCE_SCORES,
+    UNCERTAINTY_SCORES,
+    ReviewFlagger,
+)
 
 #: Scores compared by risk-coverage (``max_prob``: higher = more confident; the others: less).
 SCORES: tuple[str, ...] = ("max_prob", "predictive_entropy", "mutual_information", "expected_entropy")
