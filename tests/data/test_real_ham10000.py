@@ -10,13 +10,7 @@ import pytest
 
 from skinlesion.classes import ISIC2018_CLASSES
 from skinlesion.data.datasets import read_ham10000
-from skinlesion.data.splits import (
-    apply_manifest,
-    make_split,
-    manifest_hash,
-    read_manifest,
-    write_manifest,
-)
+from skinlesion.data.splits import apply_manifest, make_split, manifest_hash, read_manifest, write_manifest
 
 pytestmark = pytest.mark.realdata
 

@@ -11,11 +11,7 @@ import numpy as np
 import pytest
 
 from skinlesion.classes import ISIC2018_CLASSES
-from skinlesion.metrics import (
-    bootstrap_ci,
-    compute_classification_metrics,
-    standard_metric_fns,
-)
+from skinlesion.metrics import bootstrap_ci, compute_classification_metrics, standard_metric_fns
 from skinlesion.metrics.bootstrap import _resample_index
 
 CLASSES = list(ISIC2018_CLASSES)

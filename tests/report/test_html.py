@@ -11,18 +11,9 @@ import pytest
 
 import skinlesion
 from skinlesion.classes import ISIC2018_CLASSES
-from skinlesion.metrics import (
-    bootstrap_ci,
-    compute_classification_metrics,
-    reliability_curve,
-    standard_metric_fns,
-)
+from skinlesion.metrics import bootstrap_ci, compute_classification_metrics, reliability_curve, standard_metric_fns
 from skinlesion.report.html import write_evaluation_report
-from skinlesion.report.plots import (
-    confusion_matrix_png,
-    reliability_diagram_png,
-    roc_curves_png,
-)
+from skinlesion.report.plots import confusion_matrix_png, reliability_diagram_png, roc_curves_png
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('x')</script>"

@@ -12,13 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from skinlesion.data.datasets import FORMATS, load_dataset
-from skinlesion.data.splits import (
-    SPLITS,
-    make_kfold_split,
-    make_split,
-    split_counts,
-    write_manifest,
-)
+from skinlesion.data.splits import SPLITS, make_kfold_split, make_split, split_counts, write_manifest
 from skinlesion.errors import SkinLesionError
 
 

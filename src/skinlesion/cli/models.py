@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+
 models_app = typer.Typer(help="Backbones available for training.", no_args_is_help=True)
 
 

@@ -8,12 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from skinlesion.classes import (
-    CANONICAL,
-    UnknownLabelError,
-    canonical_label,
-    order_classes,
-)
+from skinlesion.classes import CANONICAL, UnknownLabelError, canonical_label, order_classes
 from skinlesion.data import _checks as ck
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import DataError
@@ -43,9 +38,7 @@ def read_folder(root: str | Path, *, on_error: str = "raise", verify_images: boo
     ``image_id`` is the path relative to ``root`` without extension (``mel/sub/img1``). There is no
     lesion id, so the table is grouped by image. Hidden files and non-image files are ignored.
     """
-    from skinlesion.data.datasets import (
-        build_table,  # late import: datasets imports this module
-    )
+    from skinlesion.data.datasets import build_table  # late import: datasets imports this module
 
     ck.check_on_error(on_error)
     root = Path(root)

@@ -87,9 +87,7 @@ def read_dermamnist(npz_path: str | Path, *, split: str = "train", on_error: str
     cols["lesion_id"] = [""] * row0
     cols["path"] = [""] * row0
     arrays = images[0] if len(images) == 1 else np.concatenate(images, axis=0)
-    from skinlesion.data.datasets import (
-        build_table,  # late import: datasets imports this module
-    )
+    from skinlesion.data.datasets import build_table  # late import: datasets imports this module
 
     present = {c for c in cols["label"] if c is not None}
     table = build_table(

@@ -19,13 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinlesion.classes import (
-    CANONICAL,
-    ISIC2018_CLASSES,
-    ISIC2019_COLUMNS,
-    UnknownLabelError,
-    canonical_label,
-)
+from skinlesion.classes import CANONICAL, ISIC2018_CLASSES, ISIC2019_COLUMNS, UnknownLabelError, canonical_label
 from skinlesion.data import _checks as ck
 from skinlesion.data._folder import read_folder
 from skinlesion.data._npz import read_dermamnist

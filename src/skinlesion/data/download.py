@@ -26,13 +26,7 @@ from urllib.parse import urlsplit
 
 from skinlesion import __version__
 from skinlesion._hashing import sha256_file
-from skinlesion.data._http import (
-    CHUNK,
-    ProgressCallback,
-    check_reachable,
-    http_fetch,
-    resolve_url,
-)
+from skinlesion.data._http import CHUNK, ProgressCallback, check_reachable, http_fetch, resolve_url
 from skinlesion.data._sources import DATASET_SPECS, DatasetSpec, SourceFile, SourceSet
 from skinlesion.errors import DownloadError
 

@@ -44,19 +44,8 @@ Example:
 from __future__ import annotations
 
 from skinlesion.data._synthetic_paint import MIN_COLOUR_FRACTION
-from skinlesion.data._synthetic_recipes import (
-    FIELD_OF_VIEW_MM,
-    SYNTHETIC_CLASSES,
-    default_pixel_spacing,
-    sample_spec,
-)
-from skinlesion.data._synthetic_render import (
-    LesionTruth,
-    generate_lesion,
-    measure_truth,
-    render_lesion,
-    vary_spec,
-)
+from skinlesion.data._synthetic_recipes import FIELD_OF_VIEW_MM, SYNTHETIC_CLASSES, default_pixel_spacing, sample_spec
+from skinlesion.data._synthetic_render import LesionTruth, generate_lesion, measure_truth, render_lesion, vary_spec
 from skinlesion.data._synthetic_shape import (
     COLOUR_AXIS_THRESHOLD,
     SHAPE_AXIS_THRESHOLD,
@@ -65,12 +54,7 @@ from skinlesion.data._synthetic_shape import (
     feret_diameter,
     shape_asymmetry,
 )
-from skinlesion.data._synthetic_spec import (
-    COLOUR_RGB,
-    DERMOSCOPIC_COLOURS,
-    ColourLayer,
-    LesionSpec,
-)
+from skinlesion.data._synthetic_spec import COLOUR_RGB, DERMOSCOPIC_COLOURS, ColourLayer, LesionSpec
 from skinlesion.data._synthetic_writer import HAM_DX, write_synthetic_dataset
 
 __all__ = [

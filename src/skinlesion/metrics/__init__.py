@@ -14,11 +14,7 @@ from skinlesion.metrics.classification import (
     compute_classification_metrics,
     per_class_metrics,
 )
-from skinlesion.metrics.isic import (
-    score_with_isic_challenge_scoring,
-    write_ground_truth,
-    write_submission,
-)
+from skinlesion.metrics.isic import score_with_isic_challenge_scoring, write_ground_truth, write_submission
 
 __all__ = [
     "UndefinedMetricWarning",

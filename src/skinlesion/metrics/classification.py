@@ -323,11 +323,7 @@ def compute_classification_metrics(
         ``malignant_bacc`` is the mean sensitivity of the malignant classes (MEL, BCC, AKIEC, SCC)
         present in ``y_true``; macro averages skip classes absent from ``y_true``.
     """
-    from skinlesion.metrics.calibration import (
-        brier_score,
-        expected_calibration_error,
-        negative_log_likelihood,
-    )
+    from skinlesion.metrics.calibration import brier_score, expected_calibration_error, negative_log_likelihood
 
     classes = list(classes)
     y, p = check_inputs(y_true, probs, classes)

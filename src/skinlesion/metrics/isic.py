@@ -25,12 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from skinlesion.classes import (
-    ISIC2018_CLASSES,
-    ISIC2019_COLUMNS,
-    UnknownLabelError,
-    canonical_label,
-)
+from skinlesion.classes import ISIC2018_CLASSES, ISIC2019_COLUMNS, UnknownLabelError, canonical_label
 from skinlesion.metrics.classification import check_labels
 
 logger = logging.getLogger(__name__)
@@ -177,11 +172,7 @@ def score_with_isic_challenge_scoring(truth_csv: Any, prediction_csv: Any) -> di
         "macro_average": {metric: float}}``; undefined values are NaN.
     """
     try:
-        from isic_challenge_scoring import (
-            ClassificationMetric,
-            ClassificationScore,
-            ScoreError,
-        )
+        from isic_challenge_scoring import ClassificationMetric, ClassificationScore, ScoreError
     except ImportError as exc:
         raise ImportError(
             "score_with_isic_challenge_scoring needs the official scorer: pip install 'isic-challenge-scoring>=5.6'"

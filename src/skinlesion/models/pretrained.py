@@ -48,12 +48,7 @@ import torch
 from torch import nn
 
 from skinlesion.errors import PretrainedWeightsError
-from skinlesion.models.registry import (
-    classifier_names,
-    first_conv,
-    get_spec,
-    list_backbones,
-)
+from skinlesion.models.registry import classifier_names, first_conv, get_spec, list_backbones
 
 logger = logging.getLogger(__name__)
 

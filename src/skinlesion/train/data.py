@@ -10,12 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from skinlesion.data.datasets import load_dataset
-from skinlesion.data.splits import (
-    apply_manifest,
-    make_split,
-    read_manifest,
-    write_manifest,
-)
+from skinlesion.data.splits import apply_manifest, make_split, read_manifest, write_manifest
 from skinlesion.data.table import LesionTable
 from skinlesion.train.config import DataConfig
 
