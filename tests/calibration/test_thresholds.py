@@ -178,3 +178,18 @@ def test_calibrator_errors() -> None:
         decide(probs, CLASSES, {"XX": 0.5})
     with pytest.raises(ValueError, match="'priority' parameter names unknown"):
         resolve_priority(CLASSES, ["MEL", "SCC"])
+
+
+def test_ratio_conflict_rule_picks_the_class_furthest_above_its_threshold() -> None:
+    probs = np.array(
+        [
+            [0.20, 0.30, 0.00, 0.50],  # both fire: MEL 0.2/0.1 = 2 < AKIEC 0.5/0.2 = 2.5 -> AKIEC
+            [0.40, 0.30, 0.05, 0.25],  # both fire: MEL 4 > AKIEC 1.25 -> MEL
+            [0.05, 0.50, 0.20, 0.25],  # only AKIEC fires
+        ]
+    )
+    thresholds = {"MEL": 0.1, "AKIEC": 0.2}
+    assert decide(probs, CLASSES, thresholds).tolist() == [0, 0, 3]  # priority: MEL wins every conflict
+    assert decide(probs, CLASSES, thresholds, conflict="ratio").tolist() == [3, 0, 3]
+    with pytest.raises(ValueError, match="'conflict' parameter must be one of"):
+        decide(probs, CLASSES, thresholds, conflict="vote")

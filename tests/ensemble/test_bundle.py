@@ -159,3 +159,13 @@ def test_a_checkpoint_is_a_one_member_bundle(members: list[Path]) -> None:
     pred = b.predict_images(images)
     assert pred.probs.shape == (2, 7)
     np.testing.assert_array_equal(pred.decision, pred.probs.argmax(1))
+
+
+def test_member_preprocess_rejects_non_rgb_uint8(members: list[Path]) -> None:
+    b = bundle_from_checkpoint(members[0])
+    with pytest.raises(ValueError, match=r"images\[1\] must be an RGB uint8 array \(H, W, 3\)"):
+        b.predict_images([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)])
+    with pytest.raises(ValueError, match="float32"):
+        b.predict_images([np.zeros((8, 8, 3), np.float32)])
+    with pytest.raises(ValueError, match="holds no image"):
+        b.predict_images([])

@@ -102,3 +102,17 @@ def test_explain_reports_concept_sensitivities_from_the_bank(tiny_bundle: Path, 
         assert row["class_name"] == "MEL" and np.isfinite(row["sensitivity"])
         assert row["direction"] in ("up", "down", "none") and row["summary"]
     json.dumps(result)  # the whole result is JSON-serialisable
+
+
+def test_explain_flags_for_review_with_the_bundle_threshold(tiny_bundle: Path, lesion: tuple, tmp_path: Path) -> None:
+    from skinlesion.uncertainty.evaluate import fit_review_flag
+
+    work = tmp_path / "b"
+    shutil.copytree(tiny_bundle, work)
+    fit_review_flag(work, n_samples=3, score="max_prob", goal="coverage", target=1.0)  # flag everything
+    path, _, _ = lesion
+    result, _ = explain_image(load_bundle(work), np.asarray(Image.open(path).convert("RGB")))
+    assert result["uncertainty"]["n_samples"] == 3  # as many passes as the flag was fitted with
+    review = result["uncertainty"]["review"]
+    assert review["flag"] is True and review["score"] == "max_prob"
+    assert review["goal"].startswith("coverage 1.0") and "validation" in review["goal"]

@@ -6,6 +6,10 @@ the most probable class among the classes *without* a threshold (all classes whe
 one). So a thresholded class is never decided below its threshold, and the highest-priority class
 is decided exactly when ``p >= t`` (its validation sensitivity/specificity are those of the
 one-vs-rest threshold); a lower-priority class can lose images to a higher-priority one.
+
+``conflict="ratio"`` resolves images where several thresholds fire by the largest ``p / t`` instead
+of the priority order (priority still breaks exact ties): no class then loses all of its shared
+images to a very low threshold of another class, at the cost of the top class's exact guarantee.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 
 # Most dangerous first: malignant (melanoma, then the keratinocyte cancers), then benign mimics.
 DEFAULT_PRIORITY: tuple[str, ...] = ("MEL", "SCC", "BCC", "AKIEC", "BKL", "VASC", "DF", "NV", "UNK")
+CONFLICTS = ("priority", "ratio")
 
 
 def resolve_priority(classes: Sequence[str], priority: Sequence[str] | None = None) -> list[str]:
@@ -38,6 +43,7 @@ def decide(
     thresholds: Mapping[str, float | None],
     priority: Sequence[str] | None = None,
     *,
+    conflict: str = "priority",
     return_reason: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Decisions ``(N,)`` (class indices) from probabilities ``(N, K)``; see the module docstring.
@@ -54,11 +60,21 @@ def decide(
         raise ValueError(f"Thresholds name unknown class(es) {unknown}; classes are {classes}")
     order = resolve_priority(classes, priority)
     active = {c: t for c, t in thresholds.items() if t is not None}
+    if conflict not in CONFLICTS:
+        raise ValueError(f"The 'conflict' parameter must be one of {CONFLICTS}. Got {conflict!r} instead.")
     fired = np.full(p.shape[0], -1, dtype=np.int64)
+    best = np.zeros(p.shape[0])
     for c in order:
         if c in active:
             j = classes.index(c)
-            fired = np.where((fired < 0) & (p[:, j] >= active[c]), j, fired)
+            hit = p[:, j] >= active[c]
+            if conflict == "priority":
+                take = hit & (fired < 0)
+            else:
+                ratio = p[:, j] / max(active[c], 1e-12)
+                take = hit & ((fired < 0) | (ratio > best))
+                best = np.where(take, ratio, best)
+            fired = np.where(take, j, fired)
     free = [j for j, c in enumerate(classes) if c not in active] or list(range(len(classes)))
     fallback = np.asarray(free)[p[:, free].argmax(axis=1)]
     decision = np.where(fired >= 0, fired, fallback)

@@ -236,8 +236,8 @@ def search_threshold(
 class ThresholdCalibrator:
     """Per-class thresholds for several targets, fitted on validation probabilities.
 
-    Parameters mirror :func:`search_threshold`; ``priority`` is the clinical order used by
-    :func:`skinlesion.calibration.decision.decide` (default: most dangerous first).
+    Parameters mirror :func:`search_threshold`; ``priority`` (default: most dangerous first) and
+    ``conflict`` are those of :func:`skinlesion.calibration.decision.decide`.
     Learned attributes: ``thresholds_`` (``{class: threshold or None}``), ``choices_``
     (``{class: ThresholdChoice}``), ``priority_``, ``classes_``.
     """
@@ -251,8 +251,10 @@ class ThresholdCalibrator:
         prefer: str = "balanced",
         fallback: str = "keep_sensitivity",
         priority: Sequence[str] | None = None,
+        conflict: str = "priority",
     ) -> None:
         self.targets = targets
+        self.conflict = conflict
         self.confidence = confidence
         self.bound = bound
         self.prefer = prefer
@@ -292,7 +294,7 @@ class ThresholdCalibrator:
 
         if not hasattr(self, "thresholds_"):
             raise RuntimeError("This ThresholdCalibrator is not fitted yet: call fit(probs, y, classes) first.")
-        return decide(probs, self.classes_, self.thresholds_, self.priority_)
+        return decide(probs, self.classes_, self.thresholds_, self.priority_, conflict=self.conflict)
 
 
 def thresholds_from_dict(raw: Mapping[str, Any]) -> dict[str, float | None]:

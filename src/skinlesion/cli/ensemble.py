@@ -52,6 +52,7 @@ def calibrate_command(
     prefer: str = typer.Option("balanced", "--prefer", help="Among feasible thresholds: balanced, sensitivity or specificity."),
     fallback: str = typer.Option("keep_sensitivity", "--fallback", help="When infeasible: keep_sensitivity, keep_specificity, youden, none."),
     priority: str | None = typer.Option(None, "--priority", help="Clinical priority, e.g. MEL,BCC,AKIEC (default: most dangerous first)."),
+    conflict: str = typer.Option("priority", "--conflict", help="Several thresholds fire: priority order, or largest p/threshold (ratio)."),
 ) -> None:
     """Choose per-class thresholds on validation only and record them in the bundle."""
     from skinlesion.calibration.thresholds import parse_targets
@@ -61,7 +62,7 @@ def calibrate_command(
         parsed = parse_targets([t for item in targets for t in item.split()])
         decision = calibrate_bundle(
             bundle, parsed, confidence=confidence or None, bound=bound, prefer=prefer, fallback=fallback,
-            priority=priority.split(",") if priority else None,
+            priority=priority.split(",") if priority else None, conflict=conflict,
         )
     for c, t in decision["thresholds"].items():
         thr = "none" if t["threshold"] is None else f"{t['threshold']:.4f}"

@@ -39,7 +39,9 @@ def image_command(
     cls: str | None = typer.Option(None, "--class", help="Class to explain (default: the decision)."),
     method: str = typer.Option("gradcam++", "--method", help="gradcam or gradcam++."),
     cam_tta: str = typer.Option("identity", "--cam-tta", help="Views to smooth the map over, e.g. d4 (de-augmented)."),
-    mc_samples: int = typer.Option(20, "--mc-samples", min=0, help="Monte Carlo dropout passes (0: skip uncertainty)."),
+    mc_samples: int | None = typer.Option(
+        None, "--mc-samples", min=0, help="MC-dropout passes (default: as the bundle's review flag was fitted, else 20; 0: skip)."
+    ),
     pixel_spacing_mm: float | None = typer.Option(None, "--pixel-spacing-mm", help="mm per pixel; without it sizes stay in pixels."),
 ) -> None:
     """Write <name>.json (prediction, attention, ABCDE, concepts, uncertainty) and overlay PNGs per image."""

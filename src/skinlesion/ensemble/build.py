@@ -254,13 +254,15 @@ def calibrate_bundle(
     prefer: str = "balanced",
     fallback: str = "keep_sensitivity",
     priority: Sequence[str] | None = None,
+    conflict: str = "priority",
 ) -> dict[str, Any]:
     """Fit per-class thresholds on the bundle's validation outputs and record them in bundle.json."""
     bundle = load_bundle(path)
     logits, y, _ = load_validation_cache(bundle)
     probs = np.exp(bundle.log_probs(logits))
     cal = ThresholdCalibrator(
-        targets, confidence=confidence, bound=bound, prefer=prefer, fallback=fallback, priority=priority
+        targets, confidence=confidence, bound=bound, prefer=prefer, fallback=fallback, priority=priority,
+        conflict=conflict,
     ).fit(probs, y, bundle.classes)
     decisions = cal.predict(probs)
     val_metrics = compute_classification_metrics(y, probs, list(bundle.classes), y_pred=decisions)
@@ -270,8 +272,12 @@ def calibrate_bundle(
         "description": (
             "Thresholded classes are checked in priority order; the first whose probability reaches its "
             "threshold is the decision; otherwise the most probable class among the classes without a threshold."
+            if conflict == "priority"
+            else "Among thresholded classes whose probability reaches the threshold, the one with the largest "
+            "p / threshold is the decision; otherwise the most probable class among the classes without a threshold."
         ),
         "priority": cal.priority_,
+        "conflict": conflict,
         "thresholds": {c: ch.to_dict() for c, ch in cal.choices_.items()},
         "confidence": confidence,
         "bound": bound,

@@ -27,7 +27,7 @@ import torch
 from scipy.special import log_softmax
 
 from skinlesion._hashing import sha256_file
-from skinlesion.calibration.decision import decide, resolve_priority
+from skinlesion.calibration.decision import CONFLICTS, decide, resolve_priority
 from skinlesion.calibration.temperature import apply_temperature
 from skinlesion.data.table import LesionTable
 from skinlesion.ensemble.members import Member
@@ -130,9 +130,11 @@ class Bundle:
 
     def decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decisions and the class whose threshold fired (-1: argmax) under the bundle's rule."""
-        return decide(probs, self.classes, self.thresholds, self.priority, return_reason=True)  # type: ignore[return-value]
+        conflict = self.meta["decision"].get("conflict", "priority")
+        return decide(probs, self.classes, self.thresholds, self.priority, conflict=conflict, return_reason=True)  # type: ignore[return-value]
 
-    def _finish(self, view_logits: list[np.ndarray]) -> BundlePrediction:
+    def predict_from_logits(self, view_logits: list[np.ndarray]) -> BundlePrediction:
+        """Calibrated probabilities and decisions from member view logits ``M x (N, V, K)``."""
         probs = np.exp(self.log_probs(view_logits))
         decision, fired = self.decide(probs)
         return BundlePrediction(probs, probs.argmax(axis=1), decision, fired, view_logits)
@@ -148,11 +150,11 @@ class Bundle:
         ]
 
     def predict_table(self, table: LesionTable, **kw: Any) -> BundlePrediction:
-        return self._finish(self.view_logits_table(table, **kw))
+        return self.predict_from_logits(self.view_logits_table(table, **kw))
 
     def predict_images(self, images: Sequence[np.ndarray], *, device: str | None = None) -> BundlePrediction:
         views = self.tta.views
-        return self._finish([images_view_logits(m, images, views, device=device) for m in self.members])
+        return self.predict_from_logits([images_view_logits(m, images, views, device=device) for m in self.members])
 
 
 # -- validation and loading ----------------------------------------------------------------------
@@ -205,6 +207,8 @@ def validate_meta(meta: dict[str, Any], path: Path | None = None) -> None:
         thr = v.get("threshold") if isinstance(v, dict) else "?"
         if thr is not None and not (isinstance(thr, (int, float)) and 0 <= thr <= 1):
             raise _fail(path, f"decision.thresholds.{c}.threshold must be a probability or null, got {thr!r}")
+    if decision.get("conflict", "priority") not in CONFLICTS:
+        raise _fail(path, f"decision.conflict must be one of {CONFLICTS}, got {decision.get('conflict')!r}")
     try:
         resolve_priority(classes, decision.get("priority"))
     except ValueError as e:

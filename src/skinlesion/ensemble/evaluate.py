@@ -109,7 +109,7 @@ def evaluate_bundle(
     classes = list(bundle.classes)
     view_logits = bundle.view_logits_table(table, batch_size=batch_size, num_workers=num_workers)
     uncal = np.exp(bundle.log_probs(view_logits, calibrated=False))
-    pred = bundle._finish(view_logits)
+    pred = bundle.predict_from_logits(view_logits)
     probs = pred.probs
 
     argmax_metrics = compute_classification_metrics(y, probs, classes)
@@ -176,7 +176,9 @@ def evaluate_bundle(
     target_rows = [
         [t["class"], f"{t['threshold']:.4f}" if t["threshold"] is not None else "none", t["validation_status"],
          f">= {t['target_sensitivity']}: {t['sensitivity']:.3f} " + ("met" if t["sensitivity_met"] else "NOT met"),
-         f">= {t['target_specificity']}: {t['specificity']:.3f} " + ("met" if t["specificity_met"] else "NOT met")]
+         f">= {t['target_specificity']}: {t['specificity']:.3f} " + ("met" if t["specificity_met"] else "NOT met"),
+         f"{t['one_vs_rest_sensitivity']:.3f} / {t['one_vs_rest_specificity']:.3f}"
+         if t.get("one_vs_rest_sensitivity") is not None else "n/a"]
         for t in targets
     ]
     notes = [
@@ -199,8 +201,10 @@ def evaluate_bundle(
         provenance=provenance,
         notes=notes,
         extra_tables=[
-            ("Argmax vs decision rule (thresholds + priority)", ["Metric", "Argmax", "Decision rule"], side),
-            ("Clinical targets on this split", ["Class", "Threshold", "On validation", "Sensitivity", "Specificity"], target_rows),
+            (f"Argmax vs decision rule (thresholds, {bundle.meta['decision'].get('conflict', 'priority')} conflicts)",
+             ["Metric", "Argmax", "Decision rule"], side),
+            ("Clinical targets on this split", ["Class", "Threshold", "On validation", "Sensitivity (decision rule)", "Specificity (decision rule)",
+              "One-vs-rest p >= t: sens. / spec."], target_rows),
         ],
     )
     log.info("Evaluation of bundle %s on %s written to %s", bundle.path, split, out)

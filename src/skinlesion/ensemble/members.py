@@ -39,6 +39,14 @@ class Member:
 
     def preprocess(self, images: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
         """RGB uint8 images ``(H, W, 3)`` of any size -> normalised batch ``(N, 3, h, w)`` for this member."""
+        if len(images) == 0:
+            raise ValueError("The 'images' parameter holds no image.")
+        for i, im in enumerate(images):
+            a = np.asarray(im)
+            if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 1:
+                raise ValueError(
+                    f"images[{i}] must be an RGB uint8 array (H, W, 3). Got dtype {a.dtype} and shape {a.shape} instead."
+                )
         tf = self.transform()
         batch = [to_chw_tensor(np.asarray(tf(image=np.asarray(im))["image"], dtype=np.float32)) for im in images]
         return torch.stack(batch).to(device)

@@ -112,16 +112,24 @@ def explain_image(
     class_name: str | None = None,
     method: str = "gradcam++",
     cam_views: str = "identity",
-    mc_samples: int = 20,
+    mc_samples: int | None = None,
     pixel_spacing_mm: float | None = None,
     concepts: bool = True,
     seed: int = 0,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Explain one RGB uint8 image. Returns ``(result dict, arrays)`` (arrays: ``cam``, ``mask``)."""
+    """Explain one RGB uint8 image. Returns ``(result dict, arrays)`` (arrays: ``cam``, ``mask``).
+
+    ``mc_samples=None`` uses the number of MC-dropout passes the bundle's review flag was fitted
+    with (its scores depend on it), else 20; 0 skips the uncertainty part.
+    """
     from skinlesion.ensemble.tta import parse_views
     from skinlesion.explain.cam import ensemble_cam
+    from skinlesion.explain.faithfulness import mass_in_mask
     from skinlesion.explain.segmentation import segment_lesion
     from skinlesion.explain.tds import dermoscopy_score
+
+    if mc_samples is None:
+        mc_samples = int((bundle.meta.get("review") or {}).get("n_samples", 20))
 
     pred = bundle.predict_images([image])
     probs = pred.probs[0]
@@ -131,7 +139,6 @@ def explain_image(
     seg = segment_lesion(image)
     found = seg.quality != "not_found" and bool(seg.mask.any())
     tds, abcde = dermoscopy_score(image, seg.mask, pixel_spacing_mm) if found else (None, None)
-    from skinlesion.explain.faithfulness import mass_in_mask
 
     fired = int(pred.fired[0])
     thresholds = bundle.thresholds
@@ -147,6 +154,7 @@ def explain_image(
             else "most probable class (no threshold reached)",
             "thresholds": thresholds,
             "priority": bundle.priority if thresholds else None,
+            "conflict": bundle.meta["decision"].get("conflict", "priority") if thresholds else None,
         },
         "attention": {
             "method": cam.method,
