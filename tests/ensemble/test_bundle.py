@@ -169,3 +169,16 @@ def test_member_preprocess_rejects_non_rgb_uint8(members: list[Path]) -> None:
         b.predict_images([np.zeros((8, 8, 3), np.float32)])
     with pytest.raises(ValueError, match="holds no image"):
         b.predict_images([])
+
+
+def test_calibrate_needs_a_matching_validation_cache(bundle_dir: Path, tmp_path: Path) -> None:
+    work = tmp_path / "b"
+    shutil.copytree(bundle_dir, work)
+    meta = json.loads((work / "bundle.json").read_text())
+    meta["tta"]["views"] = ["identity"]
+    (work / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="was computed for members .* and views .*: rebuild the bundle"):
+        calibrate_bundle(work, [Target("MEL", 0.5)])
+    (work / "validation.npz").unlink()
+    with pytest.raises(BundleError, match="validation.npz is missing: rebuild the bundle"):
+        calibrate_bundle(work, [Target("MEL", 0.5)])

@@ -96,3 +96,19 @@ def test_parse_views_and_errors() -> None:
     assert TTAPolicy.parse("d4", "logit").to_dict() == {"views": list(D4_VIEWS), "average": "logit"}
     with pytest.raises(ValueError, match="'average' parameter"):
         TTAPolicy(("identity",), "mode")
+
+
+def test_max_rows_splits_the_views_into_calls_of_whole_views() -> None:
+    calls: list[int] = []
+    model = _cnn()
+    model.register_forward_pre_hook(lambda _m, inp: calls.append(inp[0].shape[0]))
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        capped = tta_logits(model, x, D4_VIEWS, max_rows=7)  # 2 views (6 rows) per call
+        assert calls == [6, 6, 6, 6]
+        calls.clear()
+        tta_logits(model, x, D4_VIEWS, max_rows=1)  # at least one whole view per call
+        assert calls == [3] * 8
+        torch.testing.assert_close(capped, tta_logits_loop(model, x, D4_VIEWS), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="'max_rows' parameter must be a positive integer"):
+        tta_logits(model, x, D4_VIEWS, max_rows=0)

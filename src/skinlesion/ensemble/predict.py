@@ -15,8 +15,16 @@ from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.tta import tta_logits
 
 
+#: Rows per forward call on the CPU (see tta_logits: large calls were slower there); None on GPUs.
+CPU_MAX_ROWS = 32
+
+
 def default_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _max_rows(dev: torch.device) -> int | None:
+    return CPU_MAX_ROWS if dev.type == "cpu" else None
 
 
 def member_view_logits(
@@ -35,7 +43,7 @@ def member_view_logits(
     chunks: list[np.ndarray] = []
     with torch.inference_mode():
         for x, _, _ in loader:  # shuffle=False: batches come in table row order
-            chunks.append(tta_logits(model, x.to(dev, non_blocking=True), views).cpu().numpy())
+            chunks.append(tta_logits(model, x.to(dev, non_blocking=True), views, max_rows=_max_rows(dev)).cpu().numpy())
     k = len(member.meta.get("classes", [])) or 0
     return np.concatenate(chunks) if chunks else np.zeros((0, len(views), k), dtype=np.float32)
 
@@ -47,4 +55,4 @@ def images_view_logits(
     dev = default_device(device)
     model = member.model.to(dev).eval()
     with torch.inference_mode():
-        return tta_logits(model, member.preprocess(images, dev), views).cpu().numpy()
+        return tta_logits(model, member.preprocess(images, dev), views, max_rows=_max_rows(dev)).cpu().numpy()

@@ -146,15 +146,26 @@ def _groups(views: Sequence[str], square: bool) -> list[list[int]]:
     return [g for g in (same, swapped) if g]
 
 
-def tta_logits(model: torch.nn.Module, x: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
-    """Logits of every view, shape ``(N, V, K)``, with all views of a shape in one forward call."""
+def tta_logits(
+    model: torch.nn.Module, x: torch.Tensor, views: Sequence[str], *, max_rows: int | None = None
+) -> torch.Tensor:
+    """Logits of every view, shape ``(N, V, K)``, with all views of a shape in one forward call.
+
+    ``max_rows`` caps the rows of one call (whole views per call, at least one): measured on a
+    2-core CPU, one call of 128 rows was slower than eight of 16 (allocator churn on large
+    activations), while for a single image one call of 8 rows was about 2x faster than eight calls.
+    """
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"The 'max_rows' parameter must be a positive integer or None. Got {max_rows!r} instead.")
     n = x.shape[0]
+    per_call = len(views) if max_rows is None else max(1, max_rows // max(n, 1))
     out: list[torch.Tensor | None] = [None] * len(views)
     for group in _groups(views, x.shape[-1] == x.shape[-2]):
-        batch = torch.cat([apply_view(x, views[i]) for i in group], dim=0)
-        logits = model(batch).float()
-        for j, i in enumerate(group):
-            out[i] = logits[j * n : (j + 1) * n]
+        for start in range(0, len(group), per_call):
+            chunk = group[start : start + per_call]
+            logits = model(torch.cat([apply_view(x, views[i]) for i in chunk], dim=0)).float()
+            for j, i in enumerate(chunk):
+                out[i] = logits[j * n : (j + 1) * n]
     return torch.stack(out, dim=1)  # type: ignore[arg-type]
 
 
