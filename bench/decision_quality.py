@@ -118,8 +118,8 @@ def main() -> None:
                 y, ratio.predict(p_test), groups, classes, args.n_boot
             ),
         },
-        "validation_decision_rates": {
-            name: summarise(y_val, cal.predict(p_val), val_groups, classes, 1)
+        "validation_decision_rates": {  # point values only: these rates are in-sample
+            name: {k: v["value"] for k, v in summarise(y_val, cal.predict(p_val), val_groups, classes, 1).items()}
             for name, cal in (("point_estimate", point), ("lower_bound_priority", bounded), ("lower_bound_ratio", ratio))
         },
     }
