@@ -1,6 +1,6 @@
 """``faithfulness`` (CAM deletion/insertion over a split) and ``review`` (fit the review flag) commands.
 
-Plain functions with typer parameters; they are registered on the app in :mod:`skinlesion.cli.main`.
+Plain functions with typer parameters; they are registered on the explain sub-app in :mod:`skinlesion.cli.explain`.
 """
 
 from __future__ import annotations

@@ -292,7 +292,7 @@ def review_flag_from_bundle(bundle: Any) -> ReviewFlagger | None:
     if review["fitted_for"] != _fingerprint(bundle.meta):
         raise BundleError(
             f"{where}: the review threshold was fitted for other members, weights or temperatures than the "
-            "bundle now has; refit it (skinlesion review BUNDLE)."
+            "bundle now has; refit it (skinlesion explain review BUNDLE)."
         )
     flagger = ReviewFlagger(review["score"], review["goal"], review["target"])
     flagger._check_params()
