@@ -9,9 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import skinlesion
+from skinlesion._json import json_default
 from skinlesion.data.splits import apply_manifest, group_ids, read_manifest
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import CheckpointError, DataError
@@ -147,7 +146,7 @@ def evaluate_checkpoint(
         "bootstrap": {"n_boot": n_boot, "resampled_by": subset.group_key, "alpha": 0.05},
     }
     result = {"metrics": metrics, "intervals": intervals, "calibration": calibration, "provenance": provenance}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=json_default))
     notes = [] if provenance["grouped_by_lesion"] else ["No lesion ids: split and bootstrap are by image; scores may be optimistic."]
     write_evaluation_report(
         out / "report.html",
@@ -162,12 +161,3 @@ def evaluate_checkpoint(
     )
     log.info("Evaluation of %s on %s written to %s", ckpt.path, split, out)
     return {**result, "out_dir": str(out)}
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        v = o.item()
-        return None if isinstance(v, float) and not np.isfinite(v) else v
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

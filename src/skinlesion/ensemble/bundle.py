@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.special import log_softmax
 
 from skinlesion._hashing import sha256_file
+from skinlesion._json import json_default
 from skinlesion.calibration.decision import CONFLICTS, decide, resolve_priority
 from skinlesion.calibration.temperature import apply_temperature
 from skinlesion.data.table import LesionTable
@@ -304,16 +304,5 @@ def is_bundle(path: str | Path) -> bool:
 def write_meta(path: Path, meta: dict[str, Any]) -> None:
     validate_meta(meta, path)
     tmp = path / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=_json_default))
+    tmp.write_text(json.dumps(meta, indent=2, default=json_default))
     tmp.replace(path / META)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        v = o.item()
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    return str(o)

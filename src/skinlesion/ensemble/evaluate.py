@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 import skinlesion
+from skinlesion._json import json_default
 from skinlesion.data.splits import group_ids
 from skinlesion.ensemble.bundle import MANIFEST, Bundle, load_bundle
 from skinlesion.metrics.bootstrap import standard_intervals
@@ -155,9 +156,7 @@ def evaluate_bundle(
         "calibration": calibration,
         "provenance": provenance,
     }
-    from skinlesion.evaluation import _json_default
-
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=json_default))
 
     def fmt(metric: str, m: dict[str, Any], iv: dict[str, Any] | None) -> str:
         v = m.get(metric)

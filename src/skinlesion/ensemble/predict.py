@@ -14,7 +14,6 @@ from skinlesion.data.table import LesionTable
 from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.tta import tta_logits
 
-
 #: Rows per forward call on the CPU (see tta_logits: large calls were slower there); None on GPUs.
 CPU_MAX_ROWS = 32
 
