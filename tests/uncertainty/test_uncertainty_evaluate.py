@@ -128,3 +128,10 @@ def test_cli_review(work: Path) -> None:
     assert json.loads((work / "bundle.json").read_text())["review"]["score"] == "predictive_entropy"
     r = CliRunner().invoke(app, [str(work), "--score", "bogus"])
     assert r.exit_code == 1 and "The 'score' parameter must be one of" in r.output
+
+
+def test_review_on_a_checkpoint_reports_without_saving(tiny_members: list[Path]) -> None:
+    res = fit_review_flag(tiny_members[0], n_samples=2, score="max_prob", batch_size=16)
+    assert res["persisted"] is False and res["bundle"] == str(tiny_members[0])
+    assert 0.0 <= res["test"]["flagged_fraction"] <= 1.0
+    assert not (tiny_members[0] / "bundle.json").exists()

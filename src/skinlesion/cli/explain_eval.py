@@ -78,7 +78,9 @@ def faithfulness_command(
 
 
 def review_command(
-    bundle: Path = typer.Argument(..., help="Decision bundle folder (bundle.json gets a 'review' entry)."),
+    bundle: Path = typer.Argument(
+        ..., help="Decision bundle folder (bundle.json gets a 'review' entry), or a checkpoint (report only)."
+    ),
     n_samples: int = typer.Option(20, "--n-samples", min=1, help="MC-dropout passes per member."),
     score: str = typer.Option(
         "mutual_information", "--score",
@@ -116,6 +118,9 @@ def review_command(
         at = "/".join(_f(x) for x in r["risk_at_coverage"].values())
         console.print(f"  {s:<20} {_f(r['aurc'], 4)}  {_f(r['e_aurc'], 4)}  {at}")
     console.print(f"optimal AURC on test {_f(next(iter(t['risk_coverage'].values()))['optimal_aurc'], 4)}")
-    console.print("bundle.json not changed (--dry-run)" if dry_run else f"review flag saved in {res['bundle']}/bundle.json")
+    if res["persisted"]:
+        console.print(f"review flag saved in {res['bundle']}/bundle.json")
+    else:
+        console.print("bundle.json not changed" + (" (--dry-run)" if dry_run else " (a checkpoint has none)"))
     if out is not None:
         _write_json(out, res)

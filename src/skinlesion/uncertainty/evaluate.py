@@ -223,18 +223,24 @@ def fit_review_flag(
 ) -> dict[str, Any]:
     """Fit the review threshold on the bundle's validation split; report it on test; save it.
 
+    ``bundle_path`` may also be a checkpoint (a one-member bundle): then nothing is saved.
+
     Correct = the argmax of the MC mean probabilities equals the label. The threshold comes from
     validation only (Geifman & El-Yaniv 2017); test numbers are reported, never used to fit. With
     ``persist``, ``bundle.json`` gets ``review`` = ``{score, goal, target, threshold (None: flags
     nothing), flag_when, n_samples, include_backbone, seed, fitted_on: "val", fitted_for,
     validation, test}`` and a ``history`` entry. Returns that dict plus ``seconds``.
     """
-    from skinlesion.ensemble.bundle import load_bundle, write_meta
+    from skinlesion.ensemble.bundle import bundle_from_checkpoint, is_bundle, load_bundle, write_meta
 
     started = time.perf_counter()
     flagger = ReviewFlagger(score, goal, target)
     flagger._check_params()  # fail on a bad score/goal/target before minutes of MC sampling
-    bundle = load_bundle(bundle_path)
+    if is_bundle(bundle_path):
+        bundle = load_bundle(bundle_path)
+    else:  # a checkpoint: report only, there is no bundle.json to store the flag in
+        bundle = bundle_from_checkpoint(bundle_path)
+        persist = False
     k = len(bundle.classes)
     kw = {"n_samples": n_samples, "batch_size": batch_size, "seed": seed, "include_backbone": include_backbone,
           "data_root": data_root, "device": device}
@@ -269,7 +275,7 @@ def fit_review_flag(
         meta["history"] = [*meta.get("history", []), {"at": review["fitted"], "action": "review", "score": score,
                                                       "goal": goal, "target": float(target)}]
         write_meta(bundle.path, meta)
-    return {**review, "bundle": str(bundle.path), "persisted": bool(persist),
+    return {**review, "bundle": str(bundle.path or bundle.meta["provenance"].get("checkpoint")), "persisted": bool(persist),
             "seconds": round(time.perf_counter() - started, 2)}
 
 
