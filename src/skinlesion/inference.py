@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,38 @@ from torch.utils.data import DataLoader
 
 from skinlesion.data.loader import LesionDataset
 from skinlesion.data.table import LesionTable
-from skinlesion.data.transforms import eval_transform
+from skinlesion.data.transforms import preprocessing_transform
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, or CUDA when available, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def table_view_logits(
+    model: torch.nn.Module,
+    table: LesionTable,
+    preprocessing: dict[str, Any],
+    views: Sequence[str] = ("identity",),
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    max_rows: int | None = None,
+) -> np.ndarray:
+    """Logits of every TTA view (:mod:`skinlesion.ensemble.tta`) for every image of ``table``:
+    ``(N, V, K)`` float32 in table row order; ``max_rows`` as in :func:`~skinlesion.ensemble.tta.tta_logits`."""
+    from skinlesion.ensemble.tta import tta_logits
+
+    device = default_device(device)
+    tf = preprocessing_transform(preprocessing)
+    loader = DataLoader(LesionDataset(table, tf), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    model = model.to(device).eval()
+    chunks: list[np.ndarray] = []
+    with torch.inference_mode():
+        for x, _, _ in loader:  # shuffle=False: batches come in table row order
+            chunks.append(tta_logits(model, x.to(device, non_blocking=True), views, max_rows=max_rows).cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(views), 0), dtype=np.float32)
 
 
 def predict_table(
@@ -22,16 +54,10 @@ def predict_table(
     num_workers: int = 0,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities, shape (N, K), in table row order."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tf = eval_transform(
-        tuple(preprocessing["input_size"]), preprocessing["mean"], preprocessing["std"], preprocessing["interpolation"]
-    )
-    loader = DataLoader(LesionDataset(table, tf), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    model = model.to(device).eval()
-    chunks: list[np.ndarray] = []
-    with torch.inference_mode():
-        for x, _, _ in loader:  # shuffle=False: batches come in table row order
-            logits = model(x.to(device, non_blocking=True)).float()
-            chunks.append(torch.softmax(logits, dim=1).cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+    """Softmax probabilities, shape (N, K), in table row order (one view, no TTA)."""
+    logits = table_view_logits(
+        model, table, preprocessing, batch_size=batch_size, num_workers=num_workers, device=device
+    )[:, 0]
+    if logits.shape[0] == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from skinlesion.cli.explain_eval import faithfulness_command
 from skinlesion.data.table import LesionTable
+from skinlesion.ensemble.evaluate import load_bundle_split
 from skinlesion.ensemble.bundle import load_bundle
 from skinlesion.errors import DataError
 from skinlesion.explain.evaluate import (
-    bundle_split_table,
     ensemble_predict_fn,
     faithfulness_over_split,
     sample_one_per_lesion,
@@ -65,7 +65,7 @@ def test_sampling_is_one_image_per_lesion_and_stratified() -> None:
 
 def test_predict_fn_is_the_bundle_on_original_images(bundle_dir: Path) -> None:
     bundle = load_bundle(bundle_dir)
-    table = bundle_split_table(bundle, "test")
+    table = load_bundle_split(bundle, "test")
     images = [table.load_image(i) for i in range(3)]
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
     probs = ensemble_predict_fn(bundle, batch_size=2)(batch)
@@ -152,6 +152,6 @@ def test_a_checkpoint_works_as_a_one_member_bundle(bundle_dir: Path) -> None:
 
     ckpt = bundle_dir.parent / "a" / "checkpoint"
     single = bundle_from_checkpoint(ckpt)
-    assert len(bundle_split_table(single, "test")) == len(bundle_split_table(load_bundle(bundle_dir), "test"))
+    assert len(load_bundle_split(single, "test")) == len(load_bundle_split(load_bundle(bundle_dir), "test"))
     res = faithfulness_over_split(single, n=2, **FAST)
     assert res["n"] == 2 and res["bundle"].startswith("checkpoint:")

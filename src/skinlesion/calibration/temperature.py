@@ -45,7 +45,8 @@ def apply_temperature(logits: Any, temperature: float, average: str = "prob") ->
     return (m + np.log(np.exp(lp - m).mean(axis=1, keepdims=True)))[:, 0, :]
 
 
-def _nll(log_probs: np.ndarray, y: np.ndarray) -> float:
+def mean_nll(log_probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of labels ``y`` (N,) under log-probabilities ``(N, K)``."""
     return float(-log_probs[np.arange(y.shape[0]), y].mean())
 
 
@@ -75,7 +76,7 @@ class TemperatureScaler:
             raise ValueError(f"The 'y' parameter must hold class indices in [0, {z.shape[-1] - 1}].")
 
         def objective(log_t: float) -> float:
-            return _nll(apply_temperature(z, float(np.exp(log_t)), self.average), labels)
+            return mean_nll(apply_temperature(z, float(np.exp(log_t)), self.average), labels)
 
         res = minimize_scalar(objective, bounds=(np.log(lo), np.log(hi)), method="bounded", options={"xatol": 1e-5})
         self.temperature_ = float(np.exp(res.x))

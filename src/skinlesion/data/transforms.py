@@ -8,8 +8,8 @@ EfficientNets with meta data").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import albumentations as A
 import cv2
@@ -96,3 +96,14 @@ def train_transform(
 def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) float32 normalised array -> (3, H, W) tensor."""
     return _to_tensor(image)
+
+
+def preprocessing_transform(preprocessing: Mapping[str, Any], input_size: Sequence[int] | None = None) -> A.Compose:
+    """The eval transform a checkpoint's ``preprocessing`` dict describes (``input_size`` overrides its size)."""
+    p = preprocessing
+    return eval_transform(tuple(input_size or p["input_size"]), p["mean"], p["std"], p["interpolation"])  # type: ignore[arg-type]
+
+
+def images_to_batch(images: Sequence[np.ndarray], transform: A.Compose) -> torch.Tensor:
+    """RGB uint8 images -> normalised ``(N, 3, h, w)`` batch through ``transform``."""
+    return torch.stack([to_chw_tensor(np.asarray(transform(image=np.asarray(im))["image"], dtype=np.float32)) for im in images])

@@ -188,7 +188,7 @@ def build_bundle(
     bundle = Bundle(None, meta, members)
     uncal = bundle.log_probs(logits, calibrated=False)
     if temperature == "ensemble":
-        scaler = TemperatureScaler().fit(bundle.log_probs(logits, calibrated=False), y)
+        scaler = TemperatureScaler().fit(uncal, y)
         meta["temperature"]["ensemble"] = scaler.temperature_
     cal = bundle.log_probs(logits)
     meta["validation"] = {

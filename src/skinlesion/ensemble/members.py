@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from skinlesion.data.transforms import eval_transform, to_chw_tensor
+from skinlesion.data.transforms import images_to_batch, preprocessing_transform
 
 
 @dataclass
@@ -34,8 +34,7 @@ class Member:
         return int(h), int(w)
 
     def transform(self):  # noqa: ANN201 - an albumentations Compose
-        p = self.preprocessing
-        return eval_transform(tuple(p["input_size"]), p["mean"], p["std"], p["interpolation"])
+        return preprocessing_transform(self.preprocessing)
 
     def preprocess(self, images: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
         """RGB uint8 images ``(H, W, 3)`` of any size -> normalised batch ``(N, 3, h, w)`` for this member."""
@@ -47,6 +46,4 @@ class Member:
                 raise ValueError(
                     f"images[{i}] must be an RGB uint8 array (H, W, 3). Got dtype {a.dtype} and shape {a.shape} instead."
                 )
-        tf = self.transform()
-        batch = [to_chw_tensor(np.asarray(tf(image=np.asarray(im))["image"], dtype=np.float32)) for im in images]
-        return torch.stack(batch).to(device)
+        return images_to_batch(images, self.transform()).to(device)

@@ -7,19 +7,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from skinlesion.data.loader import LesionDataset
 from skinlesion.data.table import LesionTable
 from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.tta import tta_logits
+from skinlesion.inference import default_device, table_view_logits
 
 #: Rows per forward call on the CPU (see tta_logits: large calls were slower there); None on GPUs.
 CPU_MAX_ROWS = 32
-
-
-def default_device(device: str | torch.device | None = None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _max_rows(dev: torch.device) -> int | None:
@@ -37,14 +32,10 @@ def member_view_logits(
 ) -> np.ndarray:
     """Logits of every TTA view for every image of ``table``: ``(N, V, K)`` float32, table row order."""
     dev = default_device(device)
-    loader = DataLoader(LesionDataset(table, member.transform()), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    model = member.model.to(dev).eval()
-    chunks: list[np.ndarray] = []
-    with torch.inference_mode():
-        for x, _, _ in loader:  # shuffle=False: batches come in table row order
-            chunks.append(tta_logits(model, x.to(dev, non_blocking=True), views, max_rows=_max_rows(dev)).cpu().numpy())
-    k = len(member.meta.get("classes", [])) or 0
-    return np.concatenate(chunks) if chunks else np.zeros((0, len(views), k), dtype=np.float32)
+    return table_view_logits(
+        member.model, table, member.preprocessing, views, batch_size=batch_size, num_workers=num_workers,
+        device=dev, max_rows=_max_rows(dev),
+    )
 
 
 def images_view_logits(

@@ -11,6 +11,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 
+from skinlesion.calibration.temperature import mean_nll
 from skinlesion.metrics.classification import balanced_accuracy
 
 METHODS = ("bacc", "uniform", "nll")
@@ -25,10 +26,6 @@ def combine_log_probs(member_log_probs: Sequence[np.ndarray], weights: Sequence[
     with np.errstate(divide="ignore"):
         logw = np.log(w)
     return logsumexp(lp + logw[:, None, None], axis=0)
-
-
-def _nll(log_probs: np.ndarray, y: np.ndarray) -> float:
-    return float(-log_probs[np.arange(y.shape[0]), y].mean())
 
 
 class EnsembleWeights:
@@ -60,9 +57,9 @@ class EnsembleWeights:
         k = lps[0].shape[1]
         m = len(lps)
         self.member_bacc_ = np.array([balanced_accuracy(labels, lp.argmax(1), k) for lp in lps])
-        self.member_nll_ = np.array([_nll(lp, labels) for lp in lps])
+        self.member_nll_ = np.array([mean_nll(lp, labels) for lp in lps])
         uniform = np.full(m, 1.0 / m)
-        self.uniform_nll_ = _nll(combine_log_probs(lps, uniform), labels)
+        self.uniform_nll_ = mean_nll(combine_log_probs(lps, uniform), labels)
         if self.method == "uniform" or m == 1:
             w = uniform
         elif self.method == "bacc":
@@ -86,5 +83,5 @@ class EnsembleWeights:
             w[w < 1e-6] = 0.0
             w = w / w.sum()
         self.weights_ = w
-        self.nll_ = _nll(combine_log_probs(lps, w), labels)
+        self.nll_ = mean_nll(combine_log_probs(lps, w), labels)
         return self

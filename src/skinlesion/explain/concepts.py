@@ -278,7 +278,7 @@ class TCAVExplainer:
 
     def _make_transform(self) -> Callable[[list[np.ndarray]], torch.Tensor] | None:
         """RGB uint8 images -> normalised ``(N, 3, h, w)`` batch, or None without preprocessing."""
-        from skinlesion.data.transforms import eval_transform, to_chw_tensor
+        from skinlesion.data.transforms import images_to_batch, preprocessing_transform
         from skinlesion.models.registry import data_config
 
         if self.member is not None and self.input_size is None:
@@ -289,14 +289,8 @@ class TCAVExplainer:
             p = data_config(self.backbone, self.input_size)
         else:
             return None
-        size = tuple(self.input_size) if self.input_size is not None else tuple(p["input_size"])
-        tf = eval_transform(size, p["mean"], p["std"], p["interpolation"])  # type: ignore[arg-type]
-
-        def run(images: list[np.ndarray]) -> torch.Tensor:
-            out = [tf(image=im)["image"] for im in images]
-            return torch.stack([to_chw_tensor(o) if isinstance(o, np.ndarray) else o for o in out])
-
-        return run
+        tf = preprocessing_transform(p, self.input_size)
+        return lambda images: images_to_batch(images, tf)
 
     # -- model plumbing --
 

@@ -30,7 +30,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from skinlesion._params import positive_int
 from skinlesion.data.splits import group_ids
+from skinlesion.ensemble.evaluate import load_bundle_split
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import DataError
 
@@ -48,23 +50,6 @@ def _choice(parameter: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"The '{parameter}' parameter must be one of {set(choices)}. Got {value!r} instead.")
     return value
-
-
-def _positive_int(parameter: str, value: Any, allow_none: bool = False) -> int | None:
-    if allow_none and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"The '{parameter}' parameter must be a positive integer. Got {value!r} instead.")
-    return int(value)
-
-
-def bundle_split_table(bundle: Any, split: str, data_root: str | None = None) -> LesionTable:
-    """Rows of ``split`` of the manifest the bundle's members were trained on (hash checked); the
-    split name is checked first. See :func:`skinlesion.ensemble.evaluate.load_bundle_split`."""
-    from skinlesion.ensemble.evaluate import load_bundle_split
-
-    _choice("split", split, SPLITS)
-    return load_bundle_split(bundle, split, data_root)
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -89,7 +74,7 @@ def sample_one_per_lesion(table: LesionTable, n: int | None, seed: int = 0) -> n
     least one when ``n`` is at least the number of classes. ``n=None`` (or more than the lesions)
     keeps every lesion. Deterministic for a ``seed``.
     """
-    n = _positive_int("n", n, allow_none=True)
+    n = positive_int("n", n, allow_none=True)
     rng = np.random.default_rng(seed)
     groups = group_ids(table).to_numpy()
     order = rng.permutation(len(table))
@@ -253,16 +238,16 @@ def faithfulness_over_split(
     _choice("baseline", baseline, BASELINES)
     _choice("random_kind", random_kind, RANDOM_KINDS)
     _choice("mask_source", mask_source, MASK_SOURCES)
-    _positive_int("n", n, allow_none=True)
-    _positive_int("steps", steps)
-    _positive_int("n_random", n_random)
-    _positive_int("batch_size", batch_size)
+    positive_int("n", n, allow_none=True)
+    positive_int("steps", steps)
+    positive_int("n_random", n_random)
+    positive_int("batch_size", batch_size)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     dev = default_device(device)
     for m in bundle.members:
         m.model.to(dev).eval()
-    table = bundle_split_table(bundle, split, data_root)
+    table = load_bundle_split(bundle, split, data_root)
     rows = sample_one_per_lesion(table, n, seed)
     masks = LesionMasks(table, rows, data_root)
     predict = ensemble_predict_fn(bundle, device=dev, batch_size=batch_size)
@@ -322,7 +307,6 @@ def faithfulness_over_split(
 __all__ = [
     "MASK_SOURCES",
     "LesionMasks",
-    "bundle_split_table",
     "ensemble_predict_fn",
     "faithfulness_over_split",
     "sample_one_per_lesion",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,26 +19,13 @@ import numpy as np
 
 import skinlesion
 from skinlesion.ensemble.bundle import Bundle
+from skinlesion.metrics.classification import to_jsonable
 
 log = logging.getLogger(__name__)
 NOTICE = (
     "Decision support for research use, not a diagnosis. Attention maps, ABCDE measurements, concept "
     "scores and uncertainty describe the model and the image; a clinician must interpret them."
 )
-
-
-def _finite(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    if isinstance(v, np.generic):
-        return _finite(v.item())
-    if isinstance(v, np.ndarray):
-        return _finite(v.tolist())
-    return v
 
 
 def _class_index(bundle: Bundle, class_name: str | None, predicted: int) -> int:
@@ -91,9 +77,9 @@ def _concepts(bundle: Bundle, image: np.ndarray, class_index: int) -> dict[str, 
     folder = bundle.path / "concepts" if bundle.path is not None else None
     if folder is None or not folder.is_dir():
         return {"available": False, "note": "no concept bank: run `skinlesion explain concepts --bundle BUNDLE`"}
-    from skinlesion.explain.concept_bank import ConceptBank, concept_sensitivity
-
     from dataclasses import asdict
+
+    from skinlesion.explain.concept_bank import ConceptBank, concept_sensitivity
 
     bank = ConceptBank.load(folder)
     sens = concept_sensitivity(bundle, bank, image, class_index)
@@ -101,7 +87,7 @@ def _concepts(bundle: Bundle, image: np.ndarray, class_index: int) -> dict[str, 
         "available": True,
         "class": bundle.classes[class_index],
         "method": "TCAV (Kim et al. 2018): per-image directional derivative of the class logit along each concept's CAV",
-        "concepts": {name: {**_finite(asdict(s)), "direction": s.direction, "summary": s.summary()} for name, s in sens.items()},
+        "concepts": {name: {**to_jsonable(asdict(s)), "direction": s.direction, "summary": s.summary()} for name, s in sens.items()},
     }
 
 
@@ -165,13 +151,13 @@ def explain_image(
             "lesion_area_fraction": float(seg.mask.mean()),
         },
         "segmentation": {"quality": seg.quality, "method": seg.method, "bbox_top_bottom_left_right": list(seg.bbox)},
-        "abcde": _finite(abcde.to_dict()) if abcde is not None else None,
-        "dermoscopy_score": _finite(tds.to_dict()) if tds is not None else None,
-        "uncertainty": _finite(_uncertainty(bundle, image, mc_samples, seed)) if mc_samples > 0 else None,
+        "abcde": to_jsonable(abcde.to_dict()) if abcde is not None else None,
+        "dermoscopy_score": to_jsonable(tds.to_dict()) if tds is not None else None,
+        "uncertainty": to_jsonable(_uncertainty(bundle, image, mc_samples, seed)) if mc_samples > 0 else None,
         "concepts": _concepts(bundle, image, k) if concepts else None,
         "skinlesion_version": skinlesion.__version__,
     }
-    return _finite(result), {"cam": cam.maps[0], "mask": seg.mask}
+    return to_jsonable(result), {"cam": cam.maps[0], "mask": seg.mask}
 
 
 def write_explanation(

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 import skinlesion
 from skinlesion.data.loader import LesionDataset
-from skinlesion.data.transforms import eval_transform, train_transform
+from skinlesion.data.transforms import preprocessing_transform, train_transform
 from skinlesion.errors import ConfigError
 from skinlesion.inference import predict_table
 from skinlesion.metrics.classification import compute_classification_metrics
@@ -70,7 +70,7 @@ def _loaders(cfg: TrainConfig, data: PreparedData, pre: dict[str, Any]) -> tuple
         train_table = train_table.subset(train_table.frame["image_id"].to_numpy()[keep])
         labels = train_table.labels()
     tf_train = train_transform(pre["input_size"], pre["mean"], pre["std"], cfg.augment.level, pre["interpolation"])
-    tf_eval = eval_transform(pre["input_size"], pre["mean"], pre["std"], pre["interpolation"])
+    tf_eval = preprocessing_transform(pre)
     nw = cfg.data.num_workers
     common = {"batch_size": cfg.train.batch_size, "num_workers": nw, "persistent_workers": nw > 0}
     if cfg.train.sampler == "weighted":

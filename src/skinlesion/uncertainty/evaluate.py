@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from skinlesion._params import positive_int
 from skinlesion.data.splits import group_ids
 from skinlesion.metrics.classification import balanced_accuracy, to_jsonable
 from skinlesion.metrics.risk_coverage import aurc, optimal_aurc, risk_coverage_curve
@@ -48,14 +49,6 @@ REVIEW_SCORES: tuple[str, ...] = UNCERTAINTY_SCORES + CONFIDENCE_SCORES
 ARRAYS: tuple[str, ...] = (
     "mean_probs", "predictive_entropy", "expected_entropy", "mutual_information", "predicted_class_variance", "max_prob"
 )
-
-
-def _positive_int(parameter: str, value: Any, allow_none: bool = False) -> int | None:
-    if allow_none and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"The '{parameter}' parameter must be a positive integer. Got {value!r} instead.")
-    return int(value)
 
 
 def _load(bundle: Any) -> Any:
@@ -112,17 +105,17 @@ def uncertainty_over_split(
     warned once), ``n_samples``, ``include_backbone``, ``split`` and ``seconds``.
     """
     from skinlesion.ensemble.predict import default_device
-    from skinlesion.explain.evaluate import bundle_split_table
+    from skinlesion.ensemble.evaluate import load_bundle_split
 
     started = time.perf_counter()
     bundle = _load(bundle)
     dev = default_device(device)
     for m in bundle.members:
         m.model.to(dev)
-    _positive_int("n_samples", n_samples)
-    _positive_int("batch_size", batch_size)
-    _positive_int("max_images", max_images, allow_none=True)
-    table = bundle_split_table(bundle, split, data_root)
+    positive_int("n_samples", n_samples)
+    positive_int("batch_size", batch_size)
+    positive_int("max_images", max_images, allow_none=True)
+    table = load_bundle_split(bundle, split, data_root)
     rows = np.arange(len(table))
     if max_images is not None and max_images < rows.size:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_images, replace=False))
@@ -231,7 +224,12 @@ def fit_review_flag(
     nothing), flag_when, n_samples, include_backbone, seed, fitted_on: "val", fitted_for,
     validation, test}`` and a ``history`` entry. Returns that dict plus ``seconds``.
     """
-    from skinlesion.ensemble.bundle import bundle_from_checkpoint, is_bundle, load_bundle, write_meta
+    from skinlesion.ensemble.bundle import (
+        bundle_from_checkpoint,
+        is_bundle,
+        load_bundle,
+        write_meta,
+    )
 
     started = time.perf_counter()
     flagger = ReviewFlagger(score, goal, target)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from skinlesion._params import positive_int
 from skinlesion.models.registry import get_spec, stochastic_modules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -270,14 +271,6 @@ def mc_dropout_mode(
 # --------------------------------------------------------------------------- prediction
 
 
-def _check_int(parameter: str, value: Any, allow_none: bool = False) -> int | None:
-    if allow_none and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"The '{parameter}' parameter must be a positive integer. Got {value!r} instead.")
-    return int(value)
-
-
 def _check_temperature(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"The 'temperature' parameter must be a finite number > 0. Got {value!r} instead.")
@@ -365,8 +358,8 @@ def mc_dropout_predict(
     masks reproducible without touching the global RNG state (for a given ``chunk`` and device).
     Warns :class:`NotStochasticWarning` and returns ``stochastic=False`` when no dropout is active.
     """
-    n_samples = _check_int("n_samples", n_samples)
-    chunk = _check_int("chunk", chunk, allow_none=True)
+    n_samples = positive_int("n_samples", n_samples)
+    chunk = positive_int("chunk", chunk, allow_none=True)
     temperature = _check_temperature(temperature)
     seed = _check_seed(seed)
     get_spec(backbone)
@@ -434,8 +427,8 @@ def ensemble_mc_predict(
     members = list(members)
     if not members:
         raise ValueError("The 'members' parameter must hold at least one Member. Got none instead.")
-    n_samples = _check_int("n_samples", n_samples)
-    chunk = _check_int("chunk", chunk, allow_none=True)
+    n_samples = positive_int("n_samples", n_samples)
+    chunk = positive_int("chunk", chunk, allow_none=True)
     weights = np.array([float(m.weight) for m in members])
     if not np.all(np.isfinite(weights)) or weights.min() < 0 or weights.sum() <= 0:
         raise ValueError(
