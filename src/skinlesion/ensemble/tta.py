@@ -137,7 +137,7 @@ def deaugment_maps(maps: Sequence[torch.Tensor | np.ndarray], views: Sequence[st
     return (total / weight.clamp_min(1)).numpy()
 
 
-def _groups(views: Sequence[str], square: bool) -> list[list[int]]:
+def view_groups(views: Sequence[str], square: bool) -> list[list[int]]:
     """Indices of views that produce the same shape (one group when the input is square)."""
     if square:
         return [list(range(len(views)))]
@@ -160,7 +160,7 @@ def tta_logits(
     n = x.shape[0]
     per_call = len(views) if max_rows is None else max(1, max_rows // max(n, 1))
     out: list[torch.Tensor | None] = [None] * len(views)
-    for group in _groups(views, x.shape[-1] == x.shape[-2]):
+    for group in view_groups(views, x.shape[-1] == x.shape[-2]):
         for start in range(0, len(group), per_call):
             chunk = group[start : start + per_call]
             logits = model(torch.cat([apply_view(x, views[i]) for i in chunk], dim=0)).float()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinlesion.ensemble.members import Member
-from skinlesion.ensemble.tta import SWAPS_AXES, apply_view, deaugment_maps, parse_views
+from skinlesion.ensemble.tta import apply_view, deaugment_maps, parse_views, view_groups
 from skinlesion.models.registry import get_target_layer
 
 METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
@@ -140,14 +140,6 @@ def _cam_session(method: str, model: nn.Module, layer: nn.Module) -> Iterator[An
         cam.activations_and_grads.release()
 
 
-def _view_groups(views: Sequence[str], square: bool) -> list[list[int]]:
-    if square:
-        return [list(range(len(views)))]
-    same = [i for i, v in enumerate(views) if v not in SWAPS_AXES]
-    swapped = [i for i, v in enumerate(views) if v in SWAPS_AXES]
-    return [g for g in (same, swapped) if g]
-
-
 def _cam_views(
     model: nn.Module, layer: nn.Module, x: torch.Tensor, classes: np.ndarray, method: str, views: Sequence[str]
 ) -> np.ndarray:
@@ -157,7 +149,7 @@ def _cam_views(
     n = x.shape[0]
     per_view: list[np.ndarray | None] = [None] * len(views)
     with _grad_to_input_only(model), _cam_session(method, model, layer) as cam:
-        for group in _view_groups(views, x.shape[-1] == x.shape[-2]):
+        for group in view_groups(views, x.shape[-1] == x.shape[-2]):
             batch = torch.cat([apply_view(x, views[i]) for i in group]).detach().clone().requires_grad_(True)
             targets = [ClassifierOutputTarget(int(c)) for _ in group for c in classes]
             out = cam(input_tensor=batch, targets=targets)
