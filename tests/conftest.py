@@ -66,3 +66,20 @@ def tiny_bundle(tiny_members: list[Path], tmp_path_factory: pytest.TempPathFacto
     out = tiny_members[0].parents[1] / "bundle"  # beside synthetic/, a/ and b/
     build_bundle(tiny_members, out, weighting="bacc", tta="flips", temperature="ensemble")
     return out
+
+
+@pytest.fixture(scope="session")
+def calibrated_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle with what a delivered bundle has: a MEL threshold and a review flag (MC
+    dropout, 3 passes). Shared by the session: copy it before changing it."""
+    import shutil
+
+    from skinlesion.calibration.thresholds import Target
+    from skinlesion.ensemble.build import calibrate_bundle
+    from skinlesion.uncertainty.evaluate import fit_review_flag
+
+    out = tmp_path_factory.mktemp("delivery") / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    calibrate_bundle(out, [Target("MEL", 0.6, 0.5)], confidence=None)
+    fit_review_flag(out, n_samples=3, target=0.5)
+    return out

@@ -8,6 +8,7 @@ import os
 import typer
 
 from skinlesion import __version__
+from skinlesion.cli.audit import audit_app
 from skinlesion.cli.data import data_app
 from skinlesion.cli.demo import demo_command
 from skinlesion.cli.ensemble import calibrate_command, ensemble_app
@@ -30,6 +31,7 @@ app.command("calibrate")(calibrate_command)
 app.command("evaluate")(evaluate_command)
 app.add_typer(explain_app, name="explain")
 app.command("demo")(demo_command)
+app.add_typer(audit_app, name="audit")
 
 
 def _version(value: bool) -> None:

@@ -18,14 +18,11 @@ from typing import Any
 import numpy as np
 
 import skinlesion
+from skinlesion.delivery.engine import NOTICE
 from skinlesion.ensemble.bundle import Bundle
 from skinlesion.metrics.classification import to_jsonable
 
 log = logging.getLogger(__name__)
-NOTICE = (
-    "Decision support for research use, not a diagnosis. Attention maps, ABCDE measurements, concept "
-    "scores and uncertainty describe the model and the image; a clinician must interpret them."
-)
 
 
 def _class_index(bundle: Bundle, class_name: str | None, predicted: int) -> int:
@@ -37,40 +34,9 @@ def _class_index(bundle: Bundle, class_name: str | None, predicted: int) -> int:
 
 
 def _uncertainty(bundle: Bundle, image: np.ndarray, n_samples: int, seed: int) -> dict[str, Any]:
-    from skinlesion.uncertainty.evaluate import bundle_mc_predict
-    from skinlesion.uncertainty.mc_dropout import NotStochasticWarning
+    from skinlesion.delivery.engine import uncertainty_records
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NotStochasticWarning)
-        mc = bundle_mc_predict(bundle, [image], n_samples=n_samples, seed=seed)  # as the review flag was fitted
-    out: dict[str, Any] = {
-        "method": "Monte Carlo dropout (Gal & Ghahramani 2016), head and backbone dropout/drop-path, BatchNorm in eval",
-        "n_samples": n_samples,
-        "stochastic": bool(mc.stochastic),
-        "units": "nats",
-        "mean_probabilities": dict(zip(bundle.classes, mc.mean_probs[0].tolist(), strict=True)),
-        "predictive_entropy": float(mc.predictive_entropy[0]),
-        "aleatoric_expected_entropy": float(mc.expected_entropy[0]),
-        "epistemic_mutual_information": float(mc.mutual_information[0]),
-        "max_probability": float(mc.max_prob[0]),
-        "warnings": [str(w.message) for w in caught],
-    }
-    review = bundle.meta.get("review")
-    if review:
-        from skinlesion.uncertainty.evaluate import review_flag_from_bundle
-
-        flagger = review_flag_from_bundle(bundle)
-        scores = flagger.score_of(mc)  # type: ignore[union-attr]
-        out["review"] = {
-            "flag": bool(flagger.flag(scores)[0]),  # type: ignore[union-attr]
-            "score": review["score"],
-            "value": float(np.asarray(scores)[0]),
-            "threshold": review["threshold"],
-            "goal": f"{review['goal']} {review['target']} (chosen on validation)",
-        }
-    else:
-        out["review"] = {"flag": None, "note": "no review threshold in this bundle: run `skinlesion explain review BUNDLE`"}
-    return out
+    return uncertainty_records(bundle, [image], n_samples, seed)[0]
 
 
 def _concepts(bundle: Bundle, image: np.ndarray, class_index: int) -> dict[str, Any]:
@@ -102,12 +68,16 @@ def explain_image(
     pixel_spacing_mm: float | None = None,
     concepts: bool = True,
     seed: int = 0,
+    prediction: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Explain one RGB uint8 image. Returns ``(result dict, arrays)`` (arrays: ``cam``, ``mask``).
 
     ``mc_samples=None`` uses the number of MC-dropout passes the bundle's review flag was fitted
-    with (its scores depend on it), else 20; 0 skips the uncertainty part.
+    with (its scores depend on it), else 20; 0 skips the uncertainty part. ``prediction``: a
+    decision record already computed for this image (e.g. by ONNX Runtime in
+    :class:`~skinlesion.delivery.engine.Predictor`); by default the PyTorch members predict.
     """
+    from skinlesion.delivery.engine import decision_records, default_mc_samples
     from skinlesion.ensemble.tta import parse_views
     from skinlesion.explain.cam import ensemble_cam
     from skinlesion.explain.faithfulness import mass_in_mask
@@ -115,33 +85,19 @@ def explain_image(
     from skinlesion.explain.tds import dermoscopy_score
 
     if mc_samples is None:
-        mc_samples = int((bundle.meta.get("review") or {}).get("n_samples", 20))
-
-    pred = bundle.predict_images([image])
-    probs = pred.probs[0]
-    decided = int(pred.decision[0])
-    k = _class_index(bundle, class_name, decided)
+        mc_samples = default_mc_samples(bundle)
+    if prediction is None:
+        prediction = decision_records(bundle, bundle.predict_images([image]))[0]
+    k = _class_index(bundle, class_name, bundle.classes.index(prediction["decision"]))
     cam = ensemble_cam(bundle.members, [image], class_index=k, method=method, views=parse_views(cam_views))
     seg = segment_lesion(image)
     found = seg.quality != "not_found" and bool(seg.mask.any())
     tds, abcde = dermoscopy_score(image, seg.mask, pixel_spacing_mm) if found else (None, None)
 
-    fired = int(pred.fired[0])
-    thresholds = bundle.thresholds
     result = {
         "notice": NOTICE,
         "bundle": {"name": bundle.meta.get("name"), "id": bundle.bundle_id, "members": [m.name for m in bundle.members]},
-        "prediction": {
-            "probabilities": dict(zip(bundle.classes, probs.tolist(), strict=True)),
-            "argmax": bundle.classes[int(pred.argmax[0])],
-            "decision": bundle.classes[decided],
-            "decided_by": f"threshold of {bundle.classes[fired]} ({thresholds[bundle.classes[fired]]:.4f})"
-            if fired >= 0
-            else "most probable class (no threshold reached)",
-            "thresholds": thresholds,
-            "priority": bundle.priority if thresholds else None,
-            "conflict": bundle.meta["decision"].get("conflict", "priority") if thresholds else None,
-        },
+        "prediction": prediction,
         "attention": {
             "method": cam.method,
             "class": bundle.classes[k],

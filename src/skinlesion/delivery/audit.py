@@ -1,0 +1,223 @@
+"""Audit log: every prediction served or written, in SQL (SQLite by default, PostgreSQL by URL).
+
+One row per prediction: UTC time, source (``serve``/``predict``), request id, input name and
+sha256, bundle id and name, engine, decision, argmax, the threshold that fired, review flag and
+uncertainty, the whole output record as JSON, the user (an API-key id: a hash prefix, never the
+key) and the time taken. Image bytes are stored only when asked (``store_images=True``): an audit
+log normally must not become a second copy of patient images.
+
+``skinlesion audit export --db URL --out audit.csv`` writes the rows as CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from skinlesion._json import json_default
+from skinlesion.errors import SkinLesionError
+
+DEFAULT_DB = "skinlesion-audit.sqlite"
+#: Columns of ``audit export`` (image bytes are never exported; ``has_image`` says whether stored).
+EXPORT_COLUMNS = (
+    "id", "time_utc", "source", "request_id", "user_id", "input_name", "input_sha256", "bundle_id",
+    "bundle_name", "engine", "decision", "argmax", "threshold_fired", "review_flag", "review_value",
+    "epistemic_mutual_information", "aleatoric_expected_entropy", "elapsed_ms", "has_image", "outputs_json",
+)
+
+
+class AuditError(SkinLesionError):
+    """The audit database cannot be opened or written."""
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class AuditRecord(_Base):
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time_utc: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    source: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_id: Mapped[str] = mapped_column(String(64), index=True)
+    input_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    input_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    bundle_id: Mapped[str] = mapped_column(String(128), index=True)
+    bundle_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    engine: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    decision: Mapped[str] = mapped_column(String(32))
+    argmax: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    threshold_fired: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    review_flag: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    review_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epistemic_mutual_information: Mapped[float | None] = mapped_column(Float, nullable=True)
+    aleatoric_expected_entropy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    elapsed_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outputs_json: Mapped[str] = mapped_column(Text)
+    image: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+def api_key_id(key: str) -> str:
+    """A stable, non-reversible id for an API key (``key-`` + 12 hex digits of its sha256)."""
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def database_url(db: str | Path | None) -> str:
+    """A SQLAlchemy URL: None -> ``sqlite:///skinlesion-audit.sqlite``; a path -> SQLite there."""
+    if db is None:
+        db = DEFAULT_DB
+    s = str(db)
+    if "://" in s:
+        try:
+            make_url(s)
+        except (ArgumentError, ValueError) as e:
+            raise AuditError(f"Audit database URL {s!r} is not a valid SQLAlchemy URL ({e})") from None
+        return s
+    p = Path(s).expanduser()
+    if p.exists() and p.is_dir():
+        raise AuditError(f"Audit database {s!r} is a folder; give a file path or a database URL")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{p.resolve()}"
+
+
+class AuditLog:
+    """Append-only prediction log (thread-safe). See the module doc for what is stored."""
+
+    def __init__(self, url: str | Path | None = None, *, store_images: bool = False) -> None:
+        self.url = database_url(url)
+        self.store_images = bool(store_images)
+        kw: dict[str, Any] = {}
+        if self.url.startswith("sqlite"):
+            kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        try:
+            self.engine = create_engine(self.url, **kw)
+            if self.url.startswith("sqlite"):
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            _Base.metadata.create_all(self.engine)
+        except Exception as e:  # noqa: BLE001 - driver errors differ per backend
+            raise AuditError(f"Cannot open the audit database {self.url_safe}: {e}") from None
+        self._lock = threading.Lock()
+
+    @property
+    def url_safe(self) -> str:
+        """The URL with any password hidden (for messages)."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def record(
+        self,
+        *,
+        source: str,
+        input_sha256: str,
+        input_name: str | None,
+        record: dict[str, Any],
+        user_id: str | None = None,
+        image_bytes: bytes | None = None,
+        request_id: str | None = None,
+        elapsed_ms: float | None = None,
+    ) -> int:
+        """Store one prediction record (a :class:`~skinlesion.delivery.engine.Predictor` record). Returns its row id."""
+        pred = record.get("prediction") or {}
+        if "decision" not in pred:
+            raise ValueError("The 'record' parameter must hold prediction.decision (a Predictor record).")
+        unc = record.get("uncertainty") or {}
+        review = unc.get("review") or {}
+        bundle = record.get("bundle") or {}
+        row = AuditRecord(
+            time_utc=datetime.now(timezone.utc),
+            source=source,
+            request_id=request_id,
+            user_id=user_id or "anonymous",
+            input_name=input_name,
+            input_sha256=input_sha256,
+            bundle_id=str(bundle.get("id", "unknown")),
+            bundle_name=bundle.get("name"),
+            engine=bundle.get("engine"),
+            decision=pred["decision"],
+            argmax=pred.get("argmax"),
+            threshold_fired=pred.get("threshold_fired"),
+            review_flag=review.get("flag"),
+            review_value=review.get("value"),
+            epistemic_mutual_information=unc.get("epistemic_mutual_information"),
+            aleatoric_expected_entropy=unc.get("aleatoric_expected_entropy"),
+            elapsed_ms=elapsed_ms,
+            outputs_json=json.dumps(record, default=json_default, sort_keys=True),
+            image=image_bytes if (self.store_images and image_bytes is not None) else None,
+        )
+        try:
+            with self._lock, Session(self.engine) as s:
+                s.add(row)
+                s.commit()
+                return int(row.id)
+        except Exception as e:  # noqa: BLE001
+            raise AuditError(f"Cannot write to the audit database {self.url_safe}: {e}") from None
+
+    def count(self) -> int:
+        with Session(self.engine) as s:
+            return int(s.scalar(select(func.count()).select_from(AuditRecord)) or 0)
+
+    def rows(self, *, since: datetime | None = None, until: datetime | None = None, with_images: bool = False) -> list[dict[str, Any]]:
+        """Rows as dicts in id order (``image`` only with ``with_images``), optionally in [since, until)."""
+        q = select(AuditRecord).order_by(AuditRecord.id)
+        if since is not None:
+            q = q.where(AuditRecord.time_utc >= _utc(since))
+        if until is not None:
+            q = q.where(AuditRecord.time_utc < _utc(until))
+        out = []
+        with Session(self.engine) as s:
+            for r in s.scalars(q):
+                d = {c: getattr(r, c) for c in EXPORT_COLUMNS if c != "has_image"}
+                d["time_utc"] = _utc(r.time_utc).isoformat()
+                d["has_image"] = r.image is not None
+                if with_images:
+                    d["image"] = r.image
+                out.append(d)
+        return out
+
+    def export_csv(self, out: str | Path, *, since: datetime | None = None, until: datetime | None = None) -> int:
+        """Write the rows (no image bytes) to a CSV file. Returns the number of rows."""
+        rows = self.rows(since=since, until=until)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(EXPORT_COLUMNS))
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(out)
+        return len(rows)
+
+
+def _utc(t: datetime) -> datetime:
+    """SQLite returns naive datetimes: they were stored in UTC."""
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (export) do not block the writer (serve)
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()

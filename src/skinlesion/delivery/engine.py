@@ -1,0 +1,221 @@
+"""One prediction path for ``predict`` and ``serve``: a decision bundle run by PyTorch or ONNX Runtime.
+
+An *engine* turns RGB uint8 images into member view logits ``M x (N, V, K)`` (every member with its
+own preprocessing, every TTA view of the bundle); the bundle then applies weights, temperatures,
+thresholds and the decision rule, so both engines share the same post-processing. MC-dropout
+uncertainty and the review flag always run on the PyTorch members (ONNX graphs are exported in
+eval mode, without dropout), with the same scoring and number of passes the bundle's review flag
+was fitted with.
+
+:class:`Predictor` serialises model calls with a lock: MC dropout switches module modes and
+Grad-CAM registers hooks, so concurrent requests must not interleave inside one model.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from skinlesion.ensemble.bundle import Bundle, BundlePrediction
+from skinlesion.metrics.classification import to_jsonable
+
+ENGINES = ("torch", "onnx")
+NOTICE = (
+    "Decision support for research use, not a diagnosis. Probabilities, thresholds, attention maps, "
+    "ABCDE measurements and uncertainty describe the model and the image; a clinician must interpret them."
+)
+
+
+class Engine(Protocol):
+    name: str
+
+    def view_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Member view logits ``M x (N, V, K)`` for RGB uint8 images, in the bundle's member order."""
+        ...
+
+
+class TorchEngine:
+    """Eager PyTorch members (CUDA when available unless ``device`` says otherwise)."""
+
+    name = "torch"
+
+    def __init__(self, bundle: Bundle, device: str | None = None) -> None:
+        self.bundle = bundle
+        self.device = device
+
+    def view_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        from skinlesion.ensemble.predict import images_view_logits
+
+        views = self.bundle.tta.views
+        return [images_view_logits(m, images, views, device=self.device) for m in self.bundle.members]
+
+
+def make_engine(
+    bundle: Bundle, engine: str = "torch", *, onnx_dir: str | Path | None = None, precision: str = "fp32",
+    device: str | None = None,
+) -> Engine:
+    """``torch`` or ``onnx`` (ONNX files from ``skinlesion export onnx``; default ``<bundle>/onnx``)."""
+    if engine == "torch":
+        return TorchEngine(bundle, device)
+    if engine == "onnx":
+        from skinlesion.delivery.onnx_runtime import OnnxEngine
+
+        return OnnxEngine(bundle, onnx_dir, precision=precision)
+    raise ValueError(f"The 'engine' parameter must be one of {ENGINES}. Got {engine!r} instead.")
+
+
+def decision_records(bundle: Bundle, pred: BundlePrediction) -> list[dict[str, Any]]:
+    """Per image: probabilities, argmax, decision and what decided it (threshold or argmax)."""
+    thresholds = bundle.thresholds
+    out = []
+    for i in range(len(pred.decision)):
+        fired = int(pred.fired[i])
+        out.append(
+            {
+                "probabilities": dict(zip(bundle.classes, pred.probs[i].astype(float).tolist(), strict=True)),
+                "argmax": bundle.classes[int(pred.argmax[i])],
+                "decision": bundle.classes[int(pred.decision[i])],
+                "decided_by": f"threshold of {bundle.classes[fired]} ({thresholds[bundle.classes[fired]]:.4f})"
+                if fired >= 0
+                else "most probable class (no threshold reached)",
+                "threshold_fired": bundle.classes[fired] if fired >= 0 else None,
+                "thresholds": thresholds,
+                "priority": bundle.priority if thresholds else None,
+                "conflict": bundle.meta["decision"].get("conflict", "priority") if thresholds else None,
+            }
+        )
+    return out
+
+
+def default_mc_samples(bundle: Bundle) -> int:
+    """The number of MC-dropout passes the bundle's review flag was fitted with, else 20."""
+    return int((bundle.meta.get("review") or {}).get("n_samples", 20))
+
+
+def uncertainty_records(
+    bundle: Bundle, images: Sequence[np.ndarray], n_samples: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Per image: MC-dropout entropy decomposition (nats) and the bundle's review flag."""
+    from skinlesion.uncertainty.evaluate import bundle_mc_predict, review_flag_from_bundle
+    from skinlesion.uncertainty.mc_dropout import NotStochasticWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NotStochasticWarning)
+        mc = bundle_mc_predict(bundle, images, n_samples=n_samples, seed=seed)  # as the review flag was fitted
+    review = bundle.meta.get("review")
+    flags = scores = None
+    if review:
+        flagger = review_flag_from_bundle(bundle)
+        scores = np.asarray(flagger.score_of(mc))  # type: ignore[union-attr]
+        flags = np.asarray(flagger.flag(scores))  # type: ignore[union-attr]
+    out = []
+    for i in range(len(images)):
+        rec: dict[str, Any] = {
+            "method": "Monte Carlo dropout (Gal & Ghahramani 2016), head and backbone dropout/drop-path, BatchNorm in eval",
+            "n_samples": n_samples,
+            "stochastic": bool(mc.stochastic),
+            "units": "nats",
+            "mean_probabilities": dict(zip(bundle.classes, mc.mean_probs[i].tolist(), strict=True)),
+            "predictive_entropy": float(mc.predictive_entropy[i]),
+            "aleatoric_expected_entropy": float(mc.expected_entropy[i]),
+            "epistemic_mutual_information": float(mc.mutual_information[i]),
+            "max_probability": float(mc.max_prob[i]),
+            "warnings": [str(w.message) for w in caught],
+        }
+        if review:
+            rec["review"] = {
+                "flag": bool(flags[i]),  # type: ignore[index]
+                "score": review["score"],
+                "value": float(scores[i]),  # type: ignore[index]
+                "threshold": review["threshold"],
+                "goal": f"{review['goal']} {review['target']} (chosen on validation)",
+            }
+        else:
+            rec["review"] = {"flag": None, "note": "no review threshold in this bundle: run `skinlesion explain review BUNDLE`"}
+        out.append(rec)
+    return out
+
+
+class Predictor:
+    """A loaded bundle plus an engine: JSON-ready prediction records, optionally with explanations.
+
+    ``mc_samples=None`` follows :func:`default_mc_samples`; 0 skips uncertainty (no review flag).
+    Thread-safe: model calls hold :attr:`lock`.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        engine: str = "torch",
+        *,
+        mc_samples: int | None = None,
+        onnx_dir: str | Path | None = None,
+        precision: str = "fp32",
+        device: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if mc_samples is not None and (not isinstance(mc_samples, int) or mc_samples < 0):
+            raise ValueError(f"The 'mc_samples' parameter must be an integer >= 0. Got {mc_samples!r} instead.")
+        self.bundle = bundle
+        self.engine = make_engine(bundle, engine, onnx_dir=onnx_dir, precision=precision, device=device)
+        self.mc_samples = default_mc_samples(bundle) if mc_samples is None else mc_samples
+        self.seed = seed
+        self.lock = threading.RLock()
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name + (f"-{self.engine.precision}" if hasattr(self.engine, "precision") else "")
+
+    def bundle_info(self) -> dict[str, Any]:
+        b = self.bundle
+        return {
+            "name": b.meta.get("name"),
+            "id": b.bundle_id,
+            "path": str(b.path) if b.path is not None else None,
+            "members": [m.name for m in b.members],
+            "engine": self.engine_name,
+        }
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+        """One record per RGB uint8 image: ``prediction``, ``uncertainty`` (or None), ``bundle``, ``notice``."""
+        if len(images) == 0:
+            return []
+        with self.lock:
+            pred = self.bundle.predict_from_logits(self.engine.view_logits(images))
+            unc = uncertainty_records(self.bundle, images, self.mc_samples, self.seed) if self.mc_samples > 0 else None
+        info = self.bundle_info()
+        recs = decision_records(self.bundle, pred)
+        return [
+            to_jsonable(
+                {"notice": NOTICE, "bundle": info, "prediction": r, "uncertainty": unc[i] if unc is not None else None}
+            )
+            for i, r in enumerate(recs)
+        ]
+
+    def explain(
+        self, image: np.ndarray, *, pixel_spacing_mm: float | None = None, method: str = "gradcam++",
+        concepts: bool = False, class_name: str | None = None, record: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The prediction record plus Grad-CAM(++) (PyTorch members), segmentation, ABCDE and TDS.
+
+        ``record``: this image's record from :meth:`predict` when already computed (saves the
+        MC-dropout passes). Returns ``(result, arrays)`` with arrays ``cam`` (H, W) in [0, 1] and
+        ``mask`` (H, W) bool; ``result`` has the keys of a record plus ``attention``,
+        ``segmentation``, ``abcde``, ``dermoscopy_score`` and ``concepts``.
+        """
+        from skinlesion.explain.pipeline import explain_image
+
+        rec = record if record is not None else self.predict([image])[0]
+        with self.lock:
+            result, arrays = explain_image(
+                self.bundle, image, class_name=class_name, method=method, mc_samples=0,
+                pixel_spacing_mm=pixel_spacing_mm, concepts=concepts, prediction=rec["prediction"],
+            )
+        result["uncertainty"] = rec["uncertainty"]
+        result["bundle"] = rec["bundle"]
+        return result, arrays
