@@ -97,3 +97,13 @@ def test_concurrent_calls_equal_sequential_ones(predictor: Predictor) -> None:
         else:
             assert v == pytest.approx(expected[i % 3], abs=1e-6)
     assert all(not m.model.training for m in predictor.bundle.members)  # MC dropout restored eval mode
+
+
+def test_uncertainty_of_an_image_does_not_depend_on_its_batch(predictor: Predictor) -> None:
+    images = _images(4)
+    together = predictor.predict(images)
+    alone = [predictor.predict([im])[0] for im in images]
+    for t, a in zip(together, alone, strict=True):
+        assert t["uncertainty"]["epistemic_mutual_information"] == pytest.approx(a["uncertainty"]["epistemic_mutual_information"], abs=1e-7)
+        assert t["uncertainty"]["review"]["flag"] == a["uncertainty"]["review"]["flag"]
+        assert t["uncertainty"]["review"]["value"] == pytest.approx(a["uncertainty"]["review"]["value"], abs=1e-12)

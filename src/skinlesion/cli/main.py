@@ -14,7 +14,10 @@ from skinlesion.cli.demo import demo_command
 from skinlesion.cli.ensemble import calibrate_command, ensemble_app
 from skinlesion.cli.evaluate import evaluate_command
 from skinlesion.cli.explain import explain_app
+from skinlesion.cli.export import export_app
 from skinlesion.cli.models import models_app
+from skinlesion.cli.predict import predict_command
+from skinlesion.cli.serve import serve_command
 from skinlesion.cli.train import train_command
 
 app = typer.Typer(
@@ -30,8 +33,11 @@ app.add_typer(ensemble_app, name="ensemble")
 app.command("calibrate")(calibrate_command)
 app.command("evaluate")(evaluate_command)
 app.add_typer(explain_app, name="explain")
+app.add_typer(export_app, name="export")
+app.command("predict")(predict_command)
 app.command("demo")(demo_command)
 app.add_typer(audit_app, name="audit")
+app.command("serve")(serve_command)
 
 
 def _version(value: bool) -> None:

@@ -106,7 +106,10 @@ def uncertainty_records(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NotStochasticWarning)
-        mc = bundle_mc_predict(bundle, images, n_samples=n_samples, seed=seed)  # as the review flag was fitted
+        # One call per image with the same seed: an image's dropout masks (hence its uncertainty
+        # and review flag) do not depend on which other images share its batch or request.
+        per_image = [bundle_mc_predict(bundle, [im], n_samples=n_samples, seed=seed) for im in images]
+    mc = _stack_mc(per_image)
     review = bundle.meta.get("review")
     flags = scores = None
     if review:
@@ -139,6 +142,19 @@ def uncertainty_records(
             rec["review"] = {"flag": None, "note": "no review threshold in this bundle: run `skinlesion explain review BUNDLE`"}
         out.append(rec)
     return out
+
+
+def _stack_mc(results: Sequence[Any]) -> Any:
+    """Concatenate per-image MCResults along the image axis (same members, passes and weights)."""
+    from skinlesion.uncertainty.mc_dropout import MCResult
+
+    first = results[0]
+    return MCResult.from_samples(
+        np.concatenate([r.samples for r in results], axis=1),
+        first.sample_weights,
+        stochastic=any(r.stochastic for r in results),
+        stochastic_layers=first.stochastic_layers,
+    )
 
 
 class Predictor:
@@ -176,7 +192,6 @@ class Predictor:
         return {
             "name": b.meta.get("name"),
             "id": b.bundle_id,
-            "path": str(b.path) if b.path is not None else None,
             "members": [m.name for m in b.members],
             "engine": self.engine_name,
         }

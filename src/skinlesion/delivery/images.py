@@ -102,8 +102,8 @@ def decode_image(data: bytes, *, source: str = "upload", limits: ImageLimits | N
     return a.copy()
 
 
-def read_image(path: str | Path, *, limits: ImageLimits | None = None) -> np.ndarray:
-    """Read and decode an image file (size checked before reading); raises :class:`ImageRejected`."""
+def read_image_bytes(path: str | Path, *, limits: ImageLimits | None = None) -> bytes:
+    """A file's bytes after the checks that need no decoding (exists, regular file, byte limit)."""
     limits = limits or ImageLimits()
     p = Path(path)
     try:
@@ -117,7 +117,12 @@ def read_image(path: str | Path, *, limits: ImageLimits | None = None) -> np.nda
     if size > limits.max_bytes:
         raise ImageRejected(str(p), "too_large", f"is {size:,} bytes; the limit is {limits.max_bytes:,}")
     try:
-        data = p.read_bytes()
+        return p.read_bytes()
     except OSError as e:
         raise ImageRejected(str(p), "unreadable", f"cannot be read ({e.strerror or e})") from None
-    return decode_image(data, source=str(p), limits=limits)
+
+
+def read_image(path: str | Path, *, limits: ImageLimits | None = None) -> np.ndarray:
+    """Read and decode an image file (size checked before reading); raises :class:`ImageRejected`."""
+    limits = limits or ImageLimits()
+    return decode_image(read_image_bytes(path, limits=limits), source=str(path), limits=limits)

@@ -1,0 +1,233 @@
+"""Run a decision bundle's members on ONNX Runtime (files written by ``skinlesion export onnx``).
+
+The ONNX graphs are the networks only: input ``"input"`` ``(batch, 3, H, W)`` float32, already
+resized and normalised as the member's ``preprocessing`` says; output ``"logits"`` ``(batch, K)``.
+Resizing, normalisation and the TTA views run here exactly as in PyTorch (the member's own
+preprocessing, then :func:`skinlesion.ensemble.tta.apply_view` on the tensor); temperatures,
+member weights, thresholds and the decision rule stay in ``bundle.json`` and are applied by
+:meth:`~skinlesion.ensemble.bundle.Bundle.predict_from_logits`, the same code for both engines.
+
+Spatial axes are static. A non-square member whose TTA views swap height and width (rot90,
+rot270, transpose, transverse) has a second graph for the transposed shape ``(W, H)``: exporting
+with dynamic height and width took ~15x longer (TF "same" padding becomes symbolic) for no gain,
+since a member only ever sees these two shapes.
+
+:class:`OnnxEngine` refuses files that do not belong to the bundle: a missing folder or
+manifest, another ``bundle_id``, a file whose sha256 changed, or a precision that was not
+exported. Each error names the file and the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from skinlesion._hashing import sha256_file
+from skinlesion.ensemble.bundle import Bundle
+from skinlesion.ensemble.tta import SWAPS_AXES, apply_view, view_groups
+from skinlesion.errors import SkinLesionError
+
+FORMAT = "skinlesion-onnx"
+FORMAT_VERSION = 1
+MANIFEST = "onnx.json"
+DEFAULT_DIR = "onnx"
+PRECISIONS = ("fp32", "int8")
+INPUT = "input"
+OUTPUT = "logits"
+
+RunFn = Callable[[np.ndarray], np.ndarray]
+
+
+class OnnxError(SkinLesionError, ValueError):
+    """ONNX files are missing, stale (another bundle, changed files) or lack a precision."""
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"The 'precision' parameter must be one of {PRECISIONS}. Got {precision!r} instead.")
+    return precision
+
+
+def file_stem(member_name: str) -> str:
+    """A member name made safe as a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", member_name).strip("._") or "member"
+
+
+def default_onnx_dir(bundle: Bundle) -> Path:
+    if bundle.path is None:
+        raise OnnxError("This bundle is not saved in a folder (a wrapped checkpoint): give the ONNX folder explicitly.")
+    return bundle.path / DEFAULT_DIR
+
+
+def export_command(bundle: Bundle, onnx_dir: Path, precision: str = "fp32") -> str:
+    """The command that (re)writes ``onnx_dir`` for this bundle (quoted in error messages)."""
+    where = str(bundle.path) if bundle.path is not None else "BUNDLE"
+    out = "" if bundle.path is not None and onnx_dir == bundle.path / DEFAULT_DIR else f" --out {onnx_dir}"
+    return f"skinlesion export onnx {where}{out}" + (" --int8" if precision == "int8" else "")
+
+
+def read_manifest(onnx_dir: str | Path) -> dict[str, Any]:
+    """The ``onnx.json`` of an export folder (format checked)."""
+    path = Path(onnx_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise OnnxError(f"{path} is missing") from None
+    except json.JSONDecodeError as e:
+        raise OnnxError(f"{path}: not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise OnnxError(f"{path}: field 'format' must be {FORMAT!r}, got {manifest.get('format')!r}")
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise OnnxError(f"{path}: format_version {manifest['format_version']} is newer than this package supports ({FORMAT_VERSION})")
+    return manifest
+
+
+def graph_shapes(input_size: Sequence[int], views: Sequence[str]) -> list[tuple[int, int]]:
+    """Input shapes ``(H, W)`` a member's graphs need under ``views``: its own, and ``(W, H)`` when
+    it is not square and a view swaps the axes (rot90, rot270, transpose, transverse)."""
+    h, w = (int(v) for v in input_size)
+    if h == w:
+        return [(h, w)]
+    same, swapped = any(v not in SWAPS_AXES for v in views), any(v in SWAPS_AXES for v in views)
+    return [s for s, needed in (((h, w), same), ((w, h), swapped)) if needed]
+
+
+def run_views(
+    x: torch.Tensor, views: Sequence[str], run: Callable[[tuple[int, int]], RunFn], *, max_rows: int | None = None
+) -> np.ndarray:
+    """Logits ``(N, V, K)`` float32 of every view of a normalised batch ``x`` ``(N, 3, h, w)``.
+
+    ``run(shape)`` returns the function that runs the graph for inputs of spatial ``shape``. Views
+    of one shape go through one call, at most ``max_rows`` rows (whole views) at a time, as
+    :func:`skinlesion.ensemble.tta.tta_logits` does for PyTorch.
+    """
+    n = x.shape[0]
+    per_call = len(views) if max_rows is None else max(1, max_rows // max(n, 1))
+    out: list[np.ndarray | None] = [None] * len(views)
+    with torch.inference_mode():
+        for group in view_groups(views, x.shape[-1] == x.shape[-2]):
+            for start in range(0, len(group), per_call):
+                chunk = group[start : start + per_call]
+                rows = torch.cat([apply_view(x, views[i]) for i in chunk], dim=0).contiguous()
+                logits = run((int(rows.shape[-2]), int(rows.shape[-1])))(rows.numpy().astype(np.float32, copy=False))
+                for j, i in enumerate(chunk):
+                    out[i] = logits[j * n : (j + 1) * n]
+    return np.stack(out, axis=1).astype(np.float32, copy=False)  # type: ignore[arg-type]
+
+
+def providers() -> list[str]:
+    """CUDA when ONNX Runtime has it, else the CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
+
+
+def make_session(path: str | Path, threads: int | None = None) -> Any:
+    """An ``InferenceSession`` with ``threads`` intra-op threads (default ``torch.get_num_threads()``)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers())
+
+
+def session_runner(session: Any) -> RunFn:
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT], {INPUT: batch})[0]
+
+    return run
+
+
+class OnnxEngine:
+    """Bundle members on ONNX Runtime, one ``InferenceSession`` per member graph.
+
+    ``view_logits`` returns what :class:`~skinlesion.delivery.engine.TorchEngine` returns (member
+    view logits ``M x (N, V, K)``, bundle member order), so the bundle's post-processing is shared.
+    Safe for concurrent calls: sessions are thread-safe and no state changes per call.
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self, bundle: Bundle, onnx_dir: str | Path | None = None, precision: str = "fp32", threads: int | None = None
+    ) -> None:
+        from skinlesion.ensemble.predict import CPU_MAX_ROWS
+
+        self.bundle = bundle
+        self.precision = check_precision(precision)
+        self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else default_onnx_dir(bundle)
+        self.threads = int(threads or torch.get_num_threads())
+        self.manifest = self._checked_manifest()
+        files = self._checked_files()
+        self.sessions: list[dict[tuple[int, int], Any]] = [
+            {shape: make_session(path, self.threads) for shape, path in member_files.items()} for member_files in files
+        ]
+        self.providers = providers()
+        self.max_rows = None if self.providers[0] == "CUDAExecutionProvider" else CPU_MAX_ROWS
+
+    # -- checks --------------------------------------------------------------------------------
+    def _fix(self) -> str:
+        return f"run `{export_command(self.bundle, self.onnx_dir, self.precision)}`"
+
+    def _checked_manifest(self) -> dict[str, Any]:
+        d = self.onnx_dir
+        if not d.is_dir():
+            raise OnnxError(f"ONNX folder {d} does not exist: {self._fix()} first")
+        if not (d / MANIFEST).is_file():
+            raise OnnxError(f"{d / MANIFEST} is missing: {self._fix()} first")
+        manifest = read_manifest(d)
+        if manifest.get("bundle_id") != self.bundle.bundle_id:
+            raise OnnxError(
+                f"{d / MANIFEST} was exported from bundle {str(manifest.get('bundle_id'))[:12]}..., but this bundle is "
+                f"{self.bundle.bundle_id[:12]}... (bundle.json changed since the export): {self._fix()} again"
+            )
+        names = [m.get("name") for m in manifest.get("members", [])]
+        if names != [m.name for m in self.bundle.members]:
+            raise OnnxError(f"{d / MANIFEST} holds members {names}, the bundle {[m.name for m in self.bundle.members]}: {self._fix()} again")
+        if self.precision not in manifest.get("precisions", []):
+            raise OnnxError(
+                f"{d / MANIFEST}: precision {self.precision!r} was not exported (it has {manifest.get('precisions')}): {self._fix()}"
+            )
+        return manifest
+
+    def _checked_files(self) -> list[dict[tuple[int, int], Path]]:
+        d, views = self.onnx_dir, self.bundle.tta.views
+        out = []
+        for member, entry in zip(self.bundle.members, self.manifest["members"], strict=True):
+            graphs = {tuple(int(v) for v in g["input_size"]): g for g in entry["graphs"]}
+            files: dict[tuple[int, int], Path] = {}
+            for shape in graph_shapes(member.input_size, views):
+                g = graphs.get(shape)
+                if g is None or self.precision not in g["files"]:
+                    raise OnnxError(f"{d / MANIFEST}: member {member.name!r} has no {self.precision} graph for input {shape}: {self._fix()}")
+                rec = g["files"][self.precision]
+                path = d / rec["file"]
+                if not path.is_file():
+                    raise OnnxError(f"{path} (listed in {d / MANIFEST}) is missing: {self._fix()}")
+                if sha256_file(path) != rec["sha256"]:
+                    raise OnnxError(f"{path}: sha256 differs from {d / MANIFEST} (the file changed after export): {self._fix()}")
+                files[shape] = path
+            out.append(files)
+        return out
+
+    # -- running -------------------------------------------------------------------------------
+    def member_view_logits(self, index: int, images: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, V, K)`` logits of member ``index`` for RGB uint8 images."""
+        member, sessions = self.bundle.members[index], self.sessions[index]
+        x = member.preprocess(images, "cpu")
+        return run_views(x, self.bundle.tta.views, lambda shape: session_runner(sessions[shape]), max_rows=self.max_rows)
+
+    def view_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Member view logits ``M x (N, V, K)`` for RGB uint8 images, in the bundle's member order."""
+        return [self.member_view_logits(i, images) for i in range(len(self.bundle.members))]

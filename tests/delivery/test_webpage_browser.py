@@ -1,0 +1,175 @@
+"""The web page end to end in headless Chromium (Debian's /usr/bin/chromium; no browser download):
+upload a synthetic lesion, see the probabilities, decision, overlay and notice; a bad file shows its reason."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from skinlesion.data.synthetic import generate_lesion
+from skinlesion.delivery.engine import Predictor
+from skinlesion.delivery.service import create_app
+from skinlesion.ensemble.bundle import load_bundle
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+KEY = "browser-test-key"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+
+
+def _unavailable(msg: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg + ", and CI=true forbids skipping the browser test")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
+    if path is None:
+        _unavailable("the web page test needs Debian's chromium (apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _unavailable("the web page test needs the playwright Python package")
+    return path  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def base_url(calibrated_bundle: Path) -> Iterator[str]:
+    import uvicorn
+
+    app = create_app(Predictor(load_bundle(calibrated_bundle), mc_samples=3), audit=None, api_keys=[KEY], max_upload_bytes=2_000_000)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def lesion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    image, _, _ = generate_lesion("MEL", seed=3, hair=False, vignette=False)
+    path = tmp_path_factory.mktemp("page") / "lesion.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
+def _drop(page: Any, selector: str, path: Path) -> None:
+    """Drop a file on an element the way a browser does (a DataTransfer holding a File)."""
+    data = page.evaluate_handle(
+        """([b64, name]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: "image/png" }));
+            return dt;
+        }""",
+        [base64.b64encode(path.read_bytes()).decode(), path.name],
+    )
+    page.dispatch_event(selector, "dragover", {"dataTransfer": data})
+    page.dispatch_event(selector, "drop", {"dataTransfer": data})
+
+
+def test_upload_shows_probabilities_decision_overlay_and_notice(chromium: str, base_url: str, lesion: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    expected = httpx.post(f"{base_url}/predict", files={"file": (lesion.name, lesion.read_bytes())}, headers={"X-API-Key": KEY}, timeout=60).json()
+    pred = expected["prediction"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            requests: list[str] = []
+            errors: list[str] = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base_url + "/")
+            expect(page.locator("#service")).to_contain_text(expected["bundle"]["id"][:12])
+
+            # no key yet: the service's reason is shown
+            page.set_input_files("#file", str(lesion))
+            expect(page.locator("#error")).to_be_visible()
+            expect(page.locator("#error-reason")).to_have_text("api_key_missing")
+
+            # with the key, dropped on the drop zone
+            page.fill("#api-key", KEY)
+            page.fill("#spacing", "0.02")
+            _drop(page, "#dropzone", lesion)
+            page.wait_for_selector("#result[data-state=done]")
+            expect(page.locator("#error")).to_be_hidden()
+
+            rows = page.locator(".prob-row")
+            assert rows.count() == len(pred["probabilities"])
+            for i, (cls, p) in enumerate(pred["probabilities"].items()):
+                row = rows.nth(i)
+                assert row.get_attribute("data-class") == cls
+                assert float(row.get_attribute("data-probability")) == pytest.approx(p, abs=1e-12)
+                assert row.locator(".prob-value").inner_text() == f"{p:.3f}"
+                assert row.locator(".thr").count() == (1 if pred["thresholds"].get(cls) is not None else 0)
+            assert page.locator(".prob-row[data-class=MEL] .thr").count() == 1  # the calibrated MEL threshold
+
+            expect(page.locator("#decision")).to_have_text(pred["decision"])
+            expect(page.locator("#decided-by")).to_contain_text(pred["decided_by"])
+            for img in ("#cam-img", "#mask-img", "#input-img"):
+                assert page.eval_on_selector(img, "el => el.complete && el.naturalWidth") == 200, img
+            expect(page.locator("#notice")).to_contain_text("not a diagnosis")
+            flag = expected["uncertainty"]["review"]["flag"]
+            expect(page.locator("#review")).to_contain_text("REVIEW" if flag else "No review flag")
+            expect(page.locator("#uncertainty")).to_contain_text("aleatoric")
+            expect(page.locator("#uncertainty")).to_contain_text("epistemic")
+            expect(page.locator("#abcde")).to_contain_text("Total Dermoscopy Score")
+            expect(page.locator("#abcde")).to_contain_text(" mm")
+            expect(page.locator("#provenance")).to_contain_text(expected["bundle"]["id"])
+
+            # a file that is not an image: its reason replaces the result
+            page.set_input_files("#file", {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"patient notes, not an image"})
+            expect(page.locator("#error-reason")).to_have_text("not_an_image")
+            expect(page.locator("#error-message")).to_contain_text("not an image file")
+            expect(page.locator("#error-status")).to_contain_text("415")
+            expect(page.locator("#result")).to_be_hidden()
+
+            assert errors == []
+            outside = [u for u in requests if not u.startswith((base_url, "data:", "blob:"))]
+            assert outside == []  # the page loads nothing from elsewhere (offline)
+        finally:
+            browser.close()
+
+
+def test_a_file_over_the_limit_is_refused_in_the_browser(chromium: str, base_url: str) -> None:
+    """The page checks the size from /health before uploading (a server would cut the upload off)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    limit = httpx.get(f"{base_url}/health").json()["limits"]["max_upload_bytes"]
+    big = io.BytesIO(bytes(limit + 1))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(base_url + "/")
+            expect(page.locator("#limits")).to_contain_text("MiB")
+            page.set_input_files("#file", {"name": "huge.png", "mimeType": "image/png", "buffer": big.getvalue()})
+            expect(page.locator("#error-reason")).to_have_text("too_large")
+        finally:
+            browser.close()
