@@ -349,7 +349,11 @@ def test_openapi_documents_uploads_results_errors_and_the_key(client: TestClient
     assert "cam_png" in spec["components"]["schemas"]["ExplainResponse"]["properties"]
     assert "pixel_spacing_mm" in str(spec["paths"]["/explain"]["post"]["requestBody"]) or "pixel_spacing_mm" in str(spec["components"])
     assert any(s.get("name") == "X-API-Key" for s in spec["components"]["securitySchemes"].values())
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # offline: served from the package
+    assert "/docs-static/swagger-ui-bundle.js" in docs.text
+    assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/docs-static/swagger-ui.css").status_code == 200
 
 
 def test_the_page_is_served_open_and_offline(client: TestClient) -> None:

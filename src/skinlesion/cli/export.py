@@ -33,11 +33,12 @@ def onnx_command(
         )
         manifest = read_manifest(folder)
     p = manifest["parity"]
-    console.print(f"parity with PyTorch on {p['n_images']} {p['images']} x {len(manifest['tta_views'])} TTA views:")
+    console.print(f"parity with PyTorch on {p['n_images']} images x {len(manifest['tta_views'])} TTA views; images: {p['images']}")
     for m in manifest["members"]:
-        line = "  ".join(f"{prec} max |dp| {r['max_abs_prob_diff']:.2e} (argmax agreement {r['argmax_agreement']:.3f})" for prec, r in m["parity"].items())
-        console.print(f"{m['name']:<32} {line}")
-        console.print(f"{'':<32} files: {', '.join(m['files'])}")
+        console.print(f"{m['name']}  input {m['input_size'][0]}x{m['input_size'][1]}")
+        for prec, r in m["parity"].items():
+            console.print(f"  {prec}  max |dp| {r['max_abs_prob_diff']:.2e}  argmax agreement {r['argmax_agreement']:.3f}")
+        console.print(f"  files: {', '.join(m['files'])}", soft_wrap=True)
     q = manifest.get("quantisation")
     if q:
         c = q["calibration_source"]

@@ -117,13 +117,26 @@ def _synthetic_images(n: int, seed: int) -> list[np.ndarray]:
 
 
 # -- one graph -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Keep third-party INFO chatter (onnxscript passes, one line per adjusted weight scale in
+    onnxruntime.quantization) out of the CLI's log: loggers without a level follow the root's."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def export_graph(model: torch.nn.Module, shape: tuple[int, int], path: Path, opset: int = DEFAULT_OPSET) -> None:
     """Export ``model`` (eval mode, CPU) for inputs ``(batch, 3, *shape)`` with a dynamic batch axis."""
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     example = torch.zeros(2, 3, *shape)  # batch 2: an example batch of 1 would be specialised
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")  # exporter chatter; parity is checked after export
         program = torch.onnx.export(
             model, (example,), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset, dynamo=True,
@@ -146,18 +159,6 @@ def check_graph(path: Path, shape: tuple[int, int]) -> None:
     )
     if not ok:
         raise OnnxError(f"{path}: expected input {INPUT!r} (batch, 3, {shape[0]}, {shape[1]}) and output {OUTPUT!r} (batch, K); got {dims}")
-
-
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime.quantization logs one INFO line per adjusted weight scale on the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def quantize_graph(fp32: Path, int8: Path, rows: np.ndarray, *, batch_size: int = 16) -> None:

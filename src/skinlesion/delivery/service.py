@@ -10,7 +10,7 @@ route              key   answers
 ``POST /explain``  yes   200: the same plus Grad-CAM++ overlay and segmentation outline (base64 PNG),
                          attention, ABCDE and Total Dermoscopy Score
 ``GET /``          no    the web page (``static/``: offline, no external resources)
-``/docs``          no    OpenAPI (``/openapi.json``; the Swagger UI page loads its script from a CDN)
+``/docs``          no    OpenAPI (``/openapi.json``; Swagger UI served from the package, offline)
 =================  ====  =============================================================================
 
 Uploads are multipart form field ``file`` (``/explain`` also takes ``pixel_spacing_mm``). Every
@@ -52,7 +52,9 @@ from fastapi import Depends, FastAPI, File, Form, Request, Response, Security, U
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -333,9 +335,22 @@ def create_app(
         title="skinlesion",
         version=skinlesion.__version__,
         description=f"Dermoscopic skin-lesion classification service. **{NOTICE}**",
+        docs_url=None,  # served below from the packaged Swagger UI: no CDN, works offline
+        redoc_url=None,
     )
     app.add_middleware(BodyCap, max_bytes=cap + MULTIPART_OVERHEAD, on_reject=lambda: stats.add("rejected"))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="skinlesion API",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js",
+            swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="data:,",
+        )
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="Required when the service was started with API keys.")
 
     def user(key: str | None = Security(key_header)) -> str:
