@@ -38,7 +38,7 @@ def serve_command(
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
     engine: str = typer.Option("torch", "--engine", help="torch or onnx."),
     onnx_dir: Path | None = typer.Option(None, "--onnx-dir", help="ONNX files (default: <bundle>/onnx)."),
-    precision: str = typer.Option("fp32", "--precision", help="ONNX precision, e.g. fp32 or fp16."),
+    precision: str = typer.Option("fp32", "--precision", help="ONNX precision: fp32 or int8 (exported with --int8)."),
     mc_samples: int | None = typer.Option(
         None, "--mc-samples", min=0, help="MC-dropout passes (default: as the bundle's review flag was fitted, else 20; 0: no uncertainty)."
     ),

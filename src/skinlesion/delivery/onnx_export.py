@@ -131,9 +131,8 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 def export_graph(model: torch.nn.Module, shape: tuple[int, int], path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """Export ``model`` (eval mode, CPU) for inputs ``(batch, 3, *shape)`` with a dynamic batch axis."""
-    import onnx
-
+    """Export ``model`` (eval mode, CPU) for inputs ``(batch, 3, *shape)`` with a dynamic batch axis
+    (torch.export-based exporter; spatial axes static, see :mod:`skinlesion.delivery.onnx_runtime`)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     example = torch.zeros(2, 3, *shape)  # batch 2: an example batch of 1 would be specialised
     with warnings.catch_warnings(), _quiet_root_logger():
@@ -158,7 +157,9 @@ def check_graph(path: Path, shape: tuple[int, int]) -> None:
         and isinstance(dims[0][0], str) and dims[0][1:] == [3, *shape] and isinstance(dims[1][0], str)
     )
     if not ok:
-        raise OnnxError(f"{path}: expected input {INPUT!r} (batch, 3, {shape[0]}, {shape[1]}) and output {OUTPUT!r} (batch, K); got {dims}")
+        raise OnnxError(
+            f"{path}: expected input {INPUT!r} (batch, 3, {shape[0]}, {shape[1]}) and output {OUTPUT!r} (batch, K); got {dims}"
+        )
 
 
 def quantize_graph(fp32: Path, int8: Path, rows: np.ndarray, *, batch_size: int = 16) -> None:
@@ -273,7 +274,10 @@ def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    return {"skinlesion": skinlesion.__version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return {
+        "skinlesion": skinlesion.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def export_bundle_onnx(
@@ -312,6 +316,7 @@ def export_bundle_onnx(
     if not (isinstance(tolerance, (int, float)) and tolerance > 0):
         raise ValueError(f"The 'tolerance' parameter must be a positive number. Got {tolerance!r} instead.")
     out = Path(out_dir) if out_dir is not None else default_onnx_dir(bundle)
+    bundle_id = bundle.bundle_id  # of bundle.json as loaded, before the (long) export
     given = _check_images(calibration_images, "calibration_images") if calibration_images is not None else None
     views = bundle.tta.views
 
@@ -340,7 +345,9 @@ def export_bundle_onnx(
                 calibration, held_out = val[:k], val[k:]
                 parity_images = held_out or val[:n_parity]
                 parity_source += " (images not used for calibration)" if held_out else " (calibration images: in-sample for int8)"
-                calib_info = {"source": "validation split", "n_images": k, "image_ids": ids[:k], "sampling": f"classes in turn, seed {seed}"}
+                calib_info = {
+                    "source": "validation split", "n_images": k, "image_ids": ids[:k], "sampling": f"classes in turn, seed {seed}"
+                }
 
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a half-written export must not look valid
@@ -363,7 +370,7 @@ def export_bundle_onnx(
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "bundle_id": bundle.bundle_id,
+        "bundle_id": bundle_id,
         "bundle_name": bundle.meta.get("name"),
         "bundle_path": str(bundle.path) if bundle.path is not None else None,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

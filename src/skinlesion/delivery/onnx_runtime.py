@@ -13,7 +13,8 @@ with dynamic height and width took ~15x longer (TF "same" padding becomes symbol
 since a member only ever sees these two shapes.
 
 :class:`OnnxEngine` refuses files that do not belong to the bundle: a missing folder or
-manifest, another ``bundle_id``, a file whose sha256 changed, or a precision that was not
+manifest, members or member weights other than the bundle's (``bundle_id`` may differ: a
+recalibrated bundle keeps its graphs), a file whose sha256 changed, or a precision that was not
 exported. Each error names the file and the command that fixes it.
 """
 
@@ -187,14 +188,24 @@ class OnnxEngine:
         if not (d / MANIFEST).is_file():
             raise OnnxError(f"{d / MANIFEST} is missing: {self._fix()} first")
         manifest = read_manifest(d)
-        if manifest.get("bundle_id") != self.bundle.bundle_id:
-            raise OnnxError(
-                f"{d / MANIFEST} was exported from bundle {str(manifest.get('bundle_id'))[:12]}..., but this bundle is "
-                f"{self.bundle.bundle_id[:12]}... (bundle.json changed since the export): {self._fix()} again"
-            )
         names = [m.get("name") for m in manifest.get("members", [])]
         if names != [m.name for m in self.bundle.members]:
-            raise OnnxError(f"{d / MANIFEST} holds members {names}, the bundle {[m.name for m in self.bundle.members]}: {self._fix()} again")
+            have = [m.name for m in self.bundle.members]
+            raise OnnxError(f"{d / MANIFEST} holds members {names}, the bundle {have}: {self._fix()} again")
+        # The graphs hold only the networks: a recalibrated bundle (thresholds, temperatures,
+        # weights in bundle.json) keeps them; other member weights or input sizes do not.
+        for member, entry in zip(self.bundle.members, manifest["members"], strict=True):
+            if entry.get("weights_sha256") != member.meta.get("weights_sha256"):
+                raise OnnxError(
+                    f"{d / MANIFEST}: member {member.name!r} was exported from weights "
+                    f"{str(entry.get('weights_sha256'))[:12]}..., the bundle's are "
+                    f"{str(member.meta.get('weights_sha256'))[:12]}...: {self._fix()} again"
+                )
+            if [int(v) for v in entry.get("input_size", [])] != list(member.input_size):
+                raise OnnxError(
+                    f"{d / MANIFEST}: member {member.name!r} was exported for input {entry.get('input_size')}, the "
+                    f"bundle's preprocessing says {list(member.input_size)}: {self._fix()} again"
+                )
         if self.precision not in manifest.get("precisions", []):
             raise OnnxError(
                 f"{d / MANIFEST}: precision {self.precision!r} was not exported (it has {manifest.get('precisions')}): {self._fix()}"
@@ -210,7 +221,9 @@ class OnnxEngine:
             for shape in graph_shapes(member.input_size, views):
                 g = graphs.get(shape)
                 if g is None or self.precision not in g["files"]:
-                    raise OnnxError(f"{d / MANIFEST}: member {member.name!r} has no {self.precision} graph for input {shape}: {self._fix()}")
+                    raise OnnxError(
+                        f"{d / MANIFEST}: member {member.name!r} has no {self.precision} graph for input {shape}: {self._fix()}"
+                    )
                 rec = g["files"][self.precision]
                 path = d / rec["file"]
                 if not path.is_file():
