@@ -145,6 +145,9 @@ def evaluate_checkpoint(
         "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bootstrap": {"n_boot": n_boot, "resampled_by": subset.group_key, "alpha": 0.05},
     }
+    fusion = meta.get("model", {}).get("metadata")
+    if fusion:  # predict_table gave the model the table's metadata
+        provenance["metadata_used"] = list(fusion.get("features", []))
     result = {"metrics": metrics, "intervals": intervals, "calibration": calibration, "provenance": provenance}
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=json_default))
     notes = [] if provenance["grouped_by_lesion"] else ["No lesion ids: split and bootstrap are by image; scores may be optimistic."]

@@ -29,19 +29,29 @@ def table_view_logits(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     max_rows: int | None = None,
+    use_metadata: bool = True,
 ) -> np.ndarray:
     """Logits of every TTA view (:mod:`skinlesion.ensemble.tta`) for every image of ``table``:
-    ``(N, V, K)`` float32 in table row order; ``max_rows`` as in :func:`~skinlesion.ensemble.tta.tta_logits`."""
+    ``(N, V, K)`` float32 in table row order; ``max_rows`` as in :func:`~skinlesion.ensemble.tta.tta_logits`.
+
+    A metadata fusion model (:mod:`skinlesion.models.fusion`) gets the table's age, sex and site,
+    the same for every view; ``use_metadata=False`` hides them (all missing). Other models ignore it.
+    """
     from skinlesion.ensemble.tta import tta_logits
+    from skinlesion.models.fusion import table_metadata
 
     device = default_device(device)
     tf = preprocessing_transform(preprocessing)
-    loader = DataLoader(LesionDataset(table, tf), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    metadata = table_metadata(model, table, use=use_metadata)
+    dataset = LesionDataset(table, tf, metadata=metadata)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     model = model.to(device).eval()
     chunks: list[np.ndarray] = []
     with torch.inference_mode():
-        for x, _, _ in loader:  # shuffle=False: batches come in table row order
-            chunks.append(tta_logits(model, x.to(device, non_blocking=True), views, max_rows=max_rows).cpu().numpy())
+        for batch in loader:  # shuffle=False: batches come in table row order
+            x = batch[0].to(device, non_blocking=True)
+            meta = batch[3].to(device, non_blocking=True) if metadata is not None else None
+            chunks.append(tta_logits(model, x, views, max_rows=max_rows, meta=meta).cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, len(views), 0), dtype=np.float32)
 
 

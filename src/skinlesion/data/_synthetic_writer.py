@@ -29,7 +29,20 @@ HAM_DX: dict[str, str] = {
 }
 METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 _SITES = ("back", "lower extremity", "trunk", "upper extremity", "abdomen", "face", "chest", "foot", "neck", "scalp")
-_SITE_WEIGHTS = np.array([0.22, 0.21, 0.14, 0.11, 0.1, 0.08, 0.04, 0.04, 0.03, 0.03])
+# Site frequencies by class over _SITES, rounded from the HAM10000 metadata (other sites left out).
+_SITE_WEIGHTS = {
+    "MEL": (0.30, 0.18, 0.04, 0.19, 0.06, 0.09, 0.07, 0.02, 0.03, 0.02),
+    "NV": (0.22, 0.24, 0.19, 0.10, 0.14, 0.02, 0.03, 0.04, 0.01, 0.01),
+    "BCC": (0.38, 0.11, 0.01, 0.10, 0.03, 0.19, 0.09, 0.01, 0.03, 0.05),
+    "AKIEC": (0.09, 0.21, 0.01, 0.20, 0.02, 0.36, 0.04, 0.01, 0.03, 0.03),
+    "BKL": (0.19, 0.15, 0.06, 0.11, 0.04, 0.32, 0.07, 0.01, 0.03, 0.02),
+    "DF": (0.02, 0.67, 0.01, 0.24, 0.04, 0.01, 0.005, 0.0, 0.0, 0.005),
+    "VASC": (0.16, 0.20, 0.22, 0.09, 0.19, 0.05, 0.05, 0.01, 0.02, 0.01),
+}
+# Share of men by class, rounded from the HAM10000 metadata.
+_MALE = {"MEL": 0.63, "NV": 0.51, "BCC": 0.62, "AKIEC": 0.68, "BKL": 0.57, "DF": 0.57, "VASC": 0.55}
+# Probability that age, sex or site is missing (written as HAM10000 does: empty age, "unknown").
+_MISSING = 0.03
 # (mean, sd) of age by class, roughly as in HAM10000
 _AGE = {
     "MEL": (62, 15),
@@ -110,7 +123,8 @@ def write_synthetic_dataset(
     """Write a HAM10000-style synthetic dataset under ``root`` and return ``root``.
 
     Files: ``HAM10000_metadata.csv`` (``lesion_id,image_id,dx,dx_type,age,sex,localization``, HAM
-    ``dx`` names, ``dx_type`` = ``synthetic``), ``images/SYN_xxxxxxx.jpg`` (JPEG quality 95) and
+    ``dx`` names, ``dx_type`` = ``synthetic``; age, sex and site drawn per class with HAM10000-like
+    frequencies, each missing with probability 0.03 as HAM10000 writes it: empty age, ``unknown``), ``images/SYN_xxxxxxx.jpg`` (JPEG quality 95) and
     ``synthetic_truth.csv`` (one row per image: the :class:`LesionTruth` fields and the mask's
     bounding box ``top,bottom,left,right`` as inclusive pixel indices); with ``write_masks`` also
     ``masks/SYN_xxxxxxx_segmentation.png`` (ISIC 2018 Task 1 naming, 0/255).
@@ -146,14 +160,20 @@ def write_synthetic_dataset(
         rng = np.random.default_rng([int(seed), CANONICAL.index(cls), i])
         base = sample_spec(cls, rng, size=size)
         mean, sd = _AGE[cls]
-        person = dict(
+        sites = np.asarray(_SITE_WEIGHTS[cls])
+        person: dict[str, object] = dict(
             lesion_id=f"SYNL_{lesion_no + 1:07d}",
             dx=HAM_DX[cls],
             dx_type="synthetic",
             age=float(np.clip(5 * np.rint(rng.normal(mean, sd) / 5), 5, 85)),
-            sex=str(rng.choice(["male", "female"], p=[0.54, 0.46])),
-            localization=str(rng.choice(_SITES, p=_SITE_WEIGHTS / _SITE_WEIGHTS.sum())),
+            sex=str(rng.choice(["male", "female"], p=[_MALE[cls], 1 - _MALE[cls]])),
+            localization=str(rng.choice(_SITES, p=sites / sites.sum())),
         )
+        # a separate stream, so the images are the same as without missing values
+        hidden = np.random.default_rng([int(seed), CANONICAL.index(cls), i, 1]).random(3) < _MISSING
+        for key, blank, hide in zip(("age", "sex", "localization"), ("", "unknown", "unknown"), hidden, strict=True):
+            if hide:
+                person[key] = blank
         hair, vignette = bool(rng.random() < hair_prob), bool(rng.random() < vignette_prob)
         for k in range(int(rng.integers(lo, hi + 1))):
             spec = base if k == 0 else vary_spec(base, rng, size=size)

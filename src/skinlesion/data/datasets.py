@@ -63,6 +63,9 @@ def build_table(
     for c in _STRING_COLUMNS:
         if c in frame.columns:
             frame[c] = frame[c].replace("", None).astype("string")
+    for c in ("sex", "site"):  # HAM10000 writes a missing value as "unknown"
+        if c in frame.columns:
+            frame[c] = frame[c].mask(frame[c].str.strip().str.lower() == "unknown")
     if "age" in frame.columns:
         frame["age"] = frame["age"].astype(float)
     notes = dict(notes or {})

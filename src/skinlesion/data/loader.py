@@ -14,17 +14,34 @@ from skinlesion.data.transforms import to_chw_tensor
 
 class LesionDataset(Dataset):
     """Items are ``(image, label, row)``: a normalised (3, H, W) float tensor, the class index and the
-    row number in the table (so predictions can be matched to image ids, also under DDP padding)."""
+    row number in the table (so predictions can be matched to image ids, also under DDP padding).
 
-    def __init__(self, table: LesionTable, transform: Callable[..., dict]) -> None:
+    With ``metadata`` (encoded metadata ``(N, D)``, one row per table row, e.g. from
+    :meth:`~skinlesion.data.metadata.MetadataEncoder.encode_frame`) items are
+    ``(image, label, row, meta)`` with ``meta`` a float32 ``(D,)`` tensor.
+    """
+
+    def __init__(self, table: LesionTable, transform: Callable[..., dict], *, metadata: np.ndarray | None = None) -> None:
         self.table = table
         self.transform = transform
         self._labels = table.labels()
+        self._meta = None
+        if metadata is not None:
+            meta = np.asarray(metadata, dtype=np.float32)
+            if meta.ndim != 2 or meta.shape[0] != len(table):
+                raise ValueError(
+                    f"The 'metadata' parameter must have one row per table row, shape ({len(table)}, D). "
+                    f"Got shape {meta.shape} instead."
+                )
+            self._meta = torch.from_numpy(meta)
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | tuple[torch.Tensor, int, int, torch.Tensor]:
         image = self.table.load_image(i)
         out = self.transform(image=image)["image"]
-        return to_chw_tensor(np.asarray(out, dtype=np.float32)), int(self._labels[i]), i
+        x = to_chw_tensor(np.asarray(out, dtype=np.float32))
+        if self._meta is None:
+            return x, int(self._labels[i]), i
+        return x, int(self._labels[i]), i, self._meta[i]

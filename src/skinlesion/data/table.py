@@ -46,7 +46,8 @@ class LesionTable:
 
     ``frame`` has one row per image with columns ``image_id`` (unique str), ``lesion_id`` (str or
     ``<NA>``), ``label`` (canonical class name), ``path`` (absolute file path, ``<NA>`` for in-memory
-    images) and, when the source has them, ``patient_id``, ``age``, ``sex``, ``site``, ``dx_type``;
+    images) and, when the source has them, ``patient_id``, ``age`` (float years), ``sex``, ``site``
+    (anatomical site), ``dx_type``, missing values being NA (HAM10000's ``unknown`` included);
     in-memory datasets add an int column ``array_index`` into ``arrays``.
 
     ``group_key`` names the column that groups images for splitting; a missing value in it means

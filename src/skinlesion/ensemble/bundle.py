@@ -152,9 +152,14 @@ class Bundle:
     def predict_table(self, table: LesionTable, **kw: Any) -> BundlePrediction:
         return self.predict_from_logits(self.view_logits_table(table, **kw))
 
-    def predict_images(self, images: Sequence[np.ndarray], *, device: str | None = None) -> BundlePrediction:
+    def predict_images(
+        self, images: Sequence[np.ndarray], *, device: str | None = None, metadata: Sequence[dict[str, Any]] | None = None
+    ) -> BundlePrediction:
+        """``metadata``: one record per image (age, sex, site; see ``images_view_logits``), for fusion members."""
         views = self.tta.views
-        return self.predict_from_logits([images_view_logits(m, images, views, device=device) for m in self.members])
+        return self.predict_from_logits(
+            [images_view_logits(m, images, views, device=device, metadata=metadata) for m in self.members]
+        )
 
 
 # -- validation and loading ----------------------------------------------------------------------

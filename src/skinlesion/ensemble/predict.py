@@ -3,7 +3,8 @@ of a batch in one forward call (see :mod:`skinlesion.ensemble.tta`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from skinlesion.data.table import LesionTable
 from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.tta import tta_logits
 from skinlesion.inference import default_device, table_view_logits
+from skinlesion.models.fusion import MetadataFusionNet
 
 #: Rows per forward call on the CPU (see tta_logits: large calls were slower there); None on GPUs.
 CPU_MAX_ROWS = 32
@@ -29,20 +31,38 @@ def member_view_logits(
     batch_size: int = 32,
     num_workers: int = 0,
     device: str | torch.device | None = None,
+    use_metadata: bool = True,
 ) -> np.ndarray:
-    """Logits of every TTA view for every image of ``table``: ``(N, V, K)`` float32, table row order."""
+    """Logits of every TTA view for every image of ``table``: ``(N, V, K)`` float32, table row order.
+
+    A metadata fusion member gets the table's metadata (``use_metadata=False``: hidden, all missing)."""
     dev = default_device(device)
     return table_view_logits(
         member.model, table, member.preprocessing, views, batch_size=batch_size, num_workers=num_workers,
-        device=dev, max_rows=_max_rows(dev),
+        device=dev, max_rows=_max_rows(dev), use_metadata=use_metadata,
     )
 
 
 def images_view_logits(
-    member: Member, images: Sequence[np.ndarray], views: Sequence[str], *, device: str | torch.device | None = None
+    member: Member,
+    images: Sequence[np.ndarray],
+    views: Sequence[str],
+    *,
+    device: str | torch.device | None = None,
+    metadata: Sequence[Mapping[str, Any]] | None = None,
 ) -> np.ndarray:
-    """``(N, V, K)`` logits for in-memory RGB uint8 images (any size; resized by the member's preprocessing)."""
+    """``(N, V, K)`` logits for in-memory RGB uint8 images (any size; resized by the member's preprocessing).
+
+    ``metadata``: one record per image like ``{"age": 55, "sex": "male", "site": "back"}`` (keys may be
+    absent), used by metadata fusion members and ignored by the others; ``None``: all missing.
+    """
+    if metadata is not None and len(metadata) != len(images):
+        raise ValueError(
+            f"The 'metadata' parameter must hold one record per image ({len(images)}). Got {len(metadata)} instead."
+        )
     dev = default_device(device)
     model = member.model.to(dev).eval()
+    x = member.preprocess(images, dev)
+    meta = model.encode_metadata(metadata, len(images)) if isinstance(model, MetadataFusionNet) else None
     with torch.inference_mode():
-        return tta_logits(model, member.preprocess(images, dev), views, max_rows=_max_rows(dev)).cpu().numpy()
+        return tta_logits(model, x, views, max_rows=_max_rows(dev), meta=meta).cpu().numpy()

@@ -43,7 +43,7 @@ from skinlesion.explain.concepts import (
     TCAVExplainer,
     concept_examples_from_folders,
 )
-from skinlesion.models.registry import get_spec
+from skinlesion.models.registry import backbone_prefix, get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -377,7 +377,9 @@ def learn_concept_bank(
     if unknown:
         raise ValueError(f"The 'layers' parameter names unknown member(s) {unknown}; members are "
                          f"{[m.name for m in bundle.members]}.")
-    member_layers = {m.name: layers.get(m.name) or concept_layer(m.backbone) for m in bundle.members}
+    member_layers = {
+        m.name: layers.get(m.name) or backbone_prefix(m.model) + concept_layer(m.backbone) for m in bundle.members
+    }
 
     table, default_dir = _split_table(bundle, split, data_root)
     rng = np.random.default_rng(seed)

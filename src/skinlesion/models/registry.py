@@ -288,14 +288,26 @@ def create_backbone(
     return model
 
 
+def backbone_prefix(model: nn.Module) -> str:
+    """Prefix of the registry backbone's module names inside ``model``.
+
+    ``""`` for a model made by :func:`create_backbone`; a wrapper around such a model (e.g.
+    :class:`~skinlesion.models.fusion.MetadataFusionNet`) declares it as ``backbone_prefix``
+    (``"backbone."``), so target layers and stochastic modules are found inside it.
+    """
+    prefix = getattr(model, "backbone_prefix", "")
+    return prefix if isinstance(prefix, str) else ""
+
+
 def get_target_layer(model: nn.Module, name: str) -> nn.Module:
-    """The Grad-CAM target layer of a model created for backbone ``name``."""
+    """The Grad-CAM target layer of a model created for backbone ``name`` (or a wrapper of one)."""
     spec = get_spec(name)
+    layer = backbone_prefix(model) + spec.target_layer
     try:
-        return model.get_submodule(spec.target_layer)
+        return model.get_submodule(layer)
     except AttributeError:
         raise ValueError(
-            f"The model ({type(model).__name__}) has no module {spec.target_layer!r}, the Grad-CAM "
+            f"The model ({type(model).__name__}) has no module {layer!r}, the Grad-CAM "
             f"target layer of backbone {name!r}: was it created with create_backbone({name!r})?"
         ) from None
 
@@ -346,8 +358,10 @@ def classifier_names(model: nn.Module) -> tuple[str, ...]:
 
 
 def stochastic_modules(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
-    """Modules of ``model`` that match the spec's ``dropout.modules`` patterns and are active."""
-    patterns = get_spec(name).dropout.modules
+    """Modules of ``model`` that match the spec's ``dropout.modules`` patterns and are active
+    (patterns apply below :func:`backbone_prefix`)."""
+    prefix = backbone_prefix(model)
+    patterns = [prefix + p for p in get_spec(name).dropout.modules]
     found = []
     for mod_name, module in model.named_modules():
         if not any(fnmatch.fnmatchcase(mod_name, p) for p in patterns):
@@ -365,6 +379,7 @@ def stochastic_modules(model: nn.Module, name: str) -> list[tuple[str, nn.Module
 __all__ = [
     "BackboneSpec",
     "DropoutSpec",
+    "backbone_prefix",
     "create_backbone",
     "data_config",
     "get_spec",

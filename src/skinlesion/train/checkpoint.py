@@ -1,7 +1,8 @@
 """The checkpoint format: ``weights.safetensors`` + ``checkpoint.json`` in one folder.
 
 The JSON carries everything needed to use the weights honestly: classes, backbone, preprocessing,
-the config, the split manifest and its hash, validation metrics and package versions.
+the config, the split manifest and its hash, validation metrics and package versions; for a metadata
+fusion model, ``model.metadata`` holds the features, branch width and the fitted metadata encoder.
 """
 
 from __future__ import annotations
@@ -96,10 +97,38 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: str | Path, *, map_location: str = "cpu", verify: bool = True) -> Checkpoint:
-    """Rebuild the backbone from the registry and load the weights (eval mode)."""
+def _build_model(meta: dict[str, Any], where: Path) -> torch.nn.Module:
+    """The untrained model a checkpoint's weights fit: a registry backbone, or a metadata fusion
+    model when ``model.metadata`` is recorded (its encoder is rebuilt from the JSON)."""
     from skinlesion.models.registry import create_backbone
 
+    model_meta = meta.get("model", {})
+    kwargs = {
+        "num_classes": len(meta["classes"]),
+        "pretrained": "none",
+        "drop_rate": model_meta.get("drop_rate"),
+        "drop_path_rate": model_meta.get("drop_path_rate"),
+    }
+    fusion = model_meta.get("metadata")
+    if not fusion:
+        return create_backbone(meta["backbone"], **kwargs)
+    from skinlesion.data.metadata import MetadataEncoder
+    from skinlesion.models.fusion import create_fusion_model
+
+    try:
+        encoder = MetadataEncoder.from_dict(fusion["encoder"])
+        hidden = fusion["hidden"]
+        kwargs["drop_rate"] = fusion.get("drop_rate", kwargs["drop_rate"])  # the rate resolved at training
+    except KeyError as e:
+        raise CheckpointError(f"{where}: field 'model.metadata' lacks {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: field 'model.metadata' is invalid: {e}") from None
+    return create_fusion_model(meta["backbone"], encoder, hidden=hidden, **kwargs)
+
+
+def load_checkpoint(path: str | Path, *, map_location: str = "cpu", verify: bool = True) -> Checkpoint:
+    """Rebuild the backbone from the registry (a metadata fusion model with its fitted metadata
+    encoder when the checkpoint has one) and load the weights (eval mode)."""
     d = resolve_checkpoint_dir(path)
     meta = read_checkpoint_meta(d)
     wpath = d / WEIGHTS
@@ -107,13 +136,7 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu", verify: bool
         raise CheckpointError(f"{d}: weights file {WEIGHTS} is missing")
     if verify and meta.get("weights_sha256") and sha256_file(wpath) != meta["weights_sha256"]:
         raise CheckpointError(f"{wpath}: sha256 differs from checkpoint.json (file changed or corrupted)")
-    model = create_backbone(
-        meta["backbone"],
-        num_classes=len(meta["classes"]),
-        pretrained="none",
-        drop_rate=meta.get("model", {}).get("drop_rate"),
-        drop_path_rate=meta.get("model", {}).get("drop_path_rate"),
-    )
+    model = _build_model(meta, d / META)
     state = load_file(str(wpath), device=map_location)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

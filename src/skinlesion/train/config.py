@@ -57,6 +57,13 @@ class ModelConfig(_Strict):
     input_size: tuple[int, int] | None = Field(None, description="(H, W); null = the backbone's default.")
     drop_rate: float | None = Field(None, ge=0.0, lt=1.0)
     drop_path_rate: float | None = Field(None, ge=0.0, lt=1.0)
+    metadata: list[Literal["age", "sex", "site"]] | None = Field(
+        None, description="Patient metadata fused with the image features (age, sex, site); null = image only."
+    )
+    metadata_dropout: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Probability of hiding a training image's metadata (used with model.metadata)."
+    )
+    metadata_hidden: int = Field(256, gt=0, description="Width of the metadata branch's two layers.")
 
     @field_validator("input_size")
     @classmethod
@@ -64,6 +71,23 @@ class ModelConfig(_Strict):
         if v is not None and (v[0] < 16 or v[1] < 16):
             raise ValueError(f"model.input_size must be at least 16x16 (H, W); got {v}")
         return v
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _split_text(cls, v: Any) -> Any:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    @field_validator("metadata")
+    @classmethod
+    def _distinct(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("model.metadata must name at least one of age, sex, site, or be null (image only)")
+        repeated = sorted({f for f in v if v.count(f) > 1})
+        if repeated:
+            raise ValueError(f"model.metadata names {repeated} more than once")
+        return [f for f in ("age", "sex", "site") if f in v]
 
 
 class AugmentConfig(_Strict):
@@ -109,6 +133,15 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     train: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
+
+    @model_validator(mode="after")
+    def _metadata_batches(self) -> TrainConfig:
+        if self.model.metadata and self.train.batch_size < 2:
+            raise ValueError(
+                "model.metadata needs train.batch_size >= 2 (the metadata branch has BatchNorm layers); "
+                f"got {self.train.batch_size}"
+            )
+        return self
 
 
 def list_presets() -> list[str]:
@@ -174,6 +207,9 @@ def load_config(path_or_preset: str | Path | None = None, overrides: list[str] |
         lines = []
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"])
+            if not loc:  # a check across sections: its message names the fields
+                lines.append(f"  {err['msg']}")
+                continue
             lines.append(f"  {loc}: {err['msg']}" + (f" (got {err.get('input')!r})" if err["type"] != "missing" else ""))
         raise ConfigError(f"Invalid config ({source}):\n" + "\n".join(lines)) from None
 

@@ -1,5 +1,8 @@
 """LightningModule: a timm backbone trained with AdamW, linear warm-up and cosine decay.
 
+Batches are ``(x, y, rows)``, or ``(x, y, rows, meta)`` for a metadata fusion model; in training the
+metadata of a random fraction ``metadata_dropout`` of the samples is hidden (set to "missing").
+
 The same code runs on one CPU, one GPU or many (DDP through Lightning's strategies); validation
 predictions are gathered across processes and de-duplicated by row before BACC is computed, so the
 score does not depend on the number of processes.
@@ -15,6 +18,7 @@ import torch
 from torch import nn
 
 from skinlesion.metrics.classification import balanced_accuracy
+from skinlesion.models.fusion import hide_metadata
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -40,6 +44,7 @@ class LesionClassifier(L.LightningModule):
         warmup_epochs: float,
         min_lr_ratio: float,
         n_classes: int,
+        metadata_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -50,21 +55,25 @@ class LesionClassifier(L.LightningModule):
         self.warmup_epochs = warmup_epochs
         self.min_lr_ratio = min_lr_ratio
         self.n_classes = n_classes
+        self.metadata_dropout = metadata_dropout
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(x) if meta is None else self.model(x, meta)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y, _ = batch
-        logits = self(x)
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        x, y, _, *rest = batch
+        meta = rest[0] if rest else None
+        if meta is not None and self.metadata_dropout > 0:  # the model also learns to do without
+            meta = hide_metadata(meta, self.model.missing_metadata, self.metadata_dropout)
+        logits = self(x, meta)
         loss = self.loss_fn(logits, y)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y, rows = batch
-        logits = self(x)
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        x, y, rows, *rest = batch
+        logits = self(x, rest[0] if rest else None)
         self._val.append((logits.detach().float(), y, rows))
 
     def on_validation_epoch_end(self) -> None:
@@ -88,8 +97,11 @@ class LesionClassifier(L.LightningModule):
         self.log("val_bacc", float(bacc), prog_bar=True, rank_zero_only=False)
 
     def configure_optimizers(self):  # type: ignore[override]
-        head = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
-        head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+        if hasattr(self.model, "head_modules"):  # a fusion model: metadata branch and classifier are new
+            heads = list(self.model.head_modules())
+        else:
+            heads = [self.model.get_classifier()] if hasattr(self.model, "get_classifier") else []
+        head_ids = {id(p) for h in heads if isinstance(h, nn.Module) for p in h.parameters()}
         decay, no_decay, head_params = [], [], []
         for name, p in self.model.named_parameters():
             if not p.requires_grad:

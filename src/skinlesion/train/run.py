@@ -20,10 +20,13 @@ from torch.utils.data import DataLoader
 
 import skinlesion
 from skinlesion.data.loader import LesionDataset
+from skinlesion.data.metadata import MetadataEncoder
+from skinlesion.data.table import LesionTable
 from skinlesion.data.transforms import preprocessing_transform, train_transform
 from skinlesion.errors import ConfigError
 from skinlesion.inference import predict_table
 from skinlesion.metrics.classification import compute_classification_metrics
+from skinlesion.models.fusion import create_fusion_model, metadata_spec
 from skinlesion.models.registry import create_backbone, data_config
 from skinlesion.train.checkpoint import save_checkpoint
 from skinlesion.train.config import TrainConfig, dump_config
@@ -62,25 +65,54 @@ def _progress_bar():
     return RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=20)
 
 
-def _loaders(cfg: TrainConfig, data: PreparedData, pre: dict[str, Any]) -> tuple[DataLoader, DataLoader | None, np.ndarray]:
+def _train_table(cfg: TrainConfig, data: PreparedData) -> LesionTable:
+    """The training split, subsampled (stratified) when ``data.max_train_images`` is set."""
     train_table = data.splits["train"]
-    labels = train_table.labels()
     if cfg.data.max_train_images:
-        keep = stratified_subsample(labels, cfg.data.max_train_images, seed=cfg.seed)
+        keep = stratified_subsample(train_table.labels(), cfg.data.max_train_images, seed=cfg.seed)
         train_table = train_table.subset(train_table.frame["image_id"].to_numpy()[keep])
-        labels = train_table.labels()
+    return train_table
+
+
+def _metadata_encoder(cfg: TrainConfig, train_table: LesionTable) -> MetadataEncoder | None:
+    """The metadata encoder fitted on the training images only; None when ``model.metadata`` is off."""
+    if not cfg.model.metadata:
+        return None
+    absent = [f for f in cfg.model.metadata if f not in train_table.frame.columns]
+    if absent:
+        raise ConfigError(
+            f"model.metadata asks for {absent}, which the {train_table.source} data does not carry "
+            f"(data.format={cfg.data.format!r}); drop them or use a dataset with age/sex/site columns"
+        )
+    try:
+        return MetadataEncoder(cfg.model.metadata).fit(train_table)
+    except ValueError as e:
+        raise ConfigError(f"model.metadata: the training metadata cannot be encoded: {e}") from None
+
+
+def _loaders(
+    cfg: TrainConfig,
+    train_table: LesionTable,
+    val_table: LesionTable | None,
+    pre: dict[str, Any],
+    encoder: MetadataEncoder | None = None,
+) -> tuple[DataLoader, DataLoader | None]:
+    labels = train_table.labels()
     tf_train = train_transform(pre["input_size"], pre["mean"], pre["std"], cfg.augment.level, pre["interpolation"])
     tf_eval = preprocessing_transform(pre)
     nw = cfg.data.num_workers
     common = {"batch_size": cfg.train.batch_size, "num_workers": nw, "persistent_workers": nw > 0}
+
+    def dataset(table: LesionTable, tf: Any) -> LesionDataset:
+        return LesionDataset(table, tf, metadata=None if encoder is None else encoder.encode_frame(table.frame))
+
     if cfg.train.sampler == "weighted":
         sampler = balanced_sampler(labels, power=cfg.train.class_weight_power, seed=cfg.seed)
-        train = DataLoader(LesionDataset(train_table, tf_train), sampler=sampler, drop_last=True, **common)
+        train = DataLoader(dataset(train_table, tf_train), sampler=sampler, drop_last=True, **common)
     else:
-        train = DataLoader(LesionDataset(train_table, tf_train), shuffle=True, drop_last=True, **common)
-    val_table = data.splits.get("val")
-    val = DataLoader(LesionDataset(val_table, tf_eval), shuffle=False, **common) if val_table is not None and len(val_table) else None
-    return train, val, labels
+        train = DataLoader(dataset(train_table, tf_train), shuffle=True, drop_last=True, **common)
+    val = DataLoader(dataset(val_table, tf_eval), shuffle=False, **common) if val_table is not None and len(val_table) else None
+    return train, val
 
 
 def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
@@ -121,14 +153,29 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         "interpolation": dc["interpolation"],
         "resize": "whole image, no crop",
     }
-    train_loader, val_loader, train_labels = _loaders(cfg, data, pre)
-    model = create_backbone(
-        cfg.model.backbone,
-        num_classes=len(classes),
-        pretrained=cfg.model.pretrained,
-        drop_rate=cfg.model.drop_rate,
-        drop_path_rate=cfg.model.drop_path_rate,
-    )
+    train_table = _train_table(cfg, data)
+    train_labels = train_table.labels()
+    encoder = _metadata_encoder(cfg, train_table)
+    train_loader, val_loader = _loaders(cfg, train_table, data.splits.get("val"), pre, encoder)
+    if encoder is None:
+        model = create_backbone(
+            cfg.model.backbone,
+            num_classes=len(classes),
+            pretrained=cfg.model.pretrained,
+            drop_rate=cfg.model.drop_rate,
+            drop_path_rate=cfg.model.drop_path_rate,
+        )
+    else:
+        model = create_fusion_model(
+            cfg.model.backbone,
+            encoder,
+            num_classes=len(classes),
+            pretrained=cfg.model.pretrained,
+            drop_rate=cfg.model.drop_rate,
+            drop_path_rate=cfg.model.drop_path_rate,
+            hidden=cfg.model.metadata_hidden,
+        )
+        log.info("Metadata fusion: %s -> %d inputs %s", encoder.features, encoder.n_features, list(encoder.feature_names_))
     loss = build_loss(
         cfg.train.loss,
         train_labels,
@@ -146,6 +193,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         warmup_epochs=cfg.train.warmup_epochs,
         min_lr_ratio=cfg.train.min_lr_ratio,
         n_classes=len(classes),
+        metadata_dropout=cfg.model.metadata_dropout if encoder is not None else 0.0,
     )
     monitor = val_loader is not None
     ckpt_cb = ModelCheckpoint(
@@ -197,10 +245,15 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         probs = predict_table(model, val_table, pre, batch_size=cfg.train.batch_size * 2, device="cpu")
         val_metrics = compute_classification_metrics(val_table.labels(), probs, classes)
     wall = time.time() - t0
+    model_meta: dict[str, Any] = {
+        "drop_rate": cfg.model.drop_rate, "drop_path_rate": cfg.model.drop_path_rate, "pretrained": cfg.model.pretrained,
+    }
+    if encoder is not None:  # absent for image-only models, so their checkpoint.json is unchanged
+        model_meta["metadata"] = {**metadata_spec(model), "metadata_dropout": cfg.model.metadata_dropout}  # type: ignore[dict-item]
     meta = {
         "classes": list(classes),
         "backbone": cfg.model.backbone,
-        "model": {"drop_rate": cfg.model.drop_rate, "drop_path_rate": cfg.model.drop_path_rate, "pretrained": cfg.model.pretrained},
+        "model": model_meta,
         "preprocessing": pre,
         "config": dump_config(cfg),
         "data": {

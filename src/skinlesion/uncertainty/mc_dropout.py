@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from skinlesion._params import positive_int
-from skinlesion.models.registry import get_spec, stochastic_modules
+from skinlesion.models.registry import backbone_prefix, get_spec, stochastic_modules
 
 if TYPE_CHECKING:  # pragma: no cover
     from skinlesion.ensemble.members import Member
@@ -201,7 +201,9 @@ def _has_running_stats(module: nn.Module) -> bool:
 
 
 def _head_rate(model: nn.Module, backbone_name: str) -> tuple[str, nn.Module, float]:
-    head_name = get_spec(backbone_name).dropout.head_module
+    # A wrapper (MetadataFusionNet) applies its own head dropout functionally, following its root
+    # flag as timm's forward_head does; the backbone inside it is built without head dropout.
+    head_name = "" if backbone_prefix(model) else get_spec(backbone_name).dropout.head_module
     if not head_name:
         return "", model, float(getattr(model, "drop_rate", 0.0) or 0.0)
     try:
@@ -235,7 +237,8 @@ def mc_dropout_mode(
 
     Active inside the block: the head dropout (timm applies it functionally in ``forward_head``
     following the ``training`` flag of the model itself, or of the spec's ``head_module``; only that
-    flag is set, not its children's) and, with ``include_backbone``, the backbone's stochastic
+    flag is set, not its children's; a metadata fusion wrapper's own head dropout, both metadata and
+    fused features, follows its root flag the same way) and, with ``include_backbone``, the backbone's stochastic
     modules with rate > 0 (:func:`~skinlesion.models.registry.stochastic_modules`), except the
     drop-path of EfficientNet blocks without a skip connection, which timm never applies. Every module
     with running statistics (BatchNorm) is kept in eval mode. Yields the names of the active
