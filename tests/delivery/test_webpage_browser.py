@@ -173,3 +173,23 @@ def test_a_file_over_the_limit_is_refused_in_the_browser(chromium: str, base_url
             expect(page.locator("#error-reason")).to_have_text("too_large")
         finally:
             browser.close()
+
+
+def test_api_docs_render_offline(chromium: str, base_url: str) -> None:
+    """Swagger UI comes from the package and understands FastAPI's OpenAPI 3.1 (an older bundle
+    renders "Unable to render this definition")."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            requests: list[str] = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(base_url + "/docs")
+            expect(page.locator(".swagger-ui")).to_contain_text("/predict", timeout=20_000)
+            expect(page.locator(".swagger-ui")).to_contain_text("/explain")
+            assert "Unable to render" not in page.content()
+            assert [u for u in requests if not u.startswith((base_url, "data:"))] == []
+        finally:
+            browser.close()

@@ -54,7 +54,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -310,6 +309,13 @@ class _Stats:
 
 
 # -- the app ------------------------------------------------------------------------------------
+def _swagger_ui_dir() -> Path:
+    """Swagger UI 5 (OpenAPI 3.1, as FastAPI writes) shipped by the fastapi-offline package."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
+
+
 def create_app(
     predictor: Predictor,
     *,
@@ -340,7 +346,7 @@ def create_app(
     )
     app.add_middleware(BodyCap, max_bytes=cap + MULTIPART_OVERHEAD, on_reject=lambda: stats.add("rejected"))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+    app.mount("/docs-static", StaticFiles(directory=str(_swagger_ui_dir())), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
