@@ -17,6 +17,7 @@ from skinlesion.cli.explain import explain_app
 from skinlesion.cli.export import export_app
 from skinlesion.cli.models import models_app
 from skinlesion.cli.predict import predict_command
+from skinlesion.cli.recipe import recipe_app
 from skinlesion.cli.serve import serve_command
 from skinlesion.cli.train import train_command
 
@@ -37,6 +38,7 @@ app.add_typer(export_app, name="export")
 app.command("predict")(predict_command)
 app.command("demo")(demo_command)
 app.add_typer(audit_app, name="audit")
+app.add_typer(recipe_app, name="recipe")
 app.command("serve")(serve_command)
 
 

@@ -1,0 +1,118 @@
+"""The recipe: one resumable command from data to a packaged, documented bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from skinlesion.cli.main import app
+from skinlesion.ensemble.bundle import load_bundle
+from skinlesion.errors import ConfigError
+from skinlesion.recipe import load_recipe, package_bundle, run_recipe
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _recipe(tmp_path: Path, data_root: Path) -> Path:
+    common = ["model.input_size=[48, 64]", "train.epochs=2"]
+    spec = {
+        "name": "t",
+        "description": "tiny",
+        "data_root": str(data_root),
+        "members": [
+            {"name": "a", "preset": "tiny", "set": [*common, "seed=1", "model.metadata=[age,sex,site]"]},
+            {"name": "b", "preset": "tiny", "set": [*common, "seed=2", "model.backbone=test_resnet", "model.input_size=[56, 56]"]},
+        ],
+        "baseline": {"name": "base", "preset": "tiny", "set": [*common, "seed=1"]},
+        "ensemble": {"weights": "bacc", "tta": "flips", "average": "prob", "temperature": "ensemble"},
+        "calibrate": {"targets": "MEL:sens=0.6,spec=0.5", "confidence": 0.0},
+        "review": {"n_samples": 2},
+        "evaluate": {"split": "test", "n_boot": 20},
+        "budget_minutes": 30,
+    }
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_members: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("recipe")
+    path = _recipe(tmp, tiny_members[0].parents[1] / "synthetic")
+    res = CliRunner().invoke(app, ["recipe", "run", str(path), "--out", str(tmp / "run")])
+    assert res.exit_code == 0, res.output
+    return path, tmp / "run"
+
+
+def test_run_writes_every_step_and_a_model_card(finished: tuple[Path, Path]) -> None:
+    _, out = finished
+    state = json.loads((out / "recipe_state.json").read_text())
+    assert list(state["steps"]) == ["train:a", "train:b", "train:base", "build", "calibrate", "review", "evaluate", "card"]
+    assert all(s["status"] == "done" and s["seconds"] >= 0 for s in state["steps"].values())
+    assert state["total_minutes"] == pytest.approx(sum(s["seconds"] for s in state["steps"].values()) / 60, abs=0.1)
+    b = load_bundle(out / "bundle")
+    assert [m.backbone for m in b.members] == ["test_efficientnet", "test_resnet"]  # members a and b, not the baseline
+    assert b.thresholds["MEL"] is not None and b.meta["review"]["n_samples"] == 2
+    a_meta = json.loads((out / "members" / "a" / "checkpoint" / "checkpoint.json").read_text())
+    assert a_meta["model"]["metadata"]["features"] == ["age", "sex", "site"]
+    card = (out / "bundle" / "MODEL_CARD.md").read_text()
+    metrics = json.loads((out / "eval-test" / "metrics.json").read_text())
+    assert f"{metrics['decision']['intervals']['bacc']['estimate']:.3f}" in card
+    assert "CC BY-NC 4.0" in card and "not a diagnosis" in card and "vs baseline base" in card
+    assert "age, sex, site" in card  # member a's metadata features
+
+
+def test_rerun_skips_finished_steps(finished: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    path, out = finished
+    import skinlesion.train.run as run_mod
+
+    monkeypatch.setattr(run_mod, "train", lambda *a, **k: pytest.fail("a finished member was retrained"))
+    recipe, p = load_recipe(path)
+    before = json.loads((out / "recipe_state.json").read_text())
+    state = run_recipe(recipe, p, out)
+    assert state["steps"] == before["steps"]
+
+
+def test_an_interrupted_run_resumes_at_the_missing_step(finished: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    path, out = finished
+    work = tmp_path / "run"
+    shutil.copytree(out, work)
+    state = json.loads((work / "recipe_state.json").read_text())
+    for step in ("review", "evaluate", "card"):
+        del state["steps"][step]  # as if the session ended during the review fit
+    (work / "recipe_state.json").write_text(json.dumps(state))
+    recipe, p = load_recipe(path)
+    ran: list[str] = []
+    run_recipe(recipe, p, work, on_step=lambda step, _: ran.append(step))
+    assert ran == ["review", "evaluate", "card"]
+
+
+def test_package_copies_a_loadable_bundle_with_its_card(finished: tuple[Path, Path], tmp_path: Path) -> None:
+    _, out = finished
+    dest = package_bundle(out, tmp_path / "default_bundle")
+    assert (dest / "MODEL_CARD.md").is_file() and not (dest / "eval-test").exists()
+    assert load_bundle(dest).bundle_id == load_bundle(out / "bundle").bundle_id
+
+
+def test_bad_recipes_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="neither a file nor a packaged recipe.*ham10000-cpu"):
+        load_recipe("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "members": [{"name": "a"}, {"name": "a"}]}))
+    with pytest.raises(ConfigError, match="distinct"):
+        load_recipe(bad)
+    bad.write_text(yaml.safe_dump({"name": "x", "members": [{"name": "a", "epochs": 3}]}))
+    with pytest.raises(ConfigError, match="epochs"):
+        load_recipe(bad)
+
+
+def test_the_packaged_recipe_is_valid() -> None:
+    r, _ = load_recipe("ham10000-cpu")
+    assert len(r.members) >= 2 and r.baseline is not None and r.budget_minutes <= 120
+    assert all("model.metadata=[age,sex,site]" in m.set for m in r.members)
