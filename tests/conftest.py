@@ -83,3 +83,20 @@ def calibrated_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactor
     calibrate_bundle(out, [Target("MEL", 0.6, 0.5)], confidence=None)
     fit_review_flag(out, n_samples=3, target=0.5)
     return out
+
+
+@pytest.fixture(scope="session")
+def fusion_bundle(tiny_members: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of a tiny metadata fusion member (age, sex, site; ``m0-...``) and the image-only
+    tiny member ``a`` (``m1-...``), trained on the same synthetic split (flips TTA, uniform weights,
+    no temperature). Shared by the session: copy it before changing it."""
+    from skinlesion.ensemble.build import build_bundle
+    from skinlesion.train.config import load_config
+    from skinlesion.train.run import train
+
+    root = tiny_members[0].parents[1]
+    cfg = load_config("tiny", [f"data.root={root / 'synthetic'}", "model.metadata=[age,sex,site]", "train.epochs=2"])
+    fusion = train(cfg, run_dir=root / "fusion").checkpoint_dir
+    out = tmp_path_factory.mktemp("fusion") / "bundle"
+    build_bundle([fusion, tiny_members[0]], out, weighting="uniform", tta="flips", temperature="none")
+    return out

@@ -68,9 +68,16 @@ def test_report_option_and_checkpoint_source(tiny_members: list[Path], tmp_path:
     assert row["review_flag"] == "" and row["epistemic_mutual_information"] == ""  # --mc-samples 0: no uncertainty
 
 
-def test_user_errors_are_one_line(calibrated_bundle: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+def test_user_errors_are_one_line(
+    calibrated_bundle: Path, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import skinlesion.ensemble.bundle as bundle_module
+
     src = _folder(tmp_path / "in", n=1)
+    monkeypatch.setattr(bundle_module, "default_bundle_dir", lambda: tmp_path / "no-default")  # neither given: the default
     r = runner.invoke(app, ["predict", str(src), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "this installation has no default bundle" in r.output
+    r = runner.invoke(app, ["predict", str(src), "-b", str(calibrated_bundle), "-c", str(calibrated_bundle), "-o", str(tmp_path / "o")])
     assert r.exit_code == 1 and "exactly one of --bundle or --checkpoint" in r.output
     r = runner.invoke(app, ["predict", str(src), "-b", str(calibrated_bundle), "--engine", "tensorrt"])
     assert r.exit_code == 1 and "'--engine' option must be one of ('torch', 'onnx'). Got 'tensorrt'" in r.output

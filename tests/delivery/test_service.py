@@ -415,8 +415,11 @@ def test_serve_command_errors_are_one_line(calibrated_bundle: Path, tmp_path: Pa
     runner = CliRunner()
     r = runner.invoke(cli, ["serve", "--bundle", str(calibrated_bundle), "--api-key-file", str(empty), "--audit-db", str(tmp_path / "a.sqlite")])
     assert r.exit_code == 1 and "holds no key" in r.output
+    import skinlesion.ensemble.bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "default_bundle_dir", lambda: tmp_path / "no-default")  # neither given: the default
     r = runner.invoke(cli, ["serve", "--audit-db", str(tmp_path / "a.sqlite")])
-    assert r.exit_code == 1 and "exactly one of --bundle or --checkpoint" in r.output
+    assert r.exit_code == 1 and "this installation has no default bundle" in r.output
     r = runner.invoke(cli, ["serve", "--bundle", str(tmp_path / "nope"), "--audit-db", str(tmp_path / "a.sqlite")])
     assert r.exit_code == 1 and "does not exist" in r.output
     assert "--audit-store-images" in runner.invoke(cli, ["serve", "--help"]).output

@@ -51,9 +51,18 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def base_url(calibrated_bundle: Path) -> Iterator[str]:
+    app = create_app(Predictor(load_bundle(calibrated_bundle), mc_samples=3), audit=None, api_keys=[KEY], max_upload_bytes=2_000_000)
+    yield from _serve(app)
+
+
+@pytest.fixture(scope="module")
+def fusion_url(fusion_bundle: Path) -> Iterator[str]:
+    yield from _serve(create_app(Predictor(load_bundle(fusion_bundle), mc_samples=2), audit=None))
+
+
+def _serve(app: Any) -> Iterator[str]:
     import uvicorn
 
-    app = create_app(Predictor(load_bundle(calibrated_bundle), mc_samples=3), audit=None, api_keys=[KEY], max_upload_bytes=2_000_000)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -191,5 +200,35 @@ def test_api_docs_render_offline(chromium: str, base_url: str) -> None:
             expect(page.locator(".swagger-ui")).to_contain_text("/explain")
             assert "Unable to render" not in page.content()
             assert [u for u in requests if not u.startswith((base_url, "data:"))] == []
+        finally:
+            browser.close()
+
+
+def test_patient_metadata_is_sent_and_what_was_used_is_shown(chromium: str, fusion_url: str, lesion: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(fusion_url + "/")
+            sites = page.eval_on_selector_all("#site option", "els => els.map((e) => e.value)")
+            assert sites[0] == "" and "lower extremity" in sites and len(sites) == 15
+            page.set_input_files("#file", str(lesion))
+            page.wait_for_selector("#result[data-state=done]")
+            expect(page.locator("#metadata")).to_contain_text("Not given")
+            page.fill("#age", "80")
+            page.select_option("#sex", "male")
+            page.select_option("#site", "back")
+            with page.expect_response("**/explain") as answer:
+                page.set_input_files("#file", str(lesion))
+            body = answer.value.json()
+            assert body["metadata"]["used"] == {"age": 80.0, "sex": "male", "site": "back"}
+            page.wait_for_selector("#result[data-state=done]")
+            expect(page.locator("#metadata")).to_contain_text("Used by m0-test_efficientnet: age 80, sex male, site back")
+            assert errors == []
         finally:
             browser.close()

@@ -68,7 +68,11 @@ def test_explain_decision_follows_bundle_thresholds(tiny_bundle: Path, lesion: t
     assert result["attention"]["class"] == "VASC"  # the decision is what gets explained by default
 
 
-def test_cli_explain_writes_json_and_pngs(tiny_members: list[Path], lesion: tuple, tmp_path: Path) -> None:
+def test_cli_explain_writes_json_and_pngs(
+    tiny_members: list[Path], lesion: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import skinlesion.ensemble.bundle as bundle_module
+
     path, _, _ = lesion
     out = tmp_path / "out"
     r = runner.invoke(app, ["explain", str(path), "--checkpoint", str(tiny_members[0]), "--out", str(out), "--mc-samples", "3"])
@@ -81,8 +85,9 @@ def test_cli_explain_writes_json_and_pngs(tiny_members: list[Path], lesion: tupl
     bad.write_bytes(b"not an image")
     r = runner.invoke(app, ["explain", str(bad), "--checkpoint", str(tiny_members[0]), "--out", str(out)])
     assert r.exit_code == 1 and "not an image file" in r.output
+    monkeypatch.setattr(bundle_module, "default_bundle_dir", lambda: tmp_path / "no-default")  # neither given: the default
     r = runner.invoke(app, ["explain", str(path), "--out", str(out)])
-    assert r.exit_code == 1 and "exactly one of --bundle or --checkpoint" in r.output
+    assert r.exit_code == 1 and "this installation has no default bundle" in r.output
     r = runner.invoke(app, ["explain", str(path), "--checkpoint", str(tiny_members[0]), "--class", "XYZ"])
     assert r.exit_code == 1 and "'class' parameter must be one of" in r.output
 

@@ -33,7 +33,9 @@ explain_app = typer.Typer(
 @explain_app.command("image")
 def image_command(
     images: list[Path] = typer.Argument(..., help="Image files (JPEG/PNG...)."),
-    bundle: Path | None = typer.Option(None, "--bundle", "-b", help="Decision bundle folder."),
+    bundle: str | None = typer.Option(
+        None, "--bundle", "-b", help="Decision bundle folder, or 'default' (the packaged bundle; also used without --bundle/--checkpoint)."
+    ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="A checkpoint instead of a bundle."),
     out: Path = typer.Option(Path("explanations"), "--out", "-o", help="Output folder."),
     cls: str | None = typer.Option(None, "--class", help="Class to explain (default: the decision)."),
@@ -43,17 +45,25 @@ def image_command(
         None, "--mc-samples", min=0, help="MC-dropout passes (default: as the bundle's review flag was fitted, else 20; 0: skip)."
     ),
     pixel_spacing_mm: float | None = typer.Option(None, "--pixel-spacing-mm", help="mm per pixel; without it sizes stay in pixels."),
+    age: str | None = typer.Option(None, "--age", help="Patient age in years (optional metadata, for every image given)."),
+    sex: str | None = typer.Option(None, "--sex", help="male or female (optional metadata)."),
+    site: str | None = typer.Option(None, "--site", help="Anatomical site, e.g. back, face, lower extremity (optional metadata)."),
 ) -> None:
-    """Write <name>.json (prediction, attention, ABCDE, concepts, uncertainty) and overlay PNGs per image."""
+    """Write <name>.json (prediction, attention, ABCDE, concepts, uncertainty) and overlay PNGs per image.
+
+    Metadata fusion members use --age/--sex/--site when given (missing otherwise); <name>.json says what was used."""
     from skinlesion.ensemble.bundle import load_model_source
     from skinlesion.explain.pipeline import write_explanation
 
     with user_errors():
-        model = load_model_source(bundle=bundle, checkpoint=checkpoint)
+        from skinlesion.delivery.metadata import normalise_metadata
+
+        metadata = normalise_metadata({"age": age, "sex": sex, "site": site}, "the command line")  # checked before loading
+        model = load_model_source(bundle=bundle, checkpoint=checkpoint, use_default=True)
         for path in images:
             r = write_explanation(
                 model, path, out, class_name=cls, method=method, cam_views=cam_tta, mc_samples=mc_samples,
-                pixel_spacing_mm=pixel_spacing_mm,
+                pixel_spacing_mm=pixel_spacing_mm, metadata=metadata,
             )
             p = r["prediction"]
             a = r["abcde"]

@@ -42,8 +42,12 @@ def _progress_bar() -> Any:
 
 
 def predict_command(
-    paths: list[Path] = typer.Argument(..., help="Image files, folders (recursive) or CSV files with a 'path' column."),
-    bundle: Path | None = typer.Option(None, "--bundle", "-b", help="Decision bundle folder."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Image files, folders (recursive) or CSV files with a 'path' column (and optional age, sex, site columns)."
+    ),
+    bundle: str | None = typer.Option(
+        None, "--bundle", "-b", help="Decision bundle folder, or 'default' (the packaged bundle; also used without --bundle/--checkpoint)."
+    ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="A checkpoint instead of a bundle."),
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder (a re-run resumes it)."),
     report: bool = typer.Option(False, "--report", help="Also write one HTML report per image (reports/)."),
@@ -67,11 +71,16 @@ def predict_command(
         None, "--audit-db", help="Also log every prediction to this audit database (SQLite file or URL)."
     ),
     device: str | None = typer.Option(None, "--device", help="PyTorch device, e.g. cpu or cuda:0 (default: CUDA when available)."),
+    metadata: Path | None = typer.Option(
+        None, "--metadata", help="CSV of patient metadata: 'image' (file stem) or 'path' column, plus any of age, sex, site."
+    ),
 ) -> None:
     """Predict many images: predictions.csv (ISIC submission columns, decision, review flag, uncertainty),
     rejected.csv (each unusable file with its reason), run.json and, with --report, HTML reports.
 
     Streams large folders, and resumes: a re-run into the same --out skips what is done.
+    Patient metadata (age, sex, site) is optional; metadata fusion members use it, and the columns
+    age, sex, site of predictions.csv show what was used.
     """
     from skinlesion.delivery.batch import PREDICTIONS_CSV, REJECTED_CSV, run_predictions
     from skinlesion.delivery.engine import ENGINES, Predictor
@@ -84,6 +93,7 @@ def predict_command(
         "batch_size": batch_size, "workers": workers, "engine": engine, "onnx_dir": str(onnx_dir) if onnx_dir else None,
         "precision": precision, "mc_samples": mc_samples, "pixel_spacing_mm": pixel_spacing_mm, "max_bytes": max_bytes,
         "max_pixels": max_pixels, "strict": strict, "audit_db": bool(audit_db), "device": device,
+        "metadata": str(metadata) if metadata else None,
     }
     with user_errors():
         if engine not in ENGINES:
@@ -92,7 +102,7 @@ def predict_command(
             raise ValueError(f"The '--pixel-spacing-mm' option must be > 0. Got {pixel_spacing_mm!r} instead.")
         limits = ImageLimits(max_bytes=max_bytes, max_pixels=max_pixels)
         predictor = Predictor(
-            load_model_source(bundle=bundle, checkpoint=checkpoint), engine, mc_samples=mc_samples,
+            load_model_source(bundle=bundle, checkpoint=checkpoint, use_default=True), engine, mc_samples=mc_samples,
             onnx_dir=onnx_dir, precision=precision, device=device,
         )
         audit = None
@@ -111,11 +121,14 @@ def predict_command(
                 summary = run_predictions(
                     predictor, paths, out, report=report, batch_size=batch_size, workers=workers,
                     pixel_spacing_mm=pixel_spacing_mm, limits=limits, audit=audit, options=options, progress=progress,
+                    metadata=metadata,
                 )
         except KeyboardInterrupt:
             err_console.print(f"interrupted: what was written in {escape(str(out))} is kept; run the same command again to resume")
             raise typer.Exit(code=130) from None
 
+    for m in summary.metadata_unmatched:
+        err_console.print(f"[yellow]metadata row matches no input[/] {escape(m)}", highlight=False, soft_wrap=True)
     for r in summary.rejected:
         err_console.print(f"[yellow]rejected[/] {escape(r.path)}: {escape(r.reason)} ({escape(r.detail)})", highlight=False, soft_wrap=True)
     rate = f"{summary.images_per_s:.2f} images/s" if summary.images_per_s else "no images predicted"

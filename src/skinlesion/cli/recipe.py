@@ -43,10 +43,11 @@ def package_command(
     into: Path | None = typer.Option(None, "--into", help="Destination (default: the package's default_bundle folder)."),
 ) -> None:
     """Copy the run's bundle and model card into the package (what `--bundle default` loads)."""
+    from skinlesion.ensemble.bundle import default_bundle_dir
     from skinlesion.recipe import package_bundle
 
     with user_errors():
-        dest = into or Path(__file__).resolve().parents[1] / "default_bundle"
+        dest = into or default_bundle_dir()
         p = package_bundle(out, dest)
     size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
     console.print(f"packaged into {escape(str(p))} ({size:.1f} MiB)", highlight=False)

@@ -32,7 +32,9 @@ def read_api_keys(path: Path | None, env: str | None) -> list[str]:
 
 
 def serve_command(
-    bundle: Path | None = typer.Option(None, "--bundle", "-b", help="Decision bundle folder."),
+    bundle: str | None = typer.Option(
+        None, "--bundle", "-b", help="Decision bundle folder, or 'default' (the packaged bundle; also used without --bundle/--checkpoint)."
+    ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="A checkpoint instead of a bundle."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
@@ -62,7 +64,7 @@ def serve_command(
         max_bytes = int(max_upload_mb * 2**20)
         limits = ImageLimits(max_bytes=max_bytes, max_pixels=max_pixels)
         audit = AuditLog(audit_db, store_images=audit_store_images)
-        model = load_model_source(bundle=bundle, checkpoint=checkpoint)
+        model = load_model_source(bundle=bundle, checkpoint=checkpoint, use_default=True)
         predictor = Predictor(model, engine, mc_samples=mc_samples, onnx_dir=onnx_dir, precision=precision)
         app = create_app(predictor, audit=audit, api_keys=keys, limits=limits, max_upload_bytes=max_bytes)
     info = predictor.bundle_info()

@@ -7,11 +7,18 @@ silently; a ``.csv`` file is a list of paths (column ``path`` or ``image_path``;
 are resolved against the CSV's folder, problems name the CSV line). The same file given twice is
 predicted once.
 
+Patient metadata (optional; see :mod:`skinlesion.delivery.metadata`): a CSV list of paths may carry
+``age``, ``sex`` and ``site`` columns, and ``metadata=FILE.csv`` (``--metadata``) gives them by
+``image`` (file stem or predictions.csv id) or ``path``, replacing a list's values for the columns
+it has. A row that matches no input is reported (``metadata_unmatched`` in run.json). An invalid
+value rejects that image (reason ``invalid_metadata``); metadata for a bundle with fusion members
+on the ONNX engine stops the run before it starts.
+
 Outputs in the out folder:
 
 * ``predictions.csv``: the ISIC submission columns (``image``, then one probability column per
   class in the bundle's order) followed by :data:`DETAIL_COLUMNS` (decision, the rule that made it,
-  review flag, MC-dropout uncertainty in nats, provenance).
+  review flag, MC-dropout uncertainty in nats, the metadata used (empty: missing), provenance).
 * ``rejected.csv``: :data:`REJECTED_COLUMNS`, one row per input that is not a usable 8-bit RGB
   image, with the reason code of :class:`~skinlesion.delivery.images.ImageRejected`.
 * ``reports/<image>.html`` with ``report=True`` (see :mod:`skinlesion.delivery.report`), written
@@ -45,6 +52,14 @@ from torch.utils.data import DataLoader, Dataset
 
 import skinlesion
 from skinlesion.delivery.images import ImageLimits, ImageRejected, decode_image, read_image_bytes
+from skinlesion.delivery.metadata import (
+    FIELDS,
+    MetadataError,
+    MetadataFileError,
+    MetadataRow,
+    normalise_metadata,
+    read_metadata_csv,
+)
 from skinlesion.errors import SkinLesionError
 
 if TYPE_CHECKING:
@@ -61,8 +76,10 @@ REPORTS_DIR = "reports"
 DETAIL_COLUMNS = (
     "decision", "decided_by", "threshold_fired", "argmax", "review_flag", "review_score_name", "review_value",
     "predictive_entropy", "aleatoric_expected_entropy", "epistemic_mutual_information", "max_probability",
-    "path", "input_sha256", "bundle_id", "engine", "report",
+    *FIELDS, "path", "input_sha256", "bundle_id", "engine", "report",
 )
+#: rejected.csv reason of an image whose metadata is invalid (not an image check: not in images.REASONS).
+INVALID_METADATA = "invalid_metadata"
 REJECTED_COLUMNS = ("path", "reason", "detail", "input_sha256")
 _UNCERTAINTY_COLUMNS = ("predictive_entropy", "aleatoric_expected_entropy", "epistemic_mutual_information", "max_probability")
 
@@ -73,10 +90,13 @@ class BatchError(SkinLesionError):
 
 @dataclass(frozen=True)
 class InputFile:
-    """One file to try: its resolved path and, for CSV lists, where it was listed."""
+    """One file to try: its resolved path, for CSV lists where it was listed, and its metadata
+    (raw values as listed until :func:`run_predictions` normalises them; None: none given)."""
 
     path: Path
     origin: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    metadata_origin: str | None = None  # where the metadata came from, when not from ``origin``
 
 
 @dataclass(frozen=True)
@@ -115,13 +135,17 @@ def _csv_entries(csv_path: Path) -> list[InputFile]:
             f"The list of paths {csv_path} must have a column named {' or '.join(PATH_COLUMNS)}. "
             f"Got columns {header} instead."
         )
+    fields = [f for f in FIELDS if f in header]
     out = []
     for row in reader:
         value = (row.get(column) or "").strip()
         if not value:
             raise BatchError(f"{csv_path} line {reader.line_num}: the {column!r} cell is empty; give a path or remove the row")
         p = Path(value).expanduser()
-        out.append(InputFile((p if p.is_absolute() else csv_path.parent / p).resolve(), f"{csv_path.name} line {reader.line_num}"))
+        metadata = {f: (row.get(f) or "").strip() for f in fields} or None
+        out.append(InputFile(
+            (p if p.is_absolute() else csv_path.parent / p).resolve(), f"{csv_path.name} line {reader.line_num}", metadata,
+        ))
     return out
 
 
@@ -211,6 +235,54 @@ def image_ids(paths: Sequence[Path], taken: Mapping[str, str] | None = None) -> 
     return out
 
 
+# -- metadata ----------------------------------------------------------------------------------------
+def attach_metadata(inputs: Inputs, rows: Sequence[MetadataRow], ids: Mapping[Path, str]) -> list[str]:
+    """Give each input its ``--metadata`` row (by resolved ``path``, or by ``image``: the input's id
+    in predictions.csv or its file stem); the row's columns replace a list's values. Returns the
+    rows that match no input (``"<file> line N: image 'x'"``). An ``image`` that names several
+    inputs (same stem in different folders) is a :class:`MetadataFileError`."""
+    by_path = {str(f.path): i for i, f in enumerate(inputs.files)}
+    by_image: dict[str, set[int]] = {}
+    for i, f in enumerate(inputs.files):
+        for name in {ids.get(f.path, f.path.stem), f.path.stem}:
+            by_image.setdefault(name, set()).add(i)
+    unmatched: list[str] = []
+    for row in rows:
+        if row.column == "path":
+            hits = {by_path[row.key]} if row.key in by_path else set()
+        else:
+            hits = by_image.get(row.key, set())
+        if len(hits) > 1:
+            names = sorted(str(inputs.files[i].path) for i in hits)
+            raise MetadataFileError(
+                f"{row.where}: image {row.key!r} matches {len(hits)} inputs ({', '.join(names)}); "
+                "use a 'path' column or the ids of predictions.csv"
+            )
+        if not hits:
+            unmatched.append(f"{row.where}: {row.column} {row.key!r}")
+            continue
+        i = hits.pop()
+        f = inputs.files[i]
+        where = row.where if f.metadata is None else f"{f.origin} and {row.where}"
+        inputs.files[i] = InputFile(f.path, f.origin, {**(f.metadata or {}), **row.values}, where)
+    return unmatched
+
+
+def _check_metadata(inputs: Inputs) -> None:
+    """Normalise every input's metadata in place; an invalid value moves the input to the rejected."""
+    keep: list[InputFile] = []
+    for f in inputs.files:
+        if f.metadata is None:
+            keep.append(f)
+            continue
+        where = f.metadata_origin or f.origin or "the list"
+        try:
+            keep.append(InputFile(f.path, f.origin, normalise_metadata(f.metadata, where)))
+        except MetadataError as e:
+            inputs.rejected.append(Rejection(str(f.path), INVALID_METADATA, str(e)))
+    inputs.files = keep
+
+
 # -- reading (DataLoader workers) ---------------------------------------------------------------------
 class _InputDataset(Dataset):
     """Items ``{index, path, sha256, image}`` or ``{index, path, sha256, reason, detail}``."""
@@ -224,7 +296,7 @@ class _InputDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         f = self.files[index]
-        item: dict[str, Any] = {"index": index, "path": str(f.path), "sha256": "", "image": None}
+        item: dict[str, Any] = {"index": index, "path": str(f.path), "sha256": "", "image": None, "metadata": f.metadata}
         try:
             data = read_image_bytes(f.path, limits=self.limits)
             item["sha256"] = hashlib.sha256(data).hexdigest()
@@ -303,12 +375,14 @@ def prediction_row(
     p = record["prediction"]
     u = record.get("uncertainty") or {}
     review = u.get("review") or {}
+    used = (record.get("metadata") or {}).get("used") or {}
     row = {"image": image_id, **{c: _fmt(float(p["probabilities"][c])) for c in classes}}
     row.update(
         decision=p["decision"], decided_by=p["decided_by"], threshold_fired=_fmt(p.get("threshold_fired")),
         argmax=p["argmax"], review_flag=_fmt(review.get("flag")), review_score_name=_fmt(review.get("score")),
         review_value=_fmt(review.get("value")),
         **{k: _fmt(u.get(k)) for k in _UNCERTAINTY_COLUMNS},
+        **{f: _fmt(used.get(f)) for f in FIELDS},
         path=path, input_sha256=sha256, bundle_id=record["bundle"]["id"], engine=record["bundle"]["engine"], report=report,
     )
     return row
@@ -330,6 +404,7 @@ class RunSummary:
     skipped: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     duplicates: int = 0
+    metadata_unmatched: list[str] = field(default_factory=list)
     seconds: float = 0.0
     images_per_s: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -455,11 +530,14 @@ def run_predictions(
     audit: AuditLog | None = None,
     options: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    metadata: str | Path | None = None,
 ) -> RunSummary:
     """Predict every input into ``out`` (see the module docstring); resumes what is there.
 
     ``progress(processed, total)`` is called before the first batch and after each one.
-    Raises :class:`BatchError` when ``out`` was written by another bundle or a CSV list is malformed.
+    ``metadata``: a table of patient metadata per image (see :func:`attach_metadata`).
+    Raises :class:`BatchError` when ``out`` was written by another bundle, a CSV list is malformed
+    or metadata is given to an engine that cannot use it; :class:`MetadataFileError` for a bad table.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"The 'batch_size' parameter must be a positive integer. Got {batch_size!r} instead.")
@@ -476,14 +554,22 @@ def run_predictions(
     done_rows = read_rows(out / PREDICTIONS_CSV, columns, repair=False)
     _check_bundle(out, bundle.bundle_id, done_rows)
     read_rows(out / PREDICTIONS_CSV, columns)  # now drop a torn last line
+    table = read_metadata_csv(metadata) if metadata is not None else []
     inputs = discover_inputs(paths, exclude=[out])
     done = {r["path"]: r["image"] for r in done_rows}
-    todo = [f for f in inputs.files if str(f.path) not in done]
     ids = image_ids([f.path for f in inputs.files], taken={v: k for k, v in done.items()})
+    unmatched = attach_metadata(inputs, table, ids)
+    _check_metadata(inputs)
+    if not predictor.accepts_metadata and any(f.metadata is not None for f in inputs.files):
+        raise BatchError(
+            f"the {predictor.engine_name} engine runs image-only graphs, but this bundle's members use patient "
+            "metadata and the inputs give some: use --engine torch, or leave the metadata out"
+        )
+    todo = [f for f in inputs.files if str(f.path) not in done]
     summary = RunSummary(
         out=str(out), bundle_id=bundle.bundle_id, bundle_name=bundle.meta.get("name"), engine=predictor.engine_name,
         classes=classes, inputs=len(inputs.files) + len(inputs.rejected), skipped=len(inputs.files) - len(todo),
-        duplicates=inputs.duplicates, options=dict(options or {}),
+        duplicates=inputs.duplicates, options=dict(options or {}), metadata_unmatched=unmatched,
     )
     if report:
         (out / REPORTS_DIR).mkdir(exist_ok=True)
@@ -506,7 +592,14 @@ def run_predictions(
                 summary.rejected.extend(bad)
                 good = [it for it in batch if it["image"] is not None]
                 tb = time.perf_counter()
-                records = predictor.predict([it["image"] for it in good]) if good else []
+                metas = [it["metadata"] for it in good]
+                images = [it["image"] for it in good]
+                if not good:
+                    records = []
+                elif any(m is not None for m in metas):
+                    records = predictor.predict(images, metadata=metas)
+                else:
+                    records = predictor.predict(images)
                 rows = []
                 for it, rec in zip(good, records, strict=True):
                     image_id = ids[Path(it["path"])]
@@ -539,6 +632,6 @@ def run_predictions(
 def _render(predictor: Predictor, item: Mapping[str, Any], record: dict[str, Any], image_id: str, spacing: float | None) -> str:
     from skinlesion.delivery.report import render_report
 
-    result, arrays = predictor.explain(item["image"], pixel_spacing_mm=spacing, record=record)
+    result, arrays = predictor.explain(item["image"], pixel_spacing_mm=spacing, record=record, metadata=item.get("metadata"))
     result["input"] = {"image": image_id, "path": item["path"], "sha256": item["sha256"], "shape": list(item["image"].shape)}
     return render_report(result, item["image"], arrays, title=image_id)

@@ -9,18 +9,30 @@ was fitted with.
 
 :class:`Predictor` serialises model calls with a lock: MC dropout switches module modes and
 Grad-CAM registers hooks, so concurrent requests must not interleave inside one model.
+
+Patient metadata (age, sex, site; :mod:`skinlesion.delivery.metadata`) is optional: it is checked,
+fed to metadata fusion members in the prediction, the MC-dropout passes and the attention maps, and
+every record says under ``metadata`` what was used. ONNX graphs take the image only, so the ONNX
+engine refuses metadata for a bundle with fusion members (:class:`MetadataUnsupportedError`).
 """
 
 from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from skinlesion.delivery.metadata import (
+    MetadataUnsupportedError,
+    metadata_members,
+    metadata_summary,
+    normalise_metadata,
+    normalise_records,
+)
 from skinlesion.ensemble.bundle import Bundle, BundlePrediction
 from skinlesion.metrics.classification import to_jsonable
 
@@ -31,11 +43,17 @@ NOTICE = (
 )
 
 
+Metadata = Sequence[Mapping[str, Any]] | None
+
+
 class Engine(Protocol):
     name: str
+    #: Whether metadata given with the images reaches the bundle's fusion members.
+    accepts_metadata: bool
 
-    def view_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Member view logits ``M x (N, V, K)`` for RGB uint8 images, in the bundle's member order."""
+    def view_logits(self, images: Sequence[np.ndarray], metadata: Metadata = None) -> list[np.ndarray]:
+        """Member view logits ``M x (N, V, K)`` for RGB uint8 images (and one metadata record per
+        image, or None: missing), in the bundle's member order."""
         ...
 
 
@@ -43,16 +61,17 @@ class TorchEngine:
     """Eager PyTorch members (CUDA when available unless ``device`` says otherwise)."""
 
     name = "torch"
+    accepts_metadata = True
 
     def __init__(self, bundle: Bundle, device: str | None = None) -> None:
         self.bundle = bundle
         self.device = device
 
-    def view_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def view_logits(self, images: Sequence[np.ndarray], metadata: Metadata = None) -> list[np.ndarray]:
         from skinlesion.ensemble.predict import images_view_logits
 
         views = self.bundle.tta.views
-        return [images_view_logits(m, images, views, device=self.device) for m in self.bundle.members]
+        return [images_view_logits(m, images, views, device=self.device, metadata=metadata) for m in self.bundle.members]
 
 
 def make_engine(
@@ -98,9 +117,11 @@ def default_mc_samples(bundle: Bundle) -> int:
 
 
 def uncertainty_records(
-    bundle: Bundle, images: Sequence[np.ndarray], n_samples: int, seed: int = 0
+    bundle: Bundle, images: Sequence[np.ndarray], n_samples: int, seed: int = 0, metadata: Metadata = None
 ) -> list[dict[str, Any]]:
-    """Per image: MC-dropout entropy decomposition (nats) and the bundle's review flag."""
+    """Per image: MC-dropout entropy decomposition (nats) and the bundle's review flag.
+
+    ``metadata``: one record per image, fed to metadata fusion members in every pass (None: missing)."""
     from skinlesion.uncertainty.evaluate import bundle_mc_predict, review_flag_from_bundle
     from skinlesion.uncertainty.mc_dropout import NotStochasticWarning
 
@@ -108,7 +129,10 @@ def uncertainty_records(
         warnings.simplefilter("always", NotStochasticWarning)
         # One call per image with the same seed: an image's dropout masks (hence its uncertainty
         # and review flag) do not depend on which other images share its batch or request.
-        per_image = [bundle_mc_predict(bundle, [im], n_samples=n_samples, seed=seed) for im in images]
+        per_image = [
+            bundle_mc_predict(bundle, [im], n_samples=n_samples, seed=seed, metadata=[metadata[i]] if metadata else None)
+            for i, im in enumerate(images)
+        ]
     mc = _stack_mc(per_image)
     review = bundle.meta.get("review")
     flags = scores = None
@@ -184,6 +208,24 @@ class Predictor:
         self.lock = threading.RLock()
 
     @property
+    def accepts_metadata(self) -> bool:
+        """False when metadata would not reach the fusion members (ONNX engine); True otherwise,
+        also for a bundle without fusion members (there the metadata is recorded as not used)."""
+        return bool(getattr(self.engine, "accepts_metadata", False)) or not metadata_members(self.bundle)
+
+    def check_metadata(self, metadata: Sequence[Mapping[str, Any] | None] | None, n: int) -> list[dict[str, Any]] | None:
+        """Normalised records (None: all missing); :class:`~skinlesion.delivery.metadata.MetadataError`
+        for an invalid value, :class:`MetadataUnsupportedError` when this engine cannot use them."""
+        records = normalise_records(metadata, n)
+        if records is not None and not self.accepts_metadata:
+            names = [m.name for m in metadata_members(self.bundle)]
+            raise MetadataUnsupportedError(
+                f"the {self.engine_name} engine runs image-only graphs, but members {names} of this bundle use "
+                "patient metadata: use the torch engine, or leave the metadata out"
+            )
+        return records
+
+    @property
     def engine_name(self) -> str:
         return self.engine.name + (f"-{self.engine.precision}" if hasattr(self.engine, "precision") else "")
 
@@ -196,41 +238,61 @@ class Predictor:
             "engine": self.engine_name,
         }
 
-    def predict(self, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-        """One record per RGB uint8 image: ``prediction``, ``uncertainty`` (or None), ``bundle``, ``notice``."""
+    def predict(
+        self, images: Sequence[np.ndarray], metadata: Sequence[Mapping[str, Any] | None] | None = None
+    ) -> list[dict[str, Any]]:
+        """One record per RGB uint8 image: ``prediction``, ``uncertainty`` (or None), ``metadata``,
+        ``bundle``, ``notice``.
+
+        ``metadata``: one record per image (``{"age": 55, "sex": "male", "site": "back"}``, keys
+        optional, None: missing) or None; checked before any model runs (see :meth:`check_metadata`).
+        """
         if len(images) == 0:
             return []
+        records = self.check_metadata(metadata, len(images))
         with self.lock:
-            pred = self.bundle.predict_from_logits(self.engine.view_logits(images))
-            unc = uncertainty_records(self.bundle, images, self.mc_samples, self.seed) if self.mc_samples > 0 else None
+            # Without metadata, the call of the original Engine protocol (engines that take images only).
+            logits = self.engine.view_logits(images) if records is None else self.engine.view_logits(images, metadata=records)
+            pred = self.bundle.predict_from_logits(logits)
+            unc = (
+                uncertainty_records(self.bundle, images, self.mc_samples, self.seed, metadata=records)
+                if self.mc_samples > 0 else None
+            )
         info = self.bundle_info()
         recs = decision_records(self.bundle, pred)
         return [
-            to_jsonable(
-                {"notice": NOTICE, "bundle": info, "prediction": r, "uncertainty": unc[i] if unc is not None else None}
-            )
+            to_jsonable({
+                "notice": NOTICE, "bundle": info, "prediction": r, "uncertainty": unc[i] if unc is not None else None,
+                "metadata": metadata_summary(self.bundle, records[i] if records is not None else None),
+            })
             for i, r in enumerate(recs)
         ]
 
     def explain(
         self, image: np.ndarray, *, pixel_spacing_mm: float | None = None, method: str = "gradcam++",
         concepts: bool = False, class_name: str | None = None, record: dict[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The prediction record plus Grad-CAM(++) (PyTorch members), segmentation, ABCDE and TDS.
 
         ``record``: this image's record from :meth:`predict` when already computed (saves the
-        MC-dropout passes). Returns ``(result, arrays)`` with arrays ``cam`` (H, W) in [0, 1] and
-        ``mask`` (H, W) bool; ``result`` has the keys of a record plus ``attention``,
-        ``segmentation``, ``abcde``, ``dermoscopy_score`` and ``concepts``.
+        MC-dropout passes; give the same ``metadata``). ``metadata``: the patient's age, sex and site
+        (see :meth:`predict`), also used by the fusion members' attention maps. Returns ``(result,
+        arrays)`` with arrays ``cam`` (H, W) in [0, 1] and ``mask`` (H, W) bool; ``result`` has the
+        keys of a record plus ``attention``, ``segmentation``, ``abcde``, ``dermoscopy_score`` and
+        ``concepts``.
         """
         from skinlesion.explain.pipeline import explain_image
 
-        rec = record if record is not None else self.predict([image])[0]
+        records = self.check_metadata([metadata], 1)
+        rec = record if record is not None else self.predict([image], metadata=records)[0]
         with self.lock:
             result, arrays = explain_image(
                 self.bundle, image, class_name=class_name, method=method, mc_samples=0,
                 pixel_spacing_mm=pixel_spacing_mm, concepts=concepts, prediction=rec["prediction"],
+                metadata=normalise_metadata(records[0]) if records is not None else None,
             )
         result["uncertainty"] = rec["uncertainty"]
+        result["metadata"] = rec.get("metadata", result["metadata"])
         result["bundle"] = rec["bundle"]
         return result, arrays

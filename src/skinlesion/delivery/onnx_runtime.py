@@ -16,13 +16,17 @@ since a member only ever sees these two shapes.
 manifest, members or member weights other than the bundle's (``bundle_id`` may differ: a
 recalibrated bundle keeps its graphs), a file whose sha256 changed, or a precision that was not
 exported. Each error names the file and the command that fixes it.
+
+The graphs take the image only: for a bundle with metadata fusion members the engine refuses
+metadata (:class:`~skinlesion.delivery.metadata.MetadataUnsupportedError`; without metadata their
+graphs give the prediction for "metadata missing", as ``model(x)`` does).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +181,13 @@ class OnnxEngine:
         self.providers = providers()
         self.max_rows = None if self.providers[0] == "CUDAExecutionProvider" else CPU_MAX_ROWS
 
+    @property
+    def accepts_metadata(self) -> bool:
+        """False when the bundle has metadata fusion members: their graphs take the image only."""
+        from skinlesion.delivery.metadata import metadata_members
+
+        return not metadata_members(self.bundle)
+
     # -- checks --------------------------------------------------------------------------------
     def _fix(self) -> str:
         return f"run `{export_command(self.bundle, self.onnx_dir, self.precision)}`"
@@ -241,6 +252,17 @@ class OnnxEngine:
         x = member.preprocess(images, "cpu")
         return run_views(x, self.bundle.tta.views, lambda shape: session_runner(sessions[shape]), max_rows=self.max_rows)
 
-    def view_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Member view logits ``M x (N, V, K)`` for RGB uint8 images, in the bundle's member order."""
+    def view_logits(
+        self, images: Sequence[np.ndarray], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[np.ndarray]:
+        """Member view logits ``M x (N, V, K)`` for RGB uint8 images, in the bundle's member order.
+
+        ``metadata`` is refused for a bundle with fusion members (image-only graphs) and ignored otherwise."""
+        if metadata is not None and not self.accepts_metadata:
+            from skinlesion.delivery.metadata import MetadataUnsupportedError, metadata_members
+
+            raise MetadataUnsupportedError(
+                f"the ONNX graphs take the image only, but members {[m.name for m in metadata_members(self.bundle)]} "
+                "of this bundle use patient metadata: use the torch engine, or leave the metadata out"
+            )
         return [self.member_view_logits(i, images) for i in range(len(self.bundle.members))]

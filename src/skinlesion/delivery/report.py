@@ -21,7 +21,8 @@ headings and ids):
    epistemic (mutual information) parts, in nats, and the review flag with its threshold;
 6. ``#abcde``: the ABCDE measurements (diameter in mm only when the pixel spacing is known,
    otherwise in px, "spacing unknown") and the Total Dermoscopy Score;
-7. ``#provenance``: bundle name, id, engine and members, skinlesion version, input name and sha256.
+7. ``#provenance``: bundle name, id, engine and members, skinlesion version, the patient metadata used,
+   input name and sha256.
 """
 
 from __future__ import annotations
@@ -301,6 +302,17 @@ def _provenance(result: Mapping[str, Any]) -> str:
         ["Members", _e(", ".join(b.get("members") or []))],
         ["skinlesion version", _e(result.get("skinlesion_version") or skinlesion.__version__)],
     ]
+    md = result.get("metadata")
+    if md is not None:
+        if not md.get("members_using_metadata"):
+            text = "not used (this bundle's members use the image only)"
+        elif md.get("used") is None:
+            text = "none given: predicted as if age, sex and site were unknown"
+        else:
+            text = ", ".join(
+                f"{k} {'unknown' if v is None else format(v, 'g') if isinstance(v, float) else v}" for k, v in md["used"].items()
+            )
+        rows.append(["Patient metadata used", _e(text)])
     for key, label in (("image", "Image id"), ("path", "Input file"), ("sha256", "Input sha256"), ("shape", "Image size (H, W, C)")):
         if inp.get(key) is not None:
             rows.append([label, _e(inp[key])])

@@ -13,13 +13,16 @@ route              key   answers
 ``/docs``          no    OpenAPI (``/openapi.json``; Swagger UI served from the package, offline)
 =================  ====  =============================================================================
 
-Uploads are multipart form field ``file`` (``/explain`` also takes ``pixel_spacing_mm``). Every
+Uploads are multipart form field ``file`` with optional patient metadata fields ``age``, ``sex`` and
+``site`` (used by metadata fusion members; absent or empty = missing; the result's ``metadata``
+says what was used) (``/explain`` also takes ``pixel_spacing_mm``). Every
 rejection is a 4xx JSON body ``{"detail": {"reason": CODE, "message": TEXT}}`` and the service stays
 up: 401 ``api_key_missing``, 403 ``api_key_invalid``, 413 ``too_large`` (request body or file over the
 cap: stopped while streaming, before the rest is read) and ``too_many_pixels`` (from the image
 header, before decoding), 415 ``not_an_image`` and ``unsupported_mode`` (CMYK, alpha, 16-bit,
 grayscale: see :mod:`skinlesion.delivery.images`), 422 ``empty``, ``too_small``, ``truncated``,
-``missing_file`` and ``invalid_request``; 404/405 for unknown routes; 500 ``internal_error`` (logged
+``missing_file``, ``invalid_request``, ``invalid_metadata`` (e.g. age ``abc``, sex ``x``) and
+``metadata_unsupported_by_engine`` (metadata for fusion members on the ONNX engine); 404/405 for unknown routes; 500 ``internal_error`` (logged
 with the request id; the next request is served normally). The content type a client declares is
 not trusted: the bytes are decoded and checked.
 
@@ -62,6 +65,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import skinlesion
 from skinlesion.delivery.engine import NOTICE
 from skinlesion.delivery.images import ImageLimits, ImageRejected, decode_image
+from skinlesion.delivery.metadata import HAM10000_SITES, MetadataError, normalise_metadata
 
 if TYPE_CHECKING:
     from skinlesion.delivery.audit import AuditLog
@@ -81,6 +85,9 @@ MULTIPART_OVERHEAD = 64 * 1024
 #: The overlay PNGs in ``/explain`` are scaled down to this longer side (the ABCDE run at full size).
 PNG_MAX_SIDE = 1024
 _CHUNK = 1024 * 1024
+AGE_HELP = "Patient age in years, 0 to 120 (optional metadata; empty or absent: unknown)."
+SEX_HELP = "male or female (optional metadata; empty, absent or 'unknown': unknown)."
+SITE_HELP = f"Anatomical site, as HAM10000 names it: {', '.join(HAM10000_SITES)} (optional; empty or absent: unknown)."
 _STATUS_REASON = {400: "bad_request", 401: "api_key_missing", 403: "api_key_invalid", 404: "not_found",
                   405: "method_not_allowed", 413: "too_large", 500: "internal_error"}
 
@@ -143,6 +150,15 @@ class Uncertainty(_Open):
     review: Review
 
 
+class MetadataInfo(_Open):
+    used: dict[str, Any] | None = Field(
+        description="The normalised age, sex and site the metadata fusion members received (null: missing); null when none was given."
+    )
+    members_using_metadata: list[str] = Field(description="Members that take metadata (empty: image-only bundle).")
+    features: list[str] = Field(description="The metadata fields this bundle's members use.")
+    ignored: dict[str, str] | None = Field(None, description="Given but not used, and why (e.g. a site never seen in training).")
+
+
 class PredictResponse(_Open):
     request_id: str
     input: InputInfo
@@ -150,6 +166,7 @@ class PredictResponse(_Open):
     bundle: BundleRef
     prediction: Prediction
     uncertainty: Uncertainty | None = Field(description="MC-dropout uncertainty; None when the service runs with --mc-samples 0.")
+    metadata: MetadataInfo | None = Field(None, description="The patient metadata used (form fields age, sex, site).")
     elapsed_ms: float
     audit_id: int | None = Field(description="Row id in the audit log; None when not written.")
     audit_error: str | None = Field(description="Set when the audit write failed (the result is still valid).")
@@ -191,7 +208,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (403, "Unknown API key."),
         (413, "File or request too large (too_large), or too many pixels (too_many_pixels)."),
         (415, "Not an image (not_an_image) or not 8-bit RGB (unsupported_mode)."),
-        (422, "empty, too_small, truncated, missing_file or invalid_request."),
+        (422, "empty, too_small, truncated, missing_file, invalid_request, invalid_metadata or metadata_unsupported_by_engine."),
         (500, "Internal error (logged with the request id)."),
     )
 }
@@ -401,6 +418,20 @@ def create_app(
         h, w = image.shape[:2]
         return data, image, {"name": file.filename, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "width": w, "height": h}
 
+    def patient(age: str | None, sex: str | None, site: str | None) -> dict[str, Any] | None:
+        """The form's metadata, normalised (None: none given); 422 before any model runs."""
+        try:
+            record = normalise_metadata({"age": age, "sex": sex, "site": site}, "the form")
+        except MetadataError as e:
+            raise reject(422, e.reason, str(e)) from None
+        if record is not None and not predictor.accepts_metadata:
+            raise reject(
+                422, "metadata_unsupported_by_engine",
+                f"the {info['engine']} engine runs image-only graphs, but this bundle's members use patient metadata: "
+                "send the image without age, sex and site, or run the service with --engine torch",
+            )
+        return record
+
     def run_model(request_id: str, fn: Any, *args: Any, **kw: Any) -> Any:
         try:
             return fn(*args, **kw)
@@ -446,12 +477,19 @@ def create_app(
     def predict(
         response: Response,
         file: UploadFile = File(..., description="A dermoscopic image: 8-bit RGB JPEG/PNG/TIFF/BMP/WebP."),
+        age: str | None = Form(None, description=AGE_HELP),
+        sex: str | None = Form(None, description=SEX_HELP),
+        site: str | None = Form(None, description=SITE_HELP),
         user_id: str = Depends(user),
     ) -> dict[str, Any]:
         """Probabilities, the decision and the threshold that made it, MC-dropout uncertainty and the review flag."""
         started, request_id = time.perf_counter(), uuid.uuid4().hex
+        record_in = patient(age, sex, site)
         data, image, meta = accept(file)
-        record = run_model(request_id, predictor.predict, [image])[0]
+        if record_in is None:
+            record = run_model(request_id, predictor.predict, [image])[0]
+        else:
+            record = run_model(request_id, predictor.predict, [image], metadata=[record_in])[0]
         return finish("predict", request_id, user_id, data, meta, record, started, response)
 
     @app.post("/explain", response_model=ExplainResponse, response_model_exclude_unset=True, responses=_ERRORS,
@@ -460,16 +498,23 @@ def create_app(
         response: Response,
         file: UploadFile = File(..., description="A dermoscopic image: 8-bit RGB JPEG/PNG/TIFF/BMP/WebP."),
         pixel_spacing_mm: float | None = Form(None, gt=0, allow_inf_nan=False, description="mm per pixel; without it ABCDE sizes stay in pixels."),
+        age: str | None = Form(None, description=AGE_HELP),
+        sex: str | None = Form(None, description=SEX_HELP),
+        site: str | None = Form(None, description=SITE_HELP),
         user_id: str = Depends(user),
     ) -> dict[str, Any]:
         """/predict plus the Grad-CAM++ overlay, the segmentation outline, ABCDE and the Total Dermoscopy Score."""
         started, request_id = time.perf_counter(), uuid.uuid4().hex
+        record_in = patient(age, sex, site)
         data, image, meta = accept(file)
 
         def work() -> tuple[dict[str, Any], dict[str, str]]:
             from skinlesion.explain.cam import overlay_array
 
-            result, arrays = predictor.explain(image, pixel_spacing_mm=pixel_spacing_mm)
+            if record_in is None:
+                result, arrays = predictor.explain(image, pixel_spacing_mm=pixel_spacing_mm)
+            else:
+                result, arrays = predictor.explain(image, pixel_spacing_mm=pixel_spacing_mm, metadata=record_in)
             pngs = {"cam_png": _png_b64(overlay_array(image, arrays["cam"])), "mask_png": _png_b64(outline(image, arrays["mask"]))}
             return result, pngs
 

@@ -294,11 +294,47 @@ def bundle_from_checkpoint(path: str | Path, *, tta: str = "none", map_location:
     return Bundle(None, meta, [_member(ckpt, ckpt.meta["backbone"])])
 
 
-def load_model_source(*, bundle: str | Path | None = None, checkpoint: str | Path | None = None) -> Bundle:
-    """Exactly one of ``bundle`` / ``checkpoint`` -> a Bundle (what explain/predict/serve take)."""
-    if (bundle is None) == (checkpoint is None):
+#: The ``--bundle`` value that names the bundle shipped inside the package.
+DEFAULT_BUNDLE = "default"
+
+
+def default_bundle_dir() -> Path:
+    """Where the packaged default bundle lives: ``skinlesion/default_bundle`` (``skinlesion recipe package``)."""
+    import skinlesion
+
+    return Path(skinlesion.__file__).resolve().parent / "default_bundle"
+
+
+def resolve_bundle_path(value: str | Path) -> Path:
+    """``value`` as a bundle folder; the word ``default`` names the packaged default bundle.
+
+    (A local folder called ``default`` is reached as the text ``./default``.) Raises
+    :class:`BundleError` when ``default`` is asked for and this installation has none.
+    """
+    if str(value).strip() == DEFAULT_BUNDLE:
+        folder = default_bundle_dir()
+        if not (folder / META).is_file():
+            raise BundleError(
+                f"this installation has no default bundle ({folder / META} is missing): train one with "
+                "`skinlesion recipe run` and `skinlesion recipe package`, or pass --bundle BUNDLE or --checkpoint CHECKPOINT"
+            )
+        return folder
+    return Path(value)
+
+
+def load_model_source(
+    *, bundle: str | Path | None = None, checkpoint: str | Path | None = None, use_default: bool = False
+) -> Bundle:
+    """Exactly one of ``bundle`` / ``checkpoint`` -> a Bundle (what explain/predict/serve take).
+
+    ``bundle="default"`` loads the packaged default bundle (:func:`resolve_bundle_path`); with
+    ``use_default``, giving neither loads it too (predict, serve and ``explain IMAGE`` do that).
+    """
+    if bundle is not None and checkpoint is not None or (bundle is None and checkpoint is None and not use_default):
         raise ValueError("Give exactly one of --bundle or --checkpoint")
-    return load_bundle(bundle) if bundle is not None else bundle_from_checkpoint(checkpoint)  # type: ignore[arg-type]
+    if checkpoint is not None:
+        return bundle_from_checkpoint(checkpoint)
+    return load_bundle(resolve_bundle_path(DEFAULT_BUNDLE if bundle is None else bundle))
 
 
 def is_bundle(path: str | Path) -> bool:

@@ -51,6 +51,23 @@ class CamResult:
     views: tuple[str, ...]
 
 
+class _WithMetadata(nn.Module):
+    """A fusion model with its images' encoded metadata bound: ``forward(x)`` for the CAM library.
+
+    The library stacks the views of a batch view-major, so the metadata repeats once per view."""
+
+    def __init__(self, model: nn.Module, meta: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.meta = meta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.meta.shape[0]
+        if x.shape[0] % n:
+            raise ValueError(f"A batch of {x.shape[0]} rows does not hold whole views of {n} images.")
+        return self.model(x, self.meta.to(x.device).repeat(x.shape[0] // n, 1))
+
+
 def check_method(method: str) -> str:
     """Return ``method`` if it is a supported CAM method, else raise a ValueError naming them."""
     if method not in METHODS:
@@ -240,6 +257,7 @@ def ensemble_cam(
     class_index: ClassIndex = None,
     method: str = "gradcam++",
     views: str | Sequence[str] = ("identity",),
+    metadata: Sequence[Any] | None = None,
 ) -> CamResult:
     """CAMs of a weighted ensemble: each member's map at the image's size, and their weighted mean.
 
@@ -247,7 +265,8 @@ def ensemble_cam(
     its map is resized back to the original image. ``class_index=None`` explains the ensemble's
     predicted class: the argmax of the weight-averaged softmax of ``logits / member.temperature``
     on the identity view. Method: Grad-CAM (Selvaraju et al. 2017) or Grad-CAM++ (Chattopadhay et
-    al. 2018), see :func:`compute_cam`.
+    al. 2018), see :func:`compute_cam`. ``metadata``: one record per image (age, sex, site; None:
+    missing) for metadata fusion members, which then explain their prediction with that metadata.
     """
     members = list(members)
     if not members:
@@ -256,15 +275,25 @@ def ensemble_cam(
     views = parse_views(views)
     images = _check_images(images)
     weights = _normalised_weights(members)
+    if metadata is not None and len(metadata) != len(images):
+        raise ValueError(
+            f"The 'metadata' parameter must hold one record per image ({len(images)}). Got {len(metadata)} instead."
+        )
     inputs: list[torch.Tensor] = []
     probs: list[np.ndarray] = []
+    models: list[nn.Module] = []
     for m in members:
         if not (isinstance(m.temperature, (int, float)) and np.isfinite(m.temperature) and m.temperature > 0):
             raise ValueError(f"Member {m.name!r}: the temperature must be a positive number. Got {m.temperature!r}.")
         m.model.eval()
         x = m.preprocess(images, device=_device(m.model))
+        encode = getattr(m.model, "encode_metadata", None)
+        model = m.model
+        if metadata is not None and encode is not None:
+            model = _WithMetadata(m.model, encode([r if r is not None else {} for r in metadata], len(images)))
+        models.append(model)
         with torch.no_grad():
-            logits = m.model(x).float()
+            logits = model(x).float()
         probs.append(torch.softmax(logits / m.temperature, dim=-1).cpu().numpy().astype(np.float64))
         inputs.append(x)
     ks = {p.shape[-1] for p in probs}
@@ -276,8 +305,8 @@ def ensemble_cam(
     else:
         classes = check_class_index(class_index, len(images), ks.pop())
     member_maps: list[list[np.ndarray]] = []
-    for m, x in zip(members, inputs, strict=True):
-        maps = _cam_views(m.model, get_target_layer(m.model, m.backbone), x, classes, method, views)
+    for m, model, x in zip(members, models, inputs, strict=True):
+        maps = _cam_views(model, get_target_layer(m.model, m.backbone), x, classes, method, views)
         member_maps.append([resize_map(maps[i], im.shape[:2]) for i, im in enumerate(images)])
     mean_maps = [
         np.asarray(sum(w * mm[i] for w, mm in zip(weights, member_maps, strict=True)), dtype=np.float32)

@@ -33,10 +33,12 @@ def _class_index(bundle: Bundle, class_name: str | None, predicted: int) -> int:
     return bundle.classes.index(class_name)
 
 
-def _uncertainty(bundle: Bundle, image: np.ndarray, n_samples: int, seed: int) -> dict[str, Any]:
+def _uncertainty(
+    bundle: Bundle, image: np.ndarray, n_samples: int, seed: int, metadata: dict[str, Any] | None
+) -> dict[str, Any]:
     from skinlesion.delivery.engine import uncertainty_records
 
-    return uncertainty_records(bundle, [image], n_samples, seed)[0]
+    return uncertainty_records(bundle, [image], n_samples, seed, metadata=[metadata] if metadata else None)[0]
 
 
 def _concepts(bundle: Bundle, image: np.ndarray, class_index: int) -> dict[str, Any]:
@@ -69,6 +71,7 @@ def explain_image(
     concepts: bool = True,
     seed: int = 0,
     prediction: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Explain one RGB uint8 image. Returns ``(result dict, arrays)`` (arrays: ``cam``, ``mask``).
 
@@ -76,7 +79,11 @@ def explain_image(
     with (its scores depend on it), else 20; 0 skips the uncertainty part. ``prediction``: a
     decision record already computed for this image (e.g. by ONNX Runtime in
     :class:`~skinlesion.delivery.engine.Predictor`); by default the PyTorch members predict.
+    ``metadata``: the patient's ``{"age", "sex", "site"}`` (any may be absent) for metadata fusion
+    members: used by the prediction, the attention map and the uncertainty; recorded under ``metadata``.
     """
+    from skinlesion.delivery.metadata import metadata_summary, normalise_metadata
+
     from skinlesion.delivery.engine import decision_records, default_mc_samples
     from skinlesion.ensemble.tta import parse_views
     from skinlesion.explain.cam import ensemble_cam
@@ -86,10 +93,13 @@ def explain_image(
 
     if mc_samples is None:
         mc_samples = default_mc_samples(bundle)
+    record = normalise_metadata(metadata)
+    records = [record] if record is not None else None
     if prediction is None:
-        prediction = decision_records(bundle, bundle.predict_images([image]))[0]
+        prediction = decision_records(bundle, bundle.predict_images([image], metadata=records))[0]
     k = _class_index(bundle, class_name, bundle.classes.index(prediction["decision"]))
-    cam = ensemble_cam(bundle.members, [image], class_index=k, method=method, views=parse_views(cam_views))
+    cam = ensemble_cam(bundle.members, [image], class_index=k, method=method, views=parse_views(cam_views), metadata=records)
+    summary = metadata_summary(bundle, record)
     seg = segment_lesion(image)
     found = seg.quality != "not_found" and bool(seg.mask.any())
     tds, abcde = dermoscopy_score(image, seg.mask, pixel_spacing_mm) if found else (None, None)
@@ -105,11 +115,13 @@ def explain_image(
             "member_weights": dict(zip(cam.member_names, np.asarray(cam.weights).tolist(), strict=True)),
             "mass_in_lesion": mass_in_mask(cam.maps[0], seg.mask) if found else None,
             "lesion_area_fraction": float(seg.mask.mean()),
+            "metadata": "used" if summary["used"] is not None else "not given" if summary["members_using_metadata"] else "not used by this bundle",
         },
         "segmentation": {"quality": seg.quality, "method": seg.method, "bbox_top_bottom_left_right": list(seg.bbox)},
         "abcde": to_jsonable(abcde.to_dict()) if abcde is not None else None,
         "dermoscopy_score": to_jsonable(tds.to_dict()) if tds is not None else None,
-        "uncertainty": to_jsonable(_uncertainty(bundle, image, mc_samples, seed)) if mc_samples > 0 else None,
+        "uncertainty": to_jsonable(_uncertainty(bundle, image, mc_samples, seed, record)) if mc_samples > 0 else None,
+        "metadata": summary,
         "concepts": _concepts(bundle, image, k) if concepts else None,
         "skinlesion_version": skinlesion.__version__,
     }

@@ -74,11 +74,14 @@ def bundle_mc_predict(
     include_backbone: bool = True,
     seed: int | None = None,
     chunk: int | None = 256,
+    metadata: Sequence[dict[str, Any] | None] | None = None,
 ) -> MCResult:
     """MC dropout of the bundle's members on RGB uint8 images, with the bundle's weights and
-    temperatures (see the module doc). What predict/serve call to score a case for review."""
+    temperatures (see the module doc). What predict/serve call to score a case for review.
+    ``metadata``: one record per image for metadata fusion members (see ``ensemble_mc_predict``)."""
     return ensemble_mc_predict(
-        _tempered_members(bundle), images, n_samples=n_samples, include_backbone=include_backbone, seed=seed, chunk=chunk
+        _tempered_members(bundle), images, n_samples=n_samples, include_backbone=include_backbone, seed=seed,
+        chunk=chunk, metadata=metadata,
     )
 
 

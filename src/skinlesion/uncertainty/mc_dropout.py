@@ -288,19 +288,27 @@ def _mc_log_probs(
     temperature: float,
     include_backbone: bool,
     chunk: int | None,
+    meta: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
-    """Log-probabilities ``(T, N, K)`` (float64, CPU): the batch repeated T times, in chunks of rows."""
+    """Log-probabilities ``(T, N, K)`` (float64, CPU): the batch repeated T times, in chunks of rows.
+
+    ``meta`` ``(N, D)``: encoded metadata of a fusion model, repeated with its images (``model(x, meta)``)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"The 'x' parameter must be a non-empty tensor (N, C, H, W). Got {shape} instead.")
     n = x.shape[0]
+    if meta is not None and (not isinstance(meta, torch.Tensor) or meta.dim() != 2 or meta.shape[0] != n):
+        shape = tuple(meta.shape) if isinstance(meta, torch.Tensor) else type(meta).__name__
+        raise ValueError(f"The 'meta' parameter must be None or a tensor (N, D) with N = {n}. Got {shape} instead.")
     total = n * n_samples
     step = total if chunk is None else chunk
     outs = []
     with mc_dropout_mode(model, backbone_name, include_backbone) as active, torch.no_grad():
         for start in range(0, total, step):
             rows = torch.arange(start, min(start + step, total), device=x.device) % n  # sample-major
-            outs.append(model(x.index_select(0, rows)).double().cpu())
+            batch = x.index_select(0, rows)
+            out = model(batch) if meta is None else model(batch, meta.to(x.device).index_select(0, rows))
+            outs.append(out.double().cpu())
     logits = torch.cat(outs)
     if logits.dim() != 2:
         raise ValueError(f"The model must return logits (N, K). Got shape {tuple(logits.shape)} instead.")
@@ -351,6 +359,7 @@ def mc_dropout_predict(
     include_backbone: bool = True,
     seed: int | None = None,
     chunk: int | None = 256,
+    meta: torch.Tensor | None = None,
 ) -> MCResult:
     """MC-dropout prediction (Gal & Ghahramani 2016) of a preprocessed batch ``x`` ``(N, C, H, W)``.
 
@@ -360,6 +369,7 @@ def mc_dropout_predict(
     gets its own mask. ``temperature`` divides the logits before the softmax. ``seed`` makes the
     masks reproducible without touching the global RNG state (for a given ``chunk`` and device).
     Warns :class:`NotStochasticWarning` and returns ``stochastic=False`` when no dropout is active.
+    ``meta`` ``(N, D)``: encoded metadata for a metadata fusion model (None: missing).
     """
     n_samples = positive_int("n_samples", n_samples)
     chunk = positive_int("chunk", chunk, allow_none=True)
@@ -367,7 +377,7 @@ def mc_dropout_predict(
     seed = _check_seed(seed)
     get_spec(backbone)
     with _seeded(seed):
-        log_p, active = _mc_log_probs(model, backbone, x, n_samples, temperature, include_backbone, chunk)
+        log_p, active = _mc_log_probs(model, backbone, x, n_samples, temperature, include_backbone, chunk, meta)
     stochastic = bool(active) and _varies(log_p)
     if not stochastic:
         _warn_not_stochastic(
@@ -405,6 +415,14 @@ def _member_inputs(members: Sequence[Member], inputs: Any) -> list[torch.Tensor]
     return tensors
 
 
+def _member_meta(member: Member, metadata: Sequence[Mapping[str, Any] | None] | None, n: int) -> torch.Tensor | None:
+    """Encoded metadata ``(n, D)`` for a fusion member (None entries: missing); None for other members."""
+    encode = getattr(member.model, "encode_metadata", None)
+    if metadata is None or encode is None:
+        return None
+    return encode([r if r is not None else {} for r in metadata], n)
+
+
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -417,6 +435,7 @@ def ensemble_mc_predict(
     include_backbone: bool = True,
     seed: int | None = None,
     chunk: int | None = 256,
+    metadata: Sequence[Mapping[str, Any] | None] | None = None,
 ) -> MCResult:
     """MC dropout over an ensemble: the weighted mixture of every member's T samples.
 
@@ -425,7 +444,9 @@ def ensemble_mc_predict(
     Member m's samples get weight ``w_m / T`` (weights normalised to sum 1) and its logits are divided
     by its ``temperature``. The mixture's mutual information therefore includes the disagreement
     between members as well as each member's dropout variability (Lakshminarayanan et al. 2017;
-    Depeweg et al. 2018). The result holds ``M * T`` samples, member-major.
+    Depeweg et al. 2018). The result holds ``M * T`` samples, member-major. ``metadata``: one record
+    per image (``{"age": 55, "sex": "male", "site": "back"}``, None: missing) fed to metadata fusion
+    members with their images; image-only members ignore it.
     """
     members = list(members)
     if not members:
@@ -445,7 +466,8 @@ def ensemble_mc_predict(
         for member, x in zip(members, tensors):
             temperature = _check_temperature(member.temperature)
             log_p, active = _mc_log_probs(
-                member.model, member.backbone, x, n_samples, temperature, include_backbone, chunk
+                member.model, member.backbone, x, n_samples, temperature, include_backbone, chunk,
+                _member_meta(member, metadata, int(x.shape[0])),
             )
             samples.append(log_p.exp().numpy())
             layers.extend(f"{member.name}:{a}" for a in active)

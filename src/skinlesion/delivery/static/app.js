@@ -79,6 +79,10 @@ async function upload(file) {
   form.append("file", file, file.name);
   const spacing = $("spacing").value.trim();
   if (spacing) form.append("pixel_spacing_mm", spacing);
+  for (const field of ["age", "sex", "site"]) {
+    const value = $(field).value.trim();
+    if (value) form.append(field, value);
+  }
   $("status").textContent = `Analysing ${file.name}…`;
   $("result").dataset.state = "loading";
   let r, body;
@@ -154,6 +158,24 @@ function uncertainty(unc) {
   for (const w of unc.warnings || []) box.append(el("p", { class: "small" }, `Warning: ${w}`));
 }
 
+function metadataInfo(md) {
+  // What the metadata fusion members received (the result's "metadata"); absent in older services.
+  const box = $("metadata");
+  if (!md) { box.replaceChildren(el("p", { class: "muted" }, "Not reported by this service.")); return; }
+  const members = md.members_using_metadata || [];
+  const parts = [];
+  if (!members.length) {
+    parts.push(el("p", { class: "muted" }, "This bundle's models use the image only; metadata is not used."));
+  } else if (!md.used) {
+    parts.push(el("p", {}, `Not given: predicted as if age, sex and site were unknown (members ${members.join(", ")} were trained for missing metadata).`));
+  } else {
+    const shown = Object.entries(md.used).map(([k, v]) => `${k} ${v === null ? "unknown" : v}`).join(", ");
+    parts.push(el("p", {}, `Used by ${members.join(", ")}: ${shown}.`));
+  }
+  for (const [k, why] of Object.entries(md.ignored || {})) parts.push(el("p", { class: "muted small" }, `${k} not used: ${why}.`));
+  box.replaceChildren(...parts);
+}
+
 function table(rows) {
   const t = el("table", { class: "kv" });
   for (const [k, v] of rows) t.append(el("tr", {}, el("th", {}, k), el("td", {}, v)));
@@ -201,6 +223,7 @@ async function render(res, file) {
   probabilityBars(pred);
   review(res.uncertainty);
   uncertainty(res.uncertainty);
+  metadataInfo(res.metadata);
   abcde(res);
   const b = res.bundle;
   $("provenance").replaceChildren(...table([

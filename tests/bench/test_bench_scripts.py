@@ -1,0 +1,78 @@
+"""Smoke tests of bench/quality.py and bench/speed.py on the tiny session bundle (seconds, not results)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _run(name: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict | None, str]:
+    rc = _script(name).main(argv)
+    out, err = capsys.readouterr()
+    return rc, (json.loads(out) if rc == 0 else None), err
+
+
+def test_quality_rows_targets_and_cache(calibrated_bundle: Path, tiny_members: list[Path], tmp_path: Path, capsys) -> None:
+    argv = ["--bundle", str(calibrated_bundle), "--baseline", str(tiny_members[0]), "--n-boot", "5",
+            "--cache-dir", str(tmp_path / "cache")]
+    rc, first, _ = _run("quality", argv, capsys)
+    assert rc == 0
+    rows = first["rows"]
+    names = [m["name"] for m in first["bundle"]["members"]]
+    assert list(rows) == ["baseline", *(f"member:{n}" for n in names), "ensemble", "ensemble_tta", "shipped"]
+    assert rows["baseline"]["same_weights_as_member"] is not None  # member a is the baseline's checkpoint
+    assert rows["baseline"]["bacc"] == rows[f"member:{rows['baseline']['same_weights_as_member']}"]["bacc"]
+    shipped = rows["shipped"]
+    assert {"ece_before", "ece_after"} <= shipped["calibration"].keys()
+    assert shipped["targets"]["MEL"]["sensitivity"]["target"] == 0.6
+    assert set(first["side_by_side"]["bacc"]) == set(rows)
+    assert "shipped_no_metadata" not in rows  # image-only members
+    assert not first["subsampled"]
+
+    rc, again, _ = _run("quality", [*argv, "--reuse"], capsys)
+    assert rc == 0
+    assert all(e["images_run"] == 0 for e in again["logits"])
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds_metrics"}  # noqa: E731
+    assert {k: strip(v) for k, v in again["rows"].items()} == {k: strip(v) for k, v in rows.items()}
+
+
+def test_quality_refuses_a_baseline_on_another_split(calibrated_bundle: Path, tiny_members: list[Path], tmp_path: Path, capsys) -> None:
+    ckpt = tmp_path / "other" / "checkpoint"
+    shutil.copytree(tiny_members[0], ckpt)
+    meta = json.loads((ckpt / "checkpoint.json").read_text())
+    meta["data"]["split_hash"] = "0" * 64
+    (ckpt / "checkpoint.json").write_text(json.dumps(meta))
+    rc, _, err = _run("quality", ["--bundle", str(calibrated_bundle), "--baseline", str(ckpt), "--cache-dir", str(tmp_path)], capsys)
+    assert rc == 2
+    assert "was trained on split 0000" in err and "cannot be compared" in err
+
+
+def test_speed_training_predict_and_explain(calibrated_bundle: Path, capsys) -> None:
+    argv = ["--bundle", str(calibrated_bundle), "--synthetic", "--image-size", "96x128", "--repeats", "1", "--warmup", "0",
+            "--batches", "1", "2", "--train-steps", "1", "--train-warmup", "0"]
+    rc, res, _ = _run("speed", argv, capsys)
+    assert rc == 0
+    assert [t["source"] for t in res["training"]] == ["measured", "measured"]
+    assert all(t["train_images_per_s"] > 0 and t["from_wall_time"]["images_per_s"] > 0 for t in res["training"])
+    assert [p["batch"] for p in res["predict"]] == [1, 2]
+    for p in res["predict"]:
+        assert p["probabilities+decision"]["per_image_ms"]["median"] > 0 and p["full_record"]["images_per_s"] > 0
+    assert res["bundle"]["mc_samples"] == 3 and res["bundle"]["full_record_has_review_flag"]
+    assert res["explain"]["given_record"]["per_image_ms"]["median"] > 0
+    assert res["threads"]["torch_intra_op"] == 1
+    assert res["image_shape"] == [96, 128, 3]
