@@ -135,3 +135,19 @@ def test_review_on_a_checkpoint_reports_without_saving(tiny_members: list[Path])
     assert res["persisted"] is False and res["bundle"] == str(tiny_members[0])
     assert 0.0 <= res["test"]["flagged_fraction"] <= 1.0
     assert not (tiny_members[0] / "bundle.json").exists()
+
+
+def test_split_uncertainty_feeds_the_tables_metadata_to_fusion_members(fusion_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import skinlesion.uncertainty.evaluate as ue
+
+    seen: list = []
+    real = ue.bundle_mc_predict
+
+    def spy(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        seen.extend(k.get("metadata") or [])
+        return real(*a, **k)
+
+    monkeypatch.setattr(ue, "bundle_mc_predict", spy)
+    out = uncertainty_over_split(fusion_bundle, "val", n_samples=2, batch_size=4, max_images=8, seed=0)
+    assert len(seen) == len(out["y"]) == 8
+    assert any(r.get("sex") in ("male", "female") for r in seen) and all(set(r) <= {"age", "sex", "site"} for r in seen)

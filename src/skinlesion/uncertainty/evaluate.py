@@ -66,6 +66,18 @@ def _tempered_members(bundle: Any) -> list[Any]:
     return out
 
 
+def table_records(table: Any, rows: Sequence[int]) -> list[dict[str, Any]]:
+    """Metadata records (age, sex, site; missing values left out) of table rows, for fusion members."""
+    import pandas as pd
+
+    cols = [c for c in ("age", "sex", "site") if c in table.frame.columns]
+    out = []
+    for i in rows:
+        row = table.frame.iloc[int(i)]
+        out.append({c: row[c] for c in cols if not pd.isna(row[c])})
+    return out
+
+
 def bundle_mc_predict(
     bundle: Any,
     images: Sequence[np.ndarray],
@@ -125,11 +137,13 @@ def uncertainty_over_split(
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ARRAYS}
     stochastic = False
     for b, start in enumerate(range(0, rows.size, batch_size)):
-        images = [table.load_image(int(i)) for i in rows[start : start + batch_size]]
+        batch = rows[start : start + batch_size]
+        images = [table.load_image(int(i)) for i in batch]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotStochasticWarning)
             res = bundle_mc_predict(
-                bundle, images, n_samples=n_samples, include_backbone=include_backbone, seed=seed + b
+                bundle, images, n_samples=n_samples, include_backbone=include_backbone, seed=seed + b,
+                metadata=table_records(table, batch),  # fusion members see what they see in evaluate/predict
             )
         stochastic = stochastic or res.stochastic
         for k in ARRAYS:

@@ -1,0 +1,49 @@
+"""The default bundle that ships inside the package: it loads offline, verifies, documents itself
+and classifies. Fails (does not skip) when it is missing: `--bundle default` and `make run` need it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from skinlesion.delivery.engine import Predictor
+from skinlesion.ensemble.bundle import default_bundle_dir, load_bundle
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def shipped():  # noqa: ANN201
+    path = default_bundle_dir()
+    assert (path / "bundle.json").is_file(), f"{path} holds no bundle.json: run `skinlesion recipe package`"
+    return load_bundle(path)  # verifies every member's sha256
+
+
+def test_shipped_bundle_is_complete_and_small(shipped) -> None:  # noqa: ANN001
+    path = default_bundle_dir()
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    assert size < 60 * 2**20  # tens of MB in the repository, not hundreds
+    assert set(shipped.classes) == {"MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"}
+    assert len(shipped.members) >= 2 and len(shipped.tta.views) == 8
+    assert shipped.thresholds.get("MEL") is not None and shipped.meta.get("review")
+    card = (path / "MODEL_CARD.md").read_text()
+    for needed in ("CC BY-NC 4.0", "lesion-disjoint", "BACC", "MEL", "AKIEC", "ECE", "Limitations", "Intended use"):
+        assert needed in card, needed
+
+
+def test_shipped_bundle_classifies_with_and_without_metadata(shipped) -> None:  # noqa: ANN001
+    from skinlesion.data.synthetic import generate_lesion
+
+    image, _, _ = generate_lesion("MEL", seed=3)
+    p = Predictor(shipped, mc_samples=2)
+    (plain,) = p.predict([image])
+    (with_meta,) = p.predict([image], metadata=[{"age": 70, "sex": "male", "site": "back"}])
+    probs = np.array(list(plain["prediction"]["probabilities"].values()))
+    assert probs.sum() == pytest.approx(1.0, abs=1e-5) and plain["prediction"]["decision"] in shipped.classes
+    assert plain["bundle"]["id"] == shipped.bundle_id
+    used = with_meta["metadata"]["used"]
+    assert used["sex"] == "male" and used["site"] == "back" and float(used["age"]) == 70.0
+    assert with_meta["prediction"]["probabilities"] != plain["prediction"]["probabilities"]  # fusion members use it
+    assert json.dumps(with_meta)  # JSON-ready
