@@ -33,7 +33,6 @@ same weights as a member reuses that member's identity-view logits. Logs go to s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
@@ -46,16 +45,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decision_quality import KEYS, summarise  # noqa: E402  (bench/ is not a package)
+from _cli import BenchError, json_main  # noqa: E402  (bench/ is not a package)
+from decision_quality import KEYS, summarise  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BASELINE = "runs/cpu-ham10000-lite0"
 CACHE_DIR = "bench-cache"
-
-
-class BenchError(Exception):
-    """A user-facing problem with the arguments (printed without a traceback)."""
 
 
 # -- arguments --------------------------------------------------------------------------------------
@@ -445,25 +441,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from skinlesion.errors import SkinLesionError
-
-    args = parse_args(argv)
-    if not logging.getLogger().handlers:  # a script run; a caller (pytest) keeps its own logging
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    out = sys.stdout
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # whatever a library prints: stdout carries the JSON only
-            result = run(args)
-    except (BenchError, SkinLesionError) as e:
-        print(f"quality.py: error: {e}", file=sys.stderr)
-        return 2
-    out.write(json.dumps(result, indent=1, allow_nan=False) + "\n")
-    out.flush()
-    return 0
+    return json_main("quality.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,7 @@ Logs go to stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import json
 import logging
 import os
 import platform
@@ -47,8 +45,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from onnx_speed import cpu_info, load_images, stats  # noqa: E402  (bench/ is not a package)
-from quality import BenchError, resolve_bundle_path  # noqa: E402
+from _cli import json_main  # noqa: E402  (bench/ is not a package)
+from onnx_speed import cpu_info, load_images, stats  # noqa: E402
+from quality import resolve_bundle_path  # noqa: E402
 
 log = logging.getLogger("bench.speed")
 RECORDED_FIELD = "train_images_per_s"  # checkpoint.json training.<field>, when training records it
@@ -342,25 +341,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from skinlesion.errors import SkinLesionError
-
-    args = parse_args(argv)
-    if not logging.getLogger().handlers:  # a script run; a caller (pytest) keeps its own logging
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    out = sys.stdout
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # whatever a library prints: stdout carries the JSON only
-            result = run(args)
-    except (BenchError, SkinLesionError) as e:
-        print(f"speed.py: error: {e}", file=sys.stderr)
-        return 2
-    out.write(json.dumps(result, indent=1, allow_nan=False) + "\n")
-    out.flush()
-    return 0
+    return json_main("speed.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":
