@@ -418,8 +418,13 @@ def create_app(
         h, w = image.shape[:2]
         return data, image, {"name": file.filename, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "width": w, "height": h}
 
-    def patient(age: str | None, sex: str | None, site: str | None) -> dict[str, Any] | None:
-        """The form's metadata, normalised (None: none given); 422 before any model runs."""
+    def patient(
+        age: str | None = Form(None, description=AGE_HELP),
+        sex: str | None = Form(None, description=SEX_HELP),
+        site: str | None = Form(None, description=SITE_HELP),
+    ) -> dict[str, Any] | None:
+        """The form's metadata (a dependency of /predict and /explain), normalised (None: none given);
+        422 before any model runs."""
         try:
             record = normalise_metadata({"age": age, "sex": sex, "site": site}, "the form")
         except MetadataError as e:
@@ -477,14 +482,11 @@ def create_app(
     def predict(
         response: Response,
         file: UploadFile = File(..., description="A dermoscopic image: 8-bit RGB JPEG/PNG/TIFF/BMP/WebP."),
-        age: str | None = Form(None, description=AGE_HELP),
-        sex: str | None = Form(None, description=SEX_HELP),
-        site: str | None = Form(None, description=SITE_HELP),
         user_id: str = Depends(user),
+        record_in: dict[str, Any] | None = Depends(patient),
     ) -> dict[str, Any]:
         """Probabilities, the decision and the threshold that made it, MC-dropout uncertainty and the review flag."""
         started, request_id = time.perf_counter(), uuid.uuid4().hex
-        record_in = patient(age, sex, site)
         data, image, meta = accept(file)
         if record_in is None:
             record = run_model(request_id, predictor.predict, [image])[0]
@@ -498,14 +500,11 @@ def create_app(
         response: Response,
         file: UploadFile = File(..., description="A dermoscopic image: 8-bit RGB JPEG/PNG/TIFF/BMP/WebP."),
         pixel_spacing_mm: float | None = Form(None, gt=0, allow_inf_nan=False, description="mm per pixel; without it ABCDE sizes stay in pixels."),
-        age: str | None = Form(None, description=AGE_HELP),
-        sex: str | None = Form(None, description=SEX_HELP),
-        site: str | None = Form(None, description=SITE_HELP),
         user_id: str = Depends(user),
+        record_in: dict[str, Any] | None = Depends(patient),
     ) -> dict[str, Any]:
         """/predict plus the Grad-CAM++ overlay, the segmentation outline, ABCDE and the Total Dermoscopy Score."""
         started, request_id = time.perf_counter(), uuid.uuid4().hex
-        record_in = patient(age, sex, site)
         data, image, meta = accept(file)
 
         def work() -> tuple[dict[str, Any], dict[str, str]]:
