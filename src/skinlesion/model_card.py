@@ -30,6 +30,10 @@ def _ci(iv: dict[str, Any] | None) -> str:
     return f"{iv['estimate']:.3f} [{_f(iv.get('low'))}, {_f(iv.get('high'))}]"
 
 
+def _pair(ci: Any) -> str:
+    return "[n/a]" if not ci else f"[{_f(ci[0])}, {_f(ci[1])}]"
+
+
 def _delta(a: Any, b: Any) -> str:
     return "n/a" if a is None or b is None else f"{float(a) - float(b):+.3f}"
 
@@ -131,8 +135,8 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
             f"(NLL {_f(cal.get('nll_before'))} -> {_f(cal.get('nll_after'))}).\n")
         add("Clinical targets on this split (decision rule):\n")
         for t in metrics.get("targets", []):
-            add(f"- {t['class']}: sensitivity {_f(t.get('sensitivity'))} {t.get('sensitivity_ci')} (target {t.get('target_sensitivity')}) "
-                f"{'met' if t.get('sensitivity_met') else 'NOT met'}; specificity {_f(t.get('specificity'))} {t.get('specificity_ci')} "
+            add(f"- {t['class']}: sensitivity {_f(t.get('sensitivity'))} {_pair(t.get('sensitivity_ci'))} (target {t.get('target_sensitivity')}) "
+                f"{'met' if t.get('sensitivity_met') else 'NOT met'}; specificity {_f(t.get('specificity'))} {_pair(t.get('specificity_ci'))} "
                 f"(target {t.get('target_specificity')}) {'met' if t.get('specificity_met') else 'NOT met'}.")
         add("")
     quality = out / "quality.json"
