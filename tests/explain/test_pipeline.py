@@ -114,10 +114,19 @@ def test_explain_flags_for_review_with_the_bundle_threshold(tiny_bundle: Path, l
 
     work = tmp_path / "b"
     shutil.copytree(tiny_bundle, work)
-    fit_review_flag(work, n_samples=3, score="max_prob", goal="coverage", target=1.0)  # flag everything
+    fit_review_flag(work, n_samples=3, score="max_prob", goal="coverage", target=1.0)  # every validation case
     path, _, _ = lesion
-    result, _ = explain_image(load_bundle(work), np.asarray(Image.open(path).convert("RGB")))
+    image = np.asarray(Image.open(path).convert("RGB"))
+    result, _ = explain_image(load_bundle(work), image)
     assert result["uncertainty"]["n_samples"] == 3  # as many passes as the flag was fitted with
     review = result["uncertainty"]["review"]
-    assert review["flag"] is True and review["score"] == "max_prob"
-    assert review["goal"].startswith("coverage 1.0") and "validation" in review["goal"]
+    assert review["score"] == "max_prob" and review["goal"].startswith("coverage 1.0") and "validation" in review["goal"]
+    # The threshold flags every validation case, not every possible image: a new image more confident than
+    # all of them is not flagged. The flag must follow the stored threshold either way.
+    assert review["flag"] is (review["value"] <= review["threshold"])
+    meta_path = work / "bundle.json"
+    meta = json.loads(meta_path.read_text())
+    meta["review"]["threshold"] = 1.0  # max_prob <= 1 always: flags everything
+    meta_path.write_text(json.dumps(meta))
+    flagged, _ = explain_image(load_bundle(work), image)
+    assert flagged["uncertainty"]["review"]["flag"] is True
