@@ -15,7 +15,10 @@ been trained on the same split: its split hash is checked):
 * ``shipped``: ensemble + TTA + calibrated thresholds (the bundle's decision rule), what
   ``predict``/``serve`` return;
 * ``shipped_no_metadata`` (bundles with metadata fusion members only): the shipped configuration
-  with the patient metadata hidden, what a user gets who gives no metadata.
+  with the patient metadata hidden, what a user gets who gives no metadata: every image is decided
+  by the bundle's without-metadata operating point (``decision.without_metadata``: temperature and
+  thresholds fitted on validation with the metadata hidden) when the bundle has one, else by the
+  main point; ``operating_point`` says which, and the targets are checked with its thresholds.
 
 Per row: BACC, malignant BACC and MEL/AKIEC sensitivity/specificity with lesion-bootstrap 95%
 intervals (``decision_quality.summarise``: same resamples for every row, so the intervals are
@@ -242,10 +245,11 @@ def subsample_lesions(table: Any, max_images: int | None, seed: int) -> Any:
 
 
 # -- metrics ---------------------------------------------------------------------------------------
-def target_specs(bundle: Any) -> dict[str, dict[str, Any]]:
-    """The bundle's calibrated targets: ``{class: decision.thresholds[class]}`` with a target."""
+def target_specs(bundle: Any, operating_point: str = "with_metadata") -> dict[str, dict[str, Any]]:
+    """The bundle's calibrated targets: ``{class: decision.thresholds[class]}`` with a target (the
+    thresholds of ``operating_point``: ``without_metadata`` reads ``decision.without_metadata`` when present)."""
     return {
-        c: s for c, s in bundle.meta["decision"].get("thresholds", {}).items()
+        c: s for c, s in bundle.threshold_specs(operating_point).items()
         if s.get("target_sensitivity") is not None or s.get("target_specificity") is not None
     }
 
@@ -294,19 +298,18 @@ def row_metrics(
     return row
 
 
-def calibration(y: np.ndarray, bundle: Any, logits: list[np.ndarray]) -> dict[str, Any]:
-    """ECE/NLL of the TTA ensemble before and after the bundle's temperature scaling."""
+def calibration(y: np.ndarray, bundle: Any, logits: list[np.ndarray], operating_point: str = "with_metadata") -> dict[str, Any]:
+    """ECE/NLL of the TTA ensemble before and after the temperature scaling of ``operating_point``."""
     from skinlesion.metrics.calibration import expected_calibration_error, negative_log_likelihood
 
     before = np.exp(bundle.log_probs(logits, calibrated=False))
-    after = np.exp(bundle.log_probs(logits))
+    after = np.exp(bundle.log_probs(logits, operating_point=operating_point))
     return {
         "ece_before": round(expected_calibration_error(y, before), 4),
         "ece_after": round(expected_calibration_error(y, after), 4),
         "nll_before": round(negative_log_likelihood(y, before), 4),
         "nll_after": round(negative_log_likelihood(y, after), 4),
-        "temperature": {"mode": bundle.temperature_mode, "ensemble": bundle.ensemble_temperature,
-                        "members": {m.name: m.temperature for m in bundle.members}},
+        "temperature": bundle.temperatures_for(operating_point),
     }
 
 
@@ -352,9 +355,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets = target_specs(bundle)
     rows: dict[str, dict[str, Any]] = {}
 
-    def add(name: str, description: str, pred: np.ndarray, **extra: Any) -> None:
+    def add(name: str, description: str, pred: np.ndarray, row_targets: dict[str, dict[str, Any]] | None = None, **extra: Any) -> None:
         log.info("metrics: %s", name)
-        rows[name] = {"description": description, **extra, **row_metrics(y, pred, groups, classes, args.n_boot, targets)}
+        goals = targets if row_targets is None else row_targets
+        rows[name] = {"description": description, **extra, **row_metrics(y, pred, groups, classes, args.n_boot, goals)}
 
     if baseline is not None:
         bm = baseline.members[0]
@@ -374,9 +378,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shipped.decision, metadata="from the table" if fusion else None, calibration=calibration(y, bundle, logits),
         threshold_fired_fraction=round(float((shipped.fired >= 0).mean()), 4))
     if hidden is not None:
-        no_meta = bundle.predict_from_logits(hidden)
+        no_meta = bundle.predict_from_logits(hidden, metadata_given=np.zeros(len(y), dtype=bool))
+        point = bundle.resolve_operating_point("without_metadata")
         add("shipped_no_metadata", "the shipped configuration with the patient metadata hidden (none given)",
-            no_meta.decision, metadata="hidden", calibration=calibration(y, bundle, hidden),
+            no_meta.decision, row_targets=target_specs(bundle, point), metadata="hidden", operating_point=point,
+            calibration=calibration(y, bundle, hidden, point),
             threshold_fired_fraction=round(float((no_meta.fired >= 0).mean()), 4))
     t_metrics = time.perf_counter() - t2
 

@@ -100,3 +100,20 @@ def fusion_bundle(tiny_members: list[Path], tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("fusion") / "bundle"
     build_bundle([fusion, tiny_members[0]], out, weighting="uniform", tta="flips", temperature="none")
     return out
+
+
+@pytest.fixture(scope="session")
+def calibrated_fusion_bundle(fusion_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fusion bundle's two members rebuilt with an ensemble temperature and calibrated for MEL and
+    AKIEC targets (point estimates): it has both operating points (``decision.without_metadata``)
+    and ``validation_no_metadata.npz``. Shared by the session: copy it before changing it."""
+    import json
+
+    from skinlesion.calibration.thresholds import Target
+    from skinlesion.ensemble.build import build_bundle, calibrate_bundle
+
+    members = [m["source_checkpoint"] for m in json.loads((fusion_bundle / "bundle.json").read_text())["members"]]
+    out = tmp_path_factory.mktemp("fusion-calibrated") / "bundle"
+    build_bundle(members, out, weighting="uniform", tta="flips", temperature="ensemble")
+    calibrate_bundle(out, [Target("MEL", 0.6, 0.5), Target("AKIEC", 0.5, 0.5)], confidence=None)
+    return out

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from skinlesion.cli.main import app
 from skinlesion.ensemble.bundle import load_bundle
 from skinlesion.errors import ConfigError
+from skinlesion.model_card import validation_curve
 from skinlesion.recipe import load_recipe, package_bundle, run_recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,6 +65,22 @@ def test_run_writes_every_step_and_a_model_card(finished: tuple[Path, Path]) -> 
     assert f"{metrics['decision']['intervals']['bacc']['estimate']:.3f}" in card
     assert "CC BY-NC 4.0" in card and "not a diagnosis" in card and "vs baseline base" in card
     assert "age, sex, site" in card  # member a's metadata features
+    # The epoch evidence: each trained model's validation BACC after every epoch, from its own log.
+    assert "## Validation BACC after each epoch" in card
+    for name in ("a", "b", "base"):
+        curve = validation_curve(out / "members" / name)
+        assert len(curve) == 2  # train.epochs=2
+        assert f"| {name} | 2 | {', '.join(f'{v:.3f}' for _, v in curve)} |" in card
+
+
+def test_validation_curve_keeps_the_last_value_of_a_resumed_epoch(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text(
+        "epoch,step,train_loss_epoch,train_loss_step,val_bacc,val_loss\n"
+        "0,9,,2.2,,\n0,185,,,0.41,1.9\n1,371,,,0.52,1.7\n1,371,,,0.55,1.6\n2,400,,1.1,,\n"
+    )
+    assert validation_curve(tmp_path) == [(1, 0.41), (2, 0.55)]
+    assert validation_curve(tmp_path / "absent") == []
 
 
 def test_rerun_skips_finished_steps(finished: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:

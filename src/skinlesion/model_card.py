@@ -8,6 +8,7 @@ lesion-bootstrap intervals). ``quality.json`` (from ``bench/quality.py``) is add
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,8 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
         f"ECE {_f(val.get('uncalibrated', {}).get('ece'))} -> {_f(val.get('calibrated', {}).get('ece'))}. One training run per "
         "setting: differences of a few hundredths are within run-to-run noise on 1,278 validation images.\n")
 
+    _training_curves(add, out, recipe)
+
     if metrics:
         add(f"## Results on the lesion-disjoint {split} split (95% lesion-bootstrap intervals)\n")
         a, d = metrics["argmax"], metrics["decision"]
@@ -139,6 +142,7 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
                 f"{'met' if t.get('sensitivity_met') else 'NOT met'}; specificity {_f(t.get('specificity'))} {_pair(t.get('specificity_ci'))} "
                 f"(target {t.get('target_specificity')}) {'met' if t.get('specificity_met') else 'NOT met'}.")
         add("")
+    _without_metadata(add, bundle, metrics, split)
     quality = out / "quality.json"
     if quality.is_file():
         add("## Benchmark (`bench/quality.py`)\n")
@@ -153,12 +157,100 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
     add("- Trained and evaluated on 200x150 px copies and a small CPU-trained network: BACC is far below the "
         "ISIC 2018 leaderboard; small classes (DF, VASC, AKIEC) have wide intervals.")
     add("- Classes outside the seven (e.g. SCC, unknown lesions) are forced into one of them.")
-    add("- Metadata (age, sex, site) helps only if entered correctly; without it the model uses its 'missing' "
-        "input (trained with metadata dropout) and its thresholds were calibrated with metadata present.")
+    if dec.get("without_metadata"):
+        add("- Metadata (age, sex, site) helps only if entered correctly; without it the model uses its 'missing' "
+            "input (trained with metadata dropout) and the separate operating point fitted with the metadata hidden "
+            "(see \"Without patient metadata\").")
+    else:
+        add("- Metadata (age, sex, site) helps only if entered correctly; without it the model uses its 'missing' "
+            "input (trained with metadata dropout) and its thresholds were calibrated with metadata present.")
     add("- Thresholds meet targets on validation bounds; on the test split some targets are missed (see above).")
     path = out / "bundle" / "MODEL_CARD.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """``[(epoch (1-based), val BACC)]`` from a training run's ``logs/metrics.csv`` (Lightning CSVLogger);
+    empty when the run has no such log. A resumed run may log an epoch twice: the last value is kept."""
+    path = Path(run_dir) / "logs" / "metrics.csv"
+    if not path.is_file():
+        return []
+    curve: dict[int, float] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            v = (row.get("val_bacc") or "").strip()
+            if v:
+                curve[int(row["epoch"]) + 1] = float(v)
+    return sorted(curve.items())
+
+
+def _training_curves(add: Any, out: Path, recipe: Any) -> None:
+    """Validation BACC after every epoch of every trained model: the evidence for the epoch budget."""
+    specs = [*recipe.members, *([recipe.baseline] if recipe.baseline else [])]
+    rows = [(m.name, validation_curve(out / "members" / m.name)) for m in specs]
+    if not any(c for _, c in rows):
+        return
+    add("## Validation BACC after each epoch\n")
+    add("| model | epochs | validation BACC by epoch (no TTA) | best epoch (kept) |")
+    add("|---|---|---|---|")
+    for name, curve in rows:
+        if curve:
+            best = max(curve, key=lambda e: e[1])
+            add(f"| {name} | {len(curve)} | {', '.join(_f(b) for _, b in curve)} | {best[0]} ({_f(best[1])}) |")
+    add("\nThe checkpoint kept is the epoch of best validation BACC. A best epoch at the end of the run means "
+        "more epochs (more CPU time) would probably still help; one well before the end means the budget is not "
+        "the limit.\n")
+
+
+def _without_metadata(add: Any, bundle: dict[str, Any], metrics: dict[str, Any] | None, split: str) -> None:
+    """The "Without patient metadata" section: the operating point fitted on validation with the
+    metadata hidden (bundle.json ``decision.without_metadata``) and its results on ``split``
+    (metrics.json ``without_metadata``); nothing for a bundle without metadata fusion members."""
+    point = bundle["decision"].get("without_metadata")
+    nm = (metrics or {}).get("without_metadata")
+    if not point and not nm:
+        return
+    add("## Without patient metadata\n")
+    add("What a user who gives no age, sex or site gets (the web page, `make run` and the ONNX engine never pass "
+        "metadata): the fusion members see their 'missing' input, and the prediction uses "
+        + ("a second operating point whose temperature and thresholds were fitted on validation with the metadata hidden."
+           if point else "the main operating point (this bundle has no operating point fitted without metadata).") + "\n")
+    if point:
+        t = point.get("temperature", {})
+        temp = _f(t.get("ensemble")) if t.get("mode") == "ensemble" else (
+            ", ".join(f"{k} {_f(v)}" for k, v in t.get("members", {}).items()) or "none")
+        pv = point.get("validation") or {}
+        add(f"Temperature: {t.get('mode')} ({temp}). Validation decision-rule BACC with the metadata hidden: "
+            f"{_f(pv.get('bacc'))} (the with-metadata point on the same images: "
+            f"{_f((point.get('validation_with_metadata_point') or {}).get('bacc'))}).\n")
+        add("| class | threshold | target sens / spec | on validation (metadata hidden) | how chosen |")
+        add("|---|---|---|---|---|")
+        for c, th in point.get("thresholds", {}).items():
+            add(f"| {c} | {_f(th.get('threshold'), 4)} | {th.get('target_sensitivity')} / {th.get('target_specificity')} | "
+                f"{th.get('status')} (sens {_f(th.get('sensitivity'))}, spec {_f(th.get('specificity'))}) | {th.get('rule')} |")
+        add("")
+    if nm:
+        d, main = nm["decision"], (metrics or {}).get("decision", {})
+        add(f"On the lesion-disjoint {split} split with the metadata hidden ({nm.get('operating_point')} operating point; "
+            "95% lesion-bootstrap intervals):\n")
+        add("| | metadata given | metadata hidden |")
+        add("|---|---|---|")
+        add(f"| BACC (decision rule) | {_ci(main.get('intervals', {}).get('bacc'))} | {_ci(d['intervals'].get('bacc'))} |")
+        add(f"| malignant BACC | {_ci(main.get('intervals', {}).get('malignant_bacc'))} | {_ci(d['intervals'].get('malignant_bacc'))} |")
+        for t in nm.get("targets", []):
+            c = t["class"]
+            add(f"| {c} sensitivity / specificity | {_ci(main.get('intervals', {}).get(f'sensitivity_{c}'))} / "
+                f"{_ci(main.get('intervals', {}).get(f'specificity_{c}'))} | {_ci(d['intervals'].get(f'sensitivity_{c}'))} / "
+                f"{_ci(d['intervals'].get(f'specificity_{c}'))} |")
+        add("\nClinical targets with the metadata hidden (decision rule):\n")
+        for t in nm.get("targets", []):
+            add(f"- {t['class']} (threshold {_f(t.get('threshold'), 4)}): sensitivity {_f(t.get('sensitivity'))} "
+                f"{_pair(t.get('sensitivity_ci'))} (target {t.get('target_sensitivity')}) "
+                f"{'met' if t.get('sensitivity_met') else 'NOT met'}; specificity {_f(t.get('specificity'))} "
+                f"{_pair(t.get('specificity_ci'))} (target {t.get('target_specificity')}) "
+                f"{'met' if t.get('specificity_met') else 'NOT met'}.")
+        add("")
 
 
 def _member_metadata(out: Path, member: dict[str, Any]) -> str:

@@ -193,7 +193,7 @@ def _calibrate(recipe: Recipe, out: Path) -> dict[str, Any]:
     c = recipe.calibrate
     decision = calibrate_bundle(
         out / BUNDLE_DIR, parse_targets(c.targets), confidence=c.confidence or None, bound=c.bound, prefer=c.prefer,
-        fallback=c.fallback, conflict=c.conflict,
+        fallback=c.fallback, conflict=c.conflict, data_root=recipe.data_root,
     )
     return {"thresholds": {k: {"threshold": v.get("threshold"), "status": v.get("status")} for k, v in decision["thresholds"].items()}}
 
@@ -289,7 +289,7 @@ def package_bundle(out: str | Path, into: str | Path) -> Path:
     dest = Path(into)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    keep = ["bundle.json", "MODEL_CARD.md", "members", "split_manifest.csv", "split_manifest.json", "validation.npz"]
+    keep = ["bundle.json", "MODEL_CARD.md", "members", "split_manifest.csv", "split_manifest.json", "validation.npz", "validation_no_metadata.npz"]
     tmp.mkdir(parents=True)
     for name in keep:
         p = src / name

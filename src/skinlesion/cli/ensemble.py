@@ -53,8 +53,15 @@ def calibrate_command(
     fallback: str = typer.Option("keep_sensitivity", "--fallback", help="When infeasible: keep_sensitivity, keep_specificity, youden, none."),
     priority: str | None = typer.Option(None, "--priority", help="Clinical priority, e.g. MEL,BCC,AKIEC (default: most dangerous first)."),
     conflict: str = typer.Option("priority", "--conflict", help="Several thresholds fire: priority order, or largest p/threshold (ratio)."),
+    data_root: str | None = typer.Option(
+        None, "--data-root", help="Dataset folder, when not where the members were trained (bundles with metadata "
+        "fusion members rerun them on the validation images with the metadata hidden)."
+    ),
 ) -> None:
-    """Choose per-class thresholds on validation only and record them in the bundle."""
+    """Choose per-class thresholds on validation only and record them in the bundle.
+
+    A bundle with metadata fusion members also gets a second operating point (temperature and
+    thresholds) fitted on validation with the metadata hidden, used for images given without metadata."""
     from skinlesion.calibration.thresholds import parse_targets
     from skinlesion.ensemble.build import calibrate_bundle
 
@@ -62,7 +69,7 @@ def calibrate_command(
         parsed = parse_targets([t for item in targets for t in item.split()])
         decision = calibrate_bundle(
             bundle, parsed, confidence=confidence or None, bound=bound, prefer=prefer, fallback=fallback,
-            priority=priority.split(",") if priority else None, conflict=conflict,
+            priority=priority.split(",") if priority else None, conflict=conflict, data_root=data_root,
         )
     for c, t in decision["thresholds"].items():
         thr = "none" if t["threshold"] is None else f"{t['threshold']:.4f}"
@@ -75,3 +82,11 @@ def calibrate_command(
         if t["status"] != "met":
             console.print(f"       [yellow]{escape(t['reason'])}[/]")
     console.print(f"priority: {' > '.join(decision['priority'])}; validation BACC of the decision rule {decision['validation']['bacc']:.3f}")
+    nm = decision.get("without_metadata")
+    if nm:
+        thr = ", ".join(f"{c} {'none' if t['threshold'] is None else format(t['threshold'], '.4f')} ({t['status']})"
+                        for c, t in nm["thresholds"].items())
+        console.print(
+            f"without metadata (fitted on validation with metadata hidden): thresholds {thr}; validation BACC "
+            f"{nm['validation']['bacc']:.3f} (the with-metadata point gives {nm['validation_with_metadata_point']['bacc']:.3f})"
+        )

@@ -18,6 +18,8 @@ Outputs in the out folder:
 
 * ``predictions.csv``: the ISIC submission columns (``image``, then one probability column per
   class in the bundle's order) followed by :data:`DETAIL_COLUMNS` (decision, the rule that made it,
+  the operating point whose temperature and thresholds were used (``with_metadata``, or
+  ``without_metadata`` for an image given without metadata to a bundle fitted for that case),
   review flag, MC-dropout uncertainty in nats, the metadata used (empty: missing), provenance).
 * ``rejected.csv``: :data:`REJECTED_COLUMNS`, one row per input that is not a usable 8-bit RGB
   image, with the reason code of :class:`~skinlesion.delivery.images.ImageRejected`.
@@ -74,7 +76,7 @@ RUN_JSON = "run.json"
 REPORTS_DIR = "reports"
 #: predictions.csv columns after ``image`` and the class probabilities.
 DETAIL_COLUMNS = (
-    "decision", "decided_by", "threshold_fired", "argmax", "review_flag", "review_score_name", "review_value",
+    "decision", "decided_by", "threshold_fired", "operating_point", "argmax", "review_flag", "review_score_name", "review_value",
     "predictive_entropy", "aleatoric_expected_entropy", "epistemic_mutual_information", "max_probability",
     *FIELDS, "path", "input_sha256", "bundle_id", "engine", "report",
 )
@@ -379,7 +381,7 @@ def prediction_row(
     row = {"image": image_id, **{c: _fmt(float(p["probabilities"][c])) for c in classes}}
     row.update(
         decision=p["decision"], decided_by=p["decided_by"], threshold_fired=_fmt(p.get("threshold_fired")),
-        argmax=p["argmax"], review_flag=_fmt(review.get("flag")), review_score_name=_fmt(review.get("score")),
+        operating_point=_fmt(p.get("operating_point_name")), argmax=p["argmax"], review_flag=_fmt(review.get("flag")), review_score_name=_fmt(review.get("score")),
         review_value=_fmt(review.get("value")),
         **{k: _fmt(u.get(k)) for k in _UNCERTAINTY_COLUMNS},
         **{f: _fmt(used.get(f)) for f in FIELDS},

@@ -14,6 +14,11 @@ Patient metadata (age, sex, site; :mod:`skinlesion.delivery.metadata`) is option
 fed to metadata fusion members in the prediction, the MC-dropout passes and the attention maps, and
 every record says under ``metadata`` what was used. ONNX graphs take the image only, so the ONNX
 engine refuses metadata for a bundle with fusion members (:class:`MetadataUnsupportedError`).
+
+An image whose fusion members receive no metadata value is decided by the bundle's
+*without-metadata* operating point (temperature and thresholds fitted on validation with the
+metadata hidden, ``decision.without_metadata``) when the bundle has one; every record names the
+operating point used (``operating_point``, ``operating_point_name``) and gives its thresholds.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from skinlesion.delivery.metadata import (
     normalise_metadata,
     normalise_records,
 )
-from skinlesion.ensemble.bundle import Bundle, BundlePrediction
+from skinlesion.ensemble.bundle import WITH_METADATA, WITHOUT_METADATA, Bundle, BundlePrediction
 from skinlesion.metrics.classification import to_jsonable
 
 ENGINES = ("torch", "onnx")
@@ -88,12 +93,31 @@ def make_engine(
     raise ValueError(f"The 'engine' parameter must be one of {ENGINES}. Got {engine!r} instead.")
 
 
+def operating_point_text(bundle: Bundle, name: str, metadata_given: bool) -> str:
+    """Which temperature and thresholds decided an image, in words (the record's ``operating_point``)."""
+    if name == WITHOUT_METADATA:
+        return "without metadata (temperature and thresholds fitted on validation with metadata hidden)"
+    if not bundle.fusion_members:
+        return "the bundle's (temperature and thresholds fitted on validation; no member uses metadata)"
+    if metadata_given:
+        return "with metadata (temperature and thresholds fitted on validation with metadata)"
+    fix = "recalibrate it with `skinlesion calibrate BUNDLE`" if bundle.path is not None else "a bare checkpoint is never calibrated"
+    return (
+        "with metadata (temperature and thresholds fitted on validation with metadata), although none was given: "
+        f"this bundle has no operating point fitted without metadata ({fix})"
+    )
+
+
 def decision_records(bundle: Bundle, pred: BundlePrediction) -> list[dict[str, Any]]:
-    """Per image: probabilities, argmax, decision and what decided it (threshold or argmax)."""
-    thresholds = bundle.thresholds
+    """Per image: probabilities, argmax, decision and what decided it (threshold or argmax), and the
+    operating point (with or without metadata) whose temperature and thresholds were used."""
+    points = {name: bundle.thresholds_for(name) for name in (WITH_METADATA, WITHOUT_METADATA)}
+    conflict = bundle.meta["decision"].get("conflict", "priority")
     out = []
     for i in range(len(pred.decision)):
         fired = int(pred.fired[i])
+        name = str(pred.operating_point[i])  # type: ignore[index]
+        thresholds = points[name]
         out.append(
             {
                 "probabilities": dict(zip(bundle.classes, pred.probs[i].astype(float).tolist(), strict=True)),
@@ -105,7 +129,9 @@ def decision_records(bundle: Bundle, pred: BundlePrediction) -> list[dict[str, A
                 "threshold_fired": bundle.classes[fired] if fired >= 0 else None,
                 "thresholds": thresholds,
                 "priority": bundle.priority if thresholds else None,
-                "conflict": bundle.meta["decision"].get("conflict", "priority") if thresholds else None,
+                "conflict": conflict if thresholds else None,
+                "operating_point": operating_point_text(bundle, name, bool(pred.metadata_given[i])),  # type: ignore[index]
+                "operating_point_name": name,
             }
         )
     return out
@@ -253,7 +279,9 @@ class Predictor:
         with self.lock:
             # Without metadata, the call of the original Engine protocol (engines that take images only).
             logits = self.engine.view_logits(images) if records is None else self.engine.view_logits(images, metadata=records)
-            pred = self.bundle.predict_from_logits(logits)
+            # Images without any metadata value (always, on image-only engines) use the bundle's
+            # without-metadata operating point when it has one.
+            pred = self.bundle.predict_from_logits(logits, metadata_given=self.bundle.metadata_given(records, len(images)))
             unc = (
                 uncertainty_records(self.bundle, images, self.mc_samples, self.seed, metadata=records)
                 if self.mc_samples > 0 else None

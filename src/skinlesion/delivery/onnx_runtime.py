@@ -19,7 +19,10 @@ exported. Each error names the file and the command that fixes it.
 
 The graphs take the image only: for a bundle with metadata fusion members the engine refuses
 metadata (:class:`~skinlesion.delivery.metadata.MetadataUnsupportedError`; without metadata their
-graphs give the prediction for "metadata missing", as ``model(x)`` does).
+graphs give the prediction for "metadata missing", as ``model(x)`` does). Every image is therefore
+decided by the bundle's without-metadata operating point (temperature and thresholds fitted on
+validation with the metadata hidden) when it has one: :class:`~skinlesion.delivery.engine.Predictor`
+marks every image as given without metadata.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ headings and ids):
 1. header: title, the notice (:data:`~skinlesion.delivery.engine.NOTICE`, ``p.notice``) and, when
    the review flag fired, a ``div.review`` banner;
 2. ``#decision``: decision, what decided it (a class threshold or the most probable class),
-   argmax, and the decision rule (thresholds, priority order, conflict rule);
+   argmax, the operating point (with or without metadata) and the decision rule (its thresholds,
+   priority order, conflict rule);
 3. ``#probabilities``: bar chart of the class probabilities with a marker at each class threshold,
    and the same numbers as a table;
 4. ``#images``: the image, the Grad-CAM++ overlay and the segmentation outline (at most
@@ -198,7 +199,8 @@ def _decision(result: Mapping[str, Any]) -> str:
         f'<p class="decision">Decision: <strong>{_e(d)}</strong> (p = {_num(probs.get(d), 3)}), decided by '
         f"{_e(pred.get('decided_by'))}.</p>"
         f"<p>Most probable class (argmax): {_e(pred.get('argmax'))}.</p>"
-        f"<p>Review flag: <strong>{_flag_text(result.get('uncertainty'))}</strong> (see Uncertainty).</p>" + _rule(pred)
+        + (f"<p>Operating point: {_e(pred['operating_point'])}.</p>" if pred.get("operating_point") else "")
+        + f"<p>Review flag: <strong>{_flag_text(result.get('uncertainty'))}</strong> (see Uncertainty).</p>" + _rule(pred)
     )
 
 

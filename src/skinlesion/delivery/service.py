@@ -127,9 +127,14 @@ class Prediction(_Open):
     decision: str = Field(description="The class the bundle's decision rule chose.")
     decided_by: str = Field(description="The threshold that fired, or 'most probable class'.")
     threshold_fired: str | None
-    thresholds: dict[str, float | None]
+    thresholds: dict[str, float | None] = Field(description="The thresholds of the operating point that decided.")
     priority: list[str] | None
     conflict: str | None
+    operating_point: str | None = Field(
+        None, description="Whose temperature and thresholds decided, in words: with metadata, or without metadata "
+        "(fitted on validation with the metadata hidden; used when the image came without any metadata value).",
+    )
+    operating_point_name: str | None = Field(None, description="with_metadata or without_metadata.")
 
 
 class Review(_Open):

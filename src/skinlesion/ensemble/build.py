@@ -5,6 +5,13 @@ trained on (refusing members trained on different splits: one member's validatio
 another's training images), fits member temperatures and/or weights and the ensemble temperature,
 and writes the bundle. ``calibrate_bundle`` chooses per-class thresholds on the cached validation
 outputs and records them, with their validation rates and any fallback, in ``bundle.json``.
+
+For a bundle with metadata fusion members ``calibrate_bundle`` also fits the *without-metadata*
+operating point: the validation view logits with the patient metadata hidden (fusion members
+rerun on the validation images; image-only members' logits do not change) are cached in
+``validation_no_metadata.npz``, and an ensemble temperature (the bundle's temperature mode) and
+thresholds (the same targets and options) are fitted on them and recorded under
+``decision.without_metadata``. Images predicted without metadata use that point.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from skinlesion.ensemble.bundle import (
     META,
     TEMPERATURE_MODES,
     VALIDATION_CACHE,
+    VALIDATION_NO_METADATA_CACHE,
+    WITHOUT_METADATA,
     Bundle,
     BundleError,
     _member,
@@ -39,7 +48,7 @@ from skinlesion.ensemble.predict import member_view_logits
 from skinlesion.ensemble.tta import TTAPolicy
 from skinlesion.ensemble.weighting import METHODS as WEIGHTINGS
 from skinlesion.ensemble.weighting import EnsembleWeights
-from skinlesion.errors import CheckpointError
+from skinlesion.errors import CheckpointError, SkinLesionError
 from skinlesion.metrics.calibration import (
     expected_calibration_error,
     negative_log_likelihood,
@@ -215,14 +224,28 @@ def build_bundle(
 
 
 def save_validation_cache(out: Path, table: Any, y: np.ndarray, names: list[str], views: Sequence[str], logits: list[np.ndarray]) -> None:
-    np.savez_compressed(
+    _write_cache(
         out / VALIDATION_CACHE,
-        image_id=np.asarray(table.frame["image_id"].astype(str).tolist(), dtype=str),
-        group=np.asarray(group_ids(table).astype(str).tolist(), dtype=str),
+        np.asarray(table.frame["image_id"].astype(str).tolist(), dtype=str),
+        np.asarray(group_ids(table).astype(str).tolist(), dtype=str),
+        y, names, views, logits,
+    )
+
+
+def _write_cache(
+    path: Path, image_id: np.ndarray, group: np.ndarray, y: np.ndarray, names: Sequence[str], views: Sequence[str],
+    logits: Sequence[np.ndarray], **extra: np.ndarray,
+) -> None:
+    """A validation cache: image ids, groups, labels, member names, views, ``logits_<i>`` ``(N, V, K)``."""
+    np.savez_compressed(
+        path,
+        image_id=np.asarray(image_id, dtype=str),
+        group=np.asarray(group, dtype=str),
         y=y,
-        members=np.asarray(names),
+        members=np.asarray(list(names)),
         views=np.asarray(list(views)),
-        **{f"logits_{i}": z.astype(np.float32) for i, z in enumerate(logits)},
+        **{f"logits_{i}": np.asarray(z).astype(np.float32) for i, z in enumerate(logits)},
+        **extra,
     )
 
 
@@ -245,6 +268,140 @@ def load_validation_cache(bundle: Bundle) -> tuple[list[np.ndarray], np.ndarray,
         return logits, z["y"], z["group"]
 
 
+def _cache_ids(bundle: Bundle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image ids, groups and labels of the bundle's ``validation.npz`` (its row order)."""
+    with np.load(bundle.path / VALIDATION_CACHE, allow_pickle=False) as z:  # type: ignore[operator]
+        return z["image_id"], z["group"], z["y"]
+
+
+def _read_no_metadata_cache(bundle: Bundle, image_id: np.ndarray) -> list[np.ndarray] | None:
+    """The cached hidden-metadata validation logits when ``validation_no_metadata.npz`` was written for
+    these members (names and weights hashes), views and validation images; None (with the reason
+    logged) when it is absent or stale."""
+    path = bundle.path / VALIDATION_NO_METADATA_CACHE  # type: ignore[operator]
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        names = [str(n) for n in z["members"]]
+        views = tuple(str(v) for v in z["views"])
+        hashes = [str(h) for h in z["weights_sha256"]] if "weights_sha256" in z.files else None
+        want_hashes = [str(m.meta.get("weights_sha256")) for m in bundle.members]
+        if names != [m.name for m in bundle.members] or views != bundle.tta.views or hashes != want_hashes:
+            log.info("%s was computed for other members, weights or views: recomputing it", path)
+            return None
+        if z["image_id"].shape != image_id.shape or not (z["image_id"] == image_id).all():
+            log.info("%s was computed for other validation images than %s: recomputing it", path, VALIDATION_CACHE)
+            return None
+        return [z[f"logits_{i}"] for i in range(len(names))]
+
+
+def validation_logits_without_metadata(
+    bundle: Bundle,
+    logits: Sequence[np.ndarray] | None = None,
+    *,
+    data_root: str | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | None = None,
+) -> list[np.ndarray]:
+    """Validation view logits ``M x (N, V, K)`` with the patient metadata hidden, rows as in ``validation.npz``.
+
+    Read from ``validation_no_metadata.npz`` when it matches the members (names, weights hashes),
+    views and validation images; otherwise the fusion members are run over the validation images
+    with all metadata missing (``member_view_logits(..., use_metadata=False)``, as ``bench/quality.py``
+    does), image-only members keep their ``validation.npz`` logits (``logits``; they do not depend
+    on metadata), and the cache is written.
+    """
+    from skinlesion.ensemble.evaluate import load_bundle_split
+
+    if bundle.path is None:
+        raise BundleError("An unsaved bundle (a bare checkpoint) has no validation cache")
+    if logits is None:
+        logits, _, _ = load_validation_cache(bundle)
+    image_id, group, y = _cache_ids(bundle)
+    cached = _read_no_metadata_cache(bundle, image_id)
+    if cached is not None:
+        return cached
+    fusion = bundle.fusion_members
+    try:
+        table = load_bundle_split(bundle, "val", data_root)
+    except SkinLesionError as e:
+        raise BundleError(
+            f"{bundle.path}: members {[m.name for m in fusion]} take patient metadata, so calibration also fits "
+            f"an operating point on validation with the metadata hidden; that needs the validation images (or "
+            f"{VALIDATION_NO_METADATA_CACHE}), which could not be loaded ({e}). Pass the dataset folder (--data-root)."
+        ) from None
+    ids = table.frame["image_id"].astype(str).to_numpy()
+    position = {i: k for k, i in enumerate(ids)}
+    absent = [str(i) for i in image_id if str(i) not in position]
+    if absent:
+        raise BundleError(
+            f"{bundle.path / VALIDATION_CACHE} lists {len(absent)} validation image(s) that the bundle's split does "
+            f"not have (e.g. {absent[:3]}): rebuild the bundle"
+        )
+    order = np.asarray([position[str(i)] for i in image_id], dtype=np.int64)
+    views = bundle.tta.views
+    fusion_names = {m.name for m in fusion}
+    hidden: list[np.ndarray] = []
+    for m, z in zip(bundle.members, logits, strict=True):
+        if m.name in fusion_names:
+            log.info("Validation pass of %s with the metadata hidden (%d images x %d views)", m.name, len(table), len(views))
+            zt = member_view_logits(
+                m, table, views, batch_size=batch_size, num_workers=num_workers, device=device, use_metadata=False
+            )
+            hidden.append(zt[order])
+        else:
+            hidden.append(np.asarray(z))
+    _write_cache(
+        bundle.path / VALIDATION_NO_METADATA_CACHE, image_id, group, y, [m.name for m in bundle.members], views, hidden,
+        weights_sha256=np.asarray([str(m.meta.get("weights_sha256")) for m in bundle.members]),
+    )
+    return hidden
+
+
+def _rates(y: np.ndarray, probs: np.ndarray, decisions: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """BACC, malignant BACC and per-class sensitivity/specificity of ``decisions``."""
+    m = compute_classification_metrics(y, probs, list(classes), y_pred=decisions)
+    return {
+        "bacc": m["bacc"],
+        "malignant_bacc": m["malignant_bacc"],
+        "per_class": {c: {k: m["per_class"][c][k] for k in ("sensitivity", "specificity")} for c in classes},
+    }
+
+
+def _fit_without_metadata(
+    bundle: Bundle, hidden: Sequence[np.ndarray], y: np.ndarray, calibrator: ThresholdCalibrator
+) -> dict[str, Any]:
+    """The without-metadata operating point: temperature(s) of the bundle's mode and thresholds
+    (``calibrator``'s targets and options) fitted on validation logits with the metadata hidden.
+    Also records what the main (with-metadata) point gives on the same logits, for comparison."""
+    mode = bundle.temperature_mode
+    average = bundle.meta["tta"]["average"]
+    temperature: dict[str, Any] = {"mode": mode}
+    if mode == "ensemble":
+        uncal = bundle.log_probs(hidden, calibrated=False)
+        temperature["ensemble"] = TemperatureScaler().fit(uncal, y).temperature_
+    elif mode == "member":
+        fusion = {m.name for m in bundle.fusion_members}
+        temperature["members"] = {
+            m.name: TemperatureScaler(average).fit(z, y).temperature_ if m.name in fusion else m.temperature
+            for m, z in zip(bundle.members, hidden, strict=True)
+        }
+    classes = bundle.classes
+    main_probs = np.exp(bundle.log_probs(hidden))
+    main_decisions, _ = bundle.decide(main_probs)
+    point: dict[str, Any] = {"temperature": temperature, "thresholds": {}}
+    bundle.meta["decision"]["without_metadata"] = point  # log_probs below reads this point's temperature
+    probs = np.exp(bundle.log_probs(hidden, operating_point=WITHOUT_METADATA))
+    calibrator.fit(probs, y, classes)
+    point["thresholds"] = {c: ch.to_dict() for c, ch in calibrator.choices_.items()}
+    point["fitted_on"] = "val, metadata hidden"
+    point["validation"] = _rates(y, probs, calibrator.predict(probs), classes)
+    main = _rates(y, main_probs, main_decisions, classes)
+    point["validation_with_metadata_point"] = {k: main[k] for k in ("bacc", "malignant_bacc")}
+    return point
+
+
 def calibrate_bundle(
     path: str | Path,
     targets: Sequence[Target],
@@ -255,17 +412,37 @@ def calibrate_bundle(
     fallback: str = "keep_sensitivity",
     priority: Sequence[str] | None = None,
     conflict: str = "priority",
+    data_root: str | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Fit per-class thresholds on the bundle's validation outputs and record them in bundle.json."""
+    """Fit per-class thresholds on the bundle's validation outputs and record them in bundle.json.
+
+    With metadata fusion members, also the without-metadata operating point (module docstring);
+    ``data_root``, ``batch_size``, ``num_workers`` and ``device`` serve the validation pass with
+    the metadata hidden when ``validation_no_metadata.npz`` is missing or stale.
+    """
     bundle = load_bundle(path)
     logits, y, _ = load_validation_cache(bundle)
     probs = np.exp(bundle.log_probs(logits))
-    cal = ThresholdCalibrator(
-        targets, confidence=confidence, bound=bound, prefer=prefer, fallback=fallback, priority=priority,
-        conflict=conflict,
-    ).fit(probs, y, bundle.classes)
+
+    def calibrator() -> ThresholdCalibrator:
+        return ThresholdCalibrator(
+            targets, confidence=confidence, bound=bound, prefer=prefer, fallback=fallback, priority=priority,
+            conflict=conflict,
+        )
+
+    cal = calibrator().fit(probs, y, bundle.classes)
     decisions = cal.predict(probs)
     val_metrics = compute_classification_metrics(y, probs, list(bundle.classes), y_pred=decisions)
+    hidden = (
+        validation_logits_without_metadata(
+            bundle, logits, data_root=data_root, batch_size=batch_size, num_workers=num_workers, device=device
+        )
+        if bundle.fusion_members
+        else None
+    )
     meta = bundle.meta
     meta["decision"] = {
         "rule": "priority-threshold",
@@ -292,6 +469,8 @@ def calibrate_bundle(
             },
         },
     }
+    if hidden is not None:
+        _fit_without_metadata(bundle, hidden, y, calibrator())  # sets meta["decision"]["without_metadata"]
     meta.setdefault("history", []).append({"at": _now(), "action": "calibrate", "targets": [t.__dict__ for t in targets]})
     write_meta(bundle.path, meta)  # type: ignore[arg-type]
     return meta["decision"]

@@ -8,16 +8,28 @@ Layout::
       members/<name>/        one checkpoint per member (weights.safetensors + checkpoint.json)
       split_manifest.csv     the lesion-disjoint split every member was trained on (+ .json)
       validation.npz         cached validation view logits (lets ``calibrate`` refit without a rerun)
+      validation_no_metadata.npz
+                             the same with the patient metadata hidden (bundles with metadata fusion
+                             members; cached by ``calibrate`` for the without-metadata operating point)
 
 ``load_bundle`` validates the folder and names whatever is missing or inconsistent. A single
 checkpoint is used as a one-member bundle through :func:`bundle_from_checkpoint`.
+
+**Operating points.** Metadata fusion members shift their probabilities when the patient's age,
+sex and site are missing, so a temperature and thresholds fitted on validation *with* metadata are
+miscalibrated for an image given without any. ``calibrate`` therefore fits, for bundles with
+fusion members, a second operating point on validation with the metadata hidden
+(``decision.without_metadata``: temperature, thresholds and their validation rates). Every
+prediction uses, per image, the point that matches what its fusion members received
+(:meth:`Bundle.predict_from_logits` ``metadata_given``); a bundle without that key uses its one
+point for every image.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +53,12 @@ FORMAT_VERSION = 1
 META = "bundle.json"
 MANIFEST = "split_manifest.csv"
 VALIDATION_CACHE = "validation.npz"
+VALIDATION_NO_METADATA_CACHE = "validation_no_metadata.npz"
+#: Names of the operating points (temperature + thresholds) a prediction row can be decided by.
+WITH_METADATA = "with_metadata"
+WITHOUT_METADATA = "without_metadata"
+OPERATING_POINTS = (WITH_METADATA, WITHOUT_METADATA)
+_POINT_DTYPE = f"U{max(len(p) for p in OPERATING_POINTS)}"
 TEMPERATURE_MODES = ("none", "member", "ensemble")
 REQUIRED = ("format", "format_version", "classes", "members", "tta", "temperature", "decision", "provenance")
 REQUIRED_MEMBER = ("name", "dir", "backbone", "weight", "temperature", "weights_sha256")
@@ -59,6 +77,18 @@ class BundlePrediction:
     decision: np.ndarray  # (N,) decision rule (thresholds + priority); equals argmax without thresholds
     fired: np.ndarray  # (N,) index of the class whose threshold fired, -1 when argmax decided
     member_view_logits: list[np.ndarray] = field(default_factory=list)  # M x (N, V, K)
+    #: (N,) per row the operating point whose temperature and thresholds decided it
+    #: (:data:`WITH_METADATA` or :data:`WITHOUT_METADATA`); None at construction: all WITH_METADATA.
+    operating_point: np.ndarray | None = None
+    #: (N,) per row whether the fusion members received any metadata; None at construction: all True.
+    metadata_given: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.decision)
+        if self.operating_point is None:
+            self.operating_point = np.full(n, WITH_METADATA, dtype=_POINT_DTYPE)
+        if self.metadata_given is None:
+            self.metadata_given = np.ones(n, dtype=bool)
 
 
 @dataclass
@@ -87,7 +117,51 @@ class Bundle:
 
     @property
     def thresholds(self) -> dict[str, float | None]:
+        """Thresholds of the main (with-metadata) operating point."""
         return {c: v.get("threshold") for c, v in self.meta["decision"].get("thresholds", {}).items()}
+
+    @property
+    def without_metadata(self) -> dict[str, Any] | None:
+        """The operating point fitted on validation with the metadata hidden (``decision.without_metadata``), or None."""
+        return self.meta["decision"].get("without_metadata")
+
+    @property
+    def fusion_members(self) -> list[Member]:
+        """Members that take patient metadata (metadata fusion models)."""
+        from skinlesion.models.fusion import MetadataFusionNet
+
+        return [m for m in self.members if isinstance(m.model, MetadataFusionNet)]
+
+    def _point(self, operating_point: str) -> dict[str, Any] | None:
+        """The ``without_metadata`` entry when that point is asked for and the bundle has it; else None (main point)."""
+        if operating_point not in OPERATING_POINTS:
+            raise ValueError(f"The 'operating_point' parameter must be one of {OPERATING_POINTS}. Got {operating_point!r} instead.")
+        return self.without_metadata if operating_point == WITHOUT_METADATA else None
+
+    def resolve_operating_point(self, operating_point: str) -> str:
+        """The point that actually decides when ``operating_point`` is asked for: WITHOUT_METADATA only
+        when the bundle has it, otherwise WITH_METADATA (the bundle's only point)."""
+        return WITHOUT_METADATA if self._point(operating_point) is not None else WITH_METADATA
+
+    def thresholds_for(self, operating_point: str = WITH_METADATA) -> dict[str, float | None]:
+        """Thresholds of ``operating_point`` (the main ones when the bundle has no such point)."""
+        point = self._point(operating_point)
+        if point is None:
+            return self.thresholds
+        return {c: v.get("threshold") for c, v in point.get("thresholds", {}).items()}
+
+    def threshold_specs(self, operating_point: str = WITH_METADATA) -> dict[str, dict[str, Any]]:
+        """``{class: ThresholdChoice dict}`` of ``operating_point`` (targets, validation rates, how chosen)."""
+        point = self._point(operating_point)
+        return dict((point if point is not None else self.meta["decision"]).get("thresholds", {}))
+
+    def temperatures_for(self, operating_point: str = WITH_METADATA) -> dict[str, Any]:
+        """``{"mode", "ensemble", "members": {name: T}}`` of ``operating_point`` (the main ones when absent)."""
+        point = self._point(operating_point)
+        t = (point or {}).get("temperature") or {}
+        members = {m.name: float(t.get("members", {}).get(m.name, m.temperature)) for m in self.members}
+        ensemble = float(t["ensemble"]) if "ensemble" in t else self.ensemble_temperature
+        return {"mode": self.temperature_mode, "ensemble": ensemble, "members": members}
 
     @property
     def priority(self) -> list[str]:
@@ -106,15 +180,23 @@ class Bundle:
 
     # -- combining -----------------------------------------------------------------------------
     def log_probs(
-        self, view_logits: Sequence[np.ndarray], *, calibrated: bool = True, views: Sequence[int] | None = None
+        self,
+        view_logits: Sequence[np.ndarray],
+        *,
+        calibrated: bool = True,
+        views: Sequence[int] | None = None,
+        operating_point: str = WITH_METADATA,
     ) -> np.ndarray:
         """Ensemble log-probabilities ``(N, K)`` from M member view logits ``(N, V, K)``.
 
         ``calibrated=False`` ignores every temperature; ``views`` selects a subset of the TTA views
-        (e.g. ``[0]`` for the identity view only).
+        (e.g. ``[0]`` for the identity view only); ``operating_point`` picks whose temperatures are
+        applied (:data:`WITHOUT_METADATA`: the ones fitted with the metadata hidden, when the bundle
+        has them).
         """
         if len(view_logits) != len(self.members):
             raise ValueError(f"Got view logits of {len(view_logits)} members; the bundle has {len(self.members)}")
+        temps = self.temperatures_for(operating_point)
         mode = self.temperature_mode if calibrated else "none"
         average = self.meta["tta"]["average"]
         member_lp = []
@@ -122,22 +204,77 @@ class Bundle:
             z = np.asarray(z)
             if views is not None:
                 z = z[:, list(views)]
-            member_lp.append(apply_temperature(z, m.temperature if mode == "member" else 1.0, average))
+            member_lp.append(apply_temperature(z, temps["members"][m.name] if mode == "member" else 1.0, average))
         lp = combine_log_probs(member_lp, self.weights)
         if mode == "ensemble":
-            lp = log_softmax(lp / self.ensemble_temperature, axis=-1)
+            lp = log_softmax(lp / temps["ensemble"], axis=-1)
         return lp
 
-    def decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Decisions and the class whose threshold fired (-1: argmax) under the bundle's rule."""
+    def decide(self, probs: np.ndarray, *, operating_point: str = WITH_METADATA) -> tuple[np.ndarray, np.ndarray]:
+        """Decisions and the class whose threshold fired (-1: argmax) under the bundle's rule, with
+        the thresholds of ``operating_point``."""
         conflict = self.meta["decision"].get("conflict", "priority")
-        return decide(probs, self.classes, self.thresholds, self.priority, conflict=conflict, return_reason=True)  # type: ignore[return-value]
+        return decide(  # type: ignore[return-value]
+            probs, self.classes, self.thresholds_for(operating_point), self.priority, conflict=conflict, return_reason=True
+        )
 
-    def predict_from_logits(self, view_logits: list[np.ndarray]) -> BundlePrediction:
-        """Calibrated probabilities and decisions from member view logits ``M x (N, V, K)``."""
-        probs = np.exp(self.log_probs(view_logits))
-        decision, fired = self.decide(probs)
-        return BundlePrediction(probs, probs.argmax(axis=1), decision, fired, view_logits)
+    def predict_from_logits(
+        self, view_logits: list[np.ndarray], metadata_given: np.ndarray | bool | None = None
+    ) -> BundlePrediction:
+        """Calibrated probabilities and decisions from member view logits ``M x (N, V, K)``.
+
+        ``metadata_given``: per row (N,) whether the fusion members received any metadata (a single
+        bool applies to every row; None: all given, the table/validation setting). Rows without
+        metadata are decided by the without-metadata operating point when the bundle has one
+        (``decision.without_metadata``), otherwise by the main point; ``operating_point`` says which.
+        """
+        if len(view_logits) != len(self.members):
+            raise ValueError(f"Got view logits of {len(view_logits)} members; the bundle has {len(self.members)}")
+        n = int(np.asarray(view_logits[0]).shape[0])
+        if metadata_given is None:
+            given = np.ones(n, dtype=bool)
+        else:
+            raw = np.asarray(metadata_given)
+            if raw.dtype != bool or raw.ndim > 1 or (raw.ndim == 1 and raw.shape[0] != n):
+                raise ValueError(
+                    f"The 'metadata_given' parameter must be a bool or a bool array of shape ({n},). "
+                    f"Got dtype {raw.dtype} and shape {raw.shape} instead."
+                )
+            given = np.broadcast_to(raw, (n,)).copy()
+        without = ~given if self.without_metadata is not None else np.zeros(n, dtype=bool)
+        point = np.where(without, WITHOUT_METADATA, WITH_METADATA).astype(_POINT_DTYPE)
+        if not without.any() or without.all():  # one point for every row: no split
+            op = WITHOUT_METADATA if without.any() else WITH_METADATA
+            probs = np.exp(self.log_probs(view_logits, operating_point=op))
+            decision, fired = self.decide(probs, operating_point=op)
+        else:
+            probs = np.empty((n, len(self.classes)), dtype=np.float64)
+            decision = np.empty(n, dtype=np.int64)
+            fired = np.empty(n, dtype=np.int64)
+            for op, rows in ((WITH_METADATA, ~without), (WITHOUT_METADATA, without)):
+                p = np.exp(self.log_probs([np.asarray(z)[rows] for z in view_logits], operating_point=op))
+                probs[rows] = p
+                decision[rows], fired[rows] = self.decide(p, operating_point=op)
+        return BundlePrediction(probs, probs.argmax(axis=1), decision, fired, view_logits, point, given)
+
+    def metadata_given(self, metadata: Sequence[Mapping[str, Any] | None] | None, n: int) -> np.ndarray:
+        """Per image ``(n,)``: whether at least one fusion member receives a metadata value.
+
+        A record counts as given when its encoding differs from the all-missing one for some fusion
+        member: a present age, sex or site. Values that encode as missing (None, ``""``,
+        ``"unknown"``, a site never seen in training) do not count: the members then see exactly
+        what they see without metadata. All False for a bundle without fusion members.
+        """
+        given = np.zeros(n, dtype=bool)
+        if metadata is None:
+            return given
+        if len(metadata) != n:
+            raise ValueError(f"The 'metadata' parameter must hold one record per image ({n}). Got {len(metadata)} instead.")
+        records = [dict(r) if r is not None else {} for r in metadata]
+        for m in self.fusion_members:
+            encoder = m.model.metadata_encoder
+            given |= (encoder.encode(records) != encoder.missing_vector()[None, :]).any(axis=1)
+        return given
 
     # -- running -------------------------------------------------------------------------------
     def view_logits_table(
@@ -155,10 +292,14 @@ class Bundle:
     def predict_images(
         self, images: Sequence[np.ndarray], *, device: str | None = None, metadata: Sequence[dict[str, Any]] | None = None
     ) -> BundlePrediction:
-        """``metadata``: one record per image (age, sex, site; see ``images_view_logits``), for fusion members."""
+        """``metadata``: one record per image (age, sex, site; see ``images_view_logits``), for fusion members.
+
+        Images whose fusion members receive no metadata value are decided by the without-metadata
+        operating point when the bundle has one (see :meth:`metadata_given`)."""
         views = self.tta.views
         return self.predict_from_logits(
-            [images_view_logits(m, images, views, device=device, metadata=metadata) for m in self.members]
+            [images_view_logits(m, images, views, device=device, metadata=metadata) for m in self.members],
+            metadata_given=self.metadata_given(metadata, len(images)),
         )
 
 
@@ -204,20 +345,62 @@ def validate_meta(meta: dict[str, Any], path: Path | None = None) -> None:
     if t["mode"] == "ensemble" and not (isinstance(t.get("ensemble"), (int, float)) and t["ensemble"] > 0):
         raise _fail(path, f"temperature.ensemble must be > 0 when mode is 'ensemble', got {t.get('ensemble')!r}")
     decision = meta["decision"]
-    thresholds = decision.get("thresholds", {})
-    unknown = [c for c in thresholds if c not in classes]
-    if unknown:
-        raise _fail(path, f"decision.thresholds name unknown class(es) {unknown}; classes are {classes}")
-    for c, v in thresholds.items():
-        thr = v.get("threshold") if isinstance(v, dict) else "?"
-        if thr is not None and not (isinstance(thr, (int, float)) and 0 <= thr <= 1):
-            raise _fail(path, f"decision.thresholds.{c}.threshold must be a probability or null, got {thr!r}")
+    _validate_thresholds(decision.get("thresholds", {}), classes, "decision.thresholds", path)
+    if "without_metadata" in decision:
+        _validate_without_metadata(decision["without_metadata"], meta, path)
     if decision.get("conflict", "priority") not in CONFLICTS:
         raise _fail(path, f"decision.conflict must be one of {CONFLICTS}, got {decision.get('conflict')!r}")
     try:
         resolve_priority(classes, decision.get("priority"))
     except ValueError as e:
         raise _fail(path, f"decision.priority: {e}") from None
+
+
+def _validate_thresholds(thresholds: Any, classes: Sequence[str], where: str, path: Path | None) -> None:
+    if not isinstance(thresholds, dict):
+        raise _fail(path, f"{where} must be a dict {{class: {{threshold, ...}}}}, got {thresholds!r}")
+    unknown = [c for c in thresholds if c not in classes]
+    if unknown:
+        raise _fail(path, f"{where} name unknown class(es) {unknown}; classes are {list(classes)}")
+    for c, v in thresholds.items():
+        thr = v.get("threshold") if isinstance(v, dict) else "?"
+        if thr is not None and not (isinstance(thr, (int, float)) and 0 <= thr <= 1):
+            raise _fail(path, f"{where}.{c}.threshold must be a probability or null, got {thr!r}")
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _validate_without_metadata(point: Any, meta: dict[str, Any], path: Path | None) -> None:
+    """``decision.without_metadata``: temperature (the bundle's mode) and thresholds of the operating
+    point fitted on validation with the metadata hidden."""
+    where = "decision.without_metadata"
+    if not isinstance(point, dict):
+        raise _fail(path, f"{where} must be a dict with 'temperature' and 'thresholds', got {point!r}")
+    missing = [k for k in ("temperature", "thresholds") if k not in point]
+    if missing:
+        raise _fail(path, f"{where} lacks field(s) {missing}")
+    t = point["temperature"]
+    if not isinstance(t, dict):
+        raise _fail(path, f"{where}.temperature must be a dict with 'mode', got {t!r}")
+    mode = meta["temperature"]["mode"]
+    if t.get("mode") != mode:
+        raise _fail(path, f"{where}.temperature.mode must be the bundle's temperature.mode {mode!r}, got {t.get('mode')!r}")
+    if mode == "ensemble" and not _positive(t.get("ensemble")):
+        raise _fail(path, f"{where}.temperature.ensemble must be > 0 when mode is 'ensemble', got {t.get('ensemble')!r}")
+    if mode == "member":
+        members = t.get("members")
+        names = [m["name"] for m in meta["members"]]
+        if not isinstance(members, dict):
+            raise _fail(path, f"{where}.temperature.members must be a dict {{member: temperature}} when mode is 'member', got {members!r}")
+        unknown = [n for n in members if n not in names]
+        if unknown:
+            raise _fail(path, f"{where}.temperature.members names unknown member(s) {unknown}; members are {names}")
+        for n, v in members.items():
+            if not _positive(v):
+                raise _fail(path, f"{where}.temperature.members.{n} must be > 0, got {v!r}")
+    _validate_thresholds(point["thresholds"], meta["classes"], f"{where}.thresholds", path)
 
 
 def load_bundle(path: str | Path, *, map_location: str = "cpu", verify: bool = True) -> Bundle:

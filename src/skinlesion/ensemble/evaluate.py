@@ -5,6 +5,12 @@ Reports, side by side, the argmax of the calibrated ensemble and the bundle's de
 hold on the evaluated split, with lesion-bootstrap 95% intervals; and ECE/NLL before and after
 temperature scaling. Thresholds and temperatures were fitted on validation: evaluating on ``val``
 is in-sample and is labelled so.
+
+For a bundle with metadata fusion members the split is evaluated a second time with the patient
+metadata hidden (fusion members rerun with all metadata missing; image-only members' logits are
+reused), decided by the without-metadata operating point (``decision.without_metadata``; the main
+point when the bundle has none), and written under ``without_metadata`` in metrics.json with the
+same structure and bootstrap intervals: what a user who gives no metadata gets.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import numpy as np
 import skinlesion
 from skinlesion._json import json_default
 from skinlesion.data.splits import group_ids
-from skinlesion.ensemble.bundle import MANIFEST, Bundle, load_bundle
+from skinlesion.ensemble.bundle import MANIFEST, WITH_METADATA, WITHOUT_METADATA, Bundle, load_bundle
+from skinlesion.ensemble.predict import member_view_logits
 from skinlesion.metrics.bootstrap import standard_intervals
 from skinlesion.metrics.calibration import (
     expected_calibration_error,
@@ -54,16 +61,18 @@ def load_bundle_split(bundle: Bundle, split: str, data_root: str | None = None) 
 
 
 def decision_outcomes(
-    y: np.ndarray, probs: np.ndarray, decision: np.ndarray, bundle: Bundle, groups: np.ndarray, n_boot: int, seed: int
+    y: np.ndarray, probs: np.ndarray, decision: np.ndarray, bundle: Bundle, groups: np.ndarray, n_boot: int, seed: int,
+    *, operating_point: str = WITH_METADATA,
 ) -> tuple[dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
-    """Metrics of the decision rule, their lesion-bootstrap intervals, and the target table."""
+    """Metrics of the decision rule, their lesion-bootstrap intervals, and the target table (the
+    thresholds and targets of ``operating_point``)."""
     classes = list(bundle.classes)
     k = len(classes)
     metrics = compute_classification_metrics(y, probs, classes, y_pred=decision)
     onehot = np.eye(k)[decision]  # bootstrap metric fns read argmax(p): one-hot decisions
     intervals = standard_intervals(y, onehot, groups, classes, n_boot=n_boot, seed=seed)
     targets = []
-    for c, spec in bundle.meta["decision"].get("thresholds", {}).items():
+    for c, spec in bundle.threshold_specs(operating_point).items():
         pc = metrics["per_class"][c]
         row: dict[str, Any] = {
             "class": c,
@@ -87,6 +96,51 @@ def decision_outcomes(
             row["one_vs_rest_specificity"] = float((~hit[~pos]).mean()) if (~pos).any() else None
         targets.append(row)
     return metrics, intervals, targets
+
+
+def _calibration(y: np.ndarray, uncal: np.ndarray, probs: np.ndarray, bundle: Bundle, operating_point: str) -> dict[str, Any]:
+    """ECE/NLL before and after the temperature scaling of ``operating_point``, and its temperatures."""
+    return {
+        "ece_before": expected_calibration_error(y, uncal),
+        "ece_after": expected_calibration_error(y, probs),
+        "nll_before": negative_log_likelihood(y, uncal),
+        "nll_after": negative_log_likelihood(y, probs),
+        "temperature": bundle.temperatures_for(operating_point),
+    }
+
+
+def _evaluate_without_metadata(
+    bundle: Bundle, hidden: list[np.ndarray], y: np.ndarray, groups: np.ndarray, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """The main metrics structure (argmax, decision, targets, calibration) for view logits with the
+    metadata hidden, decided by the without-metadata operating point (the main one if absent)."""
+    classes = list(bundle.classes)
+    point = bundle.resolve_operating_point(WITHOUT_METADATA)
+    pred = bundle.predict_from_logits(hidden, metadata_given=np.zeros(len(y), dtype=bool))
+    probs = pred.probs
+    uncal = np.exp(bundle.log_probs(hidden, calibrated=False))
+    dec_metrics, dec_intervals, targets = decision_outcomes(
+        y, probs, pred.decision, bundle, groups, n_boot, seed, operating_point=point
+    )
+    description = (
+        "temperature and thresholds fitted on validation with metadata hidden"
+        if point == WITHOUT_METADATA
+        else "this bundle has no operating point fitted without metadata: its main temperature and thresholds "
+        "(fitted with metadata) are used"
+    )
+    return {
+        "metadata": "hidden (every fusion member sees all metadata missing)",
+        "operating_point": point,
+        "operating_point_description": description,
+        "thresholds": bundle.thresholds_for(point),
+        "argmax": {
+            "metrics": compute_classification_metrics(y, probs, classes),
+            "intervals": standard_intervals(y, probs, groups, classes, n_boot=n_boot, seed=seed),
+        },
+        "decision": {"rule": bundle.meta["decision"].get("rule"), "metrics": dec_metrics, "intervals": dec_intervals},
+        "targets": targets,
+        "calibration": _calibration(y, uncal, probs, bundle, point),
+    }
 
 
 def evaluate_bundle(
@@ -116,14 +170,16 @@ def evaluate_bundle(
     argmax_metrics = compute_classification_metrics(y, probs, classes)
     argmax_intervals = standard_intervals(y, probs, groups, classes, n_boot=n_boot, seed=seed)
     dec_metrics, dec_intervals, targets = decision_outcomes(y, probs, pred.decision, bundle, groups, n_boot, seed)
-    calibration = {
-        "ece_before": expected_calibration_error(y, uncal),
-        "ece_after": expected_calibration_error(y, probs),
-        "nll_before": negative_log_likelihood(y, uncal),
-        "nll_after": negative_log_likelihood(y, probs),
-        "temperature": {"mode": bundle.temperature_mode, "ensemble": bundle.ensemble_temperature,
-                        "members": {m.name: m.temperature for m in bundle.members}},
-    }
+    calibration = _calibration(y, uncal, probs, bundle, WITH_METADATA)
+    fusion = {m.name for m in bundle.fusion_members}
+    no_metadata = None
+    if fusion:
+        hidden = [
+            member_view_logits(m, table, bundle.tta.views, batch_size=batch_size, num_workers=num_workers, use_metadata=False)
+            if m.name in fusion else z
+            for m, z in zip(bundle.members, view_logits, strict=True)
+        ]
+        no_metadata = _evaluate_without_metadata(bundle, hidden, y, groups, n_boot, seed)
     ids = table.frame["image_id"].astype(str).tolist()
     write_submission(out / "predictions.csv", ids, probs, classes)
     write_ground_truth(out / "ground_truth.csv", ids, y, classes)
@@ -156,6 +212,8 @@ def evaluate_bundle(
         "calibration": calibration,
         "provenance": provenance,
     }
+    if no_metadata is not None:
+        result["without_metadata"] = no_metadata
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=json_default))
 
     def fmt(metric: str, m: dict[str, Any], iv: dict[str, Any] | None) -> str:
@@ -189,6 +247,28 @@ def evaluate_bundle(
         notes.append("No lesion ids: split and bootstrap are by image; scores may be optimistic.")
     if in_sample:
         notes.append("IN-SAMPLE: temperatures, weights and thresholds were fitted on this validation split.")
+    extra_tables: list[tuple[str, list[str], list[list[str]]]] = []
+    if no_metadata is not None:
+        nm = no_metadata["decision"]
+        notes.append(
+            f"Without patient metadata ({no_metadata['operating_point_description']}): decision-rule BACC "
+            f"{fmt('bacc', nm['metrics'], nm['intervals'])} vs {fmt('bacc', dec_metrics, dec_intervals)} with metadata."
+        )
+        rows = [[h, fmt(h, dec_metrics, dec_intervals), fmt(h, nm["metrics"], nm["intervals"])] for h in HEADLINE]
+        for t in no_metadata["targets"]:
+            c = t["class"]
+            for key in ("sensitivity", "specificity"):
+                name = f"{key}_{c}"
+                rows.append([
+                    f"{c} {key} (target {t[f'target_{key}']})",
+                    fmt(name, {name: dec_metrics["per_class"][c][key]}, dec_intervals),
+                    fmt(name, {name: nm["metrics"]["per_class"][c][key]}, nm["intervals"])
+                    + {True: " met", False: " NOT met"}.get(t[f"{key}_met"], ""),
+                ])
+        extra_tables.append((
+            f"Decision rule with and without patient metadata (without: {no_metadata['operating_point']} operating point)",
+            ["Metric", "With metadata", "Metadata hidden"], rows,
+        ))
     write_evaluation_report(
         out / "report.html",
         title=f"skinlesion evaluation: bundle {bundle.meta.get('name')} on {split}",
@@ -204,6 +284,7 @@ def evaluate_bundle(
              ["Metric", "Argmax", "Decision rule"], side),
             ("Clinical targets on this split", ["Class", "Threshold", "On validation", "Sensitivity (decision rule)", "Specificity (decision rule)",
               "One-vs-rest p >= t: sens. / spec."], target_rows),
+            *extra_tables,
         ],
     )
     log.info("Evaluation of bundle %s on %s written to %s", bundle.path, split, out)

@@ -121,9 +121,10 @@ function probabilityBars(pred) {
 function thresholdHow(pred, meta) {
   const c = pred.threshold_fired;
   if (!c) return pred.thresholds && Object.keys(pred.thresholds).length ? "No class reached its threshold." : "This bundle has no decision thresholds (argmax rule).";
-  const t = meta && meta.decision && meta.decision.thresholds ? meta.decision.thresholds[c] : null;
+  const point = meta && meta.decision ? (pred.operating_point_name === "without_metadata" ? meta.decision.without_metadata : meta.decision) : null;
+  const t = point && point.thresholds ? point.thresholds[c] : null;
   if (!t) return "";
-  const parts = [`Threshold of ${c} chosen on validation`];
+  const parts = [`Threshold of ${c} chosen on validation` + (pred.operating_point_name === "without_metadata" ? " with the metadata hidden" : "")];
   if (t.rule) parts.push(`rule: ${t.rule}`);
   if (t.status) parts.push(`targets ${t.status}`);
   if (t.sensitivity !== undefined) parts.push(`sensitivity ${fmt(t.sensitivity)}, specificity ${fmt(t.specificity)}`);
@@ -217,7 +218,7 @@ async function render(res, file) {
   $("cam-caption").textContent = `${att.method || "CAM"} attention for ${att.class}` + (att.mass_in_lesion !== null && att.mass_in_lesion !== undefined ? `; ${fmt(100 * att.mass_in_lesion, 0)}% of it inside the lesion` : "");
   $("mask-caption").textContent = `Segmentation outline (${res.segmentation ? res.segmentation.quality : "n/a"})`;
   $("decision").textContent = pred.decision;
-  $("decided-by").textContent = `Decided by the ${pred.decided_by}.`;
+  $("decided-by").textContent = `Decided by the ${pred.decided_by}.` + (pred.operating_point ? ` Operating point: ${pred.operating_point}.` : "");
   $("threshold-how").textContent = thresholdHow(pred, await modelMeta());
   $("argmax-note").textContent = pred.argmax !== pred.decision ? `The most probable class is ${pred.argmax}; the decision follows the bundle's threshold rule.` : "";
   probabilityBars(pred);
