@@ -1,6 +1,6 @@
 """Plain single model vs the shipped decision bundle on the lesion-disjoint test split (prints one JSON object).
 
-    python bench/quality.py                                              # default bundle vs runs/cpu-ham10000-lite0
+    python bench/quality.py                                              # default bundle vs the recipe's baseline
     python bench/quality.py --bundle runs/bench-bundle --baseline runs/cpu-ham10000-lite0 --n-boot 1000
     python bench/quality.py --bundle runs/bench-bundle --reuse           # second run: cached test logits
     python bench/quality.py --bundle runs/bench-bundle --max-images 40 --n-boot 50   # smoke run, subsampled lesions
@@ -53,7 +53,7 @@ from decision_quality import KEYS, summarise  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BASELINE = "runs/cpu-ham10000-lite0"
+DEFAULT_BASELINE = "runs/default/members/baseline"  # the recipe's image-only baseline
 CACHE_DIR = "bench-cache"
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from skinlesion.cli.main import app
 from skinlesion.ensemble.bundle import load_bundle
 from skinlesion.errors import ConfigError
-from skinlesion.model_card import validation_curve
+from skinlesion.model_card import _quality_table, validation_curve
 from skinlesion.recipe import load_recipe, package_bundle, run_recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -133,3 +133,16 @@ def test_the_packaged_recipe_is_valid() -> None:
     r, _ = load_recipe("ham10000-cpu")
     assert len(r.members) >= 2 and r.baseline is not None and r.budget_minutes <= 120
     assert all("model.metadata=[age,sex,site]" in m.set for m in r.members)
+
+
+def test_quality_rows_are_tabulated_with_their_intervals() -> None:
+    iv = {"value": 0.7321, "ci95": [0.6724, 0.7931]}
+    q = {"n_images": 10, "n_lesions": 8, "subsampled": False, "bootstrap": {"n_boot": 50},
+         "rows": {"baseline": {"description": "plain", "bacc": {"value": 0.6, "ci95": [0.5, 0.7]}},
+                  "shipped": {"description": "rule", "bacc": iv, "sensitivity_MEL": iv}}}
+    lines: list[str] = []
+    _quality_table(lines.append, q)
+    text = "\n".join(lines)
+    assert "| baseline | plain | 0.600 [0.500, 0.700] | - |" in text
+    assert "| shipped | rule | 0.732 [0.672, 0.793] | - | 0.732 [0.672, 0.793] |" in text
+    assert "10 images / 8 lesions" in text and "50 paired" in text and "SUBSAMPLED" not in text

@@ -28,8 +28,12 @@ def test_shipped_bundle_is_complete_and_small(shipped) -> None:  # noqa: ANN001
     assert set(shipped.classes) == {"MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"}
     assert len(shipped.members) >= 2 and len(shipped.tta.views) == 8
     assert shipped.thresholds.get("MEL") is not None and shipped.meta.get("review")
+    # Fusion members: a second operating point fitted on validation with the metadata hidden.
+    assert shipped.fusion_members and shipped.thresholds_for("without_metadata").get("MEL") is not None
+    assert (path / "validation_no_metadata.npz").is_file()
     card = (path / "MODEL_CARD.md").read_text()
-    for needed in ("CC BY-NC 4.0", "lesion-disjoint", "BACC", "MEL", "AKIEC", "ECE", "Limitations", "Intended use"):
+    for needed in ("CC BY-NC 4.0", "lesion-disjoint", "BACC", "MEL", "AKIEC", "ECE", "Limitations", "Intended use",
+                   "Without patient metadata", "Validation BACC after each epoch"):
         assert needed in card, needed
 
 
@@ -47,3 +51,7 @@ def test_shipped_bundle_classifies_with_and_without_metadata(shipped) -> None:  
     assert used["sex"] == "male" and used["site"] == "back" and float(used["age"]) == 70.0
     assert with_meta["prediction"]["probabilities"] != plain["prediction"]["probabilities"]  # fusion members use it
     assert json.dumps(with_meta)  # JSON-ready
+    # Each image is decided by the operating point that matches what its fusion members received.
+    assert plain["prediction"]["operating_point_name"] == "without_metadata"
+    assert with_meta["prediction"]["operating_point_name"] == "with_metadata"
+    assert plain["prediction"]["thresholds"] == shipped.thresholds_for("without_metadata")
