@@ -65,6 +65,8 @@ def test_run_writes_every_step_and_a_model_card(finished: tuple[Path, Path]) -> 
     assert f"{metrics['decision']['intervals']['bacc']['estimate']:.3f}" in card
     assert "CC BY-NC 4.0" in card and "not a diagnosis" in card and "vs baseline base" in card
     assert "age, sex, site" in card  # member a's metadata features
+    bundle_s = sum(s["seconds"] for n, s in state["steps"].items() if n not in ("train:base", "evaluate", "card"))
+    assert f"the shipped bundle itself (members, build, calibrate, review) took {bundle_s / 60:.1f} min" in card
     # The epoch evidence: each trained model's validation BACC after every epoch, from its own log.
     assert "## Validation BACC after each epoch" in card
     for name in ("a", "b", "base"):
