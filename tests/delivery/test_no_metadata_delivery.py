@@ -10,7 +10,6 @@ import io
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from skinlesion.delivery.engine import Predictor
 from skinlesion.delivery.report import render_report
 from skinlesion.delivery.service import create_app
 from skinlesion.ensemble.bundle import WITH_METADATA, WITHOUT_METADATA, load_bundle, write_meta
+from test_metadata_inputs import _ImageOnlyEngine  # the stand-in for ONNX Runtime (same folder)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OLD = {"age": 80, "sex": "male", "site": "back"}
@@ -71,20 +71,6 @@ def test_torch_records_name_the_operating_point(predictor: Predictor) -> None:
     expected = np.exp(b.log_probs(z, operating_point=WITHOUT_METADATA))[0]
     assert np.allclose(list(none[0]["prediction"]["probabilities"].values()), expected)
     assert not np.allclose(expected, np.exp(b.log_probs(z))[0])
-
-
-class _ImageOnlyEngine:
-    """Stands for ONNX Runtime: image-only graphs that never receive metadata."""
-
-    name = "onnx"
-    accepts_metadata = False
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def view_logits(self, images: Any, metadata: Any = None) -> Any:
-        assert metadata is None
-        return self.inner.view_logits(images)
 
 
 def test_an_image_only_engine_uses_the_without_metadata_point(bundle_dir: Path) -> None:
