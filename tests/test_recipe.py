@@ -58,6 +58,8 @@ def test_run_writes_every_step_and_a_model_card(finished: tuple[Path, Path]) -> 
     b = load_bundle(out / "bundle")
     assert [m.backbone for m in b.members] == ["test_efficientnet", "test_resnet"]  # members a and b, not the baseline
     assert b.thresholds["MEL"] is not None and b.meta["review"]["n_samples"] == 2
+    # member a fuses metadata: the review flag has a threshold fitted with the metadata hidden too
+    assert b.meta["review"]["without_metadata"]["fitted_on"] == "val, metadata hidden"
     a_meta = json.loads((out / "members" / "a" / "checkpoint" / "checkpoint.json").read_text())
     assert a_meta["model"]["metadata"]["features"] == ["age", "sex", "site"]
     card = (out / "bundle" / "MODEL_CARD.md").read_text()
@@ -65,6 +67,9 @@ def test_run_writes_every_step_and_a_model_card(finished: tuple[Path, Path]) -> 
     assert f"{metrics['decision']['intervals']['bacc']['estimate']:.3f}" in card
     assert "CC BY-NC 4.0" in card and "not a diagnosis" in card and "vs baseline base" in card
     assert "age, sex, site" in card  # member a's metadata features
+    review_test = b.meta["review"]["test"]
+    assert f"catches {review_test['errors_removed']:.3f} of the {review_test['n_errors']} argmax errors" in card
+    assert "- without metadata (fitted with the metadata hidden" in card
     bundle_s = sum(s["seconds"] for n, s in state["steps"].items() if n not in ("train:base", "evaluate", "card"))
     assert f"the shipped bundle itself (members, build, calibrate, review) took {bundle_s / 60:.1f} min" in card
     # The epoch evidence: each trained model's validation BACC after every epoch, from its own log.

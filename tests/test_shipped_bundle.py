@@ -55,3 +55,8 @@ def test_shipped_bundle_classifies_with_and_without_metadata(shipped) -> None:  
     assert plain["prediction"]["operating_point_name"] == "without_metadata"
     assert with_meta["prediction"]["operating_point_name"] == "with_metadata"
     assert plain["prediction"]["thresholds"] == shipped.thresholds_for("without_metadata")
+    # ... and flagged for review by the threshold fitted the same way (with the metadata hidden, or not).
+    review = shipped.meta["review"]
+    assert plain["uncertainty"]["review"]["operating_point"] == "without_metadata"
+    assert plain["uncertainty"]["review"]["threshold"] == review["without_metadata"]["threshold"]
+    assert with_meta["uncertainty"]["review"]["threshold"] == review["threshold"]

@@ -75,10 +75,7 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
             f"{t.get('status')} (sens {_f(t.get('sensitivity'))}, lower bound {_f(t.get('sensitivity_lower'))}; spec "
             f"{_f(t.get('specificity'))}, lower bound {_f(t.get('specificity_lower'))}) | {t.get('rule')}"
             + (f": {t['reason']}" if t.get("reason") else "") + " |")
-    rv = bundle.get("review")
-    if rv:
-        add(f"\nReview flag: {rv['score']} >= {_f(rv.get('threshold'), 4)} with {rv['n_samples']} MC-dropout passes "
-            f"({rv['goal']} {rv['target']}, fitted on validation).")
+    _review(add, bundle.get("review"), split)
 
     add("\n## Training data and licence\n")
     prov = bundle.get("provenance", {})
@@ -126,6 +123,7 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
         "setting: differences of a few hundredths are within run-to-run noise on 1,278 validation images.\n")
 
     _training_curves(add, out, recipe)
+    _ablation(add, out)
 
     if metrics:
         add(f"## Results on the lesion-disjoint {split} split (95% lesion-bootstrap intervals)\n")
@@ -226,6 +224,55 @@ def _training_curves(add: Any, out: Path, recipe: Any) -> None:
     add("\nThe checkpoint kept is the epoch of best validation BACC. A best epoch at the end of the run means "
         "more epochs (more CPU time) would probably still help; one well before the end means the budget is not "
         "the limit.\n")
+
+
+def _ablation(add: Any, out: Path) -> None:
+    """``bench/ablation.py``'s trainings (``<out>/ablation/ablation.json``): one recipe member against
+    variants of it (resolution, augmentation...), each trained once with the same seed and time cap."""
+    path = out / "ablation" / "ablation.json"
+    if not path.is_file():
+        return
+    a = json.loads(path.read_text())
+    add(f"## Ablations (`bench/ablation.py`): member {a.get('member')} against variants of it\n")
+    add("One training each, same preset, seed, split and time cap; validation BACC of the checkpoint kept "
+        "(best epoch, identity view, no TTA).\n")
+    add("| model | what | input | augmentation | validation BACC | change | epochs done / planned | best epoch | minutes | train img/s |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
+    ref = (a.get("models", {}).get("reference") or {}).get("val_bacc")
+    for name, r in a.get("models", {}).items():
+        if r is None:
+            add(f"| {name} | not finished | | | | | | | | |")
+            continue
+        size = "x".join(str(v) for v in r.get("input_size") or []) or "?"
+        add(f"| {name} | {r.get('what')} | {size} | {r.get('augment')} | {_f(r.get('val_bacc'))} | "
+            f"{_delta(r.get('val_bacc'), ref) if name != 'reference' else ''} | "
+            f"{r.get('epochs_completed')} / {r.get('epochs_planned')} | {r.get('best_epoch')} | {r.get('training_minutes')} | "
+            f"{r.get('train_images_per_s')} |")
+    add("")
+
+
+def _review_effect(res: dict[str, Any] | None) -> str:
+    """A review flag's effect on one split, in words (``fit_review_flag``'s validation/test dicts)."""
+    if not res:
+        return "not measured"
+    return (f"flags {_f(res.get('flagged_fraction'))} of {res.get('n')} images and catches {_f(res.get('errors_removed'))} of "
+            f"the {res.get('n_errors')} argmax errors; accuracy {_f(res.get('accuracy_unflagged'))} on unflagged vs "
+            f"{_f(res.get('accuracy_flagged'))} on flagged images, BACC {_f(res.get('bacc_unflagged'))} vs {_f(res.get('bacc_flagged'))}")
+
+
+def _review(add: Any, rv: dict[str, Any] | None, split: str) -> None:
+    """The review flag: its threshold(s), fitted on validation, and their effect on validation and test."""
+    if not rv:
+        return
+    add(f"\nReview flag ({rv['n_samples']} MC-dropout passes, goal {rv['goal']} {rv['target']}, fitted on validation):\n")
+    add(f"- with metadata: {rv['score']} {rv.get('flag_when', '>= threshold')}, threshold {_f(rv.get('threshold'), 4)}; "
+        f"validation: {_review_effect(rv.get('validation'))}; {split}: {_review_effect(rv.get('test'))}.")
+    nm = rv.get("without_metadata")
+    if nm:
+        add(f"- without metadata (fitted with the metadata hidden and that operating point's temperature): threshold "
+            f"{_f(nm.get('threshold'), 4)}; validation: {_review_effect(nm.get('validation'))}; {split}, metadata hidden: "
+            f"{_review_effect(nm.get('test'))}.")
+    add("")
 
 
 def _without_metadata(add: Any, bundle: dict[str, Any], metrics: dict[str, Any] | None, split: str) -> None:

@@ -65,6 +65,7 @@ class ReviewSpec(_Strict):
     score: str = "mutual_information"
     goal: str = "error_fraction"
     target: float = 0.5
+    test: bool = True  # also report the flag on the test split (a report only; nothing fitted uses it)
 
 
 class EvaluateSpec(_Strict):
@@ -204,7 +205,8 @@ def _review(recipe: Recipe, out: Path) -> dict[str, Any]:
     r = recipe.review
     assert r is not None
     res = fit_review_flag(
-        out / BUNDLE_DIR, n_samples=r.n_samples, score=r.score, goal=r.goal, target=r.target, data_root=recipe.data_root
+        out / BUNDLE_DIR, n_samples=r.n_samples, score=r.score, goal=r.goal, target=r.target, data_root=recipe.data_root,
+        test=r.test,
     )
     return {"threshold": res.get("threshold")}
 

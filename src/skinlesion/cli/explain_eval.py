@@ -92,32 +92,44 @@ def review_command(
     seed: int = typer.Option(0, "--seed"),
     data_root: str | None = typer.Option(None, "--data-root", help="Dataset folder, if it moved since training."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Report only; do not write bundle.json."),
+    test: bool = typer.Option(True, "--test/--no-test", help="Also report the flag on the test split (nothing fitted uses it)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the full result as JSON."),
 ) -> None:
-    """Fit on validation the uncertainty threshold that sends cases to a clinician; report it on test."""
+    """Fit on validation the uncertainty threshold that sends cases to a clinician; report it on test.
+
+    A bundle with a without-metadata operating point also gets a threshold fitted with the metadata hidden."""
     from skinlesion.uncertainty.evaluate import fit_review_flag
 
     with user_errors():
         res = fit_review_flag(
             bundle, n_samples=n_samples, score=score, goal=goal, target=target, seed=seed, data_root=data_root,
-            batch_size=batch_size, persist=not dry_run,
+            batch_size=batch_size, persist=not dry_run, test=test,
         )
-    v, t = res["validation"], res["test"]
-    thr = "none (flags nothing)" if res["threshold"] is None else f"{res['threshold']:.4g}"
-    console.print(f"score {score}, goal {goal} = {target}: flag when {res['flag_when']}, threshold {thr} (fitted on val)")
-    if not t["stochastic"]:
-        console.print("[yellow]no dropout was active: the score only reflects disagreement between members[/]")
-    for name, r in (("val (in-sample)", v), ("test", t)):
-        console.print(
-            f"{name:<16} flagged {_f(r['flagged_fraction'])}, errors removed {_f(r['errors_removed'])}; accuracy "
-            f"{_f(r['accuracy'])} -> unflagged {_f(r['accuracy_unflagged'])} (flagged {_f(r['accuracy_flagged'])}); "
-            f"BACC {_f(r['bacc'])} -> unflagged {_f(r['bacc_unflagged'])}"
-        )
-    console.print("test risk-coverage (lower is better): score  AURC  E-AURC  risk@0.5/0.8/0.9/1.0")
-    for s, r in t["risk_coverage"].items():
-        at = "/".join(_f(x) for x in r["risk_at_coverage"].values())
-        console.print(f"  {s:<20} {_f(r['aurc'], 4)}  {_f(r['e_aurc'], 4)}  {at}")
-    console.print(f"optimal AURC on test {_f(next(iter(t['risk_coverage'].values()))['optimal_aurc'], 4)}")
+    points = [("", res)]
+    if res.get("without_metadata"):
+        points.append(("without metadata: ", res["without_metadata"]))
+    for label, point in points:
+        v, t = point["validation"], point.get("test")
+        thr = "none (flags nothing)" if point["threshold"] is None else f"{point['threshold']:.4g}"
+        console.print(f"{label}score {score}, goal {goal} = {target}: flag when {res['flag_when']}, threshold {thr} "
+                      f"(fitted on {point.get('fitted_on', 'val')})")
+        if not v["stochastic"]:
+            console.print("[yellow]no dropout was active: the score only reflects disagreement between members[/]")
+        for name, r in (("val (in-sample)", v), ("test", t)):
+            if r is None:
+                continue
+            console.print(
+                f"{name:<16} flagged {_f(r['flagged_fraction'])}, errors removed {_f(r['errors_removed'])}; accuracy "
+                f"{_f(r['accuracy'])} -> unflagged {_f(r['accuracy_unflagged'])} (flagged {_f(r['accuracy_flagged'])}); "
+                f"BACC {_f(r['bacc'])} -> unflagged {_f(r['bacc_unflagged'])}"
+            )
+    t = res.get("test")
+    if t is not None:
+        console.print("test risk-coverage (lower is better): score  AURC  E-AURC  risk@0.5/0.8/0.9/1.0")
+        for s, r in t["risk_coverage"].items():
+            at = "/".join(_f(x) for x in r["risk_at_coverage"].values())
+            console.print(f"  {s:<20} {_f(r['aurc'], 4)}  {_f(r['e_aurc'], 4)}  {at}")
+        console.print(f"optimal AURC on test {_f(next(iter(t['risk_coverage'].values()))['optimal_aurc'], 4)}")
     if res["persisted"]:
         console.print(f"review flag saved in {res['bundle']}/bundle.json")
     else:

@@ -147,8 +147,15 @@ def uncertainty_records(
 ) -> list[dict[str, Any]]:
     """Per image: MC-dropout entropy decomposition (nats) and the bundle's review flag.
 
-    ``metadata``: one record per image, fed to metadata fusion members in every pass (None: missing)."""
-    from skinlesion.uncertainty.evaluate import bundle_mc_predict, review_flag_from_bundle
+    ``metadata``: one record per image, fed to metadata fusion members in every pass (None: missing).
+    An image decided by the without-metadata operating point is scored with that point's
+    temperatures and flagged by the review threshold fitted with the metadata hidden."""
+    from skinlesion.uncertainty.evaluate import (
+        bundle_mc_predict,
+        mc_operating_points,
+        review_flag_from_bundle,
+        review_point,
+    )
     from skinlesion.uncertainty.mc_dropout import NotStochasticWarning
 
     with warnings.catch_warnings(record=True) as caught:
@@ -160,12 +167,17 @@ def uncertainty_records(
             for i, im in enumerate(images)
         ]
     mc = _stack_mc(per_image)
-    review = bundle.meta.get("review")
+    points = mc_operating_points(bundle, metadata, len(images))
+    reviews = {str(p): review_point(bundle, str(p)) for p in set(points.tolist())}
     flags = scores = None
-    if review:
-        flagger = review_flag_from_bundle(bundle)
-        scores = np.asarray(flagger.score_of(mc))  # type: ignore[union-attr]
-        flags = np.asarray(flagger.flag(scores))  # type: ignore[union-attr]
+    if bundle.meta.get("review"):
+        flags = np.zeros(len(images), dtype=bool)
+        scores = np.zeros(len(images))
+        for point in reviews:
+            rows = points == point
+            flagger = review_flag_from_bundle(bundle, point)
+            scores[rows] = np.asarray(flagger.score_of(mc))[rows]  # type: ignore[union-attr]
+            flags[rows] = np.asarray(flagger.flag(scores[rows]))  # type: ignore[union-attr]
     out = []
     for i in range(len(images)):
         rec: dict[str, Any] = {
@@ -180,6 +192,7 @@ def uncertainty_records(
             "max_probability": float(mc.max_prob[i]),
             "warnings": [str(w.message) for w in caught],
         }
+        review = reviews[str(points[i])]
         if review:
             rec["review"] = {
                 "flag": bool(flags[i]),  # type: ignore[index]
@@ -187,6 +200,8 @@ def uncertainty_records(
                 "value": float(scores[i]),  # type: ignore[index]
                 "threshold": review["threshold"],
                 "goal": f"{review['goal']} {review['target']} (chosen on validation)",
+                "operating_point": str(points[i]),
+                "fitted_on": review.get("fitted_on", "val"),
             }
         else:
             rec["review"] = {"flag": None, "note": "no review threshold in this bundle: run `skinlesion explain review BUNDLE`"}

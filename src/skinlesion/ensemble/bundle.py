@@ -241,8 +241,8 @@ class Bundle:
                     f"Got dtype {raw.dtype} and shape {raw.shape} instead."
                 )
             given = np.broadcast_to(raw, (n,)).copy()
-        without = ~given if self.without_metadata is not None else np.zeros(n, dtype=bool)
-        point = np.where(without, WITHOUT_METADATA, WITH_METADATA).astype(_POINT_DTYPE)
+        point = self.operating_points(given)
+        without = point == WITHOUT_METADATA
         if not without.any() or without.all():  # one point for every row: no split
             op = WITHOUT_METADATA if without.any() else WITH_METADATA
             probs = np.exp(self.log_probs(view_logits, operating_point=op))
@@ -256,6 +256,13 @@ class Bundle:
                 probs[rows] = p
                 decision[rows], fired[rows] = self.decide(p, operating_point=op)
         return BundlePrediction(probs, probs.argmax(axis=1), decision, fired, view_logits, point, given)
+
+    def operating_points(self, metadata_given: np.ndarray) -> np.ndarray:
+        """Per row ``(N,)`` the operating point that decides it: :data:`WITHOUT_METADATA` for rows whose
+        fusion members received no metadata when the bundle has that point, else :data:`WITH_METADATA`."""
+        given = np.asarray(metadata_given, dtype=bool)
+        without = ~given if self.without_metadata is not None else np.zeros(given.shape, dtype=bool)
+        return np.where(without, WITHOUT_METADATA, WITH_METADATA).astype(_POINT_DTYPE)
 
     def metadata_given(self, metadata: Sequence[Mapping[str, Any] | None] | None, n: int) -> np.ndarray:
         """Per image ``(n,)``: whether at least one fusion member receives a metadata value.

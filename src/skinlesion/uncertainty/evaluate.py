@@ -13,6 +13,11 @@ Temperatures follow the bundle: member temperatures in mode ``member``; in mode 
 ensemble temperature divides every member's logits in every pass (the bundle itself applies it
 after mixing; for ranking cases by uncertainty the difference is immaterial, and fitting and
 flagging use the same scores).
+
+Operating points: an image whose fusion members receive no metadata is scored with the temperatures
+of the bundle's without-metadata operating point (``decision.without_metadata``), as its decision
+is, and flagged by a review threshold fitted on validation **with the metadata hidden**
+(``review.without_metadata``); the main threshold was fitted with metadata, on other scores.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 
 from skinlesion._params import positive_int
 from skinlesion.data.splits import group_ids
+from skinlesion.ensemble.bundle import WITH_METADATA, WITHOUT_METADATA
 from skinlesion.metrics.classification import balanced_accuracy, to_jsonable
 from skinlesion.metrics.risk_coverage import aurc, optimal_aurc, risk_coverage_curve
 from skinlesion.uncertainty.mc_dropout import (
@@ -57,13 +63,20 @@ def _load(bundle: Any) -> Any:
     return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
 
 
-def _tempered_members(bundle: Any) -> list[Any]:
-    mode = bundle.temperature_mode
+def _tempered_members(bundle: Any, operating_point: str = WITH_METADATA) -> list[Any]:
+    """The members with the temperature each MC pass divides their logits by, at ``operating_point``."""
+    temps = bundle.temperatures_for(operating_point)
+    mode = temps["mode"]
     out = []
     for m in bundle.members:
-        t = m.temperature if mode == "member" else bundle.ensemble_temperature if mode == "ensemble" else 1.0
+        t = temps["members"][m.name] if mode == "member" else temps["ensemble"] if mode == "ensemble" else 1.0
         out.append(dataclasses.replace(m, temperature=float(t)))
     return out
+
+
+def mc_operating_points(bundle: Any, metadata: Sequence[dict[str, Any] | None] | None, n: int) -> np.ndarray:
+    """Per image ``(n,)`` the operating point whose temperatures score it (the one that decides it)."""
+    return bundle.operating_points(bundle.metadata_given(metadata, n))
 
 
 def table_records(table: Any, rows: Sequence[int]) -> list[dict[str, Any]]:
@@ -90,10 +103,28 @@ def bundle_mc_predict(
 ) -> MCResult:
     """MC dropout of the bundle's members on RGB uint8 images, with the bundle's weights and
     temperatures (see the module doc). What predict/serve call to score a case for review.
-    ``metadata``: one record per image for metadata fusion members (see ``ensemble_mc_predict``)."""
-    return ensemble_mc_predict(
-        _tempered_members(bundle), images, n_samples=n_samples, include_backbone=include_backbone, seed=seed,
-        chunk=chunk, metadata=metadata,
+    ``metadata``: one record per image for metadata fusion members (see ``ensemble_mc_predict``).
+    Images without metadata get the without-metadata point's temperatures (:func:`mc_operating_points`);
+    a batch mixing both is run as two groups (each seeded with ``seed``) and put back in order."""
+    n = len(images)
+    points = mc_operating_points(bundle, metadata, n)
+    kw = {"n_samples": n_samples, "include_backbone": include_backbone, "seed": seed, "chunk": chunk}
+    if n == 0 or (points == points[0]).all():
+        return ensemble_mc_predict(_tempered_members(bundle, str(points[0]) if n else WITH_METADATA), images,
+                                   metadata=metadata, **kw)
+    parts = []
+    for point in (WITH_METADATA, WITHOUT_METADATA):
+        rows = np.flatnonzero(points == point)
+        parts.append((rows, ensemble_mc_predict(
+            _tempered_members(bundle, point), [images[i] for i in rows],
+            metadata=[metadata[i] for i in rows] if metadata is not None else None, **kw,
+        )))
+    samples = np.empty((parts[0][1].samples.shape[0], n, parts[0][1].samples.shape[2]))
+    for rows, res in parts:
+        samples[:, rows] = res.samples
+    return MCResult.from_samples(
+        samples, parts[0][1].sample_weights, stochastic=any(r.stochastic for _, r in parts),
+        stochastic_layers=parts[0][1].stochastic_layers,
     )
 
 
@@ -108,8 +139,11 @@ def uncertainty_over_split(
     include_backbone: bool = True,
     data_root: str | None = None,
     device: str | None = None,
+    hide_metadata: bool = False,
 ) -> dict[str, Any]:
     """MC-dropout outputs for the images of a split, in batches of ``batch_size`` images.
+
+    ``hide_metadata``: fusion members get no metadata (every image is scored as one given without it).
 
     ``max_images`` keeps a seeded random subset (in table order); batch ``b`` is sampled with
     seed ``seed + b``. ``device``: where the members run (default: CUDA when available). Returns
@@ -143,7 +177,8 @@ def uncertainty_over_split(
             warnings.simplefilter("ignore", NotStochasticWarning)
             res = bundle_mc_predict(
                 bundle, images, n_samples=n_samples, include_backbone=include_backbone, seed=seed + b,
-                metadata=table_records(table, batch),  # fusion members see what they see in evaluate/predict
+                # fusion members see what they see in evaluate/predict (or nothing: hide_metadata)
+                metadata=None if hide_metadata else table_records(table, batch),
             )
         stochastic = stochastic or res.stochastic
         for k in ARRAYS:
@@ -164,7 +199,7 @@ def uncertainty_over_split(
     out["image_ids"] = table.frame["image_id"].astype(str).to_numpy()[rows]
     out.update(
         stochastic=bool(stochastic), n_samples=int(n_samples), include_backbone=bool(include_backbone), split=split,
-        seconds=round(time.perf_counter() - started, 2),
+        metadata_hidden=bool(hide_metadata), seconds=round(time.perf_counter() - started, 2),
     )
     return out
 
@@ -209,12 +244,37 @@ def _split_effect(flagger: ReviewFlagger, out: dict[str, Any], k: int) -> dict[s
     return res
 
 
-def _fingerprint(meta: dict[str, Any]) -> dict[str, Any]:
-    """What the review threshold depends on: member weights files, weights and temperatures."""
-    return {
+def _fingerprint(meta: dict[str, Any], operating_point: str = WITH_METADATA) -> dict[str, Any]:
+    """What the review threshold depends on: member weights files, weights and temperatures (of the
+    without-metadata point too, for its threshold)."""
+    out = {
         "members": [[m["name"], m["weights_sha256"], float(m["weight"]), float(m["temperature"])] for m in meta["members"]],
         "temperature": {k: meta["temperature"].get(k) for k in ("mode", "ensemble")},
     }
+    if operating_point == WITHOUT_METADATA:
+        out["without_metadata_temperature"] = (meta["decision"].get("without_metadata") or {}).get("temperature")
+    return out
+
+
+def _fit_point(
+    flagger: ReviewFlagger, val: dict[str, Any], test: dict[str, Any] | None, k: int
+) -> dict[str, Any]:
+    """Fit ``flagger`` on validation MC outputs; its threshold and effect on validation (and test)."""
+    flagger.fit(val[flagger.score], val["correct"])
+    threshold = float(flagger.threshold_)
+    out: dict[str, Any] = {
+        "threshold": threshold if np.isfinite(threshold) else None,
+        "validation": {
+            "in_sample": True,
+            "flagged_fraction": flagger.flagged_fraction_,
+            "errors_removed": flagger.errors_removed_,
+            "selective_risk": flagger.selective_risk_,
+            **_split_effect(flagger, val, k),
+        },
+    }
+    if test is not None:
+        out["test"] = _split_effect(flagger, test, k)
+    return out
 
 
 def fit_review_flag(
@@ -230,6 +290,7 @@ def fit_review_flag(
     batch_size: int = 32,
     persist: bool = True,
     device: str | None = None,
+    test: bool = True,
 ) -> dict[str, Any]:
     """Fit the review threshold on the bundle's validation split; report it on test; save it.
 
@@ -240,6 +301,12 @@ def fit_review_flag(
     ``persist``, ``bundle.json`` gets ``review`` = ``{score, goal, target, threshold (None: flags
     nothing), flag_when, n_samples, include_backbone, seed, fitted_on: "val", fitted_for,
     validation, test}`` and a ``history`` entry. Returns that dict plus ``seconds``.
+
+    A bundle with a without-metadata operating point (``decision.without_metadata``) also gets
+    ``review.without_metadata`` = ``{threshold, fitted_on: "val, metadata hidden", fitted_for,
+    validation, test}``: the same score and goal, fitted on validation MC outputs computed with the
+    metadata hidden and that point's temperatures; predict/serve flag such images with it.
+    ``test=False`` skips the test passes (a report only; nothing fitted depends on them).
     """
     from skinlesion.ensemble.bundle import (
         bundle_from_checkpoint,
@@ -259,31 +326,36 @@ def fit_review_flag(
     k = len(bundle.classes)
     kw = {"n_samples": n_samples, "batch_size": batch_size, "seed": seed, "include_backbone": include_backbone,
           "data_root": data_root, "device": device}
-    val = uncertainty_over_split(bundle, "val", **kw)
-    test = uncertainty_over_split(bundle, "test", **kw)
-    flagger.fit(val[score], val["correct"])
-    threshold = float(flagger.threshold_)
-    review = to_jsonable({
+    main = _fit_point(
+        flagger, uncertainty_over_split(bundle, "val", **kw), uncertainty_over_split(bundle, "test", **kw) if test else None, k
+    )
+    review: dict[str, Any] = {
         "score": score,
         "goal": goal,
         "target": float(target),
-        "threshold": threshold if np.isfinite(threshold) else None,
+        "threshold": main.pop("threshold"),
         "flag_when": "score <= threshold" if score in CONFIDENCE_SCORES else "score >= threshold",
         "n_samples": int(n_samples),
         "include_backbone": bool(include_backbone),
         "seed": int(seed),
         "fitted_on": "val",
         "fitted_for": _fingerprint(bundle.meta),
-        "validation": {
-            "in_sample": True,
-            "flagged_fraction": flagger.flagged_fraction_,
-            "errors_removed": flagger.errors_removed_,
-            "selective_risk": flagger.selective_risk_,
-            **_split_effect(flagger, val, k),
-        },
-        "test": _split_effect(flagger, test, k),
-        "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
+        **main,
+    }
+    if bundle.without_metadata is not None and bundle.fusion_members:
+        hidden = {**kw, "hide_metadata": True}
+        point = _fit_point(
+            ReviewFlagger(score, goal, target), uncertainty_over_split(bundle, "val", **hidden),
+            uncertainty_over_split(bundle, "test", **hidden) if test else None, k,
+        )
+        review["without_metadata"] = {
+            "threshold": point.pop("threshold"),
+            "fitted_on": "val, metadata hidden",
+            "fitted_for": _fingerprint(bundle.meta, WITHOUT_METADATA),
+            **point,
+        }
+    review["fitted"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    review = to_jsonable(review)
     if persist:
         meta = dict(bundle.meta)
         meta["review"] = review
@@ -294,26 +366,40 @@ def fit_review_flag(
             "seconds": round(time.perf_counter() - started, 2)}
 
 
-def review_flag_from_bundle(bundle: Any) -> ReviewFlagger | None:
-    """The fitted :class:`ReviewFlagger` recorded in ``bundle.json`` (``review``), or None if none is.
+def review_point(bundle: Any, operating_point: str = WITH_METADATA) -> dict[str, Any] | None:
+    """The review record (threshold, validation, fitted_for...) that flags images decided by
+    ``operating_point``: ``review`` itself, or ``review.without_metadata``. None: no review fitted."""
+    review = _load(bundle).meta.get("review")
+    if review is None:
+        return None
+    if operating_point == WITHOUT_METADATA:
+        return {**review, **review.get("without_metadata", {"fitted_for": None})}
+    return review
+
+
+def review_flag_from_bundle(bundle: Any, operating_point: str = WITH_METADATA) -> ReviewFlagger | None:
+    """The fitted :class:`ReviewFlagger` recorded in ``bundle.json`` (``review``; with
+    ``operating_point=WITHOUT_METADATA``: ``review.without_metadata``), or None if none is.
 
     Raises BundleError when the record is incomplete or was fitted for other members, weights or
-    temperatures (refit it with :func:`fit_review_flag`).
+    temperatures, or before the bundle's without-metadata operating point (refit it with
+    :func:`fit_review_flag`).
     """
     from skinlesion.ensemble.bundle import BundleError
 
     bundle = _load(bundle)
-    review = bundle.meta.get("review")
+    review = review_point(bundle, operating_point)
     if review is None:
         return None
     where = f"{bundle.path}/bundle.json" if bundle.path is not None else "bundle"
+    field = "review.without_metadata" if operating_point == WITHOUT_METADATA else "review"
     missing = [f for f in ("score", "goal", "target", "threshold", "fitted_for", "validation") if f not in review]
     if missing:
-        raise BundleError(f"{where}: field 'review' lacks {missing}")
-    if review["fitted_for"] != _fingerprint(bundle.meta):
+        raise BundleError(f"{where}: field '{field}' lacks {missing}")
+    if review["fitted_for"] != _fingerprint(bundle.meta, operating_point):
         raise BundleError(
-            f"{where}: the review threshold was fitted for other members, weights or temperatures than the "
-            "bundle now has; refit it (skinlesion explain review BUNDLE)."
+            f"{where}: the review threshold ('{field}') was fitted for other members, weights or temperatures than "
+            "the bundle now has (or before its without-metadata operating point); refit it (skinlesion explain review BUNDLE)."
         )
     flagger = ReviewFlagger(review["score"], review["goal"], review["target"])
     flagger._check_params()
@@ -332,7 +418,9 @@ __all__ = [
     "SCORES",
     "bundle_mc_predict",
     "fit_review_flag",
+    "mc_operating_points",
     "review_flag_from_bundle",
+    "review_point",
     "risk_coverage_report",
     "uncertainty_over_split",
 ]
