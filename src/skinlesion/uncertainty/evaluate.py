@@ -23,6 +23,7 @@ is, and flagged by a review threshold fitted on validation **with the metadata h
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -47,6 +48,8 @@ from skinlesion.uncertainty.review import (
     UNCERTAINTY_SCORES,
     ReviewFlagger,
 )
+
+log = logging.getLogger(__name__)
 
 #: Scores compared by risk-coverage (``max_prob``: higher = more confident; the others: less).
 SCORES: tuple[str, ...] = ("max_prob", "predictive_entropy", "mutual_information", "expected_entropy")
@@ -201,6 +204,8 @@ def uncertainty_over_split(
         stochastic=bool(stochastic), n_samples=int(n_samples), include_backbone=bool(include_backbone), split=split,
         metadata_hidden=bool(hide_metadata), seconds=round(time.perf_counter() - started, 2),
     )
+    log.info("MC dropout on %s%s: %d images x %d passes in %.1f s", split, " (metadata hidden)" if hide_metadata else "",
+             rows.size, n_samples, out["seconds"])
     return out
 
 
