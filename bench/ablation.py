@@ -14,7 +14,10 @@ finished one is not trained again. The reference is the member itself, from the 
 Per model: validation BACC of the checkpoint kept (best epoch, identity view, no TTA: the number
 the recipe reports per member) and after every epoch, epochs completed of those planned, training
 wall minutes, training images/s from the wall time (validation included), and the change against
-the reference. Built-in variants (``--variants``):
+the reference with a paired 95% lesion-bootstrap interval (``--n-boot``; every model predicts the
+validation split again, identity view, with its metadata: ``val_bacc_recomputed``; the interval
+covers which validation lesions were drawn, not the training's own run-to-run spread).
+Built-in variants (``--variants``):
 
 * ``res96x128``: 96x128 input, 10 epochs planned (as many as fit in the member's time cap);
 * ``res144x192``: 144x192 input, 5 epochs planned;
@@ -45,6 +48,46 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "aug-light": (["augment.level=light"], "light augmentation instead of medium"),
 }
 ABLATION_DIR = "ablation"
+
+
+def _val_predictions(run_dir: Path, data_root: str | None) -> tuple[Any, Any, Any, str, list[str]]:
+    """Argmax on the validation split (identity view, the table's metadata) of one checkpoint:
+    ``(labels, predictions, lesion ids, split hash, classes)``."""
+    from skinlesion.data.splits import group_ids
+    from skinlesion.ensemble.bundle import bundle_from_checkpoint
+    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.ensemble.predict import member_view_logits
+
+    bundle = bundle_from_checkpoint(run_dir / "checkpoint")
+    table = load_bundle_split(bundle, "val", data_root)
+    logits = member_view_logits(bundle.members[0], table, ["identity"])[:, 0]
+    split_hash = bundle.members[0].meta["data"]["split_hash"]
+    return table.labels(), logits.argmax(axis=1), group_ids(table).to_numpy(), split_hash, list(bundle.classes)
+
+
+def _paired_changes(dirs: dict[str, Path], n_boot: int, data_root: str | None) -> dict[str, dict[str, Any]]:
+    """Per model: validation BACC recomputed, and against the reference the change with its paired
+    lesion-bootstrap 95% interval (the same resampled lesions for both models)."""
+    import numpy as np
+
+    from skinlesion.metrics.bootstrap import bootstrap_ci
+    from skinlesion.metrics.classification import balanced_accuracy
+
+    preds = {name: _val_predictions(d, data_root) for name, d in dirs.items()}
+    y, ref, groups, ref_hash, classes = preds["reference"]
+    k = len(classes)
+    out: dict[str, dict[str, Any]] = {}
+    for name, (y_m, pred, _, split_hash, _) in preds.items():
+        if split_hash != ref_hash or len(y_m) != len(y):
+            raise BenchError(f"{dirs[name]} was trained on another split than the reference {dirs['reference']}")
+        row: dict[str, Any] = {"val_bacc_recomputed": round(balanced_accuracy(y, pred, k), 4)}
+        if name != "reference" and n_boot > 0:
+            both = np.concatenate([np.eye(k)[pred], np.eye(k)[ref]], axis=1) / 2  # rows sum to 1
+            diff = {"change": lambda yb, pb: balanced_accuracy(yb, pb[:, :k].argmax(1), k) - balanced_accuracy(yb, pb[:, k:].argmax(1), k)}
+            ci = bootstrap_ci(y, both, groups, diff, n_boot=n_boot, seed=0)["change"]
+            row["change_ci95"] = [round(ci["low"], 4), round(ci["high"], 4)]
+        out[name] = row
+    return out
 
 
 def _model(run_dir: Path, overrides: list[str], what: str) -> dict[str, Any] | None:
@@ -109,12 +152,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row["change_vs_reference"] = (
                 round(row["val_bacc"] - ref["val_bacc"], 4) if ref and None not in (ref["val_bacc"], row["val_bacc"]) else None
             )
+    finished = {name: Path(row["run_dir"]) for name, row in report.items() if row is not None}
+    if "reference" in finished:
+        for name, extra in _paired_changes(finished, args.n_boot, recipe.data_root).items():
+            report[name].update(extra)
     result = {
         "recipe": recipe.name,
         "recipe_file": str(recipe_path),
         "member": member.name,
         "preset": member.preset,
         "metric": "validation BACC of the kept checkpoint (best epoch, identity view, no TTA)",
+        "n_boot": args.n_boot,
         "models": report,
         "not_finished": [n for n, r in report.items() if r is None],
     }
@@ -131,6 +179,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"built-in: {', '.join(VARIANTS)}")
     ap.add_argument("--define", nargs="+", action="append", metavar="NAME OVERRIDE", help="a variant: its name, then --set overrides")
     ap.add_argument("--report-only", action="store_true", help="report finished trainings; train nothing")
+    ap.add_argument("--n-boot", type=int, default=1000, help="paired lesion-bootstrap resamples of each change (0: none)")
     return ap.parse_args(argv)
 
 

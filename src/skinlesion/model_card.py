@@ -235,8 +235,9 @@ def _ablation(add: Any, out: Path) -> None:
     a = json.loads(path.read_text())
     add(f"## Ablations (`bench/ablation.py`): member {a.get('member')} against variants of it\n")
     add("One training each, same preset, seed, split and time cap; validation BACC of the checkpoint kept "
-        "(best epoch, identity view, no TTA).\n")
-    add("| model | what | input | augmentation | validation BACC | change | epochs done / planned | best epoch | minutes | train img/s |")
+        "(best epoch, identity view, no TTA); the change against the reference with its paired 95% lesion-bootstrap "
+        "interval over the validation lesions (it does not cover the run-to-run spread of training itself).\n")
+    add("| model | what | input | augmentation | validation BACC | change [95% interval] | epochs done / planned | best epoch | minutes | train img/s |")
     add("|---|---|---|---|---|---|---|---|---|---|")
     ref = (a.get("models", {}).get("reference") or {}).get("val_bacc")
     for name, r in a.get("models", {}).items():
@@ -245,7 +246,7 @@ def _ablation(add: Any, out: Path) -> None:
             continue
         size = "x".join(str(v) for v in r.get("input_size") or []) or "?"
         add(f"| {name} | {r.get('what')} | {size} | {r.get('augment')} | {_f(r.get('val_bacc'))} | "
-            f"{_delta(r.get('val_bacc'), ref) if name != 'reference' else ''} | "
+            f"{_delta(r.get('val_bacc'), ref) + ' ' + _pair(r.get('change_ci95')) if name != 'reference' else ''} | "
             f"{r.get('epochs_completed')} / {r.get('epochs_planned')} | {r.get('best_epoch')} | {r.get('training_minutes')} | "
             f"{r.get('train_images_per_s')} |")
     add("")

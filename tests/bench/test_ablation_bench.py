@@ -46,7 +46,8 @@ def recipe(tiny_members: list[Path], tmp_path_factory: pytest.TempPathFactory) -
 
 def test_reference_and_variant_side_by_side(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    argv = ["--recipe", str(recipe), "--recipe-out", str(out), "--define", "small", "model.input_size=[40,56]", "--variants", "small"]
+    argv = ["--recipe", str(recipe), "--recipe-out", str(out), "--define", "small", "model.input_size=[40,56]", "--variants", "small",
+            "--n-boot", "50"]
     rc, res, err = _run(argv, capsys)
     assert rc == 0, err
     ref, small = res["models"]["reference"], res["models"]["small"]
@@ -54,6 +55,12 @@ def test_reference_and_variant_side_by_side(recipe: Path, tmp_path: Path, capsys
     assert ref["val_bacc"] == ref_meta["validation"]["bacc"] and ref["input_size"] == [48, 64]
     assert small["input_size"] == [40, 56] and small["overrides"][-1] == "model.input_size=[40,56]"
     assert small["change_vs_reference"] == pytest.approx(small["val_bacc"] - ref["val_bacc"], abs=1e-4)
+    # the models predict validation again: the training's number comes back, and the change gets a paired interval
+    assert ref["val_bacc_recomputed"] == pytest.approx(ref["val_bacc"], abs=1e-3)
+    assert small["val_bacc_recomputed"] == pytest.approx(small["val_bacc"], abs=1e-3)
+    low, high = small["change_ci95"]
+    assert low <= small["val_bacc_recomputed"] - ref["val_bacc_recomputed"] <= high
+    assert "change_ci95" not in ref
     assert small["epochs_completed"] == 1 and len(small["val_bacc_by_epoch"]) == 1 and small["train_images_per_s"] > 0
     assert json.loads((out / "ablation" / "ablation.json").read_text()) == res
 
@@ -65,7 +72,7 @@ def test_reference_and_variant_side_by_side(recipe: Path, tmp_path: Path, capsys
     lines: list[str] = []
     _ablation(lines.append, out)
     row = next(line for line in lines if line.startswith("| small |"))
-    assert "| 40x56 |" in row and f"{small['val_bacc']:.3f}" in row and f"{small['change_vs_reference']:+.3f}" in row
+    assert "| 40x56 |" in row and f"{small['val_bacc']:.3f}" in row and f"{small['change_vs_reference']:+.3f} [{low:.3f}, {high:.3f}]" in row
 
 
 def test_report_only_lists_unfinished_and_bad_names_are_refused(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
