@@ -255,7 +255,7 @@ def _ablation(add: Any, out: Path) -> None:
 def _review_effect(res: dict[str, Any] | None) -> str:
     """A review flag's effect on one split, in words (``fit_review_flag``'s validation/test dicts)."""
     if not res:
-        return "not measured"
+        return "not measured by the recipe (`skinlesion explain review BUNDLE --dry-run` measures it)"
     return (f"flags {_f(res.get('flagged_fraction'))} of {res.get('n')} images and catches {_f(res.get('errors_removed'))} of "
             f"the {res.get('n_errors')} argmax errors; accuracy {_f(res.get('accuracy_unflagged'))} on unflagged vs "
             f"{_f(res.get('accuracy_flagged'))} on flagged images, BACC {_f(res.get('bacc_unflagged'))} vs {_f(res.get('bacc_flagged'))}")
