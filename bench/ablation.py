@@ -137,8 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"--variants {unknown}: unknown; built-in {sorted(VARIANTS)}" + (" and --define'd ones" if args.define else ""))
     out = Path(args.recipe_out)
     ablation = out / ABLATION_DIR
-    ref_dir = member_dir(out, member.name)
-    todo = [("reference", member, ref_dir.parent.parent)]
+    todo = [("reference", member, out)]  # where the recipe trains it: <out>/members/<member>
     todo += [(v, MemberSpec(name=v, preset=member.preset, set=[*member.set, *variants[v][0]]), ablation) for v in args.variants]
     report: dict[str, Any] = {}
     for name, spec, root in todo:
