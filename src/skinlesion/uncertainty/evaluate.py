@@ -112,16 +112,15 @@ def bundle_mc_predict(
     n = len(images)
     points = mc_operating_points(bundle, metadata, n)
     kw = {"n_samples": n_samples, "include_backbone": include_backbone, "seed": seed, "chunk": chunk}
-    if n == 0 or (points == points[0]).all():
-        return ensemble_mc_predict(_tempered_members(bundle, str(points[0]) if n else WITH_METADATA), images,
-                                   metadata=metadata, **kw)
     parts = []
-    for point in (WITH_METADATA, WITHOUT_METADATA):
+    for point in np.unique(points) if n else [WITH_METADATA]:  # one group unless the batch mixes both
         rows = np.flatnonzero(points == point)
         parts.append((rows, ensemble_mc_predict(
-            _tempered_members(bundle, point), [images[i] for i in rows],
+            _tempered_members(bundle, str(point)), [images[i] for i in rows],
             metadata=[metadata[i] for i in rows] if metadata is not None else None, **kw,
         )))
+    if len(parts) == 1:
+        return parts[0][1]
     samples = np.empty((parts[0][1].samples.shape[0], n, parts[0][1].samples.shape[2]))
     for rows, res in parts:
         samples[:, rows] = res.samples
