@@ -12,7 +12,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from skinlesion.data.datasets import FORMATS, load_dataset
-from skinlesion.data.splits import SPLITS, make_kfold_split, make_split, split_counts, write_manifest
+from skinlesion.data.splits import (
+    SPLITS,
+    kfold_keeping_test,
+    make_kfold_split,
+    make_split,
+    read_manifest,
+    split_counts,
+    write_manifest,
+)
 from skinlesion.errors import SkinLesionError
 
 
@@ -49,6 +57,10 @@ def split_command(
         int | None,
         typer.Option("--kfold", help="Also cut the non-test part into K lesion-disjoint folds (replaces --val)."),
     ] = None,
+    keep_test: Annotated[
+        Path | None,
+        typer.Option("--keep-test", help="With --kfold: take the test rows of this manifest unchanged and fold the rest."),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write (sidecar: same name, .json).")] = Path(
         "manifest.csv"
     ),
@@ -76,8 +88,12 @@ def split_command(
         if (images is not None or metadata is not None) and key in ("folder", "dermamnist"):
             raise typer.BadParameter(f"--images/--metadata do not apply to --format {key}; use --root.")
         table = load_dataset(key, root, **kw)
+        if keep_test is not None and kfold is None:
+            raise typer.BadParameter("--keep-test needs --kfold K.")
         if kfold is None:
             manifest = make_split(table, val_fraction=val, test_fraction=test, seed=seed)
+        elif keep_test is not None:
+            manifest = kfold_keeping_test(table, read_manifest(keep_test)[0], k=kfold, seed=seed)
         else:
             manifest = make_kfold_split(table, k=kfold, test_fraction=test, seed=seed)
         digest = write_manifest(manifest, out, info={})

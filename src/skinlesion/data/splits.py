@@ -178,6 +178,24 @@ def make_kfold_split(table: LesionTable, *, k: int = 5, test_fraction: float = 0
     return base
 
 
+def kfold_keeping_test(table: LesionTable, base: pd.DataFrame, *, k: int = 5, seed: int = 42) -> pd.DataFrame:
+    """``k`` lesion-grouped, stratified folds of everything that is not test in ``base`` (a train/val/test
+    manifest); its test rows stay exactly as they are, so test numbers stay comparable across the switch
+    from one validation split to cross-fitting. Columns as :func:`make_kfold_split`."""
+    _check_manifest(base, "base manifest")
+    if "split" not in base.columns:
+        raise DataError("The base manifest has no 'split' column: it must say which rows are test.")
+    test_ids = set(base.loc[base["split"] == "test", "image_id"].astype(str))
+    rest = [i for i in base["image_id"].astype(str) if i not in test_ids]
+    folds = make_kfold(table.subset(rest), k=k, seed=seed)
+    fold_of = dict(zip(folds["image_id"], folds["fold"], strict=True))
+    out = base[list(BASE_COLUMNS)].copy()
+    out["split"] = np.where(out["image_id"].astype(str).isin(test_ids), "test", "train")
+    out["fold"] = out["image_id"].astype(str).map(fold_of).fillna(-1).astype(np.int64)
+    out.attrs = {**_attrs(table, seed=seed, k=int(k)), "test_from_manifest_hash": manifest_hash(base)}
+    return out
+
+
 def _columns(df: pd.DataFrame) -> list[str]:
     return [c for c in (*BASE_COLUMNS, "split", "fold") if c in df.columns]
 

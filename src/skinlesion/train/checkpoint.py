@@ -43,11 +43,20 @@ class Checkpoint:
         return self.meta["preprocessing"]
 
 
-def save_checkpoint(directory: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
-    """Write weights and metadata into ``directory`` (created). Returns the directory."""
+def save_checkpoint(
+    directory: Path, model: torch.nn.Module, meta: dict[str, Any], *, dtype: torch.dtype | None = None
+) -> Path:
+    """Write weights and metadata into ``directory`` (created). Returns the directory.
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors at that precision (half the
+    bytes); loading casts them back to the model's dtype.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        meta = {**meta, "weights_dtype": str(dtype).removeprefix("torch.")}
     save_file(state, str(directory / WEIGHTS))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
     meta["weights_sha256"] = sha256_file(directory / WEIGHTS)

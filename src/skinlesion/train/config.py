@@ -36,6 +36,14 @@ class DataConfig(_Strict):
     synthetic_lesions_per_class: int = Field(60, gt=0)
     synthetic_seed: int = 0
     num_workers: int = Field(2, ge=0)
+    fold: int | None = Field(
+        None, ge=0, description="With a k-fold manifest: validate on this fold, train on the others (test rows stay out)."
+    )
+    cache: bool = Field(
+        False,
+        description="Decode every image once into memory (uint8) and augment whole batches as tensors "
+        "(data/batch_augment.py) instead of decoding and augmenting image by image.",
+    )
 
     @model_validator(mode="after")
     def _check_sources(self) -> DataConfig:
@@ -48,6 +56,8 @@ class DataConfig(_Strict):
             raise ValueError(f"data.format={self.format!r} needs data.ground_truth and data.images")
         if self.format in ("ham10000", "folder", "dermamnist") and not self.root:
             raise ValueError(f"data.format={self.format!r} needs data.root")
+        if self.fold is not None and not self.manifest:
+            raise ValueError(f"data.fold={self.fold} needs data.manifest (a k-fold manifest: skinlesion data split --kfold)")
         return self
 
 
@@ -108,11 +118,23 @@ class OptimConfig(_Strict):
     sampler: Literal["none", "weighted"] = "none"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     early_stopping_patience: int | None = Field(5, gt=0)
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="Checkpoint to keep: the epoch with the best validation BACC, or the last one (fixed epochs; "
+        "the only honest choice when the validation fold's predictions are used as out-of-fold predictions).",
+    )
     max_time_minutes: float | None = Field(None, gt=0)
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     gradient_clip_val: float | None = Field(None, gt=0)
     accumulate_grad_batches: int = Field(1, gt=0)
+    weights_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="Precision of the saved weights (float16: half the size; loaded back as float32)."
+    )
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="Exponential moving average of the weights (timm ModelEmaV3, with warm-up); "
+        "validation and the saved checkpoint use the average. null = off."
+    )
 
 
 class TrainerConfig(_Strict):
@@ -122,6 +144,8 @@ class TrainerConfig(_Strict):
     strategy: str = "auto"
     precision: str = Field("32-true", description="'16-mixed'/'bf16-mixed' for AMP on GPU")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; null = leave as is")
+    channels_last: bool = Field(False, description="NHWC memory format for the model and its inputs (1.9x on this CPU)")
+    keep_freed_memory: bool = Field(False, description="glibc: keep freed activation buffers for reuse (skinlesion._malloc)")
 
 
 class TrainConfig(_Strict):

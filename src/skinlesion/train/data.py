@@ -12,7 +12,8 @@ from typing import Any
 from skinlesion.data.datasets import load_dataset
 from skinlesion.data.splits import apply_manifest, make_split, read_manifest, write_manifest
 from skinlesion.data.table import LesionTable
-from skinlesion.train.config import DataConfig
+from skinlesion.errors import ConfigError
+from skinlesion.train.config import PRESET_DIR, DataConfig
 
 log = logging.getLogger(__name__)
 MANIFEST_NAME = "split_manifest.csv"
@@ -66,6 +67,17 @@ def _write_skipped(table: LesionTable, path: Path) -> None:
             w.writerow([s.file, s.row, s.image_id, s.reason])
 
 
+def resolve_manifest(path: str | Path) -> Path:
+    """``path`` as given, or a split packaged with skinlesion (``configs/splits/...``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    packaged = PRESET_DIR / p
+    if not p.is_absolute() and packaged.is_file():
+        return packaged
+    raise ConfigError(f"data.manifest {str(path)!r} is neither a file nor a packaged split under {PRESET_DIR}")
+
+
 def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedData:
     """Load the dataset, then reuse ``cfg.manifest`` or split it (seeded) and save the manifest in the run."""
     run_dir = Path(run_dir)
@@ -75,8 +87,9 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedData:
         _write_skipped(table, run_dir / "skipped_rows.csv")
         log.warning("%d bad rows skipped; listed in %s", len(table.skipped), run_dir / "skipped_rows.csv")
     if cfg.manifest:
-        manifest, info = read_manifest(cfg.manifest)
-        if not is_worker_process() and Path(cfg.manifest).resolve() != manifest_path.resolve():
+        given = resolve_manifest(cfg.manifest)
+        manifest, info = read_manifest(given)
+        if not is_worker_process() and given.resolve() != manifest_path.resolve():
             write_manifest(manifest, manifest_path, info={k: v for k, v in info.items() if k != "hash"})
     elif manifest_path.is_file():  # resume, or a DDP worker reading rank 0's manifest
         manifest, info = read_manifest(manifest_path)
@@ -94,7 +107,12 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedData:
         if not is_worker_process():
             write_manifest(manifest, manifest_path, info=info)
         manifest, info = read_manifest(manifest_path)  # read back: verifies what was written
-    splits = apply_manifest(table, manifest)
+    if cfg.fold is not None and "fold" not in manifest.columns:
+        raise ConfigError(f"data.fold={cfg.fold}: the manifest {cfg.manifest} has no fold column (make one with "
+                          "skinlesion data split --kfold K)")
+    splits = apply_manifest(table, manifest, fold=cfg.fold)
+    if cfg.fold is not None:
+        info = {**info, "fold": cfg.fold}
     return PreparedData(
         splits=splits,
         classes=table.classes,

@@ -11,6 +11,7 @@ score does not depend on the number of processes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -19,6 +20,8 @@ from torch import nn
 
 from skinlesion.metrics.classification import balanced_accuracy
 from skinlesion.models.fusion import hide_metadata
+
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -45,8 +48,14 @@ class LesionClassifier(L.LightningModule):
         min_lr_ratio: float,
         n_classes: int,
         metadata_dropout: float = 0.0,
+        train_transform: BatchTransform | None = None,
+        eval_transform: BatchTransform | None = None,
+        channels_last: bool = False,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.loss_fn = loss
         self.lr = lr
@@ -56,10 +65,39 @@ class LesionClassifier(L.LightningModule):
         self.min_lr_ratio = min_lr_ratio
         self.n_classes = n_classes
         self.metadata_dropout = metadata_dropout
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.channels_last = channels_last
+        self.ema = None
+        if ema_decay:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=ema_decay, use_warmup=True)
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(x) if meta is None else self.model(x, meta)
+
+    def final_model(self) -> nn.Module:
+        """The weights to save: the moving average when ``ema_decay`` is set, else the trained model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> tuple[torch.Tensor, ...]:
+        """uint8 batches (``data.cache``) are augmented (training) or resized (validation) here, on the
+        batch's device; float batches arrive ready. Inputs go NHWC when ``channels_last``."""
+        x, *rest = batch
+        if x.dtype == torch.uint8:
+            tf = self.train_transform if self.trainer.training else self.eval_transform
+            if tf is None:
+                raise RuntimeError("uint8 image batches need train_transform and eval_transform")
+            x = tf(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return (x, *rest)
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         x, y, _, *rest = batch
@@ -73,7 +111,11 @@ class LesionClassifier(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         x, y, rows, *rest = batch
-        logits = self(x, rest[0] if rest else None)
+        meta = rest[0] if rest else None
+        if self.ema is not None:  # validate the weights that will be saved
+            logits = self.ema.module(x) if meta is None else self.ema.module(x, meta)
+        else:
+            logits = self(x, meta)
         self._val.append((logits.detach().float(), y, rows))
 
     def on_validation_epoch_end(self) -> None:

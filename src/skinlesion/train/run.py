@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ import yaml
 from torch.utils.data import DataLoader
 
 import skinlesion
+from skinlesion._malloc import keep_freed_memory
+from skinlesion.data.batch_augment import augment_batch, eval_batch
+from skinlesion.data.image_cache import CachedLesionDataset, cache_size, decode_images
 from skinlesion.data.loader import LesionDataset
 from skinlesion.data.metadata import MetadataEncoder
 from skinlesion.data.table import LesionTable
@@ -97,14 +101,29 @@ def _loaders(
     pre: dict[str, Any],
     encoder: MetadataEncoder | None = None,
 ) -> tuple[DataLoader, DataLoader | None]:
+    """Per-image pipeline (decode + albumentations in workers), or with ``data.cache`` raw uint8
+    images decoded once into memory, augmented as whole batches by the module."""
     labels = train_table.labels()
-    tf_train = train_transform(pre["input_size"], pre["mean"], pre["std"], cfg.augment.level, pre["interpolation"])
-    tf_eval = preprocessing_transform(pre)
-    nw = cfg.data.num_workers
+    nw = 0 if cfg.data.cache else cfg.data.num_workers
     common = {"batch_size": cfg.train.batch_size, "num_workers": nw, "persistent_workers": nw > 0}
 
-    def dataset(table: LesionTable, tf: Any) -> LesionDataset:
-        return LesionDataset(table, tf, metadata=None if encoder is None else encoder.encode_frame(table.frame))
+    def meta(table: LesionTable) -> np.ndarray | None:
+        return None if encoder is None else encoder.encode_frame(table.frame)
+
+    if cfg.data.cache:
+        size = cache_size(pre["input_size"])
+        threads = cfg.trainer.threads or torch.get_num_threads()
+
+        def dataset(table: LesionTable, tf: Any) -> Any:
+            return CachedLesionDataset(table, decode_images(table, size, threads=threads), metadata=meta(table))
+
+        tf_train = tf_eval = None
+    else:
+        tf_train = train_transform(pre["input_size"], pre["mean"], pre["std"], cfg.augment.level, pre["interpolation"])
+        tf_eval = preprocessing_transform(pre)
+
+        def dataset(table: LesionTable, tf: Any) -> Any:
+            return LesionDataset(table, tf, metadata=meta(table))
 
     if cfg.train.sampler == "weighted":
         sampler = balanced_sampler(labels, power=cfg.train.class_weight_power, seed=cfg.seed)
@@ -113,6 +132,13 @@ def _loaders(
         train = DataLoader(dataset(train_table, tf_train), shuffle=True, drop_last=True, **common)
     val = DataLoader(dataset(val_table, tf_eval), shuffle=False, **common) if val_table is not None and len(val_table) else None
     return train, val
+
+
+def batch_transforms(cfg: TrainConfig, pre: dict[str, Any]) -> tuple[Any, Any]:
+    """The (train, eval) functions that turn a uint8 batch into the network's input (``data.cache``)."""
+    size, mean, std, level = pre["input_size"], pre["mean"], pre["std"], cfg.augment.level
+    return (partial(augment_batch, input_size=size, mean=mean, std=std, level=level),
+            partial(eval_batch, input_size=size, mean=mean, std=std))
 
 
 def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
@@ -141,6 +167,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
+    if cfg.trainer.keep_freed_memory:
+        keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = prepare_data(cfg.data, run_dir)
@@ -194,8 +222,11 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         min_lr_ratio=cfg.train.min_lr_ratio,
         n_classes=len(classes),
         metadata_dropout=cfg.model.metadata_dropout if encoder is not None else 0.0,
+        **dict(zip(("train_transform", "eval_transform"), batch_transforms(cfg, pre), strict=True)),
+        channels_last=cfg.trainer.channels_last,
+        ema_decay=cfg.train.ema_decay,
     )
-    monitor = val_loader is not None
+    monitor = val_loader is not None and cfg.train.keep == "best"
     ckpt_cb = ModelCheckpoint(
         dirpath=state_dir,
         filename="best",
@@ -205,7 +236,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         save_top_k=1,
     )
     callbacks: list[Any] = [ckpt_cb, _progress_bar()]
-    if monitor and cfg.train.early_stopping_patience:
+    if val_loader is not None and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val_bacc", mode="max", patience=cfg.train.early_stopping_patience))
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -238,7 +269,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         saved = torch.load(best, map_location="cpu", weights_only=False)
         module.load_state_dict(saved["state_dict"])
         best_epoch = int(saved["epoch"]) + 1  # 1-based: the epoch whose end produced these weights
-    model = module.model.cpu().eval()
+    model = module.final_model().cpu().eval().to(memory_format=torch.contiguous_format)
     val_metrics: dict[str, Any] = {}
     if "val" in data.splits and len(data.splits["val"]):
         val_table = data.splits["val"]
@@ -283,7 +314,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    ckpt_dir = save_checkpoint(run_dir / "checkpoint", model, meta)
+    ckpt_dir = save_checkpoint(run_dir / "checkpoint", model, meta, dtype=getattr(torch, cfg.train.weights_dtype))
     log.info("Checkpoint written to %s (val BACC %s)", ckpt_dir, val_metrics.get("bacc"))
     return TrainResult(run_dir, ckpt_dir, val_metrics, wall)
 
