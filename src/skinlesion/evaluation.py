@@ -56,6 +56,9 @@ def load_split_table(
 ) -> tuple[LesionTable, dict[str, Any], bool]:
     """Rows of ``split`` in the manifest the model was trained on, labels indexed by ``classes``.
 
+    On a k-fold manifest (no "val" rows) ``split="val"`` means every non-test row: cross-fitted
+    members are validated out-of-fold (see :func:`skinlesion.ensemble.build.build_bundle`).
+
     The manifest's hash must equal ``meta["data"]["split_hash"]`` unless the manifest was given
     explicitly (then ``same_split`` is False and callers record it). Returns ``(table, info, same_split)``.
     """
@@ -77,7 +80,10 @@ def load_split_table(
         if missing:
             raise DataError(f"Dataset has classes {missing} that the model does not know ({list(classes)})")
         table.classes = tuple(classes)
-    subset = apply_manifest(table, man).get(split)
+    parts = apply_manifest(table, man)
+    subset = parts.get(split)
+    if split == "val" and "fold" in man.columns and not len(subset):
+        subset = parts["train"]  # a k-fold manifest: validation is out-of-fold, every non-test row
     if subset is None or len(subset) == 0:
         raise DataError(f"Split {split!r} of {manifest_path} is empty")
     return subset, info, same_split

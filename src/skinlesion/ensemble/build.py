@@ -44,7 +44,7 @@ from skinlesion.ensemble.bundle import (
     load_bundle,
     write_meta,
 )
-from skinlesion.ensemble.predict import member_view_logits
+from skinlesion.ensemble.predict import member_view_logits, out_of_fold_view_logits
 from skinlesion.ensemble.tta import TTAPolicy
 from skinlesion.ensemble.weighting import METHODS as WEIGHTINGS
 from skinlesion.ensemble.weighting import EnsembleWeights
@@ -84,6 +84,33 @@ def _load_members(checkpoints: Sequence[str | Path]) -> list[Any]:
     if len({str(c.path.resolve()) for c in ckpts}) != len(ckpts):
         raise ValueError("The same checkpoint is given twice")
     return ckpts
+
+
+def member_folds(ckpts: Sequence[Any]) -> list[int] | None:
+    """The fold each member was validated on (``data.fold`` of its training config), or None when
+    no member was cross-fitted. Mixing cross-fitted and plain members, or two members of one fold,
+    is an error."""
+    folds = [c.meta.get("config", {}).get("data", {}).get("fold") for c in ckpts]
+    if all(f is None for f in folds):
+        return None
+    if any(f is None for f in folds):
+        plain = [str(c.path) for c, f in zip(ckpts, folds, strict=True) if f is None]
+        raise CheckpointError(
+            f"Members {plain} were trained on a train/val split, the others on folds of a k-fold manifest: "
+            "a cross-fitted bundle needs every member trained with data.fold"
+        )
+    if len(set(folds)) != len(folds):
+        raise CheckpointError(f"Members were trained on folds {folds}: each fold may have one member only")
+    return [int(f) for f in folds]
+
+
+def row_folds(table: Any, manifest_path: Path) -> np.ndarray:
+    """The fold of every row of ``table`` in a k-fold manifest."""
+    from skinlesion.data.splits import read_manifest
+
+    man, _ = read_manifest(manifest_path)
+    fold_of = dict(zip(man["image_id"].astype(str), man["fold"].astype(int), strict=True))
+    return np.asarray([fold_of[i] for i in table.frame["image_id"].astype(str)], dtype=np.int64)
 
 
 def _val_metrics(y: np.ndarray, log_probs: np.ndarray, k: int) -> dict[str, float]:
@@ -129,13 +156,25 @@ def build_bundle(
         first.meta, manifest_path, "val", classes, data_root=data_root, run_dir=first.path.parent,
         where=f"{first.path}/checkpoint.json",
     )
+    folds = member_folds(ckpts)
+    names = [f"m{i}-{c.meta['backbone']}" for i, c in enumerate(ckpts)]
+    if folds is not None:  # cross-fitted: validation is out-of-fold, each row predicted by its fold's member
+        val_folds = row_folds(val, manifest_path)
+        val = val.subset(np.isin(val_folds, folds))
+        val_folds = val_folds[np.isin(val_folds, folds)]
+        names = [f"f{f}-{c.meta['backbone']}" for f, c in zip(folds, ckpts, strict=True)]
     y = val.labels()
     k = len(classes)
-    names = [f"m{i}-{c.meta['backbone']}" for i, c in enumerate(ckpts)]
     members = [_member(c, n) for c, n in zip(ckpts, names, strict=True)]
 
     logits = []
-    for m in members:
+    if folds is not None:
+        log.info("Out-of-fold pass of %d members (%d images x %d views)", len(members), len(val), len(policy.views))
+        oof = out_of_fold_view_logits(
+            members, folds, val, val_folds, policy.views, batch_size=batch_size, num_workers=num_workers, device=device
+        )
+        logits = [oof] * len(members)  # every member slot holds the row's out-of-fold logits
+    for m in members if folds is None else []:
         log.info("Validation pass of %s (%d images x %d views)", m.name, len(val), len(policy.views))
         logits.append(member_view_logits(m, val, policy.views, batch_size=batch_size, num_workers=num_workers, device=device))
 
@@ -164,9 +203,13 @@ def build_bundle(
                 "temperature": m.temperature,
                 "weights_sha256": m.meta.get("weights_sha256"),
                 "source_checkpoint": str(c.path.resolve()),
-                "validation": {**_val_metrics(y, lp, k), "recorded_at_training": c.meta.get("validation", {}).get("bacc")},
+                "validation": {
+                    **(_val_metrics(y, lp, k) if folds is None else _val_metrics(y[val_folds == f], lp[val_folds == f], k)),
+                    "recorded_at_training": c.meta.get("validation", {}).get("bacc"),
+                    **({} if folds is None else {"fold": f, "n": int((val_folds == f).sum())}),
+                },
             }
-            for m, c, lp in zip(members, ckpts, raw_lp, strict=True)
+            for m, c, lp, f in zip(members, ckpts, raw_lp, folds or [None] * len(members), strict=True)
         ],
         "weighting": {
             "method": weighting,
@@ -194,6 +237,13 @@ def build_bundle(
         },
         "history": [{"at": _now(), "action": "build", "by": f"skinlesion {skinlesion.__version__}"}],
     }
+    if folds is not None:
+        meta["cross_fitting"] = {
+            "k": int(max(info.get("k") or 0, max(folds) + 1)),
+            "member_folds": {m.name: f for m, f in zip(members, folds, strict=True)},
+            "validation": "out-of-fold: each validation row is predicted by the one member that did not train on it; "
+            "temperature, thresholds and review flag are fitted on these single-member predictions",
+        }
     bundle = Bundle(None, meta, members)
     uncal = bundle.log_probs(logits, calibrated=False)
     if temperature == "ensemble":
@@ -217,18 +267,21 @@ def build_bundle(
     sidecar = manifest_path.with_suffix(".json")
     if sidecar.is_file():
         shutil.copy2(sidecar, out / Path(MANIFEST).with_suffix(".json"))
-    save_validation_cache(out, val, y, names, policy.views, logits)
+    save_validation_cache(out, val, y, names, policy.views, logits, **({} if folds is None else {"fold": val_folds}))
     write_meta(out, meta)
     log.info("Bundle written to %s", out)
     return load_bundle(out)
 
 
-def save_validation_cache(out: Path, table: Any, y: np.ndarray, names: list[str], views: Sequence[str], logits: list[np.ndarray]) -> None:
+def save_validation_cache(
+    out: Path, table: Any, y: np.ndarray, names: list[str], views: Sequence[str], logits: list[np.ndarray],
+    **extra: np.ndarray,
+) -> None:
     _write_cache(
         out / VALIDATION_CACHE,
         np.asarray(table.frame["image_id"].astype(str).tolist(), dtype=str),
         np.asarray(group_ids(table).astype(str).tolist(), dtype=str),
-        y, names, views, logits,
+        y, names, views, logits, **extra,
     )
 
 
@@ -343,7 +396,18 @@ def validation_logits_without_metadata(
     views = bundle.tta.views
     fusion_names = {m.name for m in fusion}
     hidden: list[np.ndarray] = []
-    for m, z in zip(bundle.members, logits, strict=True):
+    cv = bundle.meta.get("cross_fitting")
+    if cv:  # out-of-fold, as validation.npz: each row by the member that did not train on it
+        with np.load(bundle.path / VALIDATION_CACHE, allow_pickle=False) as z:
+            fold_of = dict(zip(image_id.tolist(), z["fold"].tolist(), strict=True))
+        log.info("Out-of-fold pass with the metadata hidden (%d images x %d views)", len(table), len(views))
+        oof = out_of_fold_view_logits(
+            bundle.members, [cv["member_folds"][m.name] for m in bundle.members], table,
+            np.asarray([fold_of[i] for i in ids]), views, batch_size=batch_size, num_workers=num_workers, device=device,
+            use_metadata=False,
+        )[order]
+        hidden = [oof] * len(bundle.members)
+    for m, z in zip(bundle.members, logits, strict=True) if not cv else ():
         if m.name in fusion_names:
             log.info("Validation pass of %s with the metadata hidden (%d images x %d views)", m.name, len(table), len(views))
             zt = member_view_logits(

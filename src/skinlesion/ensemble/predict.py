@@ -66,3 +66,34 @@ def images_view_logits(
     meta = model.encode_metadata(metadata, len(images)) if isinstance(model, MetadataFusionNet) else None
     with torch.inference_mode():
         return tta_logits(model, x, views, max_rows=_max_rows(dev), meta=meta).cpu().numpy()
+
+
+def out_of_fold_view_logits(
+    members: Sequence[Member],
+    member_folds: Sequence[int],
+    table: LesionTable,
+    row_folds: np.ndarray,
+    views: Sequence[str],
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    use_metadata: bool = True,
+) -> np.ndarray:
+    """Cross-fitted logits ``(N, V, K)``: each row of ``table`` predicted only by the member that did
+    not train on it (the member whose fold is the row's fold, ``row_folds``)."""
+    row_folds = np.asarray(row_folds)
+    if row_folds.shape != (len(table),):
+        raise ValueError(f"The 'row_folds' parameter must hold one fold per table row ({len(table)}). Got shape {row_folds.shape}.")
+    uncovered = sorted(set(row_folds.tolist()) - set(member_folds))
+    if uncovered:
+        raise ValueError(f"Rows of fold(s) {uncovered} have no member trained without them (member folds {list(member_folds)}).")
+    out = np.zeros((len(table), len(views), len(table.classes)), dtype=np.float32)
+    for m, f in zip(members, member_folds, strict=True):
+        rows = row_folds == f
+        if rows.any():
+            out[rows] = member_view_logits(
+                m, table.subset(rows), views, batch_size=batch_size, num_workers=num_workers, device=device,
+                use_metadata=use_metadata,
+            )
+    return out

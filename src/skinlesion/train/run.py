@@ -152,6 +152,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         logging.getLogger("lightning").handlers.clear()
     # Lightning 2.6 trips over its own torch-pytree deprecation on every fit; not actionable for users.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # The weight EMA (train.ema_decay) is a frozen copy kept in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     t0 = time.time()
     # Deterministic from the arguments: DDP children re-run the same command and must find the same folder.
     run_dir = Path(run_dir or Path(cfg.output_dir) / cfg.name)
