@@ -16,6 +16,8 @@ Two modes:
         cached_cl   cached + channels_last (``trainer.channels_last: true``)
         cached_cl_malloc  cached_cl + glibc keeps freed buffers (``trainer.keep_freed_memory``)
         cached_cl_bf16    cached_cl + bf16 autocast
+        cached_cl_malloc_frozen_stem  + stem and first two stages frozen (no gradients through them)
+        cached_cl_malloc_small        + 96x128 inputs (what progressive resizing runs in its early epochs)
 
         Each pipeline runs in its own process (mallopt cannot be undone), in turn, ``--rounds``
         times; the figure is the median over rounds of images/s over ``--steps`` steps. The model
@@ -36,7 +38,11 @@ import torch
 
 from skinlesion.models.registry import create_backbone
 
-PIPELINES = ("per_image", "cached", "cached_cl", "cached_cl_malloc", "cached_cl_bf16")
+PIPELINES = (
+    "per_image", "cached", "cached_cl", "cached_cl_malloc", "cached_cl_bf16", "cached_cl_malloc_frozen_stem",
+    "cached_cl_malloc_small",
+)
+SMALL = (96, 128)  # the early-epoch size of progressive resizing
 
 
 def measure(backbone: str, hw: tuple[int, int], batch: int, steps: int, threads: int) -> dict:
@@ -89,16 +95,20 @@ def profile_pipeline(args: argparse.Namespace) -> dict:
     table = load_dataset("ham10000", args.root)
     keep = stratified_subsample(table.labels(), args.batch * (args.steps + 2), seed=0)
     table = table.subset(table.frame["image_id"].to_numpy()[keep])
-    hw = tuple(int(v) for v in args.size.lower().split("x"))
+    hw = SMALL if name.endswith("_small") else tuple(int(v) for v in args.size.lower().split("x"))
     dc = data_config(backbone, hw)
     mean, std = list(dc["mean"]), list(dc["std"])
     encoder = MetadataEncoder(["age", "sex", "site"]).fit(table)
     meta = encoder.encode_frame(table.frame)
     model = create_fusion_model(backbone, encoder, num_classes=7, pretrained=args.pretrained, drop_rate=0.3)
+    if name.endswith("_frozen_stem"):  # timm EfficientNet: conv_stem, bn1, blocks[0..1]
+        bb = model.backbone
+        for mod in (bb.conv_stem, bb.bn1, bb.blocks[0], bb.blocks[1]):
+            mod.requires_grad_(False)
     channels_last = "_cl" in name
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
     model.train()
     t_decode = 0.0
     if name == "per_image":

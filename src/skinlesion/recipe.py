@@ -151,13 +151,15 @@ def member_dir(out: Path, name: str) -> Path:
     return out / "members" / name
 
 
-def _train(recipe: Recipe, spec: MemberSpec, out: Path) -> dict[str, Any]:
+def _train(recipe: Recipe, spec: MemberSpec, out: Path, threads: int | None = None) -> dict[str, Any]:
     from skinlesion.train.config import load_config
     from skinlesion.train.run import train
 
     overrides = [f"name={recipe.name}-{spec.name}", *spec.set]
     if recipe.data_root is not None:
         overrides.append(f"data.root={recipe.data_root}")
+    if threads is not None:  # a property of the machine, not of the model
+        overrides.append(f"trainer.threads={threads}")
     cfg = load_config(spec.preset, overrides)
     run_dir = member_dir(out, spec.name)
     finished = (run_dir / "checkpoint" / "checkpoint.json").is_file()
@@ -227,9 +229,10 @@ def _card(recipe: Recipe, out: Path, recipe_path: Path) -> dict[str, Any]:
 
 def run_recipe(
     recipe: Recipe, recipe_path: Path, out: str | Path, *, only: list[str] | None = None,
-    on_step: Callable[[str, dict[str, Any]], None] | None = None,
+    on_step: Callable[[str, dict[str, Any]], None] | None = None, threads: int | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) every step not yet finished in ``out``; returns the state."""
+    """Run (or resume) every step not yet finished in ``out``; returns the state. ``threads``
+    overrides the members' ``trainer.threads`` (e.g. 1 while other work shares a 2-core machine)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = read_state(out)
@@ -251,7 +254,7 @@ def run_recipe(
             continue
         t0 = time.time()
         if step.startswith("train:"):
-            info = _train(recipe, specs[step.split(":", 1)[1]], out)
+            info = _train(recipe, specs[step.split(":", 1)[1]], out, threads)
             seconds = float(info.get("training_seconds") or (time.time() - t0))  # the training's own wall time
         else:
             info = {

@@ -17,6 +17,9 @@ def run_command(
     recipe: str = typer.Argument("ham10000-cpu", help="Recipe YAML file or packaged name (configs/recipes/)."),
     out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Run folder (a re-run resumes it)."),
     only: list[str] = typer.Option([], "--only", help="Re-run only these steps, e.g. --only card."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="Torch threads of each training (default: the presets'); 1 leaves a core free."
+    ),
 ) -> None:
     """Train the members and the baseline, build, calibrate, fit the review flag, evaluate on test, write the model card."""
     from skinlesion.recipe import load_recipe, run_recipe
@@ -28,7 +31,7 @@ def run_command(
 
     with user_errors():
         r, path = load_recipe(recipe)
-        state = run_recipe(r, path, out, only=only or None, on_step=report)
+        state = run_recipe(r, path, out, only=only or None, on_step=report, threads=threads)
     budget = "within" if state["within_budget"] else "OVER"
     console.print(
         f"recipe {escape(r.name)}: {state['total_minutes']:.1f} min recorded ({budget} the {r.budget_minutes:.0f}-min budget); "
