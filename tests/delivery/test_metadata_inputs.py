@@ -18,16 +18,11 @@ from PIL import Image
 from skinlesion.data.synthetic import generate_lesion
 from skinlesion.delivery.audit import AuditLog
 from skinlesion.delivery.engine import Predictor
-from skinlesion.delivery.metadata import (
-    MetadataError,
-    MetadataUnsupportedError,
-    metadata_summary,
-    normalise_metadata,
-    normalise_records,
-)
+from skinlesion.delivery.metadata import MetadataUnsupportedError
 from skinlesion.delivery.service import create_app
 from skinlesion.ensemble.bundle import Bundle, load_bundle
 from skinlesion.explain.cam import ensemble_cam
+from skinlesion.records.metadata import MetadataError, metadata_summary, normalise_metadata, normalise_records
 from skinlesion.uncertainty.mc_dropout import ensemble_mc_predict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
