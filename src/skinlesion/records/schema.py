@@ -17,8 +17,7 @@ The key order declared here is the order of the REST responses; the filling func
 order of the JSON files the CLI writes.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: TypedDict reads NotRequired[...] at class creation.
 from typing import Annotated, Any
 
 from pydantic import Field

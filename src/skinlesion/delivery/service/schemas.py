@@ -7,8 +7,7 @@ descriptions come from :mod:`skinlesion.records.schema`: a field added there is 
 documented here without a change.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: TypedDict reads NotRequired[...] at class creation.
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
