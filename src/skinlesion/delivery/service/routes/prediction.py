@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
@@ -16,72 +16,64 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from skinlesion.delivery.service.context import ServiceContext, get_context
 from skinlesion.delivery.service.deps import accept_image, patient, user
 from skinlesion.delivery.service.errors import ERRORS, reject
-from skinlesion.delivery.service.schemas import ExplainResponse, InputInfo, PredictResponse
+from skinlesion.delivery.service.schemas import ExplainResponse, PredictResponse
 from skinlesion.delivery.service.settings import PNG_MAX_SIDE
 from skinlesion.records import Explanation, PredictionRecord, record_columns
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["prediction"])
-T = TypeVar("T")
+ImageFile = Annotated[UploadFile, File(description="A dermoscopic image: 8-bit RGB JPEG/PNG/TIFF/BMP/WebP.")]
+PixelSpacing = Annotated[
+    float | None, Form(gt=0, allow_inf_nan=False, description="mm per pixel; without it ABCDE sizes stay in pixels.")
+]
+UserId = Annotated[str, Depends(user)]
+PatientMetadata = Annotated[dict[str, Any] | None, Depends(patient)]
+Context = Annotated[ServiceContext, Depends(get_context)]
 
 
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS)
-def predict(
-    response: Response,
-    file: UploadFile = File(..., description="A dermoscopic image: 8-bit RGB JPEG/PNG/TIFF/BMP/WebP."),
-    user_id: str = Depends(user),
-    record_in: dict[str, Any] | None = Depends(patient),
-    ctx: ServiceContext = Depends(get_context),
-) -> dict[str, Any]:
+def predict(response: Response, file: ImageFile, user_id: UserId, record_in: PatientMetadata, ctx: Context) -> dict[str, Any]:
     """Probabilities, the decision and the threshold that made it, MC-dropout uncertainty and the review flag."""
-    started, request_id = time.perf_counter(), uuid.uuid4().hex
-    data, image, meta = accept_image(file, ctx)
-    if record_in is None:
-        record = _run_model(request_id, lambda: ctx.predictor.predict([image])[0])
-    else:
-        record = _run_model(request_id, lambda: ctx.predictor.predict([image], metadata=[record_in])[0])
-    return _finish(ctx, "predict", request_id, user_id, data, meta, record, started, response)
+
+    def run(image: np.ndarray) -> tuple[PredictionRecord, dict[str, str]]:
+        if record_in is None:
+            return ctx.predictor.predict([image])[0], {}
+        return ctx.predictor.predict([image], metadata=[record_in])[0], {}
+
+    return _serve(ctx, "predict", file, user_id, response, run)
 
 
 @router.post("/explain", response_model=ExplainResponse, responses=ERRORS)
 def explain(
-    response: Response,
-    file: UploadFile = File(..., description="A dermoscopic image: 8-bit RGB JPEG/PNG/TIFF/BMP/WebP."),
-    pixel_spacing_mm: float | None = Form(None, gt=0, allow_inf_nan=False, description="mm per pixel; without it ABCDE sizes stay in pixels."),
-    user_id: str = Depends(user),
-    record_in: dict[str, Any] | None = Depends(patient),
-    ctx: ServiceContext = Depends(get_context),
+    response: Response, file: ImageFile, user_id: UserId, record_in: PatientMetadata, ctx: Context, pixel_spacing_mm: PixelSpacing = None
 ) -> dict[str, Any]:
     """/predict plus the Grad-CAM++ overlay, the segmentation outline, ABCDE and the Total Dermoscopy Score."""
-    started, request_id = time.perf_counter(), uuid.uuid4().hex
-    data, image, meta = accept_image(file, ctx)
 
-    def work() -> tuple[Explanation, dict[str, str]]:
+    def run(image: np.ndarray) -> tuple[Explanation, dict[str, str]]:
         from skinlesion.explain.cam import overlay_array
 
         if record_in is None:
             result, arrays = ctx.predictor.explain(image, pixel_spacing_mm=pixel_spacing_mm)
         else:
             result, arrays = ctx.predictor.explain(image, pixel_spacing_mm=pixel_spacing_mm, metadata=record_in)
-        pngs = {"cam_png": _png_b64(overlay_array(image, arrays["cam"])), "mask_png": _png_b64(outline(image, arrays["mask"]))}
-        return result, pngs
+        return result, {"cam_png": _png_b64(overlay_array(image, arrays["cam"])), "mask_png": _png_b64(outline(image, arrays["mask"]))}
 
-    result, pngs = _run_model(request_id, work)
-    return {**_finish(ctx, "explain", request_id, user_id, data, meta, result, started, response), **pngs}
+    return _serve(ctx, "explain", file, user_id, response, run)
 
 
-def _run_model(request_id: str, fn: Callable[[], T]) -> T:
-    """``fn()``; a failure is logged with the request id and answered 500 ``internal_error``."""
+def _serve(
+    ctx: ServiceContext, kind: str, file: UploadFile, user_id: str, response: Response,
+    run: Callable[[np.ndarray], tuple[PredictionRecord, dict[str, str]]],
+) -> dict[str, Any]:
+    """Check the upload, ``run`` the model on it (its record and extra fields), audit the record, count
+    and log the request, and put the request's fields around the record."""
+    started, request_id = time.perf_counter(), uuid.uuid4().hex
+    data, image, meta = accept_image(file, ctx)
     try:
-        return fn()
+        record, extra = run(image)
     except Exception:
         log.exception("request %s: the model failed", request_id)
         raise reject(500, "internal_error", f"the model failed on this image (request {request_id}); see the server log") from None
-
-
-def _finish(ctx: ServiceContext, kind: str, request_id: str, user_id: str, data: bytes, meta: InputInfo,
-            record: PredictionRecord, started: float, response: Response) -> dict[str, Any]:
-    """Audit the record, count and log the request, and put the request's fields around the record."""
     elapsed = round((time.perf_counter() - started) * 1000, 1)
     audit_id = audit_error = None
     if ctx.audit is not None:
@@ -95,7 +87,7 @@ def _finish(ctx: ServiceContext, kind: str, request_id: str, user_id: str, data:
     cols = record_columns(record)
     log.info("%s %s: %s, review %s, %.0f ms, sha256 %s", kind, request_id, cols["decision"], cols["review_flag"], elapsed, meta["sha256"][:12])
     response.headers["X-Request-ID"] = request_id
-    return {"request_id": request_id, "input": meta, **record, "elapsed_ms": elapsed, "audit_id": audit_id, "audit_error": audit_error}
+    return {"request_id": request_id, "input": meta, **record, "elapsed_ms": elapsed, "audit_id": audit_id, "audit_error": audit_error, **extra}
 
 
 def _png_b64(rgb: np.ndarray) -> str:
