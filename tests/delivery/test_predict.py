@@ -12,18 +12,13 @@ import pytest
 from PIL import Image
 
 from skinlesion.data.synthetic import generate_lesion
-from skinlesion.delivery.batch import (
-    DETAIL_COLUMNS,
-    REJECTED_COLUMNS,
-    BatchError,
-    discover_inputs,
-    image_ids,
-    read_rows,
-    run_predictions,
-)
-from skinlesion.delivery.engine import NOTICE, Predictor
+from skinlesion.delivery.batch import run_predictions
+from skinlesion.delivery.csv_io import DETAIL_COLUMNS, read_rows
+from skinlesion.delivery.engine import Predictor
 from skinlesion.delivery.images import ImageLimits, read_image
+from skinlesion.delivery.inputs import REJECTED_COLUMNS, BatchError, discover_inputs, image_ids
 from skinlesion.ensemble.bundle import load_bundle
+from skinlesion.records import NOTICE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

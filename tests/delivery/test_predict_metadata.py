@@ -14,9 +14,11 @@ from typer.testing import CliRunner
 
 from skinlesion.cli.main import app
 from skinlesion.data.synthetic import generate_lesion
-from skinlesion.delivery.batch import DETAIL_COLUMNS, BatchError, run_predictions
+from skinlesion.delivery.batch import run_predictions
+from skinlesion.delivery.csv_io import DETAIL_COLUMNS
 from skinlesion.delivery.engine import Predictor
 from skinlesion.delivery.images import read_image
+from skinlesion.delivery.inputs import BatchError
 from skinlesion.delivery.metadata import MetadataFileError
 from skinlesion.ensemble.bundle import load_bundle
 

@@ -15,9 +15,10 @@ from PIL import Image
 
 import skinlesion
 from skinlesion.data.synthetic import generate_lesion
-from skinlesion.delivery.engine import NOTICE, Predictor
+from skinlesion.delivery.engine import Predictor
 from skinlesion.delivery.report import MAX_SIDE, probability_svg, render_report
 from skinlesion.ensemble.bundle import load_bundle
+from skinlesion.records import NOTICE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

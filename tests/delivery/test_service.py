@@ -23,7 +23,9 @@ from skinlesion.data.synthetic import generate_lesion
 from skinlesion.delivery.audit import AuditError, AuditLog, api_key_id
 from skinlesion.delivery.engine import Predictor
 from skinlesion.delivery.images import ImageLimits, decode_image
-from skinlesion.delivery.service import MULTIPART_OVERHEAD, BodyCap, create_app
+from skinlesion.delivery.service import create_app
+from skinlesion.delivery.service.errors import BodyCap
+from skinlesion.delivery.service.settings import MULTIPART_OVERHEAD
 from skinlesion.ensemble.bundle import load_bundle
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from skinlesion.cli.explain_eval import review_command
 from skinlesion.data.synthetic import generate_lesion
-from skinlesion.delivery.engine import uncertainty_records
 from skinlesion.ensemble.bundle import WITH_METADATA, WITHOUT_METADATA, BundleError, load_bundle, write_meta
+from skinlesion.records import uncertainty_records
 from skinlesion.uncertainty.evaluate import (
     bundle_mc_predict,
     fit_review_flag,

@@ -56,7 +56,7 @@ def image_command(
     from skinlesion.explain.pipeline import write_explanation
 
     with user_errors():
-        from skinlesion.delivery.metadata import normalise_metadata
+        from skinlesion.records.metadata import normalise_metadata
 
         metadata = normalise_metadata({"age": age, "sex": sex, "site": site}, "the command line")  # checked before loading
         model = load_model_source(bundle=bundle, checkpoint=checkpoint, use_default=True)

@@ -82,7 +82,8 @@ def predict_command(
     Patient metadata (age, sex, site) is optional; metadata fusion members use it, and the columns
     age, sex, site of predictions.csv show what was used.
     """
-    from skinlesion.delivery.batch import PREDICTIONS_CSV, REJECTED_CSV, run_predictions
+    from skinlesion.delivery.batch import run_predictions
+    from skinlesion.delivery.csv_io import PREDICTIONS_CSV, REJECTED_CSV
     from skinlesion.delivery.engine import ENGINES, Predictor
     from skinlesion.delivery.images import ImageLimits
     from skinlesion.ensemble.bundle import load_model_source

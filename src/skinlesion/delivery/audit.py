@@ -2,7 +2,8 @@
 
 One row per prediction: UTC time, source (``serve``/``predict``), request id, input name and
 sha256, bundle id and name, engine, decision, argmax, the threshold that fired, review flag and
-uncertainty, the whole output record as JSON, the user (an API-key id: a hash prefix, never the
+uncertainty (columns of the record, :func:`skinlesion.records.record_columns`), the whole
+:class:`~skinlesion.records.PredictionRecord` as JSON, the user (an API-key id: a hash prefix, never the
 key) and the time taken. Image bytes are stored only when asked (``store_images=True``): an audit
 log normally must not become a second copy of patient images.
 
@@ -16,6 +17,7 @@ import hashlib
 import json
 import threading
 from datetime import datetime, timezone
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from skinlesion._json import json_default
 from skinlesion.errors import SkinLesionError
+from skinlesion.records import PredictionRecord, record_columns
 
 DEFAULT_DB = "skinlesion-audit.sqlite"
 #: Columns of ``audit export`` (image bytes are never exported; ``has_image`` says whether stored).
@@ -45,6 +48,12 @@ EXPORT_COLUMNS = (
     "id", "time_utc", "source", "request_id", "user_id", "input_name", "input_sha256", "bundle_id",
     "bundle_name", "engine", "decision", "argmax", "threshold_fired", "review_flag", "review_value",
     "epistemic_mutual_information", "aleatoric_expected_entropy", "elapsed_ms", "has_image", "outputs_json",
+)
+
+#: Columns read from the record (:func:`~skinlesion.records.record_columns`), besides ``bundle_id``.
+RECORD_COLUMNS = (
+    "bundle_name", "engine", "decision", "argmax", "threshold_fired", "review_flag", "review_value",
+    "epistemic_mutual_information", "aleatoric_expected_entropy",
 )
 
 
@@ -133,19 +142,17 @@ class AuditLog:
         source: str,
         input_sha256: str,
         input_name: str | None,
-        record: dict[str, Any],
+        record: PredictionRecord | Mapping[str, Any],
         user_id: str | None = None,
         image_bytes: bytes | None = None,
         request_id: str | None = None,
         elapsed_ms: float | None = None,
     ) -> int:
-        """Store one prediction record (a :class:`~skinlesion.delivery.engine.Predictor` record). Returns its row id."""
-        pred = record.get("prediction") or {}
-        if "decision" not in pred:
+        """Store one :class:`~skinlesion.records.PredictionRecord` (or a record read back as JSON).
+        Returns its row id."""
+        if "decision" not in (record.get("prediction") or {}):
             raise ValueError("The 'record' parameter must hold prediction.decision (a Predictor record).")
-        unc = record.get("uncertainty") or {}
-        review = unc.get("review") or {}
-        bundle = record.get("bundle") or {}
+        cols = record_columns(record)
         row = AuditRecord(
             time_utc=datetime.now(timezone.utc),
             source=source,
@@ -153,16 +160,8 @@ class AuditLog:
             user_id=user_id or "anonymous",
             input_name=input_name,
             input_sha256=input_sha256,
-            bundle_id=str(bundle.get("id", "unknown")),
-            bundle_name=bundle.get("name"),
-            engine=bundle.get("engine"),
-            decision=pred["decision"],
-            argmax=pred.get("argmax"),
-            threshold_fired=pred.get("threshold_fired"),
-            review_flag=review.get("flag"),
-            review_value=review.get("value"),
-            epistemic_mutual_information=unc.get("epistemic_mutual_information"),
-            aleatoric_expected_entropy=unc.get("aleatoric_expected_entropy"),
+            bundle_id="unknown" if cols["bundle_id"] is None else str(cols["bundle_id"]),
+            **{c: cols[c] for c in RECORD_COLUMNS},
             elapsed_ms=elapsed_ms,
             outputs_json=json.dumps(record, default=json_default, sort_keys=True),
             image=image_bytes if (self.store_images and image_bytes is not None) else None,

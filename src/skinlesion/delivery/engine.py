@@ -7,10 +7,13 @@ uncertainty and the review flag always run on the PyTorch members (ONNX graphs a
 eval mode, without dropout), with the same scoring and number of passes the bundle's review flag
 was fitted with.
 
-:class:`Predictor` serialises model calls with a lock: MC dropout switches module modes and
-Grad-CAM registers hooks, so concurrent requests must not interleave inside one model.
+Every image gets one :class:`~skinlesion.records.PredictionRecord`, filled by :mod:`skinlesion.records`
+(decision, uncertainty, metadata used); :meth:`Predictor.explain` adds the explanation
+(:func:`skinlesion.explain.pipeline.explain_image`). :class:`Predictor` serialises model calls with a
+lock: MC dropout switches module modes and Grad-CAM registers hooks, so concurrent requests must not
+interleave inside one model.
 
-Patient metadata (age, sex, site; :mod:`skinlesion.delivery.metadata`) is optional: it is checked,
+Patient metadata (age, sex, site; :mod:`skinlesion.records.metadata`) is optional: it is checked,
 fed to metadata fusion members in the prediction, the MC-dropout passes and the attention maps, and
 every record says under ``metadata`` what was used. ONNX graphs take the image only, so the ONNX
 engine refuses metadata for a bundle with fusion members (:class:`MetadataUnsupportedError`).
@@ -24,28 +27,31 @@ operating point used (``operating_point``, ``operating_point_name``) and gives i
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from skinlesion.delivery.metadata import (
-    MetadataUnsupportedError,
+from skinlesion.delivery.metadata import MetadataUnsupportedError
+from skinlesion.ensemble.bundle import Bundle
+from skinlesion.explain.pipeline import explain_image
+from skinlesion.records import (
+    BundleRef,
+    Explanation,
+    PredictionRecord,
+    bundle_ref,
+    decision_records,
+    default_mc_samples,
     metadata_members,
     metadata_summary,
     normalise_metadata,
     normalise_records,
+    prediction_record,
+    uncertainty_records,
 )
-from skinlesion.ensemble.bundle import WITH_METADATA, WITHOUT_METADATA, Bundle, BundlePrediction
-from skinlesion.metrics.classification import to_jsonable
 
 ENGINES = ("torch", "onnx")
-NOTICE = (
-    "Decision support for research use, not a diagnosis. Probabilities, thresholds, attention maps, "
-    "ABCDE measurements and uncertainty describe the model and the image; a clinician must interpret them."
-)
 
 
 Metadata = Sequence[Mapping[str, Any]] | None
@@ -93,135 +99,6 @@ def make_engine(
     raise ValueError(f"The 'engine' parameter must be one of {ENGINES}. Got {engine!r} instead.")
 
 
-def operating_point_text(bundle: Bundle, name: str, metadata_given: bool) -> str:
-    """Which temperature and thresholds decided an image, in words (the record's ``operating_point``)."""
-    if name == WITHOUT_METADATA:
-        return "without metadata (temperature and thresholds fitted on validation with metadata hidden)"
-    if not bundle.fusion_members:
-        return "the bundle's (temperature and thresholds fitted on validation; no member uses metadata)"
-    if metadata_given:
-        return "with metadata (temperature and thresholds fitted on validation with metadata)"
-    fix = "recalibrate it with `skinlesion calibrate BUNDLE`" if bundle.path is not None else "a bare checkpoint is never calibrated"
-    return (
-        "with metadata (temperature and thresholds fitted on validation with metadata), although none was given: "
-        f"this bundle has no operating point fitted without metadata ({fix})"
-    )
-
-
-def decision_records(bundle: Bundle, pred: BundlePrediction) -> list[dict[str, Any]]:
-    """Per image: probabilities, argmax, decision and what decided it (threshold or argmax), and the
-    operating point (with or without metadata) whose temperature and thresholds were used."""
-    points = {name: bundle.thresholds_for(name) for name in (WITH_METADATA, WITHOUT_METADATA)}
-    conflict = bundle.meta["decision"].get("conflict", "priority")
-    out = []
-    for i in range(len(pred.decision)):
-        fired = int(pred.fired[i])
-        name = str(pred.operating_point[i])  # type: ignore[index]
-        thresholds = points[name]
-        out.append(
-            {
-                "probabilities": dict(zip(bundle.classes, pred.probs[i].astype(float).tolist(), strict=True)),
-                "argmax": bundle.classes[int(pred.argmax[i])],
-                "decision": bundle.classes[int(pred.decision[i])],
-                "decided_by": f"threshold of {bundle.classes[fired]} ({thresholds[bundle.classes[fired]]:.4f})"
-                if fired >= 0
-                else "most probable class (no threshold reached)",
-                "threshold_fired": bundle.classes[fired] if fired >= 0 else None,
-                "thresholds": thresholds,
-                "priority": bundle.priority if thresholds else None,
-                "conflict": conflict if thresholds else None,
-                "operating_point": operating_point_text(bundle, name, bool(pred.metadata_given[i])),  # type: ignore[index]
-                "operating_point_name": name,
-            }
-        )
-    return out
-
-
-def default_mc_samples(bundle: Bundle) -> int:
-    """The number of MC-dropout passes the bundle's review flag was fitted with, else 20."""
-    return int((bundle.meta.get("review") or {}).get("n_samples", 20))
-
-
-def uncertainty_records(
-    bundle: Bundle, images: Sequence[np.ndarray], n_samples: int, seed: int = 0, metadata: Metadata = None
-) -> list[dict[str, Any]]:
-    """Per image: MC-dropout entropy decomposition (nats) and the bundle's review flag.
-
-    ``metadata``: one record per image, fed to metadata fusion members in every pass (None: missing).
-    An image decided by the without-metadata operating point is scored with that point's
-    temperatures and flagged by the review threshold fitted with the metadata hidden."""
-    from skinlesion.uncertainty.evaluate import (
-        bundle_mc_predict,
-        mc_operating_points,
-        review_flag_from_bundle,
-        review_point,
-    )
-    from skinlesion.uncertainty.mc_dropout import NotStochasticWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NotStochasticWarning)
-        # One call per image with the same seed: an image's dropout masks (hence its uncertainty
-        # and review flag) do not depend on which other images share its batch or request.
-        per_image = [
-            bundle_mc_predict(bundle, [im], n_samples=n_samples, seed=seed, metadata=[metadata[i]] if metadata else None)
-            for i, im in enumerate(images)
-        ]
-    mc = _stack_mc(per_image)
-    points = mc_operating_points(bundle, metadata, len(images))
-    reviews = {str(p): review_point(bundle, str(p)) for p in set(points.tolist())}
-    flags = scores = None
-    if bundle.meta.get("review"):
-        flags = np.zeros(len(images), dtype=bool)
-        scores = np.zeros(len(images))
-        for point in reviews:
-            rows = points == point
-            flagger = review_flag_from_bundle(bundle, point)
-            scores[rows] = np.asarray(flagger.score_of(mc))[rows]  # type: ignore[union-attr]
-            flags[rows] = np.asarray(flagger.flag(scores[rows]))  # type: ignore[union-attr]
-    out = []
-    for i in range(len(images)):
-        rec: dict[str, Any] = {
-            "method": "Monte Carlo dropout (Gal & Ghahramani 2016), head and backbone dropout/drop-path, BatchNorm in eval",
-            "n_samples": n_samples,
-            "stochastic": bool(mc.stochastic),
-            "units": "nats",
-            "mean_probabilities": dict(zip(bundle.classes, mc.mean_probs[i].tolist(), strict=True)),
-            "predictive_entropy": float(mc.predictive_entropy[i]),
-            "aleatoric_expected_entropy": float(mc.expected_entropy[i]),
-            "epistemic_mutual_information": float(mc.mutual_information[i]),
-            "max_probability": float(mc.max_prob[i]),
-            "warnings": [str(w.message) for w in caught],
-        }
-        review = reviews[str(points[i])]
-        if review:
-            rec["review"] = {
-                "flag": bool(flags[i]),  # type: ignore[index]
-                "score": review["score"],
-                "value": float(scores[i]),  # type: ignore[index]
-                "threshold": review["threshold"],
-                "goal": f"{review['goal']} {review['target']} (chosen on validation)",
-                "operating_point": str(points[i]),
-                "fitted_on": review.get("fitted_on", "val"),
-            }
-        else:
-            rec["review"] = {"flag": None, "note": "no review threshold in this bundle: run `skinlesion explain review BUNDLE`"}
-        out.append(rec)
-    return out
-
-
-def _stack_mc(results: Sequence[Any]) -> Any:
-    """Concatenate per-image MCResults along the image axis (same members, passes and weights)."""
-    from skinlesion.uncertainty.mc_dropout import MCResult
-
-    first = results[0]
-    return MCResult.from_samples(
-        np.concatenate([r.samples for r in results], axis=1),
-        first.sample_weights,
-        stochastic=any(r.stochastic for r in results),
-        stochastic_layers=first.stochastic_layers,
-    )
-
-
 class Predictor:
     """A loaded bundle plus an engine: JSON-ready prediction records, optionally with explanations.
 
@@ -255,7 +132,7 @@ class Predictor:
         return bool(getattr(self.engine, "accepts_metadata", False)) or not metadata_members(self.bundle)
 
     def check_metadata(self, metadata: Sequence[Mapping[str, Any] | None] | None, n: int) -> list[dict[str, Any]] | None:
-        """Normalised records (None: all missing); :class:`~skinlesion.delivery.metadata.MetadataError`
+        """Normalised records (None: all missing); :class:`~skinlesion.records.metadata.MetadataError`
         for an invalid value, :class:`MetadataUnsupportedError` when this engine cannot use them."""
         records = normalise_records(metadata, n)
         if records is not None and not self.accepts_metadata:
@@ -270,20 +147,15 @@ class Predictor:
     def engine_name(self) -> str:
         return self.engine.name + (f"-{self.engine.precision}" if hasattr(self.engine, "precision") else "")
 
-    def bundle_info(self) -> dict[str, Any]:
-        b = self.bundle
-        return {
-            "name": b.meta.get("name"),
-            "id": b.bundle_id,
-            "members": [m.name for m in b.members],
-            "engine": self.engine_name,
-        }
+    def bundle_info(self) -> BundleRef:
+        """The records' ``bundle``: name, id, members and this engine."""
+        return bundle_ref(self.bundle, self.engine_name)
 
     def predict(
         self, images: Sequence[np.ndarray], metadata: Sequence[Mapping[str, Any] | None] | None = None
-    ) -> list[dict[str, Any]]:
-        """One record per RGB uint8 image: ``prediction``, ``uncertainty`` (or None), ``metadata``,
-        ``bundle``, ``notice``.
+    ) -> list[PredictionRecord]:
+        """One :class:`~skinlesion.records.PredictionRecord` per RGB uint8 image: ``notice``,
+        ``bundle``, ``prediction``, ``uncertainty`` (or None), ``metadata``.
 
         ``metadata``: one record per image (``{"age": 55, "sex": "male", "site": "back"}``, keys
         optional, None: missing) or None; checked before any model runs (see :meth:`check_metadata`).
@@ -302,40 +174,32 @@ class Predictor:
                 if self.mc_samples > 0 else None
             )
         info = self.bundle_info()
-        recs = decision_records(self.bundle, pred)
         return [
-            to_jsonable({
-                "notice": NOTICE, "bundle": info, "prediction": r, "uncertainty": unc[i] if unc is not None else None,
-                "metadata": metadata_summary(self.bundle, records[i] if records is not None else None),
-            })
-            for i, r in enumerate(recs)
+            prediction_record(
+                info, p, unc[i] if unc is not None else None,
+                metadata_summary(self.bundle, records[i] if records is not None else None),
+            )
+            for i, p in enumerate(decision_records(self.bundle, pred))
         ]
 
     def explain(
         self, image: np.ndarray, *, pixel_spacing_mm: float | None = None, method: str = "gradcam++",
-        concepts: bool = False, class_name: str | None = None, record: dict[str, Any] | None = None,
+        concepts: bool = False, class_name: str | None = None, record: PredictionRecord | None = None,
         metadata: Mapping[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    ) -> tuple[Explanation, dict[str, np.ndarray]]:
         """The prediction record plus Grad-CAM(++) (PyTorch members), segmentation, ABCDE and TDS.
 
         ``record``: this image's record from :meth:`predict` when already computed (saves the
         MC-dropout passes; give the same ``metadata``). ``metadata``: the patient's age, sex and site
         (see :meth:`predict`), also used by the fusion members' attention maps. Returns ``(result,
-        arrays)`` with arrays ``cam`` (H, W) in [0, 1] and ``mask`` (H, W) bool; ``result`` has the
-        keys of a record plus ``attention``, ``segmentation``, ``abcde``, ``dermoscopy_score`` and
-        ``concepts``.
+        arrays)`` with arrays ``cam`` (H, W) in [0, 1] and ``mask`` (H, W) bool; ``result`` is an
+        :class:`~skinlesion.records.Explanation`: the record plus ``attention``, ``segmentation``,
+        ``abcde``, ``dermoscopy_score`` and ``concepts``.
         """
-        from skinlesion.explain.pipeline import explain_image
-
         records = self.check_metadata([metadata], 1)
         rec = record if record is not None else self.predict([image], metadata=records)[0]
         with self.lock:
-            result, arrays = explain_image(
-                self.bundle, image, class_name=class_name, method=method, mc_samples=0,
-                pixel_spacing_mm=pixel_spacing_mm, concepts=concepts, prediction=rec["prediction"],
-                metadata=normalise_metadata(records[0]) if records is not None else None,
+            return explain_image(
+                self.bundle, image, class_name=class_name, method=method, pixel_spacing_mm=pixel_spacing_mm,
+                concepts=concepts, record=rec, metadata=normalise_metadata(records[0]) if records is not None else None,
             )
-        result["uncertainty"] = rec["uncertainty"]
-        result["metadata"] = rec.get("metadata", result["metadata"])
-        result["bundle"] = rec["bundle"]
-        return result, arrays

@@ -187,7 +187,7 @@ class OnnxEngine:
     @property
     def accepts_metadata(self) -> bool:
         """False when the bundle has metadata fusion members: their graphs take the image only."""
-        from skinlesion.delivery.metadata import metadata_members
+        from skinlesion.records.metadata import metadata_members
 
         return not metadata_members(self.bundle)
 
@@ -262,7 +262,8 @@ class OnnxEngine:
 
         ``metadata`` is refused for a bundle with fusion members (image-only graphs) and ignored otherwise."""
         if metadata is not None and not self.accepts_metadata:
-            from skinlesion.delivery.metadata import MetadataUnsupportedError, metadata_members
+            from skinlesion.delivery.metadata import MetadataUnsupportedError
+            from skinlesion.records.metadata import metadata_members
 
             raise MetadataUnsupportedError(
                 f"the ONNX graphs take the image only, but members {[m.name for m in metadata_members(self.bundle)]} "

@@ -1,15 +1,15 @@
 """One self-contained HTML report per predicted image (``skinlesion predict --report``).
 
-:func:`render_report` takes the result of :meth:`~skinlesion.delivery.engine.Predictor.explain`
-(optionally with an ``input`` entry: ``image``, ``path``, ``sha256``, ``shape``), the RGB image and
-the explain arrays, and returns one HTML document: inline CSS, images as base64 PNG data URIs,
+:func:`render_report` takes an :class:`~skinlesion.records.Explanation` (the result of
+:meth:`~skinlesion.delivery.engine.Predictor.explain`, optionally with an ``input`` entry: ``image``,
+``path``, ``sha256``, ``shape``), the RGB image and the explain arrays, and returns one HTML document: inline CSS, images as base64 PNG data URIs,
 the probability chart as inline SVG, no JavaScript and no external resource. Every string from the
 result, the bundle or the file name is escaped.
 
 Sections, in this order (the REST service's web page shows the same content under the same
 headings and ids):
 
-1. header: title, the notice (:data:`~skinlesion.delivery.engine.NOTICE`, ``p.notice``) and, when
+1. header: title, the notice (:data:`~skinlesion.records.NOTICE`, ``p.notice``) and, when
    the review flag fired, a ``div.review`` banner;
 2. ``#decision``: decision, what decided it (a class threshold or the most probable class),
    argmax, the operating point (with or without metadata) and the decision rule (its thresholds,
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from skinlesion.delivery.engine import NOTICE
+from skinlesion.records import NOTICE, Explanation, PredictionRecord
 
 MAX_SIDE = 512  # embedded images are downscaled to keep reports small
 _METHODS = {"gradcam++": "Grad-CAM++", "gradcam": "Grad-CAM"}
@@ -322,7 +322,7 @@ def _provenance(result: Mapping[str, Any]) -> str:
 
 
 def render_report(
-    result: Mapping[str, Any], image: np.ndarray, arrays: Mapping[str, np.ndarray] | None, *, title: str | None = None
+    result: Explanation | PredictionRecord | Mapping[str, Any], image: np.ndarray, arrays: Mapping[str, np.ndarray] | None, *, title: str | None = None
 ) -> str:
     """The HTML report of one image (see the module docstring for its sections).
 

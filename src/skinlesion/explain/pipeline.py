@@ -1,9 +1,11 @@
 """Explain one image end to end: prediction, attention map, ABCDE, concepts and uncertainty.
 
 ``explain_image`` works on a decision bundle or a bare checkpoint (a one-member bundle) and returns
-one JSON-serialisable dict; ``write_explanation`` also writes the overlay PNGs next to it. Every
-part is a decision aid: the result says what the model attended to, what the lesion measures,
-which concepts push the explained class, and how unsure the model is, never a diagnosis.
+one JSON-serialisable :class:`~skinlesion.records.Explanation` (the prediction record, filled by
+:mod:`skinlesion.records` or given, plus the explanation); ``write_explanation`` also writes the
+overlay PNGs next to it. Every part is a decision aid: the result says what the model attended to,
+what the lesion measures, which concepts push the explained class, and how unsure the model is,
+never a diagnosis.
 """
 
 from __future__ import annotations
@@ -11,16 +13,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 import skinlesion
-from skinlesion.delivery.engine import NOTICE
 from skinlesion.ensemble.bundle import Bundle
 from skinlesion.metrics.classification import to_jsonable
+from skinlesion.records import (
+    Explanation,
+    PredictionRecord,
+    Uncertainty,
+    bundle_ref,
+    decision_records,
+    default_mc_samples,
+    metadata_summary,
+    normalise_metadata,
+    prediction_record,
+    uncertainty_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +47,7 @@ def _class_index(bundle: Bundle, class_name: str | None, predicted: int) -> int:
 
 def _uncertainty(
     bundle: Bundle, image: np.ndarray, n_samples: int, seed: int, metadata: dict[str, Any] | None
-) -> dict[str, Any]:
-    from skinlesion.delivery.engine import uncertainty_records
-
+) -> Uncertainty:
     return uncertainty_records(bundle, [image], n_samples, seed, metadata=[metadata] if metadata else None)[0]
 
 
@@ -70,45 +80,44 @@ def explain_image(
     pixel_spacing_mm: float | None = None,
     concepts: bool = True,
     seed: int = 0,
-    prediction: dict[str, Any] | None = None,
+    record: PredictionRecord | None = None,
     metadata: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Explain one RGB uint8 image. Returns ``(result dict, arrays)`` (arrays: ``cam``, ``mask``).
+) -> tuple[Explanation, dict[str, np.ndarray]]:
+    """Explain one RGB uint8 image. Returns ``(explanation, arrays)`` (arrays: ``cam``, ``mask``).
 
+    ``record``: the prediction record already computed for this image (e.g. by ONNX Runtime in
+    :class:`~skinlesion.delivery.engine.Predictor`): its decision is explained and its bundle,
+    uncertainty and metadata are kept. By default the PyTorch members predict, and
     ``mc_samples=None`` uses the number of MC-dropout passes the bundle's review flag was fitted
-    with (its scores depend on it), else 20; 0 skips the uncertainty part. ``prediction``: a
-    decision record already computed for this image (e.g. by ONNX Runtime in
-    :class:`~skinlesion.delivery.engine.Predictor`); by default the PyTorch members predict.
+    with (its scores depend on it), else 20; 0 skips the uncertainty part.
     ``metadata``: the patient's ``{"age", "sex", "site"}`` (any may be absent) for metadata fusion
     members: used by the prediction, the attention map and the uncertainty; recorded under ``metadata``.
     """
-    from skinlesion.delivery.metadata import metadata_summary, normalise_metadata
-
-    from skinlesion.delivery.engine import decision_records, default_mc_samples
     from skinlesion.ensemble.tta import parse_views
     from skinlesion.explain.cam import ensemble_cam
     from skinlesion.explain.faithfulness import mass_in_mask
     from skinlesion.explain.segmentation import segment_lesion
     from skinlesion.explain.tds import dermoscopy_score
 
-    if mc_samples is None:
-        mc_samples = default_mc_samples(bundle)
-    record = normalise_metadata(metadata)
-    records = [record] if record is not None else None
-    if prediction is None:
-        prediction = decision_records(bundle, bundle.predict_images([image], metadata=records))[0]
+    given = normalise_metadata(metadata)
+    records = [given] if given is not None else None
+    prediction = record["prediction"] if record is not None else decision_records(bundle, bundle.predict_images([image], metadata=records))[0]
     k = _class_index(bundle, class_name, bundle.classes.index(prediction["decision"]))
     cam = ensemble_cam(bundle.members, [image], class_index=k, method=method, views=parse_views(cam_views), metadata=records)
-    summary = metadata_summary(bundle, record)
+    summary = metadata_summary(bundle, given)
     seg = segment_lesion(image)
     found = seg.quality != "not_found" and bool(seg.mask.any())
     tds, abcde = dermoscopy_score(image, seg.mask, pixel_spacing_mm) if found else (None, None)
+    if record is None:
+        n_samples = default_mc_samples(bundle) if mc_samples is None else mc_samples
+        unc = _uncertainty(bundle, image, n_samples, seed, given) if n_samples > 0 else None
+        record = prediction_record(bundle_ref(bundle), prediction, unc, summary)
 
-    result = {
-        "notice": NOTICE,
-        "bundle": {"name": bundle.meta.get("name"), "id": bundle.bundle_id, "members": [m.name for m in bundle.members]},
-        "prediction": prediction,
-        "attention": {
+    result = Explanation(
+        notice=record["notice"],
+        bundle=record["bundle"],
+        prediction=record["prediction"],
+        attention={
             "method": cam.method,
             "class": bundle.classes[k],
             "views": list(cam.views),
@@ -117,21 +126,22 @@ def explain_image(
             "lesion_area_fraction": float(seg.mask.mean()),
             "metadata": "used" if summary["used"] is not None else "not given" if summary["members_using_metadata"] else "not used by this bundle",
         },
-        "segmentation": {"quality": seg.quality, "method": seg.method, "bbox_top_bottom_left_right": list(seg.bbox)},
-        "abcde": to_jsonable(abcde.to_dict()) if abcde is not None else None,
-        "dermoscopy_score": to_jsonable(tds.to_dict()) if tds is not None else None,
-        "uncertainty": to_jsonable(_uncertainty(bundle, image, mc_samples, seed, record)) if mc_samples > 0 else None,
-        "metadata": summary,
-        "concepts": _concepts(bundle, image, k) if concepts else None,
-        "skinlesion_version": skinlesion.__version__,
-    }
-    return to_jsonable(result), {"cam": cam.maps[0], "mask": seg.mask}
+        segmentation={"quality": seg.quality, "method": seg.method, "bbox_top_bottom_left_right": list(seg.bbox)},
+        abcde=to_jsonable(abcde.to_dict()) if abcde is not None else None,
+        dermoscopy_score=to_jsonable(tds.to_dict()) if tds is not None else None,
+        uncertainty=record["uncertainty"],
+        metadata=record.get("metadata", summary),
+        concepts=_concepts(bundle, image, k) if concepts else None,
+        skinlesion_version=skinlesion.__version__,
+    )
+    return cast(Explanation, to_jsonable(result)), {"cam": cam.maps[0], "mask": seg.mask}
 
 
 def write_explanation(
     bundle: Bundle, image_path: str | Path, out_dir: str | Path, **kw: Any
 ) -> dict[str, Any]:
-    """Explain the image file and write ``<stem>.json``, ``<stem>_cam.png`` and ``<stem>_mask.png`` in ``out_dir``."""
+    """Explain the image file and write ``<stem>.json``, ``<stem>_cam.png`` and ``<stem>_mask.png`` in
+    ``out_dir``. Returns what ``<stem>.json`` holds: the explanation plus ``input`` and ``files``."""
     from PIL import Image
 
     from skinlesion.data.table import read_rgb
@@ -149,10 +159,13 @@ def write_explanation(
     edge = mask & ~_erode(mask)
     outline[edge] = (0, 255, 255)
     Image.fromarray(outline).save(out / f"{stem}_mask.png")
-    result["input"] = {"path": str(image_path), "sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(), "shape": list(image.shape)}
-    result["files"] = {"cam_overlay": cam_png.name, "segmentation_outline": f"{stem}_mask.png"}
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    return result
+    written = {
+        **result,
+        "input": {"path": str(image_path), "sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(), "shape": list(image.shape)},
+        "files": {"cam_overlay": cam_png.name, "segmentation_outline": f"{stem}_mask.png"},
+    }
+    (out / f"{stem}.json").write_text(json.dumps(written, indent=2))
+    return written
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,123 @@
+"""The prediction record: one typed schema for every output of a prediction.
+
+A :class:`PredictionRecord` is what :meth:`~skinlesion.delivery.engine.Predictor.predict` returns
+per image, and :class:`Explanation` what an explanation returns (the record plus attention map,
+segmentation, ABCDE, Total Dermoscopy Score and concept sensitivities). Both are ``TypedDict``\\ s:
+at run time plain JSON-ready dicts (the audit log stores them as they are), for a type checker and
+for pydantic typed records. The REST service's response models are built from them
+(:mod:`skinlesion.delivery.service.schemas`), so ``/openapi.json`` documents these fields with
+these descriptions, and predictions.csv and the audit log read their columns from them
+(:mod:`skinlesion.records.columns`).
+
+A new output field is declared here, once, and filled where it is computed
+(:mod:`~skinlesion.records.decision`, :mod:`~skinlesion.records.uncertainty`,
+:mod:`~skinlesion.records.metadata`, :mod:`skinlesion.explain.pipeline`).
+
+The key order declared here is the order of the REST responses; the filling functions keep the
+order of the JSON files the CLI writes.
+"""
+
+# No ``from __future__ import annotations``: TypedDict reads NotRequired[...] at class creation.
+from typing import Annotated, Any
+
+from pydantic import Field
+from typing_extensions import NotRequired, TypedDict  # pydantic needs typing_extensions' TypedDict on Python < 3.12
+
+NOTICE = (
+    "Decision support for research use, not a diagnosis. Probabilities, thresholds, attention maps, "
+    "ABCDE measurements and uncertainty describe the model and the image; a clinician must interpret them."
+)
+
+
+class BundleRef(TypedDict):
+    """The model that predicted."""
+
+    name: str | None
+    id: Annotated[str, Field(description="sha256 of bundle.json: names the exact model.")]
+    members: list[str]
+    engine: NotRequired[Annotated[str, Field(description="torch, onnx-fp32 or onnx-int8 (absent outside the Predictor).")]]
+
+
+class Prediction(TypedDict):
+    """Probabilities and the decision of the bundle's decision rule, with what decided it."""
+
+    probabilities: Annotated[dict[str, float], Field(description="Calibrated ensemble probability per class.")]
+    argmax: str
+    decision: Annotated[str, Field(description="The class the bundle's decision rule chose.")]
+    decided_by: Annotated[str, Field(description="The threshold that fired, or 'most probable class'.")]
+    threshold_fired: str | None
+    thresholds: Annotated[dict[str, float | None], Field(description="The thresholds of the operating point that decided.")]
+    priority: list[str] | None
+    conflict: str | None
+    operating_point: Annotated[str, Field(
+        description="Whose temperature and thresholds decided, in words: with metadata, or without metadata "
+        "(fitted on validation with the metadata hidden; used when the image came without any metadata value).",
+    )]
+    operating_point_name: Annotated[str, Field(description="with_metadata or without_metadata.")]
+
+
+class Review(TypedDict):
+    """The review flag: the bundle's threshold on an MC-dropout score, fitted on validation."""
+
+    flag: Annotated[bool | None, Field(description="True: refer for review (uncertain); None: the bundle has no review threshold.")]
+    score: NotRequired[str]
+    value: NotRequired[float | None]
+    threshold: NotRequired[float | None]
+    goal: NotRequired[str]
+    operating_point: NotRequired[Annotated[str, Field(description="The operating point whose threshold flagged.")]]
+    fitted_on: NotRequired[str]
+    note: NotRequired[Annotated[str, Field(description="Why there is no flag (flag None).")]]
+
+
+class Uncertainty(TypedDict):
+    """MC-dropout uncertainty (nats): predictive entropy = aleatoric + epistemic part, and the review flag."""
+
+    method: str
+    n_samples: int
+    units: str
+    mean_probabilities: dict[str, float]
+    predictive_entropy: float | None
+    aleatoric_expected_entropy: float | None
+    epistemic_mutual_information: float | None
+    review: Review
+    stochastic: Annotated[bool, Field(description="False: the model has no active dropout (the passes are identical).")]
+    max_probability: float | None
+    warnings: list[str]
+
+
+class MetadataInfo(TypedDict):
+    """The patient metadata a prediction used."""
+
+    used: Annotated[dict[str, Any] | None, Field(
+        description="The normalised age, sex and site the metadata fusion members received (null: missing); null when none was given."
+    )]
+    members_using_metadata: Annotated[list[str], Field(description="Members that take metadata (empty: image-only bundle).")]
+    features: Annotated[list[str], Field(description="The metadata fields this bundle's members use.")]
+    ignored: NotRequired[Annotated[dict[str, str], Field(description="Given but not used, and why (e.g. a site never seen in training).")]]
+
+
+class PredictionRecord(TypedDict):
+    """One image's prediction: what ``predict`` writes, ``serve`` answers and the audit log keeps."""
+
+    notice: str
+    bundle: BundleRef
+    prediction: Prediction
+    uncertainty: Annotated[Uncertainty | None, Field(description="MC-dropout uncertainty; None when the MC-dropout passes are 0.")]
+    metadata: Annotated[MetadataInfo, Field(description="The patient metadata used (age, sex, site).")]
+
+
+class Explanation(PredictionRecord):
+    """A prediction record plus where the model looked and what the lesion measures.
+
+    ``cam_png``, ``mask_png`` (the REST service's ``/explain``) and ``input`` (the CLI and the batch
+    reports: path, sha256, shape, image id) are added by the output that has them."""
+
+    attention: Annotated[dict[str, Any], Field(description="Grad-CAM++ method, class explained, share of the map inside the lesion.")]
+    segmentation: dict[str, Any]
+    abcde: Annotated[dict[str, Any] | None, Field(description="ABCDE measurements; None when no lesion was segmented.")]
+    dermoscopy_score: Annotated[dict[str, Any] | None, Field(description="Total Dermoscopy Score (ABCD rule).")]
+    cam_png: NotRequired[Annotated[str, Field(description="Base64 PNG: the CAM over the image.")]]
+    mask_png: NotRequired[Annotated[str, Field(description="Base64 PNG: the lesion segmentation outlined over the image (same size).")]]
+    concepts: Annotated[dict[str, Any] | None, Field(description="TCAV concept sensitivities; None when not asked for.")]
+    skinlesion_version: str
+    input: NotRequired[dict[str, Any]]
