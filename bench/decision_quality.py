@@ -25,7 +25,7 @@ from skinlesion.calibration.thresholds import ThresholdCalibrator, parse_targets
 from skinlesion.data.splits import group_ids
 from skinlesion.ensemble.build import build_bundle, load_validation_cache
 from skinlesion.ensemble.bundle import load_bundle
-from skinlesion.ensemble.evaluate import load_bundle_split
+from skinlesion.evaluation import load_bundle_split
 from skinlesion.metrics.bootstrap import bootstrap_ci, standard_metric_fns
 
 KEYS = ("bacc", "malignant_bacc", "sensitivity_MEL", "specificity_MEL", "sensitivity_AKIEC", "specificity_AKIEC")

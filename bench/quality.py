@@ -317,7 +317,7 @@ def calibration(y: np.ndarray, bundle: Any, logits: list[np.ndarray], operating_
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from skinlesion.data.splits import group_ids
     from skinlesion.ensemble.bundle import load_bundle
-    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.evaluation import load_bundle_split
     from skinlesion.metrics.classification import to_jsonable
 
     t_start = time.perf_counter()

@@ -150,7 +150,7 @@ def uncertainty_records(
     ``metadata``: one record per image, fed to metadata fusion members in every pass (None: missing).
     An image decided by the without-metadata operating point is scored with that point's
     temperatures and flagged by the review threshold fitted with the metadata hidden."""
-    from skinlesion.uncertainty.evaluate import (
+    from skinlesion.uncertainty.mc_predict import (
         bundle_mc_predict,
         mc_operating_points,
         review_flag_from_bundle,
