@@ -21,10 +21,11 @@ been trained on the same split: its split hash is checked):
   main point; ``operating_point`` says which, and the targets are checked with its thresholds.
 
 Per row: BACC, malignant BACC and MEL/AKIEC sensitivity/specificity with lesion-bootstrap 95%
-intervals (``decision_quality.summarise``: same resamples for every row, so the intervals are
-paired), per-class sensitivity/specificity, and whether the bundle's calibrated targets
-(``bundle.json`` ``decision.thresholds[*]``) hold on test, by the point estimate and by the 95%
-interval's lower bound. The shipped rows add ECE/NLL before and after temperature scaling.
+intervals (``skinlesion.evaluation.decision_intervals``, seed 0: same resamples for every row, so
+the intervals are paired), per-class sensitivity/specificity, and whether the bundle's calibrated
+targets (``bundle.json`` ``decision.thresholds[*]``) hold on test, by the point estimate (as
+``skinlesion evaluate`` checks them: ``target_outcomes``) and by the 95% interval's lower bound. The
+shipped rows add ECE/NLL before and after temperature scaling (``calibration_change``).
 
 Test view logits are written to ``<bundle>/bench-cache`` (``--cache-dir``; for the packaged default
 bundle ``runs/bench-cache/default-<id>``, never into the package), one file per model

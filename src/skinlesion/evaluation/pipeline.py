@@ -275,45 +275,20 @@ def evaluate_split(
     return {**result, "out_dir": str(out)}
 
 
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    *,
-    split: str = "test",
-    out_dir: str | Path | None = None,
-    data_root: str | None = None,
-    manifest: str | Path | None = None,
-    n_boot: int = 1000,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    seed: int = 0,
-) -> dict[str, Any]:
+def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", batch_size: int = 64, **kw: Any) -> dict[str, Any]:
     """Evaluate a checkpoint as a one-member bundle (:data:`CHECKPOINT` layout): metrics.json,
     predictions.csv, ground_truth.csv, report.html in ``<run>/eval-<split>`` by default.
 
     The manifest must be the one the model was trained with (its hash is checked against the
-    checkpoint) unless another is given explicitly, which is then recorded in the output.
+    checkpoint) unless another is given explicitly (``manifest``), which is then recorded in the
+    output. Other keyword arguments: those of :func:`evaluate_split`.
     """
-    check_split(split)
-    return evaluate_split(
-        bundle_from_checkpoint(checkpoint), CHECKPOINT, split=split, out_dir=out_dir, data_root=data_root,
-        manifest=manifest, n_boot=n_boot, batch_size=batch_size, num_workers=num_workers, seed=seed,
-    )
+    check_split(split)  # before loading anything
+    return evaluate_split(bundle_from_checkpoint(checkpoint), CHECKPOINT, split=split, batch_size=batch_size, **kw)
 
 
-def evaluate_bundle(
-    path: str | Path,
-    *,
-    split: str = "test",
-    out_dir: str | Path | None = None,
-    data_root: str | None = None,
-    n_boot: int = 1000,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    seed: int = 0,
-) -> dict[str, Any]:
+def evaluate_bundle(path: str | Path, **kw: Any) -> dict[str, Any]:
     """Evaluate a saved bundle (:data:`BUNDLE` layout): metrics.json, predictions.csv, decisions.csv,
-    ground_truth.csv, report.html in ``BUNDLE/eval-<split>`` by default."""
-    return evaluate_split(
-        load_bundle(path), BUNDLE, split=split, out_dir=out_dir, data_root=data_root, n_boot=n_boot,
-        batch_size=batch_size, num_workers=num_workers, seed=seed,
-    )
+    ground_truth.csv, report.html in ``BUNDLE/eval-<split>`` by default. Keyword arguments: those of
+    :func:`evaluate_split`."""
+    return evaluate_split(load_bundle(path), BUNDLE, **kw)
