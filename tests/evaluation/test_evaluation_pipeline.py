@@ -13,14 +13,9 @@ import pytest
 from skinlesion.data.splits import make_split, write_manifest
 from skinlesion.ensemble.bundle import bundle_from_checkpoint, load_bundle
 from skinlesion.evaluation import (
-    BUNDLE,
-    bundle_split,
-    calibration_change,
-    data_config_from_meta,
-    evaluate_checkpoint,
-    evaluate_split,
-    predict_split,
+    BUNDLE, bundle_split, calibration_change, data_config_from_meta, evaluate_checkpoint, evaluate_split,
 )
+from skinlesion.evaluation.pipeline import predict_split
 from skinlesion.inference import predict_table
 from skinlesion.metrics.calibration import expected_calibration_error
 from skinlesion.train.data import load_table

@@ -21,12 +21,7 @@ import numpy as np
 
 from skinlesion.ensemble.bundle import WITH_METADATA, Bundle
 from skinlesion.metrics.bootstrap import bootstrap_ci, standard_intervals, standard_metric_fns
-from skinlesion.metrics.calibration import (
-    brier_score,
-    expected_calibration_error,
-    negative_log_likelihood,
-    reliability_curve,
-)
+from skinlesion.metrics.calibration import brier_score, expected_calibration_error, negative_log_likelihood, reliability_curve
 from skinlesion.metrics.classification import compute_classification_metrics
 
 RATES = ("sensitivity", "specificity")

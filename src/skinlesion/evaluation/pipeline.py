@@ -42,20 +42,10 @@ import skinlesion
 from skinlesion._json import json_default
 from skinlesion.data.splits import group_ids
 from skinlesion.ensemble.bundle import (
-    WITH_METADATA,
-    WITHOUT_METADATA,
-    Bundle,
-    BundlePrediction,
-    bundle_from_checkpoint,
-    load_bundle,
+    WITH_METADATA, WITHOUT_METADATA, Bundle, BundlePrediction, bundle_from_checkpoint, load_bundle,
 )
 from skinlesion.ensemble.predict import member_view_logits
-from skinlesion.evaluation.outcomes import (
-    argmax_outcomes,
-    calibration_change,
-    decision_outcomes,
-    probability_calibration,
-)
+from skinlesion.evaluation.outcomes import argmax_outcomes, calibration_change, decision_outcomes, probability_calibration
 from skinlesion.evaluation.report import bundle_report, checkpoint_report
 from skinlesion.evaluation.split import BundleSplit, bundle_split, check_split
 from skinlesion.metrics.isic import write_ground_truth, write_submission
