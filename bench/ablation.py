@@ -55,7 +55,7 @@ def _val_predictions(run_dir: Path, data_root: str | None) -> tuple[Any, Any, An
     ``(labels, predictions, lesion ids, split hash, classes)``."""
     from skinlesion.data.splits import group_ids
     from skinlesion.ensemble.bundle import bundle_from_checkpoint
-    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.evaluation import load_bundle_split
     from skinlesion.ensemble.predict import member_view_logits
 
     bundle = bundle_from_checkpoint(run_dir / "checkpoint")

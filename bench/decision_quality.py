@@ -25,16 +25,20 @@ from skinlesion.calibration.thresholds import ThresholdCalibrator, parse_targets
 from skinlesion.data.splits import group_ids
 from skinlesion.ensemble.build import build_bundle, load_validation_cache
 from skinlesion.ensemble.bundle import load_bundle
-from skinlesion.ensemble.evaluate import load_bundle_split
-from skinlesion.metrics.bootstrap import bootstrap_ci, standard_metric_fns
+from skinlesion.evaluation import decision_intervals, load_bundle_split
 
 KEYS = ("bacc", "malignant_bacc", "sensitivity_MEL", "specificity_MEL", "sensitivity_AKIEC", "specificity_AKIEC")
 
 
+def rounded(ci: dict) -> dict:
+    """A ``bootstrap_ci`` entry as ``{value, ci95}``, 4 decimals."""
+    return {"value": round(ci["estimate"], 4), "ci95": [round(ci["low"], 4), round(ci["high"], 4)]}
+
+
 def summarise(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: list[str], n_boot: int) -> dict:
-    fns = standard_metric_fns(classes, present=np.unique(y))
-    ci = bootstrap_ci(y, np.eye(len(classes))[pred], groups, {k: fns[k] for k in KEYS}, n_boot=n_boot, seed=0)
-    return {k: {"value": round(v["estimate"], 4), "ci95": [round(v["low"], 4), round(v["high"], 4)]} for k, v in ci.items()}
+    """KEYS of the decisions ``pred`` with lesion-bootstrap intervals (``skinlesion evaluate``'s decision
+    intervals; seed 0: the same resamples for every call, so the intervals are paired)."""
+    return {k: rounded(v) for k, v in decision_intervals(y, pred, groups, classes, n_boot=n_boot, keys=KEYS).items()}
 
 
 def main() -> None:

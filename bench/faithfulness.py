@@ -7,7 +7,7 @@ Deletion/insertion (Petsiuk et al. 2018) of the ensemble's Grad-CAM++ of its pre
 the original image space, against random maps; and the CAM mass inside the lesion (true masks,
 HAM10000_metadata_ext.csv boxes or the classical segmentation) against the lesion's area fraction.
 One image per lesion, stratified by class; intervals resample lesions. See
-``skinlesion.explain.evaluate.faithfulness_over_split``. ``--records`` keeps the per-image rows.
+``skinlesion.explain.faithfulness_split.faithfulness_over_split``. ``--records`` keeps the per-image rows.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import json
 
 from skinlesion.ensemble.bundle import is_bundle, load_model_source
-from skinlesion.explain.evaluate import faithfulness_over_split
+from skinlesion.explain.faithfulness_split import faithfulness_over_split
 from skinlesion.metrics.classification import to_jsonable
 
 

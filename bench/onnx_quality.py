@@ -25,7 +25,7 @@ import torch
 from skinlesion.data.splits import group_ids
 from skinlesion.delivery.engine import TorchEngine
 from skinlesion.ensemble.bundle import load_bundle
-from skinlesion.ensemble.evaluate import load_bundle_split
+from skinlesion.evaluation import load_bundle_split
 from skinlesion.metrics.bootstrap import bootstrap_ci, standard_metric_fns
 from skinlesion.metrics.classification import balanced_accuracy, confusion_matrix, one_vs_rest_rates, to_jsonable
 

@@ -46,7 +46,7 @@ def load_images(bundle: Bundle, n: int, synthetic: bool, data_root: str | None, 
     rng = np.random.default_rng(seed)
     if synthetic:
         return [rng.integers(0, 256, size=(450, 600, 3), dtype=np.uint8) for _ in range(n)], "random uint8 450x600"
-    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.evaluation import load_bundle_split
 
     table = load_bundle_split(bundle, "test", data_root)
     idx = np.sort(rng.choice(len(table), size=min(n, len(table)), replace=False))

@@ -21,10 +21,11 @@ been trained on the same split: its split hash is checked):
   main point; ``operating_point`` says which, and the targets are checked with its thresholds.
 
 Per row: BACC, malignant BACC and MEL/AKIEC sensitivity/specificity with lesion-bootstrap 95%
-intervals (``decision_quality.summarise``: same resamples for every row, so the intervals are
-paired), per-class sensitivity/specificity, and whether the bundle's calibrated targets
-(``bundle.json`` ``decision.thresholds[*]``) hold on test, by the point estimate and by the 95%
-interval's lower bound. The shipped rows add ECE/NLL before and after temperature scaling.
+intervals (``skinlesion.evaluation.decision_intervals``, seed 0: same resamples for every row, so
+the intervals are paired), per-class sensitivity/specificity, and whether the bundle's calibrated
+targets (``bundle.json`` ``decision.thresholds[*]``) hold on test, by the point estimate (as
+``skinlesion evaluate`` checks them: ``target_outcomes``) and by the 95% interval's lower bound. The
+shipped rows add ECE/NLL before and after temperature scaling (``calibration_change``).
 
 Test view logits are written to ``<bundle>/bench-cache`` (``--cache-dir``; for the packaged default
 bundle ``runs/bench-cache/default-<id>``, never into the package), one file per model
@@ -49,7 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import BenchError, json_main  # noqa: E402  (bench/ is not a package)
-from decision_quality import KEYS, summarise  # noqa: E402
+from decision_quality import KEYS, rounded  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 REPO = Path(__file__).resolve().parents[1]
@@ -254,70 +255,53 @@ def target_specs(bundle: Any, operating_point: str = "with_metadata") -> dict[st
     }
 
 
-def _intervals(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: list[str], keys: list[str], n_boot: int) -> dict:
-    """Target-class rates outside ``decision_quality.KEYS``: the same bootstrap (seed 0, same resamples)."""
-    from skinlesion.metrics.bootstrap import bootstrap_ci, standard_metric_fns
-
-    fns = standard_metric_fns(classes, present=np.unique(y))
-    ci = bootstrap_ci(y, np.eye(len(classes))[pred], groups, {k: fns[k] for k in keys}, n_boot=n_boot, seed=0)
-    return {k: {"value": round(v["estimate"], 4), "ci95": [round(v["low"], 4), round(v["high"], 4)]} for k, v in ci.items()}
-
-
 def row_metrics(
     y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: list[str], n_boot: int, targets: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Headline metrics with intervals, per-class rates, and the bundle's targets on this row's decisions."""
+    """Headline metrics with intervals, per-class rates, and the bundle's targets on this row's decisions
+    (``skinlesion evaluate``'s decision intervals and target table, plus whether the 95% lower bound meets it)."""
+    from skinlesion.evaluation import decision_intervals, target_outcomes
     from skinlesion.metrics.classification import confusion_matrix, one_vs_rest_rates
 
     t0 = time.perf_counter()
-    row: dict[str, Any] = summarise(y, pred, groups, classes, n_boot)
-    extra = [f"{m}_{c}" for c in targets for m in ("sensitivity", "specificity") if f"{m}_{c}" not in row]
-    iv = {**row, **(_intervals(y, pred, groups, classes, extra, n_boot) if extra else {})}
+    extra = [f"{m}_{c}" for c in targets for m in ("sensitivity", "specificity") if f"{m}_{c}" not in KEYS]
+    iv = decision_intervals(y, pred, groups, classes, n_boot=n_boot, keys=[*KEYS, *extra])  # seed 0: paired rows
+    row: dict[str, Any] = {k: rounded(iv[k]) for k in KEYS}
     rates = one_vs_rest_rates(confusion_matrix(y, pred, len(classes)))
     row["per_class"] = {
         c: {"sensitivity": rates["sensitivity"][j], "specificity": rates["specificity"][j], "support": int((y == j).sum())}
         for j, c in enumerate(classes)
     }
     row["targets"] = {}
-    for c, spec in targets.items():
-        t: dict[str, Any] = {"threshold": spec.get("threshold"), "validation_status": spec.get("status")}
+    for target in target_outcomes(targets, row["per_class"], iv):
+        t: dict[str, Any] = {"threshold": target["threshold"], "validation_status": target["validation_status"]}
         met_point, met_lower = [], []
         for m in ("sensitivity", "specificity"):
-            goal = spec.get(f"target_{m}")
-            got = iv[f"{m}_{c}"]
-            ok_point = None if goal is None or not np.isfinite(got["value"]) else bool(got["value"] >= goal)
+            goal, got = target[f"target_{m}"], rounded(iv[f"{m}_{target['class']}"])
             ok_lower = None if goal is None or not np.isfinite(got["ci95"][0]) else bool(got["ci95"][0] >= goal)
-            t[m] = {"target": goal, **got, "met_point": ok_point, "met_ci_lower": ok_lower}
+            t[m] = {"target": goal, **got, "met_point": target[f"{m}_met"], "met_ci_lower": ok_lower}
             if goal is not None:
-                met_point.append(ok_point)
+                met_point.append(target[f"{m}_met"])
                 met_lower.append(ok_lower)
         t["met_point"] = None if None in met_point else all(met_point)
         t["met_ci_lower"] = None if None in met_lower else all(met_lower)
-        row["targets"][c] = t
+        row["targets"][target["class"]] = t
     row["seconds_metrics"] = round(time.perf_counter() - t0, 2)
     return row
 
 
 def calibration(y: np.ndarray, bundle: Any, logits: list[np.ndarray], operating_point: str = "with_metadata") -> dict[str, Any]:
-    """ECE/NLL of the TTA ensemble before and after the temperature scaling of ``operating_point``."""
-    from skinlesion.metrics.calibration import expected_calibration_error, negative_log_likelihood
+    """ECE/NLL of the TTA ensemble before and after the temperature scaling of ``operating_point`` (``skinlesion evaluate``'s)."""
+    from skinlesion.evaluation import calibration_change
 
-    before = np.exp(bundle.log_probs(logits, calibrated=False))
-    after = np.exp(bundle.log_probs(logits, operating_point=operating_point))
-    return {
-        "ece_before": round(expected_calibration_error(y, before), 4),
-        "ece_after": round(expected_calibration_error(y, after), 4),
-        "nll_before": round(negative_log_likelihood(y, before), 4),
-        "nll_after": round(negative_log_likelihood(y, after), 4),
-        "temperature": bundle.temperatures_for(operating_point),
-    }
+    return {k: v if k == "temperature" else round(v, 4) for k, v in calibration_change(y, bundle, logits, operating_point).items()}
 
 
 # -- the bench -------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from skinlesion.data.splits import group_ids
     from skinlesion.ensemble.bundle import load_bundle
-    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.evaluation import load_bundle_split
     from skinlesion.metrics.classification import to_jsonable
 
     t_start = time.perf_counter()

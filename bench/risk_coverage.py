@@ -7,7 +7,7 @@ MC dropout (Gal & Ghahramani 2016) over the bundle's members on its validation a
 AURC, E-AURC and optimal AURC (Geifman et al. 2019) and the selective risk at coverage
 0.5/0.8/0.9/1.0 for max_prob, predictive entropy, mutual information and expected entropy; the
 ReviewFlagger threshold fitted on validation only and its effect on test. bundle.json is changed
-only with ``--write``. See ``skinlesion.uncertainty.evaluate.fit_review_flag``.
+only with ``--write``. See ``skinlesion.uncertainty.review_fit.fit_review_flag``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import json
 
 from skinlesion.metrics.classification import to_jsonable
-from skinlesion.uncertainty.evaluate import fit_review_flag
+from skinlesion.uncertainty.review_fit import fit_review_flag
 
 
 def main() -> None:

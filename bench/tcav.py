@@ -48,7 +48,7 @@ def main() -> None:
                               data_root=args.data_root, min_concept_examples=args.min_concept_examples)
     t2 = time.perf_counter()
     saved = bank.save(args.out)
-    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.evaluation import load_bundle_split
     from skinlesion.evaluation import SPLITS
 
     image = None

@@ -76,7 +76,7 @@ def calibrated_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactor
 
     from skinlesion.calibration.thresholds import Target
     from skinlesion.ensemble.build import calibrate_bundle
-    from skinlesion.uncertainty.evaluate import fit_review_flag
+    from skinlesion.uncertainty.review_fit import fit_review_flag
 
     out = tmp_path_factory.mktemp("delivery") / "bundle"
     shutil.copytree(tiny_bundle, out)

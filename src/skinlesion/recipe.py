@@ -202,7 +202,7 @@ def _calibrate(recipe: Recipe, out: Path) -> dict[str, Any]:
 
 
 def _review(recipe: Recipe, out: Path) -> dict[str, Any]:
-    from skinlesion.uncertainty.evaluate import fit_review_flag
+    from skinlesion.uncertainty.review_fit import fit_review_flag
 
     r = recipe.review
     assert r is not None
@@ -214,7 +214,7 @@ def _review(recipe: Recipe, out: Path) -> dict[str, Any]:
 
 
 def _evaluate(recipe: Recipe, out: Path) -> dict[str, Any]:
-    from skinlesion.ensemble.evaluate import evaluate_bundle
+    from skinlesion.evaluation import evaluate_bundle
 
     e = recipe.evaluate
     evaluate_bundle(out / BUNDLE_DIR, split=e.split, out_dir=out / f"eval-{e.split}", data_root=recipe.data_root, n_boot=e.n_boot)

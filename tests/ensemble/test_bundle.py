@@ -18,7 +18,7 @@ from skinlesion.ensemble.build import (
     load_validation_cache,
 )
 from skinlesion.ensemble.bundle import BundleError, bundle_from_checkpoint, load_bundle
-from skinlesion.ensemble.evaluate import evaluate_bundle, load_bundle_split
+from skinlesion.evaluation import evaluate_bundle, load_bundle_split
 from skinlesion.errors import CheckpointError
 
 runner = CliRunner()

@@ -32,7 +32,7 @@ from skinlesion.ensemble.bundle import (
     validate_meta,
     write_meta,
 )
-from skinlesion.ensemble.evaluate import evaluate_bundle
+from skinlesion.evaluation import evaluate_bundle
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TARGETS = [Target("MEL", 0.6, 0.5), Target("AKIEC", 0.5, 0.5)]

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from skinlesion.cli.explain_concepts import concepts_command
 from skinlesion.data.synthetic import FIELD_OF_VIEW_MM, generate_lesion
 from skinlesion.ensemble.bundle import load_bundle
-from skinlesion.ensemble.evaluate import load_bundle_split
+from skinlesion.evaluation import load_bundle_split
 from skinlesion.errors import DataError
 from skinlesion.explain import concept_bank as cb
 from skinlesion.explain.concept_bank import (

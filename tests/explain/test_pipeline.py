@@ -110,7 +110,7 @@ def test_explain_reports_concept_sensitivities_from_the_bank(tiny_bundle: Path, 
 
 
 def test_explain_flags_for_review_with_the_bundle_threshold(tiny_bundle: Path, lesion: tuple, tmp_path: Path) -> None:
-    from skinlesion.uncertainty.evaluate import fit_review_flag
+    from skinlesion.uncertainty.review_fit import fit_review_flag
 
     work = tmp_path / "b"
     shutil.copytree(tiny_bundle, work)

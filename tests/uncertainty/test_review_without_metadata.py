@@ -17,12 +17,8 @@ from skinlesion.cli.explain_eval import review_command
 from skinlesion.data.synthetic import generate_lesion
 from skinlesion.ensemble.bundle import WITH_METADATA, WITHOUT_METADATA, BundleError, load_bundle, write_meta
 from skinlesion.records import uncertainty_records
-from skinlesion.uncertainty.evaluate import (
-    bundle_mc_predict,
-    fit_review_flag,
-    review_flag_from_bundle,
-    uncertainty_over_split,
-)
+from skinlesion.uncertainty.mc_predict import bundle_mc_predict, review_flag_from_bundle
+from skinlesion.uncertainty.review_fit import fit_review_flag, uncertainty_over_split
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 N_SAMPLES = 3

@@ -53,7 +53,7 @@ def evaluate_command(
 
 
 def _evaluate_bundle(bundle: Path, split: str, out: Path | None, data_root: str | None, n_boot: int, batch_size: int) -> None:
-    from skinlesion.ensemble.evaluate import evaluate_bundle
+    from skinlesion.evaluation import evaluate_bundle
 
     with user_errors():
         res = evaluate_bundle(bundle, split=split, out_dir=out, data_root=data_root, n_boot=n_boot, batch_size=batch_size)

@@ -49,7 +49,7 @@ def faithfulness_command(
 ) -> None:
     """Are the ensemble's CAMs faithful? Deletion/insertion vs random maps, and mass inside the lesion."""
     from skinlesion.ensemble.bundle import load_model_source
-    from skinlesion.explain.evaluate import faithfulness_over_split
+    from skinlesion.explain.faithfulness_split import faithfulness_over_split
 
     with user_errors():
         model = load_model_source(bundle=bundle, checkpoint=checkpoint)
@@ -98,7 +98,7 @@ def review_command(
     """Fit on validation the uncertainty threshold that sends cases to a clinician; report it on test.
 
     A bundle with a without-metadata operating point also gets a threshold fitted with the metadata hidden."""
-    from skinlesion.uncertainty.evaluate import fit_review_flag
+    from skinlesion.uncertainty.review_fit import fit_review_flag
 
     with user_errors():
         res = fit_review_flag(

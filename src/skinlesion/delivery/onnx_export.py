@@ -103,7 +103,7 @@ def validation_images(
     bundle: Bundle, n: int, *, data_root: str | None = None, seed: int = 0
 ) -> tuple[list[np.ndarray], list[str]]:
     """``n`` images of the bundle's validation split (classes in turn, seeded) and their image ids."""
-    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.evaluation import load_bundle_split
 
     table = load_bundle_split(bundle, "val", data_root)
     idx = _stratified(table.labels(), n, seed)

@@ -365,7 +365,7 @@ def validation_logits_without_metadata(
     does), image-only members keep their ``validation.npz`` logits (``logits``; they do not depend
     on metadata), and the cache is written.
     """
-    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.evaluation import load_bundle_split
 
     if bundle.path is None:
         raise BundleError("An unsaved bundle (a bare checkpoint) has no validation cache")

@@ -246,7 +246,7 @@ def _json_default(o: Any) -> Any:
 
 def _split_table(bundle: Any, split: str, data_root: str | None) -> tuple[Any, Path]:
     """Rows of ``split`` of the bundle's (or its one checkpoint's) manifest, and the default bank folder."""
-    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.evaluation import load_bundle_split
 
     folder = bundle.path if bundle.path is not None else Path(bundle.meta["members"][0]["dir"]).parent
     return load_bundle_split(bundle, split, data_root), folder / BANK_FOLDER

@@ -16,7 +16,7 @@ import numpy as np
 
 from skinlesion.ensemble.bundle import Bundle
 from skinlesion.records.schema import Review, Uncertainty
-from skinlesion.uncertainty.evaluate import bundle_mc_predict, mc_operating_points, review_flag_from_bundle, review_point
+from skinlesion.uncertainty.mc_predict import bundle_mc_predict, mc_operating_points, review_flag_from_bundle, review_point
 from skinlesion.uncertainty.mc_dropout import MCResult, NotStochasticWarning
 
 MC_METHOD = "Monte Carlo dropout (Gal & Ghahramani 2016), head and backbone dropout/drop-path, BatchNorm in eval"

@@ -1,4 +1,4 @@
-"""MC dropout over a bundle's split and the review flag fitted on validation (skinlesion.uncertainty.evaluate)."""
+"""MC dropout over a bundle's split and the review flag fitted on validation (skinlesion.uncertainty.review_fit)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from skinlesion.cli.explain_eval import review_command
 from skinlesion.ensemble.bundle import BundleError, load_bundle
-from skinlesion.uncertainty.evaluate import (
+from skinlesion.uncertainty.mc_predict import review_flag_from_bundle
+from skinlesion.uncertainty.review_fit import (
     SCORES,
     fit_review_flag,
-    review_flag_from_bundle,
     uncertainty_over_split,
 )
 from skinlesion.uncertainty.review import ReviewFlagger
@@ -138,7 +138,7 @@ def test_review_on_a_checkpoint_reports_without_saving(tiny_members: list[Path])
 
 
 def test_split_uncertainty_feeds_the_tables_metadata_to_fusion_members(fusion_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import skinlesion.uncertainty.evaluate as ue
+    import skinlesion.uncertainty.review_fit as ue
 
     seen: list = []
     real = ue.bundle_mc_predict

@@ -1,4 +1,4 @@
-"""Faithfulness of ensemble CAMs over a split (skinlesion.explain.evaluate) on a two-member tiny bundle.
+"""Faithfulness of ensemble CAMs over a split (skinlesion.explain.faithfulness_split) on a two-member tiny bundle.
 
 The synthetic lesions are written with their true masks, so ``mask_source="auto"`` must pick the
 masks (``truth``) and the lesion area fractions can be checked against the mask files.
@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from skinlesion.cli.explain_eval import faithfulness_command
 from skinlesion.data.table import LesionTable
-from skinlesion.ensemble.evaluate import load_bundle_split
 from skinlesion.ensemble.bundle import load_bundle
 from skinlesion.errors import DataError
-from skinlesion.explain.evaluate import (
+from skinlesion.evaluation import load_bundle_split
+from skinlesion.explain.faithfulness_split import (
     ensemble_predict_fn,
     faithfulness_over_split,
     sample_one_per_lesion,

@@ -1,28 +1,18 @@
-"""MC-dropout uncertainty of a decision bundle over a split, and a review flag fitted on validation.
+"""Fit the review flag of a decision bundle on validation: MC-dropout uncertainty over a split.
 
-* MC dropout over the ensemble (Gal & Ghahramani, ICML 2016; mixture of members,
-  Lakshminarayanan et al. 2017), entropy decomposition (Depeweg et al., ICML 2018):
-  :func:`bundle_mc_predict`, :func:`uncertainty_over_split`.
-* Selective classification (Geifman & El-Yaniv, NeurIPS 2017) with AURC / E-AURC (Geifman et al.,
-  ICLR 2019): :func:`fit_review_flag` fits a :class:`~skinlesion.uncertainty.review.ReviewFlagger`
-  threshold on the bundle's validation split **only**, reports its effect on the test split, and
-  records it in ``bundle.json`` under ``review`` so that predict/serve can flag cases
-  (:func:`review_flag_from_bundle`).
-
-Temperatures follow the bundle: member temperatures in mode ``member``; in mode ``ensemble`` the
-ensemble temperature divides every member's logits in every pass (the bundle itself applies it
-after mixing; for ranking cases by uncertainty the difference is immaterial, and fitting and
-flagging use the same scores).
-
-Operating points: an image whose fusion members receive no metadata is scored with the temperatures
-of the bundle's without-metadata operating point (``decision.without_metadata``), as its decision
-is, and flagged by a review threshold fitted on validation **with the metadata hidden**
-(``review.without_metadata``); the main threshold was fitted with metadata, on other scores.
+Selective classification (Geifman & El-Yaniv, NeurIPS 2017) with AURC / E-AURC (Geifman et al.,
+ICLR 2019): :func:`fit_review_flag` fits a :class:`~skinlesion.uncertainty.review.ReviewFlagger`
+threshold on the MC-dropout outputs (:func:`uncertainty_over_split`, scored by
+:func:`~skinlesion.uncertainty.mc_predict.bundle_mc_predict`) of the bundle's validation split
+**only**, reports its effect on the test split, and records it in ``bundle.json`` under ``review``,
+so that predict/serve can flag cases
+(:func:`~skinlesion.uncertainty.mc_predict.review_flag_from_bundle`). A bundle with a
+without-metadata operating point also gets a threshold fitted with the metadata hidden
+(``review.without_metadata``; see :mod:`skinlesion.uncertainty.mc_predict`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import warnings
@@ -35,14 +25,11 @@ import numpy as np
 
 from skinlesion._params import positive_int
 from skinlesion.data.splits import group_ids
-from skinlesion.ensemble.bundle import WITH_METADATA, WITHOUT_METADATA
+from skinlesion.ensemble.bundle import WITHOUT_METADATA
 from skinlesion.metrics.classification import balanced_accuracy, to_jsonable
 from skinlesion.metrics.risk_coverage import aurc, optimal_aurc, risk_coverage_curve
-from skinlesion.uncertainty.mc_dropout import (
-    MCResult,
-    NotStochasticWarning,
-    ensemble_mc_predict,
-)
+from skinlesion.uncertainty.mc_dropout import NotStochasticWarning
+from skinlesion.uncertainty.mc_predict import as_bundle, bundle_mc_predict, review_fingerprint
 from skinlesion.uncertainty.review import (
     CONFIDENCE_SCORES,
     UNCERTAINTY_SCORES,
@@ -60,28 +47,6 @@ ARRAYS: tuple[str, ...] = (
 )
 
 
-def _load(bundle: Any) -> Any:
-    from skinlesion.ensemble.bundle import Bundle, load_bundle
-
-    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-
-
-def _tempered_members(bundle: Any, operating_point: str = WITH_METADATA) -> list[Any]:
-    """The members with the temperature each MC pass divides their logits by, at ``operating_point``."""
-    temps = bundle.temperatures_for(operating_point)
-    mode = temps["mode"]
-    out = []
-    for m in bundle.members:
-        t = temps["members"][m.name] if mode == "member" else temps["ensemble"] if mode == "ensemble" else 1.0
-        out.append(dataclasses.replace(m, temperature=float(t)))
-    return out
-
-
-def mc_operating_points(bundle: Any, metadata: Sequence[dict[str, Any] | None] | None, n: int) -> np.ndarray:
-    """Per image ``(n,)`` the operating point whose temperatures score it (the one that decides it)."""
-    return bundle.operating_points(bundle.metadata_given(metadata, n))
-
-
 def table_records(table: Any, rows: Sequence[int]) -> list[dict[str, Any]]:
     """Metadata records (age, sex, site; missing values left out) of table rows, for fusion members."""
     import pandas as pd
@@ -92,42 +57,6 @@ def table_records(table: Any, rows: Sequence[int]) -> list[dict[str, Any]]:
         row = table.frame.iloc[int(i)]
         out.append({c: row[c] for c in cols if not pd.isna(row[c])})
     return out
-
-
-def bundle_mc_predict(
-    bundle: Any,
-    images: Sequence[np.ndarray],
-    *,
-    n_samples: int = 20,
-    include_backbone: bool = True,
-    seed: int | None = None,
-    chunk: int | None = 32,  # rows per forward pass: 32 ran 1.6x faster than 256 on the 2-core CPU
-    metadata: Sequence[dict[str, Any] | None] | None = None,
-) -> MCResult:
-    """MC dropout of the bundle's members on RGB uint8 images, with the bundle's weights and
-    temperatures (see the module doc). What predict/serve call to score a case for review.
-    ``metadata``: one record per image for metadata fusion members (see ``ensemble_mc_predict``).
-    Images without metadata get the without-metadata point's temperatures (:func:`mc_operating_points`);
-    a batch mixing both is run as two groups (each seeded with ``seed``) and put back in order."""
-    n = len(images)
-    points = mc_operating_points(bundle, metadata, n)
-    kw = {"n_samples": n_samples, "include_backbone": include_backbone, "seed": seed, "chunk": chunk}
-    parts = []
-    for point in np.unique(points) if n else [WITH_METADATA]:  # one group unless the batch mixes both
-        rows = np.flatnonzero(points == point)
-        parts.append((rows, ensemble_mc_predict(
-            _tempered_members(bundle, str(point)), [images[i] for i in rows],
-            metadata=[metadata[i] for i in rows] if metadata is not None else None, **kw,
-        )))
-    if len(parts) == 1:
-        return parts[0][1]
-    samples = np.empty((parts[0][1].samples.shape[0], n, parts[0][1].samples.shape[2]))
-    for rows, res in parts:
-        samples[:, rows] = res.samples
-    return MCResult.from_samples(
-        samples, parts[0][1].sample_weights, stochastic=any(r.stochastic for _, r in parts),
-        stochastic_layers=parts[0][1].stochastic_layers,
-    )
 
 
 def uncertainty_over_split(
@@ -156,10 +85,10 @@ def uncertainty_over_split(
     warned once), ``n_samples``, ``include_backbone``, ``split`` and ``seconds``.
     """
     from skinlesion.ensemble.predict import default_device
-    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.evaluation import load_bundle_split
 
     started = time.perf_counter()
-    bundle = _load(bundle)
+    bundle = as_bundle(bundle)
     dev = default_device(device)
     for m in bundle.members:
         m.model.to(dev)
@@ -248,18 +177,6 @@ def _split_effect(flagger: ReviewFlagger, out: dict[str, Any], k: int) -> dict[s
     return res
 
 
-def _fingerprint(meta: dict[str, Any], operating_point: str = WITH_METADATA) -> dict[str, Any]:
-    """What the review threshold depends on: member weights files, weights and temperatures (of the
-    without-metadata point too, for its threshold)."""
-    out = {
-        "members": [[m["name"], m["weights_sha256"], float(m["weight"]), float(m["temperature"])] for m in meta["members"]],
-        "temperature": {k: meta["temperature"].get(k) for k in ("mode", "ensemble")},
-    }
-    if operating_point == WITHOUT_METADATA:
-        out["without_metadata_temperature"] = (meta["decision"].get("without_metadata") or {}).get("temperature")
-    return out
-
-
 def _fit_point(
     flagger: ReviewFlagger, val: dict[str, Any], test: dict[str, Any] | None, k: int
 ) -> dict[str, Any]:
@@ -343,7 +260,7 @@ def fit_review_flag(
         "include_backbone": bool(include_backbone),
         "seed": int(seed),
         "fitted_on": "val",
-        "fitted_for": _fingerprint(bundle.meta),
+        "fitted_for": review_fingerprint(bundle.meta),
         **main,
     }
     if bundle.without_metadata is not None and bundle.fusion_members:
@@ -355,7 +272,7 @@ def fit_review_flag(
         review["without_metadata"] = {
             "threshold": point.pop("threshold"),
             "fitted_on": "val, metadata hidden",
-            "fitted_for": _fingerprint(bundle.meta, WITHOUT_METADATA),
+            "fitted_for": review_fingerprint(bundle.meta, WITHOUT_METADATA),
             **point,
         }
     review["fitted"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -370,61 +287,10 @@ def fit_review_flag(
             "seconds": round(time.perf_counter() - started, 2)}
 
 
-def review_point(bundle: Any, operating_point: str = WITH_METADATA) -> dict[str, Any] | None:
-    """The review record (threshold, validation, fitted_for...) that flags images decided by
-    ``operating_point``: ``review`` itself, or ``review.without_metadata``. None: no review fitted."""
-    review = _load(bundle).meta.get("review")
-    if review is None:
-        return None
-    if operating_point == WITHOUT_METADATA:
-        return {**review, **review.get("without_metadata", {"fitted_for": None})}
-    return review
-
-
-def review_flag_from_bundle(bundle: Any, operating_point: str = WITH_METADATA) -> ReviewFlagger | None:
-    """The fitted :class:`ReviewFlagger` recorded in ``bundle.json`` (``review``; with
-    ``operating_point=WITHOUT_METADATA``: ``review.without_metadata``), or None if none is.
-
-    Raises BundleError when the record is incomplete or was fitted for other members, weights or
-    temperatures, or before the bundle's without-metadata operating point (refit it with
-    :func:`fit_review_flag`).
-    """
-    from skinlesion.ensemble.bundle import BundleError
-
-    bundle = _load(bundle)
-    review = review_point(bundle, operating_point)
-    if review is None:
-        return None
-    where = f"{bundle.path}/bundle.json" if bundle.path is not None else "bundle"
-    field = "review.without_metadata" if operating_point == WITHOUT_METADATA else "review"
-    missing = [f for f in ("score", "goal", "target", "threshold", "fitted_for", "validation") if f not in review]
-    if missing:
-        raise BundleError(f"{where}: field '{field}' lacks {missing}")
-    if review["fitted_for"] != _fingerprint(bundle.meta, operating_point):
-        raise BundleError(
-            f"{where}: the review threshold ('{field}') was fitted for other members, weights or temperatures than "
-            "the bundle now has (or before its without-metadata operating point); refit it (skinlesion explain review BUNDLE)."
-        )
-    flagger = ReviewFlagger(review["score"], review["goal"], review["target"])
-    flagger._check_params()
-    thr = review["threshold"]
-    flags_low = review["score"] in CONFIDENCE_SCORES
-    flagger.threshold_ = float(thr) if thr is not None else (-np.inf if flags_low else np.inf)
-    v = review["validation"]
-    for attr in ("flagged_fraction", "errors_removed", "selective_risk"):
-        value = v.get(attr)
-        setattr(flagger, f"{attr}_", float("nan") if value is None else float(value))
-    return flagger
-
-
 __all__ = [
     "COVERAGES",
     "SCORES",
-    "bundle_mc_predict",
     "fit_review_flag",
-    "mc_operating_points",
-    "review_flag_from_bundle",
-    "review_point",
     "risk_coverage_report",
     "uncertainty_over_split",
 ]

@@ -32,14 +32,13 @@ import torch
 
 from skinlesion._params import positive_int
 from skinlesion.data.splits import group_ids
-from skinlesion.ensemble.evaluate import load_bundle_split
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import DataError
+from skinlesion.evaluation.split import SPLITS, load_bundle_split
 
 log = logging.getLogger(__name__)
 
 MASK_SOURCES: tuple[str, ...] = ("auto", "truth", "bbox", "segmentation")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Folders (under the dataset root) searched for ``<image_id>_segmentation.png`` reference masks.
 MASK_DIRS: tuple[str, ...] = ("masks", "HAM10000_segmentations_lesion_tschandl", "ISIC2018_Task1_Training_GroundTruth")
 #: Box tables under the dataset root and whether their bottom/right are inclusive.
