@@ -196,6 +196,19 @@ def kfold_keeping_test(table: LesionTable, base: pd.DataFrame, *, k: int = 5, se
     return out
 
 
+def folds_of(manifest: pd.DataFrame, image_ids: Any) -> np.ndarray:
+    """The fold (``-1``: held out) of each of ``image_ids`` in a k-fold manifest; DataError naming an id
+    the manifest does not have."""
+    if "fold" not in manifest.columns:
+        raise DataError("The manifest has no 'fold' column: it is not a k-fold manifest.")
+    fold_of = dict(zip(manifest["image_id"].astype(str), manifest["fold"].astype(np.int64), strict=True))
+    ids = [str(i) for i in image_ids]
+    missing = [i for i in ids if i not in fold_of]
+    if missing:
+        raise DataError(f"{len(missing)} image id(s) are not in the k-fold manifest, e.g. {missing[:_LISTED]}.")
+    return np.asarray([fold_of[i] for i in ids], dtype=np.int64)
+
+
 def _columns(df: pd.DataFrame) -> list[str]:
     return [c for c in (*BASE_COLUMNS, "split", "fold") if c in df.columns]
 

@@ -106,11 +106,9 @@ def member_folds(ckpts: Sequence[Any]) -> list[int] | None:
 
 def row_folds(table: Any, manifest_path: Path) -> np.ndarray:
     """The fold of every row of ``table`` in a k-fold manifest."""
-    from skinlesion.data.splits import read_manifest
+    from skinlesion.data.splits import folds_of, read_manifest
 
-    man, _ = read_manifest(manifest_path)
-    fold_of = dict(zip(man["image_id"].astype(str), man["fold"].astype(int), strict=True))
-    return np.asarray([fold_of[i] for i in table.frame["image_id"].astype(str)], dtype=np.int64)
+    return folds_of(read_manifest(manifest_path)[0], table.frame["image_id"])
 
 
 def _val_metrics(y: np.ndarray, log_probs: np.ndarray, k: int) -> dict[str, float]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,21 @@ class Bundle:
         from skinlesion.models.fusion import MetadataFusionNet
 
         return [m for m in self.members if isinstance(m.model, MetadataFusionNet)]
+
+    @property
+    def member_folds(self) -> dict[str, int] | None:
+        """Member name -> the fold it did not train on, for a cross-fitted bundle (``cross_fitting``); else None."""
+        cv = self.meta.get("cross_fitting")
+        return None if not cv else {str(k): int(v) for k, v in cv["member_folds"].items()}
+
+    def only(self, name: str) -> Bundle:
+        """This bundle reduced to its member ``name`` (weight 1), with the same temperatures and
+        decision parameters: e.g. the one member of a cross-fitted bundle that did not train on an image."""
+        keep = [m for m in self.members if m.name == name]
+        if not keep:
+            raise ValueError(f"The 'name' parameter must name a member of the bundle {[m.name for m in self.members]}. Got {name!r}.")
+        meta = {**self.meta, "members": [{**m, "weight": 1.0} for m in self.meta["members"] if m.get("name") == name]}
+        return Bundle(self.path, meta, [dataclasses.replace(keep[0], weight=1.0)])
 
     def _point(self, operating_point: str) -> dict[str, Any] | None:
         """The ``without_metadata`` entry when that point is asked for and the bundle has it; else None (main point)."""

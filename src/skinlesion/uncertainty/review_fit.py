@@ -25,7 +25,7 @@ import numpy as np
 
 from skinlesion._params import positive_int
 from skinlesion.data.splits import group_ids
-from skinlesion.ensemble.bundle import WITHOUT_METADATA
+from skinlesion.ensemble.bundle import MANIFEST, WITHOUT_METADATA
 from skinlesion.metrics.classification import balanced_accuracy, to_jsonable
 from skinlesion.metrics.risk_coverage import aurc, optimal_aurc, risk_coverage_curve
 from skinlesion.uncertainty.mc_dropout import NotStochasticWarning
@@ -99,15 +99,30 @@ def uncertainty_over_split(
     rows = np.arange(len(table))
     if max_images is not None and max_images < rows.size:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_images, replace=False))
+    # A cross-fitted bundle is scored on validation out-of-fold: each row by the one member that did
+    # not train on it (rows grouped by fold, in table order within a fold).
+    scorer = {int(r): bundle for r in rows}
+    if bundle.member_folds and split == "val":
+        from skinlesion.data.splits import folds_of, read_manifest
+
+        fold = folds_of(read_manifest(bundle.path / MANIFEST)[0], table.frame["image_id"].to_numpy()[rows])
+        by_fold = {f: bundle.only(name) for name, f in bundle.member_folds.items()}
+        rows = rows[np.argsort(fold, kind="stable")]
+        fold = np.sort(fold, kind="stable")
+        scorer = {int(r): by_fold[int(f)] for r, f in zip(rows, fold, strict=True)}
+    batches = []
+    for start in range(0, rows.size, batch_size):
+        chunk = rows[start : start + batch_size]
+        cut = [i for i in range(1, len(chunk)) if scorer[int(chunk[i])] is not scorer[int(chunk[i - 1])]]
+        batches += np.split(chunk, cut)  # one scorer per batch
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ARRAYS}
     stochastic = False
-    for b, start in enumerate(range(0, rows.size, batch_size)):
-        batch = rows[start : start + batch_size]
+    for b, batch in enumerate(batches):
         images = [table.load_image(int(i)) for i in batch]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotStochasticWarning)
             res = bundle_mc_predict(
-                bundle, images, n_samples=n_samples, include_backbone=include_backbone, seed=seed + b,
+                scorer[int(batch[0])], images, n_samples=n_samples, include_backbone=include_backbone, seed=seed + b,
                 # fusion members see what they see in evaluate/predict (or nothing: hide_metadata)
                 metadata=None if hide_metadata else table_records(table, batch),
             )
