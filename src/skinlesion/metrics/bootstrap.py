@@ -18,12 +18,12 @@ import numpy as np
 
 from skinlesion.metrics.calibration import top_label_ece
 from skinlesion.metrics.classification import (
-    check_inputs,
     confusion_matrix,
     malignant_class_indices,
     one_vs_rest_rates,
     ovr_auc,
 )
+from skinlesion.metrics.inputs import check_inputs
 
 logger = logging.getLogger(__name__)
 
