@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from skinlesion.models.registry import create_backbone
+from skinlesion.models.factory import create_backbone
 
 PIPELINES = ("per_image", "cached", "cached_cl", "cached_cl_malloc", "cached_cl_bf16")
 

@@ -16,7 +16,7 @@ import time
 import torch
 
 from skinlesion.ensemble.tta import parse_views, tta_logits, tta_logits_loop
-from skinlesion.models.registry import create_backbone
+from skinlesion.models.factory import create_backbone
 
 
 def _rate(fn, x: torch.Tensor, repeats: int) -> float:  # noqa: ANN001

@@ -27,7 +27,8 @@ from skinlesion.explain.concept_bank import (
     learn_concept_bank,
 )
 from skinlesion.explain.concepts import TCAVExplainer
-from skinlesion.models.registry import create_backbone, get_spec
+from skinlesion.models.factory import create_backbone
+from skinlesion.models.registry import get_spec
 
 MIN_EXAMPLES = 3
 
