@@ -71,7 +71,7 @@ def profile_pipeline(args: argparse.Namespace) -> dict:
 
     from skinlesion._malloc import keep_freed_memory
     from skinlesion.data.batch_augment import augment_batch
-    from skinlesion.data.datasets import load_dataset
+    from skinlesion.data.readers import load_dataset
     from skinlesion.data.image_cache import CachedLesionDataset, cache_size, decode_images
     from skinlesion.data.loader import LesionDataset
     from skinlesion.data.metadata import MetadataEncoder
