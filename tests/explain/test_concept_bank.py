@@ -18,7 +18,7 @@ from skinlesion.data.synthetic import FIELD_OF_VIEW_MM, generate_lesion
 from skinlesion.ensemble.bundle import load_bundle
 from skinlesion.ensemble.evaluate import load_bundle_split
 from skinlesion.errors import DataError
-from skinlesion.explain import concept_bank as cb
+from skinlesion.explain.concept_bank import learn as cb
 from skinlesion.explain.concept_bank import (
     ConceptBank,
     concept_layer,
