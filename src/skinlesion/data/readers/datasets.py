@@ -26,17 +26,8 @@ from skinlesion.data.readers._npz import read_dermamnist
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import DataError
 
-__all__ = [
-    "FORMATS",
-    "load_dataset",
-    "read_dermamnist",
-    "read_folder",
-    "read_ham10000",
-    "read_isic2018",
-    "read_isic2019",
-]
-
 logger = logging.getLogger(__name__)
+
 
 def _ages(values: Sequence[str], *, file: Path) -> list[float]:
     age = pd.to_numeric(pd.Series(list(values), dtype=object).replace("", None), errors="coerce")
