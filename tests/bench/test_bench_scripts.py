@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def _run(name: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict | None, str]:
-    rc = _script(name).main(argv)
+    rc = importlib.import_module(f"bench.{name}").main(argv)
     out, err = capsys.readouterr()
     return rc, (json.loads(out) if rc == 0 else None), err
 
