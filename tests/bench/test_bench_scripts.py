@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,12 @@ def test_speed_training_predict_and_explain(calibrated_bundle: Path, capsys) -> 
     assert res["explain"]["given_record"]["per_image_ms"]["median"] > 0
     assert res["threads"]["torch_intra_op"] == 1
     assert res["image_shape"] == [96, 128, 3]
+
+
+def test_a_bench_runs_as_a_file_from_anywhere(tmp_path: Path) -> None:
+    """``python bench/NAME.py`` (the tests above import the benches as the package, as ``python -m bench.NAME`` does)."""
+    script = Path(__file__).resolve().parents[2] / "bench" / "tta_speed.py"
+    argv = ["--backbone", "test_resnet", "--size", "32x32", "--batches", "1", "--repeats", "1", "--threads", "1"]
+    run = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["results"][0]["batch"] == 1
