@@ -14,14 +14,20 @@ median per-side offset (reference minus ours; positive = the reference box is la
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy.stats import spearmanr
+
+if not __package__:  # run as a file (python bench/abcde_accuracy.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import json_main
 
 from skinlesion.data.synthetic import SYNTHETIC_CLASSES, render_lesion, sample_spec
 from skinlesion.explain.abcde import measure_abcde
@@ -111,20 +117,27 @@ def ham(root: Path, n: int, seed: int) -> dict:
     }
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-synthetic", type=int, default=20, help="lesions per class")
     ap.add_argument("--n-ham", type=int, default=500, help="HAM10000 images (0 to skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ham-root", type=Path, default=DEFAULT_HAM)
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     out: dict = {"seed": args.seed, "n_synthetic_per_class": args.n_synthetic, "image_size": [150, 200]}
     out["synthetic"] = synthetic(args.n_synthetic, args.seed) if args.n_synthetic > 0 else None
     out["ham10000"] = ham(args.ham_root, args.n_ham, args.seed) if args.n_ham > 0 else None
     out["seconds"] = round(time.perf_counter() - start, 1)
-    print(json.dumps(out))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return json_main("abcde_accuracy.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,8 +39,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import BenchError, json_main  # noqa: E402  (bench/ is not a package)
+if not __package__:  # run as a file (python bench/ablation.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import BenchError, json_main
 
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "res96x128": (["model.input_size=[96,128]", "train.epochs=10"], "input 96x128, 10 epochs planned"),
@@ -70,21 +72,23 @@ def _paired_changes(dirs: dict[str, Path], n_boot: int, data_root: str | None) -
     lesion-bootstrap 95% interval (the same resampled lesions for both models)."""
     import numpy as np
 
-    from skinlesion.metrics.bootstrap import bootstrap_ci
+    from skinlesion.metrics.bootstrap import bootstrap_difference_ci
     from skinlesion.metrics.classification import balanced_accuracy
 
     preds = {name: _val_predictions(d, data_root) for name, d in dirs.items()}
     y, ref, groups, ref_hash, classes = preds["reference"]
     k = len(classes)
+
+    def bacc(y_true: np.ndarray, pred: np.ndarray) -> float:
+        return balanced_accuracy(y_true, pred, k)
+
     out: dict[str, dict[str, Any]] = {}
     for name, (y_m, pred, _, split_hash, _) in preds.items():
         if split_hash != ref_hash or len(y_m) != len(y):
             raise BenchError(f"{dirs[name]} was trained on another split than the reference {dirs['reference']}")
         row: dict[str, Any] = {"val_bacc_recomputed": round(balanced_accuracy(y, pred, k), 4)}
         if name != "reference" and n_boot > 0:
-            both = np.concatenate([np.eye(k)[pred], np.eye(k)[ref]], axis=1) / 2  # rows sum to 1
-            diff = {"change": lambda yb, pb: balanced_accuracy(yb, pb[:, :k].argmax(1), k) - balanced_accuracy(yb, pb[:, k:].argmax(1), k)}
-            ci = bootstrap_ci(y, both, groups, diff, n_boot=n_boot, seed=0)["change"]
+            ci = bootstrap_difference_ci(pred, ref, groups, bacc, y_true=y, n_boot=n_boot, seed=0, name="change")
             row["change_ci95"] = [round(ci["low"], 4), round(ci["high"], 4)]
         out[name] = row
     return out

@@ -15,11 +15,17 @@ BACC, malignant BACC and MEL/AKIEC sensitivity/specificity with lesion-bootstrap
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+if not __package__:  # run as a file (python bench/decision_quality.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import json_main
 
 from skinlesion.calibration.thresholds import ThresholdCalibrator, parse_targets
 from skinlesion.data.splits import group_ids
@@ -41,7 +47,7 @@ def summarise(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: list
     return {k: rounded(v) for k, v in decision_intervals(y, pred, groups, classes, n_boot=n_boot, keys=KEYS).items()}
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--out", default="runs/bench-bundle")
@@ -56,8 +62,10 @@ def main() -> None:
         "--reuse", action="store_true",
         help="Reuse the bundle in --out and its cached test logits (test_logits.npz) instead of recomputing them.",
     )
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if args.reuse and (Path(args.out) / "bundle.json").is_file():
         bundle = load_bundle(args.out)
@@ -127,8 +135,12 @@ def main() -> None:
             for name, cal in (("point_estimate", point), ("lower_bound_priority", bounded), ("lower_bound_ratio", ratio))
         },
     }
-    print(json.dumps(result, indent=1))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return json_main("decision_quality.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

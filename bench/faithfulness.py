@@ -13,14 +13,19 @@ One image per lesion, stratified by class; intervals resample lesions. See
 from __future__ import annotations
 
 import argparse
-import json
+import sys
+from collections.abc import Sequence
+
+if not __package__:  # run as a file (python bench/faithfulness.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import json_main
 
 from skinlesion.ensemble.bundle import is_bundle, load_model_source
 from skinlesion.explain.faithfulness_split import faithfulness_over_split
-from skinlesion.metrics.classification import to_jsonable
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="Bundle folder or checkpoint folder.")
     ap.add_argument("--split", default="test")
@@ -37,7 +42,10 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
     ap.add_argument("--records", action="store_true", help="Include the per-image records.")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
     source = {"bundle": args.model} if is_bundle(args.model) else {"checkpoint": args.model}
     res = faithfulness_over_split(
         load_model_source(**source), split=args.split, n=args.n, method=args.method, steps=args.steps,
@@ -46,8 +54,12 @@ def main() -> None:
     )
     if not args.records:
         res.pop("records")
-    print(json.dumps(to_jsonable(res), indent=2))
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return json_main("faithfulness.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,20 +14,25 @@ images only (see ``onnx.json``); exported into ``<bundle>/onnx`` when missing or
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
+
+if not __package__:  # run as a file (python bench/onnx_quality.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import json_main
+from bench.onnx_speed import onnx_engines  # the same export-when-missing logic
 
 from skinlesion.data.splits import group_ids
 from skinlesion.delivery.engine import TorchEngine
 from skinlesion.ensemble.bundle import load_bundle
 from skinlesion.evaluation import load_bundle_split
-from skinlesion.metrics.bootstrap import bootstrap_ci, standard_metric_fns
-from skinlesion.metrics.classification import balanced_accuracy, confusion_matrix, one_vs_rest_rates, to_jsonable
+from skinlesion.metrics.bootstrap import bootstrap_ci, bootstrap_difference_ci, standard_metric_fns
+from skinlesion.metrics.classification import balanced_accuracy, confusion_matrix, one_vs_rest_rates
 
 ENGINES = ("torch_eager", "ort_fp32", "ort_int8")
 
@@ -40,22 +45,14 @@ def bacc_ci(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, k: int, n_boot:
 
 def paired_delta(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: np.ndarray, k: int, n_boot: int) -> dict:
     """BACC(b) - BACC(a) with a paired cluster bootstrap over lesions (percentile 95% interval)."""
-    codes, _ = pd.factorize(groups)
-    members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
-    rng = np.random.default_rng(0)
-    deltas = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        deltas.append(balanced_accuracy(y[idx], b[idx], k) - balanced_accuracy(y[idx], a[idx], k))
-    d = np.asarray(deltas)
-    d = d[np.isfinite(d)]
+    ci = bootstrap_difference_ci(b, a, groups, lambda yt, pred: balanced_accuracy(yt, pred, k), y_true=y, n_boot=n_boot)
     return {
-        "value": round(balanced_accuracy(y, b, k) - balanced_accuracy(y, a, k), 4),
-        "ci95": [round(float(np.percentile(d, 2.5)), 4), round(float(np.percentile(d, 97.5)), 4)] if d.size else None,
+        "value": round(ci["estimate"], 4),
+        "ci95": [round(ci["low"], 4), round(ci["high"], 4)] if ci["n_boot_valid"] else None,
     }
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="runs/bench-bundle")
     ap.add_argument("--onnx-dir", default=None, help="Default: BUNDLE/onnx.")
@@ -65,14 +62,10 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from onnx_speed import onnx_engines  # the same export-when-missing logic
-
-    torch.set_num_threads(args.threads)
+def run(args: argparse.Namespace) -> dict:
     bundle = load_bundle(args.bundle)
     onnx_dir = Path(args.onnx_dir) if args.onnx_dir else Path(args.bundle) / "onnx"
     onnx, export = onnx_engines(bundle, onnx_dir, args.threads, args.data_root)
@@ -121,28 +114,26 @@ def main() -> None:
             }
         results[name] = row
 
-    print(
-        json.dumps(
-            to_jsonable({
-                "bench": "onnx_quality",
-                "bundle": str(bundle.path),
-                "bundle_id": bundle.bundle_id,
-                "split": "test (lesion-disjoint)",
-                "n_images": int(len(idx)),
-                "n_lesions": int(len(set(groups))),
-                "subsampled": bool(len(idx) < len(test)),
-                "tta_views": list(bundle.tta.views),
-                "decision_rule": bundle.meta["decision"].get("rule"),
-                "n_boot": args.n_boot,
-                "onnx": export,
-                "results": results,
-                "note": "sensitivity is null for classes absent from the evaluated images",
-            }),
-            indent=1,
-            allow_nan=False,
-        )
-    )
+    return {
+        "bench": "onnx_quality",
+        "bundle": str(bundle.path),
+        "bundle_id": bundle.bundle_id,
+        "split": "test (lesion-disjoint)",
+        "n_images": int(len(idx)),
+        "n_lesions": int(len(set(groups))),
+        "subsampled": bool(len(idx) < len(test)),
+        "tta_views": list(bundle.tta.views),
+        "decision_rule": bundle.meta["decision"].get("rule"),
+        "n_boot": args.n_boot,
+        "onnx": export,
+        "results": results,
+        "note": "sensitivity is null for classes absent from the evaluated images",
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return json_main("onnx_quality.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,14 +14,20 @@ missing or stale, and the export time is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+if not __package__:  # run as a file (python bench/onnx_speed.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import json_main
 
 from skinlesion.delivery.engine import TorchEngine
 from skinlesion.delivery.onnx_runtime import OnnxEngine, OnnxError, read_manifest
@@ -84,7 +90,7 @@ def stats(seconds: list[float], batch: int) -> dict:
     }
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="runs/bench-bundle")
     ap.add_argument("--onnx-dir", default=None, help="Default: BUNDLE/onnx (exported there when missing or stale).")
@@ -95,16 +101,17 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="Random images instead of the test split.")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+
+def run(args: argparse.Namespace) -> dict:
     bundle = load_bundle(args.bundle)
     onnx_dir = Path(args.onnx_dir) if args.onnx_dir else Path(args.bundle) / "onnx"
     onnx, export = onnx_engines(bundle, onnx_dir, args.threads, args.data_root)
     engines = {"torch_eager": TorchEngine(bundle, "cpu"), "ort_fp32": onnx["fp32"], "ort_int8": onnx["int8"]}
     images, source = load_images(bundle, max(args.batches), args.synthetic, args.data_root, args.seed)
 
-    def run(engine, batch: list[np.ndarray]) -> np.ndarray:  # noqa: ANN001 - an engine
+    def predict(engine, batch: list[np.ndarray]) -> np.ndarray:  # noqa: ANN001 - an engine
         return bundle.predict_from_logits(engine.view_logits(batch)).probs
 
     results = []
@@ -113,12 +120,12 @@ def main() -> None:
         probs = {}
         for name, eng in engines.items():
             for _ in range(args.warmup):
-                probs[name] = run(eng, batch)
+                probs[name] = predict(eng, batch)
         times: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(args.repeats):
             for name, eng in engines.items():
                 t0 = time.perf_counter()
-                run(eng, batch)
+                predict(eng, batch)
                 times[name].append(time.perf_counter() - t0)
         row = {"batch": b, **{name: stats(t, b) for name, t in times.items()}}
         eager = row["torch_eager"]["images_per_s"]
@@ -128,28 +135,27 @@ def main() -> None:
 
     import onnxruntime
 
-    print(
-        json.dumps(
-            {
-                "bench": "onnx_speed",
-                "bundle": str(bundle.path),
-                "bundle_id": bundle.bundle_id,
-                "members": [{"name": m.name, "input_size": list(m.input_size)} for m in bundle.members],
-                "tta_views": list(bundle.tta.views),
-                "images": source,
-                "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": args.threads},
-                "providers": onnx["fp32"].providers,
-                "warmup": args.warmup,
-                "onnx": export,
-                "results": results,
-                "cpu": cpu_info(),
-                "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
-                "note": "per call: every member's preprocessing, all TTA views, the bundle's post-processing",
-            },
-            indent=1,
-        )
-    )
+    return {
+        "bench": "onnx_speed",
+        "bundle": str(bundle.path),
+        "bundle_id": bundle.bundle_id,
+        "members": [{"name": m.name, "input_size": list(m.input_size)} for m in bundle.members],
+        "tta_views": list(bundle.tta.views),
+        "images": source,
+        "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": args.threads},
+        "providers": onnx["fp32"].providers,
+        "warmup": args.warmup,
+        "onnx": export,
+        "results": results,
+        "cpu": cpu_info(),
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "note": "per call: every member's preprocessing, all TTA views, the bundle's post-processing",
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return json_main("onnx_speed.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

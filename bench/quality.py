@@ -48,9 +48,11 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import BenchError, json_main  # noqa: E402  (bench/ is not a package)
-from decision_quality import KEYS, rounded  # noqa: E402
+if not __package__:  # run as a file (python bench/quality.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import BenchError, json_main
+from bench.decision_quality import KEYS, rounded
 
 log = logging.getLogger("bench.quality")
 REPO = Path(__file__).resolve().parents[1]

@@ -13,13 +13,18 @@ only with ``--write``. See ``skinlesion.uncertainty.review_fit.fit_review_flag``
 from __future__ import annotations
 
 import argparse
-import json
+import sys
+from collections.abc import Sequence
 
-from skinlesion.metrics.classification import to_jsonable
+if not __package__:  # run as a file (python bench/risk_coverage.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import json_main
+
 from skinlesion.uncertainty.review_fit import fit_review_flag
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", help="Decision bundle folder.")
     ap.add_argument("--n-samples", type=int, default=20)
@@ -32,14 +37,20 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
     ap.add_argument("--head-only", action="store_true", help="Only the head dropout (no stochastic depth).")
     ap.add_argument("--write", action="store_true", help="Record the review flag in bundle.json.")
-    args = ap.parse_args()
-    res = fit_review_flag(
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    return fit_review_flag(
         args.bundle, n_samples=args.n_samples, score=args.score, goal=args.goal, target=args.target, seed=args.seed,
         data_root=args.data_root, include_backbone=not args.head_only, batch_size=args.batch_size,
         persist=args.write, device=args.device,
     )
-    print(json.dumps(to_jsonable(res), indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return json_main("risk_coverage.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,15 +39,16 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import json_main  # noqa: E402  (bench/ is not a package)
-from onnx_speed import cpu_info, load_images, stats  # noqa: E402
-from quality import resolve_bundle_path  # noqa: E402
+if not __package__:  # run as a file (python bench/speed.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import json_main
+from bench.onnx_speed import cpu_info, load_images, stats
+from bench.quality import resolve_bundle_path
 
 log = logging.getLogger("bench.speed")
 RECORDED_FIELD = "train_images_per_s"  # checkpoint.json training.<field>, when training records it

@@ -10,17 +10,23 @@ the member-weighted TCAV table and the seconds spent.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
+import sys
 import time
+from collections.abc import Sequence
 
 import torch
+
+if not __package__:  # run as a file (python bench/tcav.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import json_main
 
 from skinlesion.ensemble.bundle import load_model_source
 from skinlesion.explain.concept_bank import concept_sensitivity, learn_concept_bank
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle")
@@ -36,8 +42,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="Where the members run (e.g. cuda).")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     bundle = load_model_source(bundle=args.bundle, checkpoint=args.checkpoint)
     for m in bundle.members:
@@ -58,7 +66,7 @@ def main() -> None:
     t3 = time.perf_counter()
     sens = concept_sensitivity(bundle, bank, image, 0) if image is not None else {}
     t4 = time.perf_counter()
-    print(json.dumps({
+    return {
         "bench": "tcav",
         "source": args.bundle or args.checkpoint,
         "saved": str(saved),
@@ -71,8 +79,12 @@ def main() -> None:
         "device": args.device,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
-    }, default=str))
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return json_main("tcav.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

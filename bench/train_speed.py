@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from skinlesion.models.registry import create_backbone
+from skinlesion.models.factory import create_backbone
 
 PIPELINES = (
     "per_image", "cached", "cached_cl", "cached_cl_malloc", "cached_cl_bf16", "cached_cl_malloc_frozen_stem",
@@ -77,7 +77,7 @@ def profile_pipeline(args: argparse.Namespace) -> dict:
 
     from skinlesion._malloc import keep_freed_memory
     from skinlesion.data.batch_augment import augment_batch
-    from skinlesion.data.datasets import load_dataset
+    from skinlesion.data.readers import load_dataset
     from skinlesion.data.image_cache import CachedLesionDataset, cache_size, decode_images
     from skinlesion.data.loader import LesionDataset
     from skinlesion.data.metadata import MetadataEncoder

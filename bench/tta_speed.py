@@ -9,14 +9,20 @@ images (each seen through every view). Synthetic tensors: no data loading in the
 from __future__ import annotations
 
 import argparse
-import json
 import platform
+import sys
 import time
+from collections.abc import Sequence
 
 import torch
 
+if not __package__:  # run as a file (python bench/tta_speed.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import json_main
+
 from skinlesion.ensemble.tta import parse_views, tta_logits, tta_logits_loop
-from skinlesion.models.registry import create_backbone
+from skinlesion.models.factory import create_backbone
 
 
 def _rate(fn, x: torch.Tensor, repeats: int) -> float:  # noqa: ANN001
@@ -27,7 +33,7 @@ def _rate(fn, x: torch.Tensor, repeats: int) -> float:  # noqa: ANN001
     return x.shape[0] * repeats / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="tf_efficientnet_lite0")
     ap.add_argument("--size", default="120x160", help="HxW")
@@ -36,8 +42,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-rows", type=int, default=32, help="Also time batched TTA with at most this many rows per call.")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
     h, w = (int(v) for v in args.size.lower().split("x"))
     views = parse_views(args.views)
     model = create_backbone(args.backbone, num_classes=7, pretrained="none").eval()
@@ -61,21 +69,21 @@ def main() -> None:
                 "max_abs_logit_diff": diff,
             }
         )
-    print(
-        json.dumps(
-            {
-                "bench": "tta_speed",
-                "backbone": args.backbone,
-                "input_size": [h, w],
-                "views": list(views),
-                "threads": args.threads,
-                "results": rows,
-                "torch": torch.__version__,
-                "machine": platform.processor() or platform.machine(),
-            }
-        )
-    )
+    return {
+        "bench": "tta_speed",
+        "backbone": args.backbone,
+        "input_size": [h, w],
+        "views": list(views),
+        "threads": args.threads,
+        "results": rows,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return json_main("tta_speed.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

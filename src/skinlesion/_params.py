@@ -14,3 +14,10 @@ def positive_int(parameter: str, value: Any, allow_none: bool = False) -> int | 
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"The '{parameter}' parameter must be a positive integer. Got {value!r} instead.")
     return int(value)
+
+
+def unit_rate(parameter: str, value: Any) -> float:
+    """``value`` as a float in [0, 1) (a dropout rate); ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"The '{parameter}' parameter must be a float in [0, 1). Got {value!r} instead.")
+    return float(value)

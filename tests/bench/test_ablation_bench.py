@@ -3,29 +3,20 @@ recipe's step, reported side by side, written for the model card, and not traine
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
 
+from bench import ablation
 from skinlesion.model_card import _ablation
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_ablation", BENCH / "ablation.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict | None, str]:
-    rc = _script().main(argv)
+    rc = ablation.main(argv)
     out, err = capsys.readouterr()
     return rc, (json.loads(out) if rc == 0 else None), err
 

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def _run(name: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict | None, str]:
-    rc = _script(name).main(argv)
+    rc = importlib.import_module(f"bench.{name}").main(argv)
     out, err = capsys.readouterr()
     return rc, (json.loads(out) if rc == 0 else None), err
 
@@ -76,3 +69,12 @@ def test_speed_training_predict_and_explain(calibrated_bundle: Path, capsys) -> 
     assert res["explain"]["given_record"]["per_image_ms"]["median"] > 0
     assert res["threads"]["torch_intra_op"] == 1
     assert res["image_shape"] == [96, 128, 3]
+
+
+def test_a_bench_runs_as_a_file_from_anywhere(tmp_path: Path) -> None:
+    """``python bench/NAME.py`` (the tests above import the benches as the package, as ``python -m bench.NAME`` does)."""
+    script = Path(__file__).resolve().parents[2] / "bench" / "tta_speed.py"
+    argv = ["--backbone", "test_resnet", "--size", "32x32", "--batches", "1", "--repeats", "1", "--threads", "1"]
+    run = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["results"][0]["batch"] == 1

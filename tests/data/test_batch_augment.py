@@ -80,7 +80,7 @@ def test_bad_batches_are_refused_with_what_was_expected() -> None:
 def test_image_cache_decodes_every_row_in_table_order(tmp_path) -> None:
     import cv2
 
-    from skinlesion.data.datasets import load_dataset
+    from skinlesion.data.readers import load_dataset
     from skinlesion.data.image_cache import CachedLesionDataset, cache_size, decode_images
     from skinlesion.data.synthetic import write_synthetic_dataset
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from skinlesion.data.datasets import read_ham10000
+from skinlesion.data.readers import read_ham10000
 from skinlesion.data.loader import LesionDataset
 from skinlesion.data.metadata import FEATURES, MetadataEncoder
 from skinlesion.data.synthetic import write_synthetic_dataset

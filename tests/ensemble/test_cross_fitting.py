@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def fold_members(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path]:
     """Two tiny members on folds 0 and 1 of a 2-fold manifest (test rows kept from a train/val/test split),
     trained with the fast path (cached images, batch augmentation, channels_last, EMA, keep=last)."""
-    from skinlesion.data.datasets import load_dataset
+    from skinlesion.data.readers import load_dataset
     from skinlesion.data.splits import kfold_keeping_test, make_split, write_manifest
     from skinlesion.data.synthetic import write_synthetic_dataset
     from skinlesion.train.config import load_config
@@ -38,7 +38,7 @@ def fold_members(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], 
 
 
 def test_kfold_keeping_test_keeps_test_rows_and_folds_the_rest(tmp_path: Path) -> None:
-    from skinlesion.data.datasets import load_dataset
+    from skinlesion.data.readers import load_dataset
     from skinlesion.data.splits import kfold_keeping_test, make_split
     from skinlesion.data.synthetic import write_synthetic_dataset
 

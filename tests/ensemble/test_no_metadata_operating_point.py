@@ -6,7 +6,6 @@ shown by the model card and used by ``bench/quality.py``'s ``shipped_no_metadata
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -310,9 +309,8 @@ def test_model_card_has_a_without_metadata_section(evaluated: tuple[Path, dict[s
 def test_bench_quality_decides_the_hidden_row_with_the_without_metadata_point(
     evaluated: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = importlib.util.spec_from_file_location("bench_quality_nm", Path(__file__).resolve().parents[2] / "bench" / "quality.py")
-    quality = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(quality)  # type: ignore[union-attr]
+    from bench import quality
+
     path, _ = evaluated
     rc = quality.main(["--bundle", str(path), "--baseline", "none", "--n-boot", "3", "--cache-dir", str(tmp_path)])
     assert rc == 0

@@ -23,7 +23,7 @@ from skinlesion.explain.faithfulness import (
     model_predict_fn,
     random_baseline,
 )
-from skinlesion.models.registry import create_backbone
+from skinlesion.models.factory import create_backbone
 
 torch.manual_seed(0)
 SQUARE = (slice(8, 20), slice(36, 48))  # rows, cols; aligned to the 4x4 pooling blocks

@@ -18,7 +18,7 @@ from skinlesion.data.synthetic import FIELD_OF_VIEW_MM, generate_lesion
 from skinlesion.ensemble.bundle import load_bundle
 from skinlesion.evaluation import load_bundle_split
 from skinlesion.errors import DataError
-from skinlesion.explain import concept_bank as cb
+from skinlesion.explain.concept_bank import learn as cb
 from skinlesion.explain.concept_bank import (
     ConceptBank,
     concept_layer,
@@ -27,7 +27,8 @@ from skinlesion.explain.concept_bank import (
     learn_concept_bank,
 )
 from skinlesion.explain.concepts import TCAVExplainer
-from skinlesion.models.registry import create_backbone, get_spec
+from skinlesion.models.factory import create_backbone
+from skinlesion.models.registry import get_spec
 
 MIN_EXAMPLES = 3
 

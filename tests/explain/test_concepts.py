@@ -309,7 +309,8 @@ def test_concept_folders(tmp_path) -> None:  # noqa: ANN001
 
 def test_end_to_end_on_test_resnet_with_synthetic_lesions() -> None:
     from skinlesion.ensemble.members import Member
-    from skinlesion.models.registry import create_backbone, data_config
+    from skinlesion.models.factory import create_backbone
+    from skinlesion.models.registry import data_config
 
     torch.manual_seed(0)
     model = create_backbone("test_resnet", num_classes=3)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from skinlesion.classes import ISIC2018_CLASSES
-from skinlesion.metrics import bootstrap_ci, compute_classification_metrics, standard_metric_fns
+from skinlesion.metrics import bootstrap_ci, bootstrap_difference_ci, compute_classification_metrics, standard_metric_fns
 from skinlesion.metrics.bootstrap import _resample_index
 
 CLASSES = list(ISIC2018_CLASSES)
@@ -160,3 +160,54 @@ def test_bootstrap_errors(kwargs: dict, message: str) -> None:
 def test_present_out_of_range_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"present must hold class indices in \[0, 7\); got \[9\]"):
         standard_metric_fns(CLASSES, present=[9])
+
+
+def test_difference_ci_uses_the_resamples_of_bootstrap_ci_for_both_sides() -> None:
+    y, p = _data(n=300, seed=9)
+    k, groups = p.shape[1], np.arange(300) // 3
+    ref = p.argmax(axis=1)
+    better = np.where(np.arange(300) % 5 == 0, y, ref)  # corrects some of the reference's errors
+
+    def acc(yt: np.ndarray, pred: np.ndarray) -> float:
+        return float(np.mean(pred == yt))
+
+    diff = bootstrap_difference_ci(better, ref, groups, acc, y_true=y, n_boot=300, seed=3)
+    both = np.concatenate([np.eye(k)[better], np.eye(k)[ref]], axis=1) / 2  # the two sides as one metric
+    packed = {"d": lambda yb, pb: acc(yb, pb[:, :k].argmax(1)) - acc(yb, pb[:, k:].argmax(1))}
+    assert diff == bootstrap_ci(y, both, groups, packed, n_boot=300, seed=3)["d"]
+    assert diff["estimate"] == acc(y, better) - acc(y, ref) and 0 < diff["low"] < diff["estimate"] < diff["high"]
+    alone = bootstrap_ci(y, np.eye(k)[ref], groups, {"acc": lambda yb, pb: acc(yb, pb.argmax(1))}, n_boot=300, seed=3)["acc"]
+    assert diff["high"] - diff["low"] < alone["high"] - alone["low"]  # paired: the lesions' difficulty cancels
+
+
+def test_difference_ci_of_per_image_values() -> None:
+    rng = np.random.default_rng(2)
+    values, reference = rng.uniform(0.3, 0.6, 80), rng.uniform(0.3, 0.6, 80)
+    r = bootstrap_difference_ci(values, reference, np.arange(80) // 4, np.mean, n_boot=200)
+    assert r["estimate"] == pytest.approx(values.mean() - reference.mean()) and r["low"] < r["estimate"] < r["high"]
+    same = bootstrap_difference_ci(values, values, None, np.mean, n_boot=50)
+    assert same["estimate"] == same["low"] == same["high"] == 0 and same["n_boot_valid"] == 50
+    one_lesion = bootstrap_difference_ci(values, reference, ["a"] * 80, np.mean, n_boot=20)
+    assert one_lesion["low"] == one_lesion["high"] == pytest.approx(r["estimate"])  # every resample is the whole set
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_boot": 0}, r"The 'n_boot' parameter must be a positive integer. Got 0 instead"),
+        ({"alpha": 0.0}, r"The 'alpha' parameter must be a float in \(0, 1\). Got 0.0"),
+        ({"metric": "bacc"}, r"The 'metric' parameter must be callable. Got str instead"),
+        ({"reference": [0, 1]}, r"'values' and 'reference' parameters must hold the same number \(>= 1\) of images"),
+        ({"y_true": [0, 1]}, r"The 'y_true' parameter must hold one label per image \(4\). Got shape \(2,\)"),
+        ({"groups": [1, 2]}, r"groups must have one entry per image \(4\); got shape \(2,\)"),
+    ],
+)
+def test_difference_ci_errors(kwargs: dict, message: str) -> None:
+    args = {"values": [0, 1, 1, 0], "reference": [0, 1, 0, 0], "groups": [1, 1, 2, 2], "metric": _accuracy_of_labels,
+            "y_true": [0, 1, 1, 1], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        bootstrap_difference_ci(args.pop("values"), args.pop("reference"), args.pop("groups"), args.pop("metric"), **args)
+
+
+def _accuracy_of_labels(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.mean(pred == y))

@@ -69,7 +69,7 @@ def test_config_switch_is_off_by_default_and_validated() -> None:
 
 
 def test_dataset_without_the_columns_is_a_config_error(tmp_path: Path) -> None:
-    from skinlesion.data.datasets import read_folder
+    from skinlesion.data.readers import read_folder
     from PIL import Image
 
     for cls in ("mel", "nv"):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from skinlesion.models.registry import create_backbone
+from skinlesion.models.factory import create_backbone
 from skinlesion.train.losses import build_loss
 from skinlesion.train.module import LesionClassifier
 

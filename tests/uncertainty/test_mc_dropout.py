@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from skinlesion.ensemble.members import Member
-from skinlesion.models.registry import create_backbone, data_config, stochastic_modules
+from skinlesion.models.factory import create_backbone
+from skinlesion.models.registry import data_config, stochastic_modules
 from skinlesion.uncertainty import (
     MCResult,
     NotStochasticWarning,

@@ -14,7 +14,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-AVERAGES = ("prob", "logit")  # as skinlesion.ensemble.tta.AVERAGES (no import: avoids a cycle)
+#: How the logits of TTA views ``(N, V, K)`` are combined: mean probability or mean logit (also
+#: the choices of :class:`skinlesion.ensemble.tta.TTAPolicy`, which imports this definition).
+AVERAGES = ("prob", "logit")
 
 
 def _check_logits(logits: Any, name: str = "logits") -> np.ndarray:

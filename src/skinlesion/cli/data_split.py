@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from skinlesion.data.datasets import FORMATS, load_dataset
+from skinlesion.data.readers import FORMATS, load_dataset
 from skinlesion.data.splits import (
     SPLITS,
     kfold_keeping_test,

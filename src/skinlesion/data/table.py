@@ -1,6 +1,6 @@
 """The table every reader returns: one row per image, with labels, lesion ids and image sources.
 
-Readers live in :mod:`skinlesion.data.datasets`; splits in :mod:`skinlesion.data.splits`.
+Readers live in :mod:`skinlesion.data.readers`; splits in :mod:`skinlesion.data.splits`.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from skinlesion.calibration.temperature import AVERAGES
+
 D4_VIEWS: tuple[str, ...] = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "transverse")
 SWAPS_AXES = frozenset({"rot90", "rot270", "transpose", "transverse"})
 PRESETS: dict[str, tuple[str, ...]] = {
@@ -28,7 +30,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "flips": ("identity", "hflip", "vflip"),
     "d4": D4_VIEWS,
 }
-AVERAGES = ("prob", "logit")
 _ZOOM = re.compile(r"^zoom:(\d+(?:\.\d+)?)$")
 _INVERSE = {"rot90": "rot270", "rot270": "rot90"}
 

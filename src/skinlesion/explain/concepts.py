@@ -177,7 +177,7 @@ def concept_examples_from_folders(root: str | Path, *, on_error: str = "raise") 
     """
     from PIL import Image
 
-    from skinlesion.data._folder import _walk_images
+    from skinlesion.data.readers import walk_images
 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"The 'on_error' parameter must be one of ('raise', 'skip'). Got {on_error!r} instead.")
@@ -190,7 +190,7 @@ def concept_examples_from_folders(root: str | Path, *, on_error: str = "raise") 
     out: dict[str, list[np.ndarray]] = {}
     bad: list[str] = []
     for folder in folders:
-        files, _ = _walk_images(folder)
+        files, _ = walk_images(folder)
         if not files:
             raise DataError(f"Concept folder {folder} has no images (.jpg/.jpeg/.png/.bmp/.tif/.tiff).")
         out[folder.name] = []

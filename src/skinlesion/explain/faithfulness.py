@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from skinlesion.metrics.bootstrap import bootstrap_difference_ci
+
 PredictFn = Callable[[torch.Tensor], Any]
 BASELINES: tuple[str, ...] = ("blur", "zero", "mean")
 RANDOM_KINDS: tuple[str, ...] = ("uniform", "shuffle", "smooth")
@@ -323,7 +325,7 @@ def evaluate_saliency(
 
 
 def _paired(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int, alpha: float, seed: int) -> dict:
-    """Means of ``a`` and ``b``, and of ``a - b`` with a (cluster) bootstrap CI and Wilcoxon p-value."""
+    """Means of ``a`` and ``b``, and of ``a - b`` with a paired cluster-bootstrap CI and Wilcoxon p-value."""
     from scipy.stats import wilcoxon
 
     ok = np.isfinite(a) & np.isfinite(b)
@@ -335,11 +337,8 @@ def _paired(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int, alpha
         return out
     d = a - b
     out.update(mean=float(a.mean()), reference=float(b.mean()), difference=float(d.mean()))
-    _, codes = np.unique(g, return_inverse=True)
-    sums, counts = np.bincount(codes, weights=d), np.bincount(codes).astype(np.float64)
-    draws = np.random.default_rng(seed).integers(0, sums.size, size=(n_boot, sums.size))
-    boot = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
-    out.update(ci_low=float(np.quantile(boot, alpha / 2)), ci_high=float(np.quantile(boot, 1 - alpha / 2)))
+    ci = bootstrap_difference_ci(a, b, g, np.mean, n_boot=n_boot, alpha=alpha, seed=seed)
+    out.update(ci_low=ci["low"], ci_high=ci["high"])
     if a.size >= 2 and np.any(d != 0):
         out["p_value"] = float(wilcoxon(a, b).pvalue)
     return out

@@ -1,6 +1,6 @@
 """Evaluation metrics: classification, calibration, lesion-level bootstrap, ISIC files/scorer."""
 
-from skinlesion.metrics.bootstrap import bootstrap_ci, standard_metric_fns
+from skinlesion.metrics.bootstrap import bootstrap_ci, bootstrap_difference_ci, standard_metric_fns
 from skinlesion.metrics.calibration import (
     brier_score,
     classwise_ece,
@@ -20,6 +20,7 @@ __all__ = [
     "UndefinedMetricWarning",
     "balanced_accuracy",
     "bootstrap_ci",
+    "bootstrap_difference_ci",
     "brier_score",
     "classwise_ece",
     "compute_classification_metrics",

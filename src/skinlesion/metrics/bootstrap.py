@@ -4,6 +4,11 @@ Images of one lesion are not independent, so resampling images understates the v
 resample *groups* (lesions, or patients) with replacement and keep all their images: the cluster
 bootstrap (Davison & Hinkley 1997, sec. 3.8; Field & Welsh 2007), with percentile intervals
 (Efron & Tibshirani 1993). All metrics are evaluated on the same resamples, so intervals are paired.
+
+:func:`bootstrap_ci` gives the interval of each metric; :func:`bootstrap_difference_ci` the interval
+of the difference of one metric between two sets of predictions (or per-image values) of the same
+images, both evaluated on every resample (a paired comparison: model vs reference, engine vs engine,
+saliency maps vs random maps). Both draw their resamples the same way (:func:`_cluster_bootstrap`).
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ import numpy as np
 
 from skinlesion.metrics.calibration import top_label_ece
 from skinlesion.metrics.classification import (
-    check_inputs,
     confusion_matrix,
     malignant_class_indices,
     one_vs_rest_rates,
     ovr_auc,
 )
+from skinlesion.metrics.inputs import check_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,60 @@ def _resample_index(rng: np.random.Generator, order: np.ndarray, starts: np.ndar
     return order[np.repeat(starts[drawn], counts) + offsets]
 
 
+def _cluster_layout(groups: Any, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(order, starts, sizes)``: image indices sorted by group, where each group starts, its size."""
+    codes = _group_codes(groups, n)
+    sizes = np.bincount(codes)
+    return np.argsort(codes, kind="stable"), np.cumsum(sizes) - sizes, sizes
+
+
+def _check_settings(n_boot: Any, alpha: Any) -> None:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"The 'n_boot' parameter must be a positive integer. Got {n_boot!r} instead.")
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise ValueError(f"The 'alpha' parameter must be a float in (0, 1). Got {alpha!r} instead.")
+
+
+def _cluster_bootstrap(
+    statistic: Callable[[np.ndarray], Sequence[float]],
+    n_stats: int,
+    layout: tuple[np.ndarray, np.ndarray, np.ndarray],
+    n_boot: int,
+    seed: int,
+) -> np.ndarray:
+    """``(n_stats, n_boot)`` values of ``statistic(idx)`` over cluster resamples ``idx`` (image indices).
+
+    Warnings inside ``statistic`` are silenced: undefined values (NaN) are counted by the caller.
+    """
+    order, starts, sizes = layout
+    samples = np.full((n_stats, int(n_boot)), np.nan)
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        for b in range(int(n_boot)):
+            samples[:, b] = statistic(_resample_index(rng, order, starts, sizes))
+    return samples
+
+
+def _interval(name: str, estimate: float, samples: np.ndarray, alpha: float, n_boot: int) -> dict:
+    """Percentile interval of the finite ``samples``, with the counts (see :func:`bootstrap_ci`)."""
+    valid = samples[np.isfinite(samples)]
+    q = [50.0 * alpha, 100.0 - 50.0 * alpha]
+    low, high = (float(v) for v in np.percentile(valid, q)) if valid.size else (math.nan, math.nan)
+    if valid.size < n_boot:
+        logger.warning(
+            "bootstrap: metric %r was undefined in %d of %d resamples (dropped).", name, n_boot - valid.size, n_boot
+        )
+    return {
+        "estimate": float(estimate),
+        "low": low,
+        "high": high,
+        "alpha": float(alpha),
+        "n_boot": int(n_boot),
+        "n_boot_valid": int(valid.size),
+    }
+
+
 def bootstrap_ci(
     y_true: Any,
     probs: Any,
@@ -81,54 +140,82 @@ def bootstrap_ci(
         the full data; resamples where a metric is NaN are dropped and counted (``n_boot_valid``);
         with no valid resample, ``low``/``high`` are NaN.
     """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"The 'n_boot' parameter must be a positive integer. Got {n_boot!r} instead.")
-    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-        raise ValueError(f"The 'alpha' parameter must be a float in (0, 1). Got {alpha!r} instead.")
+    _check_settings(n_boot, alpha)
     if not isinstance(metrics, dict) or not metrics:
         raise ValueError(f"The 'metrics' parameter must be a non-empty dict of name -> callable. Got {metrics!r} instead.")
     for name, fn in metrics.items():
         if not callable(fn):
             raise ValueError(f"metrics[{name!r}] must be callable as fn(y_true, probs) -> float; got {type(fn).__name__}.")
     y, p = check_inputs(y_true, probs)
-    codes = _group_codes(groups, y.shape[0])
-    sizes = np.bincount(codes)
-    if sizes.shape[0] < 2:
-        raise ValueError(f"groups holds {sizes.shape[0]} distinct lesion id(s); the bootstrap needs at least 2.")
-    order = np.argsort(codes, kind="stable")
-    starts = np.cumsum(sizes) - sizes
+    layout = _cluster_layout(groups, y.shape[0])
+    if layout[2].shape[0] < 2:
+        raise ValueError(f"groups holds {layout[2].shape[0]} distinct lesion id(s); the bootstrap needs at least 2.")
 
     names = list(metrics)
     fns = [metrics[k] for k in names]
     estimates = [float(fn(y, p)) for fn in fns]
-    samples = np.full((len(fns), int(n_boot)), np.nan)
-    rng = np.random.default_rng(seed)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")  # per-resample undefined-metric warnings are counted instead
-        for b in range(int(n_boot)):
-            idx = _resample_index(rng, order, starts, sizes)
-            yb, pb = y[idx], p[idx]
-            for j, fn in enumerate(fns):
-                samples[j, b] = fn(yb, pb)
 
-    out: dict[str, dict] = {}
-    q = [50.0 * alpha, 100.0 - 50.0 * alpha]
-    for j, name in enumerate(names):
-        valid = samples[j][np.isfinite(samples[j])]
-        low, high = (float(v) for v in np.percentile(valid, q)) if valid.size else (math.nan, math.nan)
-        if valid.size < n_boot:
-            logger.warning(
-                "bootstrap: metric %r was undefined in %d of %d resamples (dropped).", name, n_boot - valid.size, n_boot
-            )
-        out[name] = {
-            "estimate": estimates[j],
-            "low": low,
-            "high": high,
-            "alpha": float(alpha),
-            "n_boot": int(n_boot),
-            "n_boot_valid": int(valid.size),
-        }
-    return out
+    def statistic(idx: np.ndarray) -> list[float]:
+        yb, pb = y[idx], p[idx]
+        return [fn(yb, pb) for fn in fns]
+
+    samples = _cluster_bootstrap(statistic, len(fns), layout, n_boot, seed)
+    return {name: _interval(name, estimates[j], samples[j], alpha, n_boot) for j, name in enumerate(names)}
+
+
+def bootstrap_difference_ci(
+    values: Any,
+    reference: Any,
+    groups: Any,
+    metric: Callable[..., float],
+    *,
+    y_true: Any = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    name: str = "difference",
+) -> dict:
+    """Paired cluster-bootstrap interval of ``metric(values) - metric(reference)`` on the same images.
+
+    Every resample draws groups (lesions) with replacement and evaluates both sides on the same
+    images, so the interval is that of the difference itself, not of two independent estimates.
+
+    Args:
+        values: per-image predictions (class indices) or scores, first dimension ``n``.
+        reference: the same for the reference (e.g. the reference model, eager PyTorch, random maps).
+        groups: lesion (or patient) id per image, shape ``(n,)``; ``None``: every image its own group.
+            A single group gives a zero-width interval (every resample is the whole data).
+        metric: ``metric(y_true, x) -> float`` when ``y_true`` is given (e.g. balanced accuracy of
+            predictions ``x``), else ``metric(x) -> float`` (e.g. ``np.mean`` of per-image scores).
+        y_true: true class indices, shape ``(n,)``, or None.
+        n_boot, alpha, seed: as in :func:`bootstrap_ci`.
+        name: how a warning about undefined resamples names the metric.
+
+    Returns:
+        ``{estimate, low, high, alpha, n_boot, n_boot_valid}`` as one entry of :func:`bootstrap_ci`;
+        ``estimate`` is the difference on the whole data.
+    """
+    _check_settings(n_boot, alpha)
+    if not callable(metric):
+        raise ValueError(f"The 'metric' parameter must be callable. Got {type(metric).__name__} instead.")
+    a, b = np.asarray(values), np.asarray(reference)
+    if a.ndim == 0 or a.shape[0] == 0 or b.shape[:1] != a.shape[:1]:
+        raise ValueError(
+            f"The 'values' and 'reference' parameters must hold the same number (>= 1) of images. "
+            f"Got shapes {a.shape} and {b.shape} instead."
+        )
+    y = None if y_true is None else np.asarray(y_true)
+    if y is not None and y.shape != a.shape[:1]:
+        raise ValueError(f"The 'y_true' parameter must hold one label per image ({a.shape[0]}). Got shape {y.shape}.")
+
+    def difference(idx: np.ndarray | slice) -> float:
+        if y is None:
+            return metric(a[idx]) - metric(b[idx])
+        return metric(y[idx], a[idx]) - metric(y[idx], b[idx])
+
+    layout = _cluster_layout(groups, a.shape[0])
+    samples = _cluster_bootstrap(lambda idx: [difference(idx)], 1, layout, n_boot, seed)
+    return _interval(name, difference(slice(None)), samples[0], alpha, n_boot)
 
 
 def standard_metric_fns(classes: Sequence[str], *, present: Sequence[int] | None = None) -> dict[str, MetricFn]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from skinlesion.metrics.classification import check_inputs
+from skinlesion.metrics.inputs import check_inputs
 
 _STRATEGIES = ("uniform", "quantile")
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from skinlesion.classes import ISIC2018_CLASSES, ISIC2019_COLUMNS, UnknownLabelError, canonical_label
-from skinlesion.metrics.classification import check_labels
+from skinlesion.metrics.inputs import check_labels
 
 logger = logging.getLogger(__name__)
 

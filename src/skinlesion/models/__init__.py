@@ -1,13 +1,14 @@
-"""CNN backbones (timm) with their preprocessing, Grad-CAM layers, dropout and offline weights;
-the optional metadata fusion wrapper."""
+"""CNN backbones (timm): specs with their preprocessing, Grad-CAM layers and dropout (``registry``),
+offline weights (``pretrained``), the factory joining them (``factory``), and the optional metadata
+fusion wrapper (``fusion``)."""
 
+from skinlesion.models.factory import create_backbone
 from skinlesion.models.fusion import MetadataFusionNet, create_fusion_model
 from skinlesion.models.pretrained import LITE_PIP_PACKAGES, load_pretrained
 from skinlesion.models.registry import (
     BackboneSpec,
     DropoutSpec,
     backbone_prefix,
-    create_backbone,
     data_config,
     get_spec,
     get_target_layer,

@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinlesion.data.metadata import MetadataEncoder
-from skinlesion._params import positive_int
-from skinlesion.models.registry import _check_rate, create_backbone, get_spec
+from skinlesion._params import positive_int, unit_rate
+from skinlesion.models.factory import create_backbone
+from skinlesion.models.registry import get_spec
 
 
 class MetadataFusionNet(nn.Module):
@@ -62,7 +63,7 @@ class MetadataFusionNet(nn.Module):
         super().__init__()
         positive_int("num_classes", num_classes)
         positive_int("hidden", hidden)
-        self.drop_rate = _check_rate("drop_rate", drop_rate)
+        self.drop_rate = unit_rate("drop_rate", drop_rate)
         missing = torch.as_tensor(encoder.missing_vector(), dtype=torch.float32)  # raises if not fitted
         image_features = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
         self.backbone = backbone
@@ -137,10 +138,10 @@ def create_fusion_model(
     """A :class:`MetadataFusionNet` around registry backbone ``name``.
 
     ``drop_rate`` (None: the spec's head rate) is the wrapper's dropout; ``pretrained`` and
-    ``drop_path_rate`` are passed to :func:`~skinlesion.models.registry.create_backbone`.
+    ``drop_path_rate`` are passed to :func:`~skinlesion.models.factory.create_backbone`.
     """
     spec = get_spec(name)
-    rate = _check_rate("drop_rate", spec.dropout.head_rate if drop_rate is None else drop_rate)
+    rate = unit_rate("drop_rate", spec.dropout.head_rate if drop_rate is None else drop_rate)
     backbone = create_backbone(
         name, num_classes=num_classes, pretrained=pretrained, drop_rate=0.0, drop_path_rate=drop_path_rate
     )

@@ -11,6 +11,9 @@ suggests ImageNet mean/std, which those TF weights were never trained with.
 
 Each spec also names the Grad-CAM target layer (a 4-D feature map in the created model) and where
 the stochastic layers live, for Monte Carlo dropout (Gal & Ghahramani, ICML 2016).
+
+This module is data and lookups only (as timm's registry): models are created by
+:func:`skinlesion.models.factory.create_backbone`, weights loaded by :mod:`skinlesion.models.pretrained`.
 """
 
 from __future__ import annotations
@@ -226,72 +229,10 @@ def get_spec(name: str) -> BackboneSpec:
         ) from None
 
 
-def _check_rate(parameter: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"The '{parameter}' parameter must be a float in [0, 1). Got {value!r} instead."
-        )
-    return float(value)
-
-
-def _check_positive_int(parameter: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"The '{parameter}' parameter must be a positive integer. Got {value!r} instead."
-        )
-    return value
-
-
-def create_backbone(
-    name: str,
-    *,
-    num_classes: int,
-    pretrained: str = "none",
-    drop_rate: float | None = None,
-    drop_path_rate: float | None = None,
-    in_chans: int = 3,
-) -> nn.Module:
-    """Create the timm model of a registered backbone with a ``num_classes`` head.
-
-    ``drop_rate`` is the head dropout and ``drop_path_rate`` the backbone's internal rate
-    (stochastic depth, or DenseNet's per-layer dropout); ``None`` takes the spec's defaults.
-    ``pretrained`` is ``"none"``, ``"auto"``, ``"hub"``, ``"lite-pip"`` or ``"file:PATH"``
-    (see :mod:`skinlesion.models.pretrained`). The resolved weight source is stored on the model
-    as ``model.pretrained_source`` for provenance.
-    """
-    from skinlesion.models.pretrained import load_pretrained, validate_source
-
-    spec = get_spec(name)
-    _check_positive_int("num_classes", num_classes)
-    _check_positive_int("in_chans", in_chans)
-    validate_source(name, pretrained)
-    head_rate = _check_rate("drop_rate", spec.dropout.head_rate if drop_rate is None else drop_rate)
-    inner_rate = _check_rate(
-        "drop_path_rate", spec.dropout.backbone_rate if drop_path_rate is None else drop_path_rate
-    )
-    kwargs: dict[str, object] = {
-        "num_classes": num_classes,
-        "in_chans": in_chans,
-        "drop_rate": head_rate,
-    }
-    if spec.dropout.backbone == "drop_path":
-        kwargs["drop_path_rate"] = inner_rate
-    elif spec.dropout.backbone == "dropout":
-        kwargs["proj_drop_rate"] = inner_rate
-    elif inner_rate > 0:
-        raise ValueError(
-            f"Backbone {name!r} has no stochastic layers inside it, so the 'drop_path_rate' "
-            f"parameter must be 0 or None. Got {drop_path_rate!r} instead."
-        )
-    model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
-    model.pretrained_source = load_pretrained(model, name, pretrained)
-    return model
-
-
 def backbone_prefix(model: nn.Module) -> str:
     """Prefix of the registry backbone's module names inside ``model``.
 
-    ``""`` for a model made by :func:`create_backbone`; a wrapper around such a model (e.g.
+    ``""`` for a model made by :func:`~skinlesion.models.factory.create_backbone`; a wrapper around such a model (e.g.
     :class:`~skinlesion.models.fusion.MetadataFusionNet`) declares it as ``backbone_prefix``
     (``"backbone."``), so target layers and stochastic modules are found inside it.
     """
@@ -380,7 +321,6 @@ __all__ = [
     "BackboneSpec",
     "DropoutSpec",
     "backbone_prefix",
-    "create_backbone",
     "data_config",
     "get_spec",
     "get_target_layer",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from skinlesion.metrics.calibration import expected_calibration_error, reliability_curve
-from skinlesion.metrics.classification import check_inputs
+from skinlesion.metrics.inputs import check_inputs
 from skinlesion.report.plots import (
     confusion_matrix_png,
     reliability_diagram_png,

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from skinlesion.metrics.classification import check_inputs
+from skinlesion.metrics.inputs import check_inputs
 
 
 def _new_figure(width: float, height: float) -> Any:

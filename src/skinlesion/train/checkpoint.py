@@ -109,7 +109,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
 def _build_model(meta: dict[str, Any], where: Path) -> torch.nn.Module:
     """The untrained model a checkpoint's weights fit: a registry backbone, or a metadata fusion
     model when ``model.metadata`` is recorded (its encoder is rebuilt from the JSON)."""
-    from skinlesion.models.registry import create_backbone
+    from skinlesion.models.factory import create_backbone
 
     model_meta = meta.get("model", {})
     kwargs = {

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from skinlesion.data.datasets import load_dataset
+from skinlesion.data.readers import load_dataset
 from skinlesion.data.splits import apply_manifest, make_split, read_manifest, write_manifest
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import ConfigError

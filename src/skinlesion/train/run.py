@@ -31,7 +31,8 @@ from skinlesion.errors import ConfigError
 from skinlesion.inference import predict_table
 from skinlesion.metrics.classification import compute_classification_metrics
 from skinlesion.models.fusion import create_fusion_model, metadata_spec
-from skinlesion.models.registry import create_backbone, data_config
+from skinlesion.models.factory import create_backbone
+from skinlesion.models.registry import data_config
 from skinlesion.train.checkpoint import save_checkpoint
 from skinlesion.train.config import TrainConfig, dump_config
 from skinlesion.train.data import PreparedData, is_worker_process, prepare_data

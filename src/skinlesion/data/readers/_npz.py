@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 
 from skinlesion.classes import DERMAMNIST_CLASSES, ISIC2018_CLASSES
-from skinlesion.data import _checks as ck
+from skinlesion.data.readers import _checks as ck
+from skinlesion.data.readers._build import build_table
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import DataError
 
-logger = logging.getLogger("skinlesion.data.datasets")
+logger = logging.getLogger("skinlesion.data.readers.datasets")
 
 DERMAMNIST_SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -87,8 +88,6 @@ def read_dermamnist(npz_path: str | Path, *, split: str = "train", on_error: str
     cols["lesion_id"] = [""] * row0
     cols["path"] = [""] * row0
     arrays = images[0] if len(images) == 1 else np.concatenate(images, axis=0)
-    from skinlesion.data.datasets import build_table  # late import: datasets imports this module
-
     present = {c for c in cols["label"] if c is not None}
     table = build_table(
         cols,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from skinlesion.classes import ISIC2018_CLASSES
-from skinlesion.data.datasets import read_ham10000
+from skinlesion.data.readers import read_ham10000
 from skinlesion.data.splits import apply_manifest, make_split, manifest_hash, read_manifest, write_manifest
 
 pytestmark = pytest.mark.realdata

@@ -13,7 +13,7 @@ from PIL import Image
 from skimage.measure import regionprops
 
 from skinlesion.classes import ISIC2018_CLASSES, UnknownLabelError
-from skinlesion.data.datasets import read_ham10000
+from skinlesion.data.readers import read_ham10000
 from skinlesion.data.synthetic import (
     COLOUR_RGB,
     DERMOSCOPIC_COLOURS,

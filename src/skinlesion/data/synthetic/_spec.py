@@ -31,7 +31,7 @@ MAX_TONE = 0.18
 #: Relative brightness change per unit of :attr:`ColourLayer.shade`.
 SHADE_STEP = 0.11
 
-#: How a colour layer chooses its region inside the lesion (see ``_synthetic_paint``).
+#: How a colour layer chooses its region inside the lesion (see ``_paint``).
 LAYER_KINDS: tuple[str, ...] = ("base", "blotch", "centre", "periphery", "network", "globules", "lines", "streaks")
 
 

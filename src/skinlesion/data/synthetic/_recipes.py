@@ -17,8 +17,8 @@ import math
 import numpy as np
 
 from skinlesion.classes import canonical_label
-from skinlesion.data._synthetic_shape import max_boundary_radius
-from skinlesion.data._synthetic_spec import ColourLayer, LesionSpec
+from skinlesion.data.synthetic._shape import max_boundary_radius
+from skinlesion.data.synthetic._spec import ColourLayer, LesionSpec
 
 #: Millimetres spanned by the image width when no pixel spacing is given: a 200 px wide HAM10000
 #: image then has 0.11 mm pixels, about what a 10x contact dermatoscope frame covers.

@@ -4,7 +4,7 @@ Downloads resume (HTTP Range on ``<file>.part``), are checked against the Conten
 the registry pins them, the size and sha256; every sha256 is recorded in ``CHECKSUMS.sha256``.
 Offline machines use ``from_dir``: fetch the listed files elsewhere, copy them into one folder and
 this module verifies and unpacks them without touching the network. Only the standard library is
-used for HTTP. The sources live in :mod:`skinlesion.data._sources`.
+used for HTTP (:mod:`._http`). The sources live in :mod:`._sources`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 from skinlesion import __version__
 from skinlesion._hashing import sha256_file
-from skinlesion.data._http import CHUNK, ProgressCallback, check_reachable, http_fetch, resolve_url
-from skinlesion.data._sources import DATASET_SPECS, DatasetSpec, SourceFile, SourceSet
+from skinlesion.data.download._http import CHUNK, ProgressCallback, check_reachable, http_fetch, resolve_url
+from skinlesion.data.download._sources import DATASET_SPECS, DatasetSpec, SourceFile, SourceSet
 from skinlesion.errors import DownloadError
 
 LAYOUT = """\
@@ -64,7 +64,7 @@ Dataverse archives, passed with --from-dir, have them.
 """
 __doc__ = (__doc__ or "") + "\n" + LAYOUT
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("skinlesion.data.download")
 
 #: Names accepted by :func:`download_dataset`.
 DATASETS: tuple[str, ...] = tuple(DATASET_SPECS)

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from skinlesion.data._synthetic_artefacts import draw_hair, draw_ruler, draw_vignette
-from skinlesion.data._synthetic_paint import composite
-from skinlesion.data._synthetic_recipes import check_size, sample_spec
-from skinlesion.data._synthetic_shape import (
+from skinlesion.data.synthetic._artefacts import draw_hair, draw_ruler, draw_vignette
+from skinlesion.data.synthetic._paint import composite
+from skinlesion.data.synthetic._recipes import check_size, sample_spec
+from skinlesion.data.synthetic._shape import (
     COLOUR_AXIS_THRESHOLD,
     SHAPE_AXIS_THRESHOLD,
     border_and_diameter,
@@ -19,7 +19,7 @@ from skinlesion.data._synthetic_shape import (
     max_boundary_radius,
     shape_asymmetry,
 )
-from skinlesion.data._synthetic_spec import DERMOSCOPIC_COLOURS, LesionSpec
+from skinlesion.data.synthetic._spec import DERMOSCOPIC_COLOURS, LesionSpec
 
 logger = logging.getLogger(__name__)
 

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from skinlesion.classes import CANONICAL, UnknownLabelError, canonical_label, order_classes
-from skinlesion.data import _checks as ck
+from skinlesion.data.readers import _checks as ck
+from skinlesion.data.readers._build import build_table
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import DataError
 
-logger = logging.getLogger("skinlesion.data.datasets")
+logger = logging.getLogger("skinlesion.data.readers.datasets")
 
 
-def _walk_images(folder: Path) -> tuple[list[str], int]:
+def walk_images(folder: Path) -> tuple[list[str], int]:
     """Image files under ``folder`` (recursive, sorted, hidden files/folders ignored) and the
     number of other files ignored."""
     found: list[str] = []
@@ -38,8 +39,6 @@ def read_folder(root: str | Path, *, on_error: str = "raise", verify_images: boo
     ``image_id`` is the path relative to ``root`` without extension (``mel/sub/img1``). There is no
     lesion id, so the table is grouped by image. Hidden files and non-image files are ignored.
     """
-    from skinlesion.data.datasets import build_table  # late import: datasets imports this module
-
     ck.check_on_error(on_error)
     root = Path(root)
     if not root.is_dir():
@@ -59,7 +58,7 @@ def read_folder(root: str | Path, *, on_error: str = "raise", verify_images: boo
             paths.append(os.path.abspath(e.path))
             labels.append(None)
     for d in class_dirs:
-        files, n_other = _walk_images(Path(d.path))
+        files, n_other = walk_images(Path(d.path))
         ignored += n_other
         try:
             label: str | None = canonical_label(d.name)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from urllib.request import Request, getproxies, proxy_bypass, urlopen
 
 from skinlesion import __version__
-from skinlesion.data._sources import SourceFile, SourceSet
+from skinlesion.data.download._sources import SourceFile, SourceSet
 from skinlesion.errors import DownloadError
 
 logger = logging.getLogger("skinlesion.data.download")

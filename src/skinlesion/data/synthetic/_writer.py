@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from skinlesion.classes import CANONICAL, ISIC2018_CLASSES
-from skinlesion.data._synthetic_recipes import check_size, sample_spec, supported_label
-from skinlesion.data._synthetic_render import render_lesion, vary_spec
+from skinlesion.data.synthetic._recipes import check_size, sample_spec, supported_label
+from skinlesion.data.synthetic._render import render_lesion, vary_spec
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from skinlesion.classes import CANONICAL, ISIC2018_CLASSES
-from skinlesion.data.datasets import (
+from skinlesion.data.readers import (
     load_dataset,
     read_dermamnist,
     read_folder,

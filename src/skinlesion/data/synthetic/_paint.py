@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from skinlesion.data._synthetic_shape import LesionGeometry
-from skinlesion.data._synthetic_spec import (
+from skinlesion.data.synthetic._shape import LesionGeometry
+from skinlesion.data.synthetic._spec import (
     COLOUR_RGB,
     DERMOSCOPIC_COLOURS,
     MAX_TONE,

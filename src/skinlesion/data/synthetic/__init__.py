@@ -43,10 +43,10 @@ Example:
 
 from __future__ import annotations
 
-from skinlesion.data._synthetic_paint import MIN_COLOUR_FRACTION
-from skinlesion.data._synthetic_recipes import FIELD_OF_VIEW_MM, SYNTHETIC_CLASSES, default_pixel_spacing, sample_spec
-from skinlesion.data._synthetic_render import LesionTruth, generate_lesion, measure_truth, render_lesion, vary_spec
-from skinlesion.data._synthetic_shape import (
+from skinlesion.data.synthetic._paint import MIN_COLOUR_FRACTION
+from skinlesion.data.synthetic._recipes import FIELD_OF_VIEW_MM, SYNTHETIC_CLASSES, default_pixel_spacing, sample_spec
+from skinlesion.data.synthetic._render import LesionTruth, generate_lesion, measure_truth, render_lesion, vary_spec
+from skinlesion.data.synthetic._shape import (
     COLOUR_AXIS_THRESHOLD,
     SHAPE_AXIS_THRESHOLD,
     border_irregularity,
@@ -54,8 +54,8 @@ from skinlesion.data._synthetic_shape import (
     feret_diameter,
     shape_asymmetry,
 )
-from skinlesion.data._synthetic_spec import COLOUR_RGB, DERMOSCOPIC_COLOURS, ColourLayer, LesionSpec
-from skinlesion.data._synthetic_writer import HAM_DX, write_synthetic_dataset
+from skinlesion.data.synthetic._spec import COLOUR_RGB, DERMOSCOPIC_COLOURS, ColourLayer, LesionSpec
+from skinlesion.data.synthetic._writer import HAM_DX, write_synthetic_dataset
 
 __all__ = [
     "COLOUR_AXIS_THRESHOLD",

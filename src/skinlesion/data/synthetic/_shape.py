@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import find_contours, regionprops
 
-from skinlesion.data._synthetic_spec import LesionSpec
+from skinlesion.data.synthetic._spec import LesionSpec
 
 #: An axis counts as asymmetric when the shape non-overlap about it reaches this fraction ...
 SHAPE_AXIS_THRESHOLD = 0.06

@@ -16,7 +16,7 @@ from skinlesion.classes import UnknownLabelError, canonical_label
 from skinlesion.data.table import SkippedRow
 from skinlesion.errors import DataError
 
-logger = logging.getLogger("skinlesion.data.datasets")
+logger = logging.getLogger("skinlesion.data.readers.datasets")
 
 #: File extensions taken as images (compared lower-case), in order of preference.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
