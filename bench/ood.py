@@ -13,8 +13,9 @@ blurred ones from the first ``--n-distorted`` test images, in memory). Then, per
 gated on test (should be <= 1 - quantile), the detection rate (fraction gated) per OOD set, AUROC
 test vs each set, and the stored size of the fitted gate. ``chosen`` is the candidate with the best
 mean detection over the sets among those whose test gated fraction is within two binomial standard
-errors of 1 - quantile (ties: mean AUROC). ``without_gate`` shows what the bundle says of each OOD
-set today (calibrated ensemble probabilities and decision rule of the without-metadata operating
+errors of 1 - quantile (detections within ``TIE`` of the best are ties: mean AUROC, then storage).
+A candidate that cannot be fitted (kNN with k above the training images) is reported as skipped.
+``without_gate`` shows what the bundle says of each OOD set today (calibrated ensemble probabilities and decision rule of the without-metadata operating
 point, identity view: no TTA). Logs go to stderr.
 """
 
@@ -43,12 +44,15 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "mahalanobis": ("mahalanobis", {"shrinkage": "ledoit-wolf"}),
     "knn_k1": ("knn", {"k": 1, "max_bank": 2000}),
     "knn_k10": ("knn", {"k": 10, "max_bank": 2000}),
-    "knn_k50": ("knn", {"k": 50, "max_bank": 2000}),
-    "knn_k5_bank1000": ("knn", {"k": 5, "max_bank": 1000}),
-    "knn_k3_bank500": ("knn", {"k": 3, "max_bank": 500}),
+    "knn_k200": ("knn", {"k": 200, "max_bank": 2000}),
+    "knn_k50_bank500": ("knn", {"k": 50, "max_bank": 500}),
+    "knn_k5_bank500": ("knn", {"k": 5, "max_bank": 500}),
+    "mahalanobis+knn_k50_bank500": ("mahalanobis+knn", {"mahalanobis": {"shrinkage": "ledoit-wolf"}, "knn": {"k": 50, "max_bank": 500}}),
     "energy": ("energy", {"temperature": 1.0}),
     "msp": ("msp", {}),
 }
+#: Mean detections closer than this are ties (one image of a 28-image set moves the mean over 7 sets by 0.005).
+TIE = 0.02
 
 
 def _rows(n: int, cap: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -80,6 +84,55 @@ def _without_gate(bundle: Any, outputs: list[Any]) -> dict[str, Any]:
     return res
 
 
+def _cache_key(bundle: Any, rows: dict[str, np.ndarray], ood_sets: list[Any]) -> str:
+    """What the cached features depend on: the bundle, the sampled rows, the generated images."""
+    import hashlib
+
+    h = hashlib.sha256(bundle.bundle_id.encode())
+    for s in ("train", "val", "test"):
+        h.update(rows[s].tobytes())
+    for o in ood_sets:
+        for im in o.images:
+            h.update(np.ascontiguousarray(im).tobytes())
+    return h.hexdigest()
+
+
+def _load_cache(path: str | None, bundle: Any, rows: dict[str, np.ndarray], ood_sets: list[Any]) -> dict[str, list[Any]]:
+    """Features cached by an earlier run with the same bundle, rows and sets (``--features-cache``), else {}."""
+    from skinlesion.ood import MemberFeatures
+
+    if not path or not Path(path).is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["key"]) != _cache_key(bundle, rows, ood_sets):
+            log.info("%s was written for other images or another bundle: recomputing", path)
+            return {}
+        out: dict[str, list[Any]] = {}
+        for k in z.files:
+            if k.endswith("/features"):
+                name, m = k.split("/")[:2]
+                out.setdefault(name, []).append(MemberFeatures(m, z[k], z[f"{name}/{m}/logits"]))
+    log.info("features read from %s", path)
+    return out
+
+
+def _save_cache(path: str, bundle: Any, rows: dict[str, np.ndarray], ood_sets: list[Any], outputs: dict[str, list[Any]]) -> None:
+    arrays = {"key": np.array(_cache_key(bundle, rows, ood_sets))}
+    for name, outs in outputs.items():
+        for o in outs:
+            arrays[f"{name}/{o.member}/features"], arrays[f"{name}/{o.member}/logits"] = o.features, o.logits
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+
+
+def _shown(path: Path) -> str:
+    """A bundle path as written in the output: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return str(path)
+
+
 def _storage(gate: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         d = gate.save(tmp)
@@ -87,7 +140,7 @@ def _storage(gate: Any) -> dict[str, Any]:
                 "arrays": {k: [list(v.shape), str(v.dtype)] for k, v in gate.arrays().items()}}
 
 
-def _evaluate(gate: Any, test: list[Any], sets: dict[str, list[Any]]) -> dict[str, Any]:
+def _evaluate(gate: Any, test: list[Any], sets: dict[str, list[Any]], kinds: dict[str, list[str]]) -> dict[str, Any]:
     t0 = time.perf_counter()
     s_test = gate.score(test)
     per_image_ms = (time.perf_counter() - t0) / len(s_test) * 1e3
@@ -103,6 +156,9 @@ def _evaluate(gate: Any, test: list[Any], sets: dict[str, list[Any]]) -> dict[st
         s = gate.score(outs)
         res["detection"][name] = round(float(gate.is_out(s).mean()), 4)
         res["auroc"][name] = round(_auroc(s_test, s), 4)
+        if name in kinds:
+            out, k = gate.is_out(s), np.asarray(kinds[name])
+            res.setdefault("detection_by_kind", {})[name] = {v: round(float(out[k == v].mean()), 3) for v in dict.fromkeys(kinds[name])}
     res["mean_detection"] = round(float(np.mean(list(res["detection"].values()))), 4)
     res["min_detection"] = round(float(np.min(list(res["detection"].values()))), 4)
     res["mean_auroc"] = round(float(np.mean(list(res["auroc"].values()))), 4)
@@ -125,18 +181,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     caps = {"train": args.max_train_images, "val": args.max_val_images, "test": args.max_test_images}
     rows = {s: _rows(len(t), caps[s], rng) for s, t in tables.items()}
     t0 = time.perf_counter()
-    feats = {}
-    for s, t in tables.items():
-        log.info("features of %d %s images", len(rows[s]), s)
-        feats[s] = table_features(bundle.members, t, rows=rows[s], batch_size=args.batch_size, device=args.device)
     test_images = [tables["test"].load_image(int(i)) for i in rows["test"][: args.n_distorted]]
     ood_sets = generated_sets(test_images, n=args.n, seed=args.seed)
-    sets = {}
-    for s in ood_sets:
-        log.info("features of %d %s images", len(s), s.name)
-        sets[s.name] = image_features(bundle.members, s.images, batch_size=args.batch_size, device=args.device)
+    cache = _load_cache(args.features_cache, bundle, rows, ood_sets)
+    feats, sets = {}, {}
+    for s, t in tables.items():
+        if s not in cache:
+            log.info("features of %d %s images", len(rows[s]), s)
+        feats[s] = cache.get(s) or table_features(bundle.members, t, rows=rows[s], batch_size=args.batch_size, device=args.device)
+    for o in ood_sets:
+        if o.name not in cache:
+            log.info("features of %d %s images", len(o), o.name)
+        sets[o.name] = cache.get(o.name) or image_features(bundle.members, o.images, batch_size=args.batch_size, device=args.device)
+    if args.features_cache and not cache:
+        _save_cache(args.features_cache, bundle, rows, ood_sets, {**feats, **sets})
     seconds_features = time.perf_counter() - t0
     y_train = tables["train"].labels()[rows["train"]]
+    kinds = {o.name: o.kinds for o in ood_sets if o.kinds}
 
     names = [m.name for m in bundle.members]
     variants: list[tuple[str, list[str] | None]] = [("mean", None)]
@@ -147,8 +208,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for cand, (score, params) in CANDIDATES.items():
         results[cand] = {"score": score, "params": params}
         for label, members in variants:
-            gate = OODGate(score, quantile=args.quantile, members=members, params=params).fit(feats["train"], feats["val"], y_train)
-            res = _evaluate(gate, feats["test"], sets)
+            try:
+                gate = OODGate(score, quantile=args.quantile, members=members, params=params).fit(feats["train"], feats["val"], y_train)
+            except ValueError as e:
+                results[cand]["skipped"] = str(e)
+                break
+            res = _evaluate(gate, feats["test"], sets, kinds)
             if label == "mean":
                 res["storage"] = _storage(gate)
                 gates[cand] = gate
@@ -157,13 +222,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results[cand].setdefault("members_alone", {})[label] = {
                     k: res[k] for k in ("test_gated", "mean_detection", "min_detection", "mean_auroc")
                 }
+        if "skipped" in results[cand]:
+            log.info("%s: skipped (%s)", cand, results[cand]["skipped"])
+            continue
         log.info("%s: test gated %.3f, mean detection %.3f", cand, results[cand]["test_gated"], results[cand]["mean_detection"])
 
     target = 1 - args.quantile
     n_test = len(rows["test"])
     allowed = target + 2 * math.sqrt(max(target * (1 - target), 1e-12) / n_test)
-    eligible = [c for c in results if results[c]["test_gated"] <= allowed]
-    chosen = max(eligible, key=lambda c: (results[c]["mean_detection"], results[c]["mean_auroc"])) if eligible else None
+    fitted = {c: r for c, r in results.items() if "skipped" not in r}
+    eligible = [c for c in fitted if fitted[c]["test_gated"] <= allowed]
+    chosen = None
+    if eligible:
+        best = max(results[c]["mean_detection"] for c in eligible)
+        tied = [c for c in eligible if results[c]["mean_detection"] >= best - TIE]
+        chosen = max(tied, key=lambda c: (results[c]["mean_auroc"], -results[c]["storage"]["npz_bytes"]))
     if chosen is not None and args.save_gate:
         out = Path(args.save_gate)
         out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (out / "ood_gate.json").write_text(json.dumps(d, indent=1))
 
     return {
-        "bundle": {"path": str(bundle.path), "bundle_id": bundle.bundle_id, "members": names, "classes": list(bundle.classes)},
+        "bundle": {"path": _shown(bundle.path), "bundle_id": bundle.bundle_id, "members": names, "classes": list(bundle.classes)},
         "config": {
             "quantile": args.quantile, "seed": args.seed, "images": {s: int(len(r)) for s, r in rows.items()},
             "of": {s: len(t) for s, t in tables.items()}, "n_distorted": len(test_images),
@@ -183,17 +256,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "table": {
             c: {"test_gated": r["test_gated"], **{f"det:{k}": v for k, v in r["detection"].items()}, "mean_detection": r["mean_detection"],
                 "mean_auroc": r["mean_auroc"], "npz_bytes": r["storage"]["npz_bytes"]}
-            for c, r in results.items()
+            for c, r in fitted.items()
         },
         "chosen": {
             "name": chosen,
             "rule": f"best mean detection over the sets among candidates with test gated <= {allowed:.4f} "
-                    f"({target:.2f} + 2 binomial SE at n={n_test}); ties: mean AUROC",
+                    f"({target:.2f} + 2 binomial SE at n={n_test}); detections within {TIE} of the best are ties, "
+                    "decided by mean AUROC, then the smaller stored gate",
+            "tied": tied if eligible else [],
             "eligible": eligible,
         },
         "without_gate": {name: _without_gate(bundle, outs) for name, outs in sets.items()},
         "without_gate_test": _without_gate(bundle, feats["test"]),
         "seconds_features": round(seconds_features, 1),
+        "features_from_cache": bool(cache),
     }
 
 
@@ -211,6 +287,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
+    ap.add_argument("--features-cache", default=None,
+                    help="An .npz of member features: read when it matches this bundle, rows and sets, else written (keep it out of git).")
     ap.add_argument("--save-gate", default=None, help="Write the chosen gate here (ood_gate.json + ood_gate.npz).")
     args = ap.parse_args(argv)
     for k in ("max_train_images", "max_val_images", "max_test_images", "n_distorted", "n"):

@@ -12,7 +12,7 @@ from skinlesion.ood import OODGate
 
 from ood_synthetic import in_dist, member_outputs, shifted
 
-PARAMS = {"mahalanobis": {}, "knn": {"k": 5}, "energy": {}, "msp": {}}
+PARAMS = {"mahalanobis": {}, "knn": {"k": 5}, "energy": {}, "msp": {}, "mahalanobis+knn": {"knn": {"k": 5}}, "knn+energy": {}}
 
 
 def _fitted(score: str, quantile: float = 0.95, members: list[str] | None = None) -> tuple[OODGate, list, list]:
@@ -53,7 +53,18 @@ def test_members_subset_uses_those_members_only() -> None:
     assert gate.members_ == ["b"] and len(gate.scorers_) == 1
     np.testing.assert_array_equal(gate.score(val), gate.score(val[1:]))  # member a's outputs are not needed
     both, _, _ = _fitted("knn")
-    np.testing.assert_allclose(both.score(val), np.mean([s.score(v.features) for s, v in zip(both.scorers_, val, strict=True)], axis=0))
+    np.testing.assert_allclose(both.score(val), np.mean([s[0].score(v.features) for s, v in zip(both.scorers_, val, strict=True)], axis=0))
+
+
+def test_combined_score_is_the_maximum_of_standardised_components() -> None:
+    gate, val, _ = _fitted("mahalanobis+knn")
+    assert gate.components_ == ["mahalanobis", "knn"] and set(gate.standardise_) == {"mahalanobis", "knn"}
+    assert gate.to_dict()["params"] == {"mahalanobis": {"shrinkage": "ledoit-wolf"}, "knn": {"k": 5, "max_bank": 500, "seed": 0}}
+    m, k = (_fitted(c)[0] for c in ("mahalanobis", "knn"))
+    parts = [(g.score(val) - gate.standardise_[c][0]) / gate.standardise_[c][1] for g, c in ((m, "mahalanobis"), (k, "knn"))]
+    np.testing.assert_allclose(gate.score(val), np.maximum(*parts))
+    # each component standardised so that its held-out quantile is 1
+    np.testing.assert_allclose(np.quantile(parts[1], 0.95), 1.0)
 
 
 def test_is_out_compares_with_the_threshold() -> None:
@@ -77,10 +88,18 @@ def test_gate_errors(tmp_path: Path) -> None:
         OODGate("knn", quantile=1.5).fit(val, val)
     with pytest.raises(ValueError, match=r"The 'score' parameter must be one of"):
         OODGate("odin").fit(val, val)
+    with pytest.raises(ValueError, match=r"The 'score' parameter names a score twice. Got 'knn\+knn' instead"):
+        OODGate("knn+knn").fit(val, val)
+    with pytest.raises(ValueError, match=r"The 'params' parameter of a combined score must be \{score name: params\}"):
+        OODGate("knn+energy", params={"k": 3}).fit(val, val)
     with pytest.raises(ValueError, match=r"holds NaN"):
         gate.is_out([np.nan])
     with pytest.raises(ValueError, match=r"The stored OOD gate lacks field\(s\) \['threshold'\]"):
         OODGate.from_dict({k: v for k, v in gate.to_dict().items() if k != "threshold"}, gate.arrays())
+    with pytest.raises(ValueError, match=r"The stored 'knn' score lacks array\(s\) \['bank'\]"):
+        OODGate.from_dict(gate.to_dict(), {})
+    with pytest.raises(ValueError, match=r"must have one scorer per member \(2\) and score \['knn'\]"):
+        OODGate.from_dict({**gate.to_dict(), "scorers": gate.to_dict()["scorers"][:1]}, gate.arrays())
     saved = gate.save(tmp_path)
     (tmp_path / "ood_gate.npz").write_bytes(b"x" + (tmp_path / "ood_gate.npz").read_bytes())
     with pytest.raises(ValueError, match=r"does not match the sha256 recorded for the OOD gate; refit the gate"):

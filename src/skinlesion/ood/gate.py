@@ -9,6 +9,12 @@ still gets probabilities, but no diagnosis without the warning.
 score is the mean of the members' scores (``members=None``), or of the named members only. With
 members of one architecture the raw scores share a scale (kNN: a cosine distance in [0, 2]).
 
+**Several scores.** ``score="mahalanobis+knn"`` combines scores that catch different shifts: each
+component (averaged over the members) is standardised on the held-out images, ``(s - median) /
+(q - median)`` with ``q`` its ``quantile`` there, and the gate score is the maximum over the
+components (close to gating when any one of them would); the threshold is then the held-out
+``quantile`` of that maximum, so the gated fraction stays at most ``1 - quantile``.
+
 **Storage.** :meth:`OODGate.to_dict` is JSON for ``bundle.json`` (score, parameters, threshold, how
 it was fitted); the fitted arrays (kNN: a float16 bank of at most ``max_bank`` normalised features
 per member; Mahalanobis: float32 class means and a D x D precision) go to an ``.npz`` file beside
@@ -35,11 +41,13 @@ ARRAYS_FILE = "ood_gate.npz"
 class OODGate:
     """A score per member and a threshold fitted on held-out in-distribution images.
 
-    Parameters: ``score`` (a name of :data:`~skinlesion.ood.scores.SCORES`), ``quantile`` in (0, 1]
-    (gate at most ``1 - quantile`` of the held-out images), ``members`` (names of the members whose
-    scores are averaged; None: all), ``params`` (the score's parameters).
-    Fitted: ``members_``, ``scorers_`` (one per member), ``threshold_``, ``heldout_gated_fraction_``,
-    ``n_train_``, ``n_heldout_``; ``provenance_`` (a dict the fitting code may fill).
+    Parameters: ``score`` (a name of :data:`~skinlesion.ood.scores.SCORES`, or names joined by ``+``),
+    ``quantile`` in (0, 1] (gate at most ``1 - quantile`` of the held-out images), ``members`` (names
+    of the members whose scores are averaged; None: all), ``params`` (the score's parameters; for a
+    combination ``{name: params}``).
+    Fitted: ``members_``, ``components_`` (score names), ``scorers_`` (``[member][component]``),
+    ``standardise_`` (``{component: (loc, scale)}``, combinations only), ``threshold_``,
+    ``heldout_gated_fraction_``, ``n_train_``, ``n_heldout_``; ``provenance_`` (a dict the fitting code may fill).
     """
 
     def __init__(
@@ -55,7 +63,22 @@ class OODGate:
         if not hasattr(self, "threshold_"):
             raise RuntimeError("This OODGate is not fitted yet: call fit first (or fit_ood_gate for a bundle).")
 
-    def _select(self, outputs: Sequence[MemberFeatures], names: Sequence[str], what: str) -> list[np.ndarray]:
+    def _components(self) -> list[tuple[str, dict[str, Any]]]:
+        """``[(score name, its params)]`` from ``score`` and ``params``."""
+        names = str(self.score_name).split("+")
+        for n in names:
+            make_score(n)  # names the valid scores when n is none
+        if len(set(names)) != len(names):
+            raise ValueError(f"The 'score' parameter names a score twice. Got {self.score_name!r} instead.")
+        params = dict(self.params or {})
+        if len(names) == 1:
+            return [(names[0], params)]
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise ValueError(f"The 'params' parameter of a combined score must be {{score name: params}} for {names}. Got keys {unknown} instead.")
+        return [(n, dict(params.get(n, {}))) for n in names]
+
+    def _select(self, outputs: Sequence[MemberFeatures], names: Sequence[str], what: str) -> list[MemberFeatures]:
         by_name = {o.member: o for o in outputs}
         missing = [n for n in names if n not in by_name]
         if missing:
@@ -63,8 +86,7 @@ class OODGate:
         sizes = {len(by_name[n]) for n in names}
         if len(sizes) != 1:
             raise ValueError(f"The '{what}' parameter holds different numbers of images per member: {sorted(sizes)}.")
-        key = make_score(self.score_name).input
-        return [getattr(by_name[n], key) for n in names]
+        return [by_name[n] for n in names]
 
     def fit(
         self, train: Sequence[MemberFeatures], heldout: Sequence[MemberFeatures], y_train: Any = None
@@ -77,9 +99,19 @@ class OODGate:
         names = list(self.members) if self.members is not None else [o.member for o in train]
         if not names:
             raise ValueError("The 'train' parameter holds no member outputs.")
-        self.scorers_ = [make_score(self.score_name, **(self.params or {})).fit(x, y_train) for x in self._select(train, names, "train")]
-        self.members_ = names
-        scores = self._combine(self._select(heldout, names, "heldout"))
+        components = self._components()
+        fitted = []
+        for out in self._select(train, names, "train"):
+            fitted.append([make_score(c, **p).fit(getattr(out, make_score(c).input), y_train) for c, p in components])
+        self.scorers_, self.members_ = fitted, names
+        self.components_ = [c for c, _ in components]
+        self.standardise_: dict[str, tuple[float, float]] = {}
+        raw = self._component_scores(self._select(heldout, names, "heldout"))
+        if len(components) > 1:
+            for c, r in zip(self.components_, raw, strict=True):
+                loc = float(np.median(r))
+                self.standardise_[c] = (loc, max(float(np.quantile(r, q)) - loc, 1e-12))
+        scores = self._combine(raw)
         self.threshold_ = float(np.quantile(scores, q, method="higher"))
         self.heldout_gated_fraction_ = float(np.mean(scores > self.threshold_))
         self.n_train_ = len(self._select(train, names, "train")[0])
@@ -87,13 +119,23 @@ class OODGate:
         self.provenance_: dict[str, Any] = {}
         return self
 
-    def _combine(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        return np.mean([s.score(x) for s, x in zip(self.scorers_, inputs, strict=True)], axis=0)
+    def _component_scores(self, outputs: Sequence[MemberFeatures]) -> np.ndarray:
+        """``(C, N)``: per component the mean of the members' scores."""
+        per_member = [
+            [s.score(getattr(out, s.input)) for s in scorers] for scorers, out in zip(self.scorers_, outputs, strict=True)
+        ]
+        return np.mean(np.asarray(per_member, dtype=np.float64), axis=0)
+
+    def _combine(self, raw: np.ndarray) -> np.ndarray:
+        if not self.standardise_:
+            return raw[0]
+        z = [(r - self.standardise_[c][0]) / self.standardise_[c][1] for c, r in zip(self.components_, raw, strict=True)]
+        return np.max(z, axis=0)
 
     def score(self, outputs: Sequence[MemberFeatures]) -> np.ndarray:
         """``(N,)`` gate scores (mean over the gate's members), higher = more out-of-distribution."""
         self._check_fitted()
-        return self._combine(self._select(outputs, self.members_, "outputs"))
+        return self._combine(self._component_scores(self._select(outputs, self.members_, "outputs")))
 
     def is_out(self, score: Any) -> np.ndarray:
         """Boolean ``score > threshold_`` (elementwise; a scalar gives a 0-d array)."""
@@ -111,15 +153,19 @@ class OODGate:
     def to_dict(self) -> dict[str, Any]:
         """JSON for ``bundle.json``; the arrays are in :meth:`arrays` (saved by :meth:`save`)."""
         self._check_fitted()
+        params = {c: s.get_params() for c, s in zip(self.components_, self.scorers_[0], strict=True)}
         return {
             "score": self.score_name,
-            "params": self.scorers_[0].get_params(),
+            "components": list(self.components_),
+            "params": params[self.components_[0]] if len(self.components_) == 1 else params,
             "quantile": self.quantile,
             "threshold": self.threshold_,
             "gate_when": "score > threshold",
             "members": list(self.members_),
-            "combine": "mean of the members' scores",
-            "scorers": [s.to_dict() for s in self.scorers_],
+            "combine": "per score the mean of the members' scores"
+            + ("; then the maximum over the scores of (score - loc) / scale (standardise, held-out median and quantile)" if self.standardise_ else ""),
+            "standardise": {c: {"loc": loc, "scale": scale} for c, (loc, scale) in self.standardise_.items()},
+            "scorers": [[s.to_dict() for s in scorers] for scorers in self.scorers_],
             "heldout_gated_fraction": self.heldout_gated_fraction_,
             "n_train": self.n_train_,
             "n_heldout": self.n_heldout_,
@@ -127,25 +173,37 @@ class OODGate:
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The fitted arrays, keyed ``"<member index>/<name>"``."""
+        """The fitted arrays, keyed ``"<member index>/<score name>/<array name>"``."""
         self._check_fitted()
-        return {f"{i}/{k}": v for i, s in enumerate(self.scorers_) for k, v in s.arrays().items()}
+        return {
+            f"{i}/{s.name}/{k}": v for i, scorers in enumerate(self.scorers_) for s in scorers for k, v in s.arrays().items()
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> OODGate:
         """A fitted gate from :meth:`to_dict` and :meth:`arrays` (identical decisions)."""
-        missing = [k for k in ("score", "quantile", "threshold", "members", "scorers") if k not in d]
+        missing = [k for k in ("score", "components", "quantile", "threshold", "members", "scorers") if k not in d]
         if missing:
             raise ValueError(f"The stored OOD gate lacks field(s) {missing}.")
         arrays = arrays or {}
+        combined = len(d["components"]) > 1
         gate = cls(d["score"], quantile=d["quantile"], members=d["members"], params=d.get("params"))
-        scorers: list[OODScore] = []
-        for i, sd in enumerate(d["scorers"]):
-            prefix = f"{i}/"
-            scorers.append(score_from_dict(sd, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}))
-        if len(scorers) != len(d["members"]):
-            raise ValueError(f"The stored OOD gate has {len(scorers)} scorer(s) for {len(d['members'])} member(s).")
-        gate.scorers_, gate.members_ = scorers, list(d["members"])
+        scorers: list[list[OODScore]] = []
+        for i, member_scorers in enumerate(d["scorers"]):
+            row = []
+            for sd in member_scorers:
+                prefix = f"{i}/{sd.get('name')}/"
+                row.append(score_from_dict(sd, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}))
+            scorers.append(row)
+        if len(scorers) != len(d["members"]) or any([s.name for s in row] != list(d["components"]) for row in scorers):
+            raise ValueError(
+                f"The stored OOD gate must have one scorer per member ({len(d['members'])}) and score {d['components']}; "
+                f"it has {[[s.name for s in row] for row in scorers]}."
+            )
+        if combined and set(d.get("standardise", {})) != set(d["components"]):
+            raise ValueError(f"The stored OOD gate combines {d['components']} but standardises {sorted(d.get('standardise', {}))}.")
+        gate.scorers_, gate.members_, gate.components_ = scorers, list(d["members"]), list(d["components"])
+        gate.standardise_ = {c: (float(v["loc"]), float(v["scale"])) for c, v in d.get("standardise", {}).items()} if combined else {}
         gate.threshold_ = float(d["threshold"])
         gate.heldout_gated_fraction_ = float(d.get("heldout_gated_fraction", float("nan")))
         gate.n_train_, gate.n_heldout_ = int(d.get("n_train", 0)), int(d.get("n_heldout", 0))

@@ -49,11 +49,12 @@ _WORDS = (
 
 @dataclass
 class OODSet:
-    """A named list of RGB uint8 images and what they are."""
+    """A named list of RGB uint8 images and what they are (``kinds``: per image its variant, where the set has several)."""
 
     name: str
     images: list[np.ndarray]
     description: str
+    kinds: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -158,9 +159,10 @@ DISTORTIONS = ("hue+90", "hue+180", "hue+270", "channels_bgr", "channels_gbr", "
 def colour_distorted(images: Sequence[np.ndarray], seed: int = 0) -> OODSet:
     """Each image with one heavy colour change, cycling through :data:`DISTORTIONS` (start drawn with ``seed``)."""
     start = int(np.random.default_rng([seed, 3]).integers(len(DISTORTIONS)))
-    out = []
+    out, kinds = [], []
     for i, im in enumerate(images):
         a, kind = _rgb(im), DISTORTIONS[(start + i) % len(DISTORTIONS)]
+        kinds.append(kind)
         if kind.startswith("hue"):
             out.append(_hue_rotate(a, int(kind[4:])))
         elif kind == "invert":
@@ -168,7 +170,7 @@ def colour_distorted(images: Sequence[np.ndarray], seed: int = 0) -> OODSet:
         else:
             order = {"channels_bgr": [2, 1, 0], "channels_gbr": [1, 2, 0], "channels_brg": [2, 0, 1]}[kind]
             out.append(np.ascontiguousarray(a[:, :, order]))
-    return OODSet("colour_distorted", out, f"dermoscopy with {list(DISTORTIONS)} in turn")
+    return OODSet("colour_distorted", out, f"dermoscopy with {list(DISTORTIONS)} in turn", kinds)
 
 
 def blurred(images: Sequence[np.ndarray], seed: int = 0, sigma: tuple[float, float] = (8.0, 16.0)) -> OODSet:
