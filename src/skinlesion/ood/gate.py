@@ -18,7 +18,9 @@ components (close to gating when any one of them would); the threshold is then t
 **Storage.** :meth:`OODGate.to_dict` is JSON for ``bundle.json`` (score, parameters, threshold, how
 it was fitted); the fitted arrays (kNN: a float16 bank of at most ``max_bank`` normalised features
 per member; Mahalanobis: float32 class means and a D x D precision) go to an ``.npz`` file beside
-it (:meth:`OODGate.save` / :meth:`OODGate.load`), its sha256 and size recorded in the dict.
+it (:meth:`OODGate.save` / :meth:`OODGate.load`), its sha256 and size recorded in the dict. For the
+default bundle (2 members, 1280 features) the kNN gate stores 2 x 500 x 1280 float16 = 2.56 MB
+plus under 1 kB of JSON; a Mahalanobis one 13.2 MB (``bench/results/ood_default_bundle.json``).
 """
 
 from __future__ import annotations
