@@ -34,8 +34,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import BenchError, json_main  # noqa: E402  (bench/ is not a package)
+if not __package__:  # run as a file (python bench/ood.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+from bench._cli import BenchError, json_main
 
 log = logging.getLogger("bench.ood")
 
@@ -167,7 +169,7 @@ def _evaluate(gate: Any, test: list[Any], sets: dict[str, list[Any]], kinds: dic
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from skinlesion.ensemble.bundle import DEFAULT_BUNDLE, BundleError, load_bundle, resolve_bundle_path
-    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.evaluation import load_bundle_split
     from skinlesion.ood import OODGate, table_features
     from skinlesion.ood.features import image_features
     from skinlesion.ood.sets import generated_sets

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,11 +9,10 @@ import numpy as np
 import pytest
 
 from skinlesion.ensemble.bundle import load_bundle
-from skinlesion.ensemble.evaluate import load_bundle_split
+from skinlesion.evaluation import load_bundle_split
 from skinlesion.ood import OODGate, fit_ood_gate, table_features
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "ood.py"
 
 
 def test_fit_ood_gate_on_a_bundle_gates_the_requested_fraction_of_validation(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -29,9 +27,8 @@ def test_fit_ood_gate_on_a_bundle_gates_the_requested_fraction_of_validation(tin
 
 
 def test_bench_prints_one_json_object(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("bench_ood", BENCH)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    from bench import ood as module
+
     argv = ["--bundle", str(tiny_bundle), "--max-train-images", "60", "--max-test-images", "10", "--n-distorted", "3", "--n", "7"]
     assert module.main(argv) == 0
     res = json.loads(capsys.readouterr().out)

@@ -11,7 +11,7 @@ from skinlesion.data.metadata import MetadataEncoder
 from skinlesion.data.table import LesionTable
 from skinlesion.ensemble.members import Member
 from skinlesion.models.fusion import create_fusion_model
-from skinlesion.models.registry import create_backbone
+from skinlesion.models.factory import create_backbone
 from skinlesion.ood import image_features, table_features
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

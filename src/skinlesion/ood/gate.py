@@ -255,7 +255,7 @@ def fit_ood_gate(
     scores on (a random ``max_train_images`` subset of) the ``train`` split the members were trained
     on, the threshold on (``max_heldout_images`` of) the ``val`` split."""
     from skinlesion.ensemble.bundle import Bundle, load_bundle
-    from skinlesion.ensemble.evaluate import load_bundle_split
+    from skinlesion.evaluation import load_bundle_split
     from skinlesion.ood.features import table_features
 
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
