@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from skinlesion.data.loader import metadata_tensor
 from skinlesion.data.table import LesionTable
 
 log = logging.getLogger(__name__)
@@ -61,15 +62,7 @@ class CachedLesionDataset(Dataset):
             )
         self.images = images
         self._labels = torch.as_tensor(table.labels(), dtype=torch.long)
-        self._meta = None
-        if metadata is not None:
-            meta = np.asarray(metadata, dtype=np.float32)
-            if meta.ndim != 2 or meta.shape[0] != len(table):
-                raise ValueError(
-                    f"The 'metadata' parameter must have one row per table row, shape ({len(table)}, D). "
-                    f"Got shape {meta.shape} instead."
-                )
-            self._meta = torch.from_numpy(meta)
+        self._meta = metadata_tensor(metadata, len(table))
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -12,6 +12,18 @@ from skinlesion.data.table import LesionTable
 from skinlesion.data.transforms import to_chw_tensor
 
 
+def metadata_tensor(metadata: np.ndarray | None, n_rows: int) -> torch.Tensor | None:
+    """Encoded metadata ``(n_rows, D)`` as a float32 tensor (None stays None); ValueError on another shape."""
+    if metadata is None:
+        return None
+    meta = np.asarray(metadata, dtype=np.float32)
+    if meta.ndim != 2 or meta.shape[0] != n_rows:
+        raise ValueError(
+            f"The 'metadata' parameter must have one row per table row, shape ({n_rows}, D). Got shape {meta.shape} instead."
+        )
+    return torch.from_numpy(meta)
+
+
 class LesionDataset(Dataset):
     """Items are ``(image, label, row)``: a normalised (3, H, W) float tensor, the class index and the
     row number in the table (so predictions can be matched to image ids, also under DDP padding).
@@ -25,15 +37,7 @@ class LesionDataset(Dataset):
         self.table = table
         self.transform = transform
         self._labels = table.labels()
-        self._meta = None
-        if metadata is not None:
-            meta = np.asarray(metadata, dtype=np.float32)
-            if meta.ndim != 2 or meta.shape[0] != len(table):
-                raise ValueError(
-                    f"The 'metadata' parameter must have one row per table row, shape ({len(table)}, D). "
-                    f"Got shape {meta.shape} instead."
-                )
-            self._meta = torch.from_numpy(meta)
+        self._meta = metadata_tensor(metadata, len(table))
 
     def __len__(self) -> int:
         return len(self.table)
