@@ -153,3 +153,50 @@ def test_quality_rows_are_tabulated_with_their_intervals() -> None:
     assert "| baseline | plain | 0.600 [0.500, 0.700] | - |" in text
     assert "| shipped | rule | 0.732 [0.672, 0.793] | - | 0.732 [0.672, 0.793] |" in text
     assert "10 images / 8 lesions" in text and "50 paired" in text and "SUBSAMPLED" not in text
+
+
+def test_cross_fitted_recipe_runs_every_step_out_of_fold(tmp_path: Path) -> None:
+    """The ham10000-cv5 shape on tiny data: members on folds of a k-fold manifest (fast training
+    path), a bundle validated out-of-fold, calibration, an out-of-fold review flag, test evaluation
+    and a model card."""
+    from skinlesion.data.readers import load_dataset
+    from skinlesion.data.splits import kfold_keeping_test, make_split, write_manifest
+    from skinlesion.data.synthetic import write_synthetic_dataset
+
+    data = tmp_path / "syn"
+    write_synthetic_dataset(data, n_lesions_per_class=8, seed=3)
+    table = load_dataset("ham10000", data)
+    cv = kfold_keeping_test(table, make_split(table, val_fraction=0.2, test_fraction=0.2, seed=0), k=2, seed=0)
+    write_manifest(cv, tmp_path / "cv.csv")
+    fast = ["data.cache=true", "trainer.channels_last=true", "train.ema_decay=0.9", "train.keep=last",
+            "train.weights_dtype=float16", "train.epochs=2", "model.metadata=[age,sex,site]",
+            f"data.manifest={tmp_path / 'cv.csv'}"]
+    spec = {
+        "name": "cv", "data_root": str(data),
+        "members": [{"name": f"f{k}", "preset": "tiny", "set": [*fast, f"data.fold={k}", f"seed={k}"]} for k in (0, 1)],
+        "ensemble": {"weights": "uniform", "tta": "flips", "average": "prob", "temperature": "ensemble"},
+        "calibrate": {"targets": "MEL:sens=0.6,spec=0.5", "confidence": 0.0},
+        "review": {"n_samples": 2, "test": False},
+        "evaluate": {"split": "test", "n_boot": 10},
+    }
+    path = tmp_path / "cv.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    res = CliRunner().invoke(app, ["recipe", "run", str(path), "--out", str(tmp_path / "run"), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    b = load_bundle(tmp_path / "run" / "bundle")
+    assert b.member_folds == {"f0-test_efficientnet": 0, "f1-test_efficientnet": 1}
+    n_oof = int((cv["split"] == "train").sum())
+    assert b.meta["provenance"]["n_val"] == n_oof  # every non-test image, out-of-fold
+    assert 0 < b.meta["review"]["validation"]["flagged_fraction"] <= 1
+    assert b.meta["decision"]["without_metadata"]["fitted_on"] == "val, metadata hidden"
+    for k in (0, 1):
+        cfg = json.loads((tmp_path / "run" / "members" / f"f{k}" / "checkpoint" / "checkpoint.json").read_text())
+        assert cfg["config"]["trainer"]["threads"] == 1 and cfg["config"]["data"]["fold"] == k
+    assert (tmp_path / "run" / "bundle" / "MODEL_CARD.md").is_file()
+    # the review's validation pass scores every non-test image, each with its own fold's member only
+    from skinlesion.uncertainty.review_fit import uncertainty_over_split
+
+    out = uncertainty_over_split(b, "val", n_samples=2)
+    assert sorted(out["image_ids"]) == sorted(cv.loc[cv["split"] == "train", "image_id"])
+    only = uncertainty_over_split(b.only("f1-test_efficientnet"), "test", n_samples=2)
+    assert only["mean_probs"].shape[0] == int((cv["split"] == "test").sum())
