@@ -192,7 +192,7 @@ def test_cross_fitted_recipe_runs_every_step_out_of_fold(tmp_path: Path) -> None
     for k in (0, 1):
         cfg = json.loads((tmp_path / "run" / "members" / f"f{k}" / "checkpoint" / "checkpoint.json").read_text())
         assert cfg["config"]["trainer"]["threads"] == 1 and cfg["config"]["data"]["fold"] == k
-    assert (tmp_path / "run" / "bundle" / "MODEL_CARD.md").is_file()
+    assert "**Cross-fitted.**" in (tmp_path / "run" / "bundle" / "MODEL_CARD.md").read_text()
     # the review's validation pass scores every non-test image, each with its own fold's member only
     from skinlesion.uncertainty.review_fit import uncertainty_over_split
 

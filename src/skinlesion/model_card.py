@@ -86,6 +86,13 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
         f"validation {prov.get('n_val')} images / {prov.get('n_val_groups')} lesions"
         + (f"; {split} {metrics['provenance']['n_images']} images / {metrics['provenance']['n_groups']} lesions" if metrics else "")
         + ". Thresholds, temperature, member weights and the review flag were fitted on validation only; the test split was used once, for this card.\n")
+    cv = bundle.get("cross_fitting")
+    if cv:
+        add(f"**Cross-fitted.** The non-test images are cut into {cv.get('k')} lesion-grouped folds; each member was "
+            "trained on the other folds and predicts its own fold, so the 'validation' above is out-of-fold: every "
+            f"non-test image ({prov.get('n_val')}) predicted by the one member that never saw it. Members' folds: "
+            + ", ".join(f"{name} = fold {f}" for name, f in cv.get("member_folds", {}).items())
+            + ". What is fitted on these single-member predictions is applied to the average of all members.\n")
 
     add("## Recipe\n")
     add(f"`skinlesion recipe run {recipe_path.stem} --out OUT` ({recipe_path.name}: {recipe.description.strip()})\n")
