@@ -56,8 +56,8 @@ from skinlesion.delivery.onnx_runtime import (
 from skinlesion.ensemble.bundle import Bundle
 from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.predict import CPU_MAX_ROWS, images_view_logits
-from skinlesion.ensemble.tta import SWAPS_AXES, apply_view
 from skinlesion.errors import SkinLesionError
+from skinlesion.inference.tta import SWAPS_AXES, apply_view
 
 log = logging.getLogger(__name__)
 

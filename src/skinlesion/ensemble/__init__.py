@@ -9,7 +9,8 @@ from skinlesion.ensemble.bundle import (
     load_model_source,
 )
 from skinlesion.ensemble.members import Member
-from skinlesion.ensemble.tta import (
+from skinlesion.ensemble.weighting import EnsembleWeights, combine_log_probs
+from skinlesion.inference.tta import (
     D4_VIEWS,
     TTAPolicy,
     apply_view,
@@ -17,7 +18,6 @@ from skinlesion.ensemble.tta import (
     invert_view,
     parse_views,
 )
-from skinlesion.ensemble.weighting import EnsembleWeights, combine_log_probs
 
 __all__ = [
     "D4_VIEWS",

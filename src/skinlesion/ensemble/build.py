@@ -45,10 +45,11 @@ from skinlesion.ensemble.bundle import (
     write_meta,
 )
 from skinlesion.ensemble.predict import member_view_logits, out_of_fold_view_logits
-from skinlesion.ensemble.tta import TTAPolicy
+from skinlesion.ensemble.split import load_bundle_split, load_split_table
 from skinlesion.ensemble.weighting import METHODS as WEIGHTINGS
 from skinlesion.ensemble.weighting import EnsembleWeights
 from skinlesion.errors import CheckpointError, SkinLesionError
+from skinlesion.inference.tta import TTAPolicy
 from skinlesion.metrics.calibration import (
     expected_calibration_error,
     negative_log_likelihood,
@@ -57,6 +58,7 @@ from skinlesion.metrics.classification import (
     balanced_accuracy,
     compute_classification_metrics,
 )
+from skinlesion.models.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,6 @@ def _now() -> str:
 
 
 def _load_members(checkpoints: Sequence[str | Path]) -> list[Any]:
-    from skinlesion.train.checkpoint import load_checkpoint
-
     if not checkpoints:
         raise ValueError("Give at least one checkpoint to build a bundle from")
     ckpts = [load_checkpoint(c) for c in checkpoints]
@@ -136,8 +136,6 @@ def build_bundle(
     device: str | None = None,
 ) -> Bundle:
     """Build a bundle in ``out`` (see module docstring). Returns the loaded bundle."""
-    from skinlesion.evaluation import load_split_table
-
     if temperature not in TEMPERATURE_MODES:
         raise ValueError(f"The 'temperature' parameter must be one of {TEMPERATURE_MODES}. Got {temperature!r} instead.")
     if weighting not in WEIGHTINGS:  # checked before any work
@@ -363,8 +361,6 @@ def validation_logits_without_metadata(
     does), image-only members keep their ``validation.npz`` logits (``logits``; they do not depend
     on metadata), and the cache is written.
     """
-    from skinlesion.evaluation import load_bundle_split
-
     if bundle.path is None:
         raise BundleError("An unsaved bundle (a bare checkpoint) has no validation cache")
     if logits is None:

@@ -45,9 +45,10 @@ from skinlesion.calibration.temperature import apply_temperature
 from skinlesion.data.table import LesionTable
 from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.predict import images_view_logits, member_view_logits
-from skinlesion.ensemble.tta import TTAPolicy
 from skinlesion.ensemble.weighting import combine_log_probs
 from skinlesion.errors import CheckpointError
+from skinlesion.inference.tta import TTAPolicy
+from skinlesion.models.checkpoint import load_checkpoint
 
 FORMAT = "skinlesion-bundle"
 FORMAT_VERSION = 1
@@ -428,8 +429,6 @@ def _validate_without_metadata(point: Any, meta: dict[str, Any], path: Path | No
 
 def load_bundle(path: str | Path, *, map_location: str = "cpu", verify: bool = True) -> Bundle:
     """Load and validate a bundle folder (or its bundle.json)."""
-    from skinlesion.train.checkpoint import load_checkpoint
-
     p = Path(path)
     if p.is_file() and p.name == META:
         p = p.parent
@@ -473,8 +472,6 @@ def _member(ckpt: Any, name: str, weight: float = 1.0, temperature: float = 1.0)
 
 def bundle_from_checkpoint(path: str | Path, *, tta: str = "none", map_location: str = "cpu") -> Bundle:
     """A one-member, uncalibrated bundle (argmax decisions) around a checkpoint."""
-    from skinlesion.train.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(path, map_location=map_location)
     policy = TTAPolicy.parse(tta)
     meta = {

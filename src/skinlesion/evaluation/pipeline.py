@@ -3,7 +3,7 @@
 ``skinlesion evaluate CHECKPOINT|BUNDLE --split test`` runs the same steps for both:
 
 1. the rows of the split in the lesion-disjoint manifest the members were trained on, hash checked
-   (:func:`~skinlesion.evaluation.split.bundle_split`);
+   (:func:`~skinlesion.ensemble.split.bundle_split`);
 2. every member's TTA view logits, the bundle's probabilities and decisions (:func:`predict_split`);
 3. argmax metrics with lesion-bootstrap 95% intervals (:mod:`skinlesion.evaluation.outcomes`);
 4. ``predictions.csv`` (ISIC submission format), ``ground_truth.csv``, ``metrics.json`` with the
@@ -45,9 +45,9 @@ from skinlesion.ensemble.bundle import (
     WITH_METADATA, WITHOUT_METADATA, Bundle, BundlePrediction, bundle_from_checkpoint, load_bundle,
 )
 from skinlesion.ensemble.predict import member_view_logits
+from skinlesion.ensemble.split import BundleSplit, bundle_split, check_split
 from skinlesion.evaluation.outcomes import argmax_outcomes, calibration_change, decision_outcomes, probability_calibration
 from skinlesion.evaluation.report import bundle_report, checkpoint_report
-from skinlesion.evaluation.split import BundleSplit, bundle_split, check_split
 from skinlesion.metrics.isic import write_ground_truth, write_submission
 from skinlesion.report.html import write_evaluation_report
 

@@ -34,7 +34,7 @@ from skinlesion._params import positive_int
 from skinlesion.data.splits import group_ids
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import DataError
-from skinlesion.evaluation.split import SPLITS, load_bundle_split
+from skinlesion.ensemble.split import SPLITS, load_bundle_split
 
 log = logging.getLogger(__name__)
 
