@@ -248,17 +248,17 @@ def subsample_lesions(table: Any, max_images: int | None, seed: int) -> Any:
 
 
 # -- metrics ---------------------------------------------------------------------------------------
-def target_specs(bundle: Any, operating_point: str = "with_metadata") -> dict[str, dict[str, Any]]:
+def target_specs(bundle: Any, operating_point: str = "with_metadata") -> dict[str, Any]:
     """The bundle's calibrated targets: ``{class: decision.thresholds[class]}`` with a target (the
     thresholds of ``operating_point``: ``without_metadata`` reads ``decision.without_metadata`` when present)."""
     return {
         c: s for c, s in bundle.threshold_specs(operating_point).items()
-        if s.get("target_sensitivity") is not None or s.get("target_specificity") is not None
+        if s.target_sensitivity is not None or s.target_specificity is not None
     }
 
 
 def row_metrics(
-    y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: list[str], n_boot: int, targets: dict[str, dict[str, Any]]
+    y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: list[str], n_boot: int, targets: dict[str, Any]
 ) -> dict[str, Any]:
     """Headline metrics with intervals, per-class rates, and the bundle's targets on this row's decisions
     (``skinlesion evaluate``'s decision intervals and target table, plus whether the 95% lower bound meets it)."""
@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets = target_specs(bundle)
     rows: dict[str, dict[str, Any]] = {}
 
-    def add(name: str, description: str, pred: np.ndarray, row_targets: dict[str, dict[str, Any]] | None = None, **extra: Any) -> None:
+    def add(name: str, description: str, pred: np.ndarray, row_targets: dict[str, Any] | None = None, **extra: Any) -> None:
         log.info("metrics: %s", name)
         goals = targets if row_targets is None else row_targets
         rows[name] = {"description": description, **extra, **row_metrics(y, pred, groups, classes, args.n_boot, goals)}
@@ -383,8 +383,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "metadata": list(m.model.metadata_features) if _is_fusion(m) else None} for m in bundle.members],
             "tta_views": views,
             "decision_rule": rule,
-            "targets": {c: {"sensitivity": s.get("target_sensitivity"), "specificity": s.get("target_specificity"),
-                            "threshold": s.get("threshold"), "validation_status": s.get("status")} for c, s in targets.items()},
+            "targets": {c: {"sensitivity": s.target_sensitivity, "specificity": s.target_specificity,
+                            "threshold": s.threshold, "validation_status": s.status} for c, s in targets.items()},
             "review_flag": bool(bundle.meta.get("review")),
         },
         "split": "test",

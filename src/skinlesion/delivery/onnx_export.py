@@ -371,7 +371,7 @@ def export_bundle_onnx(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "bundle_id": bundle_id,
-        "bundle_name": bundle.meta.get("name"),
+        "bundle_name": bundle.spec.name,
         "bundle_path": str(bundle.path) if bundle.path is not None else None,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "graph": GRAPH_NOTE,

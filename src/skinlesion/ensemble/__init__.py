@@ -1,8 +1,14 @@
-"""Weighted ensembles with test-time augmentation, packaged as decision bundles."""
+"""Weighted ensembles with test-time augmentation, packaged as decision bundles.
+
+``bundle_schema`` (the typed bundle.json), ``bundle`` (loading, validation, the runtime),
+``members``/``predict``/``weighting`` (running and combining members), ``split`` (the rows of a
+split a bundle's members were trained on), ``build`` (building and calibrating on validation).
+"""
 
 from skinlesion.ensemble.bundle import (
     Bundle,
     BundleError,
+    BundleMeta,
     BundlePrediction,
     bundle_from_checkpoint,
     load_bundle,
@@ -23,6 +29,7 @@ __all__ = [
     "D4_VIEWS",
     "Bundle",
     "BundleError",
+    "BundleMeta",
     "BundlePrediction",
     "EnsembleWeights",
     "Member",

@@ -111,10 +111,10 @@ def bundle_split(
     """
     meta = dict(bundle.members[0].meta)
     if bundle.path is not None:
-        meta["data"] = {**meta["data"], "split_hash": bundle.meta["provenance"]["split_hash"]}
+        meta["data"] = {**meta["data"], "split_hash": bundle.spec.provenance.split_hash}
         path, run_dir, where = bundle.path / MANIFEST, bundle.path, f"{bundle.path}/bundle.json"
     else:
-        ckpt = Path(bundle.meta["members"][0]["dir"])
+        ckpt = Path(bundle.spec.members[0].dir)
         path, run_dir, where = (ckpt / meta["data"]["manifest"]).resolve(), ckpt.parent, f"{ckpt}/checkpoint.json"
     path = Path(manifest) if manifest is not None else path
     table, info, same = load_split_table(
