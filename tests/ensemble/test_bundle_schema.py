@@ -117,7 +117,7 @@ def test_every_error_is_named_at_once(shipped: dict[str, Any]) -> None:
     meta["decision"]["conflict"] = "best"
     with pytest.raises(BundleError, match=r"temperature\.mode must be one of .*; decision\.conflict must be one of"):
         parse_meta(meta, Path("/some/bundle"))
-    with pytest.raises(BundleError, match=r"^/some/bundle/bundle\.json: must hold a JSON object"):
+    with pytest.raises(BundleError, match=r"^/some/bundle/bundle\.json: must be a JSON object with \['format', .*got \[\]"):
         parse_meta([], Path("/some/bundle"))
 
 

@@ -61,9 +61,20 @@ def _probability(v: Any) -> Any:
     return v
 
 
+def _short(v: Any, limit: int = 80) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _missing(data: Any, keys: tuple[str, ...], expected: str) -> list[str]:
+    """The ``keys`` that ``data`` lacks; a ValueError saying it must be ``expected`` when it is no dict."""
+    if not isinstance(data, dict):
+        raise ValueError(f"must be {expected}, got {_short(data)}")
+    return [k for k in keys if k not in data]
+
+
 def _dict_of_thresholds(v: Any) -> Any:
-    if not isinstance(v, dict):
-        raise ValueError(f"must be a dict {{class: {{threshold, ...}}}}, got {v!r}")
+    _missing(v, (), "a dict {class: {threshold, ...}}")
     return v
 
 
@@ -109,9 +120,7 @@ class MemberEntry(_Open):
     @model_validator(mode="before")
     @classmethod
     def _complete(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValueError(f"must be a dict with {list(REQUIRED_MEMBER)}, got {data!r}")
-        lacking = [k for k in REQUIRED_MEMBER if k not in data]
+        lacking = _missing(data, REQUIRED_MEMBER, f"a dict with {list(REQUIRED_MEMBER)}")
         if lacking:
             raise ValueError(f"lacks {lacking}")
         name, w, t = data["name"], data["weight"], data["temperature"]
@@ -141,9 +150,8 @@ class TTASpec(_Open):
     @model_validator(mode="before")
     @classmethod
     def _parse(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValueError(f"is invalid: must be a dict {{views, average}}, got {data!r}")
         try:
+            _missing(data, (), "a dict {views, average}")
             policy = TTAPolicy.parse(data.get("views", ()), data.get("average", ""))
         except (ValueError, AttributeError, TypeError) as e:
             raise ValueError(f"is invalid: {e}") from None
@@ -168,8 +176,7 @@ class TemperatureSpec(_Open):
     @model_validator(mode="before")
     @classmethod
     def _is_dict(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValueError(f"must be a dict with 'mode', got {data!r}")
+        _missing(data, (), "a dict with 'mode'")
         return data
 
     @field_validator("mode")
@@ -213,8 +220,7 @@ class ThresholdSpec(_Open):
     @model_validator(mode="before")
     @classmethod
     def _is_dict(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValueError(f"must be a dict {{threshold, ...}}, got {data!r}")
+        _missing(data, (), "a dict {threshold, ...}")
         return data
 
 
@@ -247,9 +253,7 @@ class OperatingPoint(_Open):
     @model_validator(mode="before")
     @classmethod
     def _complete(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValueError(f"must be a dict with 'temperature' and 'thresholds', got {data!r}")
-        missing = [k for k in ("temperature", "thresholds") if k not in data]
+        missing = _missing(data, ("temperature", "thresholds"), "a dict with 'temperature' and 'thresholds'")
         if missing:
             raise ValueError(f"lacks field(s) {missing}")
         return data
@@ -420,9 +424,7 @@ class BundleMeta(_Open):
     @classmethod
     def _readable(cls, data: Any) -> Any:
         """Required sections and a format this package reads, before anything else is parsed."""
-        if not isinstance(data, dict):
-            raise ValueError(f"must hold a JSON object with {list(REQUIRED)}, got {type(data).__name__}")
-        missing = [k for k in REQUIRED if k not in data]
+        missing = _missing(data, REQUIRED, f"a JSON object with {list(REQUIRED)}")
         if missing:
             raise ValueError(f"missing field(s) {missing}")
         if data["format"] != FORMAT:
@@ -492,11 +494,6 @@ def _where(loc: tuple[Any, ...]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
     return out
-
-
-def _short(v: Any, limit: int = 80) -> str:
-    text = repr(v)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe(err: Any) -> str:

@@ -3,6 +3,9 @@
 The JSON carries everything needed to use the weights honestly: classes, backbone, preprocessing,
 the config, the split manifest and its hash, validation metrics and package versions; for a metadata
 fusion model, ``model.metadata`` holds the features, branch width and the fitted metadata encoder.
+
+It sits in ``models`` (below ``train`` and ``ensemble``): training saves checkpoints, bundles load
+them, and neither imports the other for it (``skinlesion.train.checkpoint`` re-exports this module).
 """
 
 from __future__ import annotations
