@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
     groups = group_ids(test).to_numpy()
     identity = [bundle.tta.views.index("identity")] if "identity" in bundle.tta.views else None
 
-    member_val_bacc = bundle.meta["weighting"]["member_bacc"]
+    member_val_bacc = bundle.spec.weighting.member_bacc
     best = int(np.argmax(member_val_bacc))
     best_pred = logits[best][:, identity[0] if identity else 0].argmax(1)
     ens_no_tta = bundle.log_probs(logits, views=identity).argmax(1) if identity else None
@@ -110,9 +110,9 @@ def run(args: argparse.Namespace) -> dict:
         "bench": "decision_quality",
         "bundle": str(bundle.path),
         "members": [{"name": m.name, "weight": round(m.weight, 4), "val_bacc": round(b, 4)} for m, b in zip(bundle.members, member_val_bacc, strict=True)],
-        "tta": bundle.meta["tta"],
+        "tta": bundle.tta.to_dict(),
         "ensemble_temperature": round(bundle.ensemble_temperature, 4),
-        "split_hash": bundle.meta["provenance"]["split_hash"],
+        "split_hash": bundle.spec.provenance.split_hash,
         "n_test_images": int(len(test)),
         "n_test_lesions": int(len(set(groups))),
         "seconds": {"build_on_val": round(t_build, 1), "predict_test": round(t_test, 1)},

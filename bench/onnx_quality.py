@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         "n_lesions": int(len(set(groups))),
         "subsampled": bool(len(idx) < len(test)),
         "tta_views": list(bundle.tta.views),
-        "decision_rule": bundle.meta["decision"].get("rule"),
+        "decision_rule": bundle.spec.decision.rule,
         "n_boot": args.n_boot,
         "onnx": export,
         "results": results,

@@ -108,7 +108,7 @@ def load_baseline(value: str, bundle: Any) -> Any | None:
         base = bundle_from_checkpoint(path)
     except CheckpointError as e:
         raise BenchError(f"--baseline {value}: {e}") from None
-    ours, theirs = bundle.meta["provenance"]["split_hash"], base.meta["provenance"]["split_hash"]
+    ours, theirs = bundle.spec.provenance.split_hash, base.spec.provenance.split_hash
     if theirs != ours:
         raise BenchError(
             f"The baseline {value} was trained on split {theirs} but the bundle {bundle.path} on split {ours}: "
@@ -248,17 +248,17 @@ def subsample_lesions(table: Any, max_images: int | None, seed: int) -> Any:
 
 
 # -- metrics ---------------------------------------------------------------------------------------
-def target_specs(bundle: Any, operating_point: str = "with_metadata") -> dict[str, dict[str, Any]]:
+def target_specs(bundle: Any, operating_point: str = "with_metadata") -> dict[str, Any]:
     """The bundle's calibrated targets: ``{class: decision.thresholds[class]}`` with a target (the
     thresholds of ``operating_point``: ``without_metadata`` reads ``decision.without_metadata`` when present)."""
     return {
         c: s for c, s in bundle.threshold_specs(operating_point).items()
-        if s.get("target_sensitivity") is not None or s.get("target_specificity") is not None
+        if s.target_sensitivity is not None or s.target_specificity is not None
     }
 
 
 def row_metrics(
-    y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: list[str], n_boot: int, targets: dict[str, dict[str, Any]]
+    y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: list[str], n_boot: int, targets: dict[str, Any]
 ) -> dict[str, Any]:
     """Headline metrics with intervals, per-class rates, and the bundle's targets on this row's decisions
     (``skinlesion evaluate``'s decision intervals and target table, plus whether the 95% lower bound meets it)."""
@@ -321,7 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log.info("Test split: %d images of %d lesions%s", len(test), len(set(groups)),
              f" (subsampled from {len(full)})" if len(test) < len(full) else "")
 
-    split_hash = bundle.meta["provenance"]["split_hash"]
+    split_hash = bundle.spec.provenance.split_hash
     folder = cache_dir(bundle, args.cache_dir)
     store = LogitStore(folder, split_hash, reuse=args.reuse, batch_size=args.batch_size, num_workers=args.num_workers)
     t1 = time.perf_counter()
@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets = target_specs(bundle)
     rows: dict[str, dict[str, Any]] = {}
 
-    def add(name: str, description: str, pred: np.ndarray, row_targets: dict[str, dict[str, Any]] | None = None, **extra: Any) -> None:
+    def add(name: str, description: str, pred: np.ndarray, row_targets: dict[str, Any] | None = None, **extra: Any) -> None:
         log.info("metrics: %s", name)
         goals = targets if row_targets is None else row_targets
         rows[name] = {"description": description, **extra, **row_metrics(y, pred, groups, classes, args.n_boot, goals)}
@@ -359,7 +359,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     add("ensemble", "weighted tempered ensemble, argmax, identity view only", bundle.log_probs(identity).argmax(1))
     add("ensemble_tta", f"ensemble with the bundle's TTA ({len(views)} views), argmax", bundle.log_probs(logits).argmax(1))
     shipped = bundle.predict_from_logits(logits)
-    rule = bundle.meta["decision"].get("rule")
+    rule = bundle.spec.decision.rule
     add("shipped", f"ensemble + TTA + thresholds: the bundle's decision rule ({rule}), as predict/serve return it",
         shipped.decision, metadata="from the table" if fusion else None, calibration=calibration(y, bundle, logits),
         threshold_fired_fraction=round(float((shipped.fired >= 0).mean()), 4))
@@ -378,14 +378,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bundle": {
             "path": str(bundle.path),
             "id": bundle.bundle_id,
-            "name": bundle.meta.get("name"),
+            "name": bundle.spec.name,
             "members": [{"name": m.name, "backbone": m.backbone, "weight": round(m.weight, 4), "input_size": list(m.input_size),
                          "metadata": list(m.model.metadata_features) if _is_fusion(m) else None} for m in bundle.members],
             "tta_views": views,
             "decision_rule": rule,
-            "targets": {c: {"sensitivity": s.get("target_sensitivity"), "specificity": s.get("target_specificity"),
-                            "threshold": s.get("threshold"), "validation_status": s.get("status")} for c, s in targets.items()},
-            "review_flag": bool(bundle.meta.get("review")),
+            "targets": {c: {"sensitivity": s.target_sensitivity, "specificity": s.target_specificity,
+                            "threshold": s.threshold, "validation_status": s.status} for c, s in targets.items()},
+            "review_flag": bundle.spec.review is not None,
         },
         "split": "test",
         "split_hash": split_hash,

@@ -239,7 +239,7 @@ def prediction_rows(
         "metadata_members": [m.name for m in bundle.members if getattr(m.model, "metadata_encoder", None) is not None],
         "metadata_given": False,  # Predictor.predict(images): fusion members see the metadata as missing
         "mc_samples": modes["full_record"].mc_samples,
-        "review_flag": bool(bundle.meta.get("review")),
+        "review_flag": bundle.spec.review is not None,
         "full_record_has_review_flag": bool(record and ((record.get("uncertainty") or {}).get("review") or {}).get("flag") is not None),
     }
     return rows, explain, info
@@ -282,10 +282,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bundle": {
             "path": str(bundle.path),
             "id": bundle.bundle_id,
-            "name": bundle.meta.get("name"),
+            "name": bundle.spec.name,
             "members": [{"name": m.name, "backbone": m.backbone, "input_size": list(m.input_size)} for m in bundle.members],
             "tta_views": list(bundle.tta.views),
-            "decision_rule": bundle.meta["decision"].get("rule"),
+            "decision_rule": bundle.spec.decision.rule,
             **info,
         },
         "images": source,

@@ -21,7 +21,7 @@ if not __package__:  # run as a file (python bench/tta_speed.py): see bench/_as_
 
 from bench._cli import json_main
 
-from skinlesion.ensemble.tta import parse_views, tta_logits, tta_logits_loop
+from skinlesion.inference.tta import parse_views, tta_logits, tta_logits_loop
 from skinlesion.models.factory import create_backbone
 
 

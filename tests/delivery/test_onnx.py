@@ -24,7 +24,7 @@ from skinlesion.delivery.onnx_export import export_bundle_onnx
 from skinlesion.delivery.onnx_runtime import MANIFEST, OnnxEngine, OnnxError, graph_shapes, read_manifest
 from skinlesion.ensemble.bundle import Bundle, bundle_from_checkpoint, load_bundle, write_meta
 from skinlesion.evaluation import load_bundle_split
-from skinlesion.ensemble.tta import D4_VIEWS
+from skinlesion.inference.tta import D4_VIEWS
 from skinlesion.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

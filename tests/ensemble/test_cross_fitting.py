@@ -58,7 +58,7 @@ def test_fold_member_records_fold_and_half_precision_weights(fold_members: tuple
 
     from safetensors.torch import load_file
 
-    from skinlesion.train.checkpoint import load_checkpoint
+    from skinlesion.models.checkpoint import load_checkpoint
 
     runs, _ = fold_members
     meta = json.loads((runs[1] / "checkpoint.json").read_text())

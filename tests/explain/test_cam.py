@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from skinlesion.ensemble.members import Member
-from skinlesion.ensemble.tta import apply_view, invert_view
+from skinlesion.inference.tta import apply_view, invert_view
 from skinlesion.explain.cam import compute_cam, ensemble_cam, overlay_array, overlay_png
 from skinlesion.explain.faithfulness import (
     deletion_insertion,

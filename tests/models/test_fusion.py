@@ -10,7 +10,7 @@ import torch
 from skinlesion.data.metadata import MetadataEncoder
 from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.predict import images_view_logits
-from skinlesion.ensemble.tta import tta_logits, tta_logits_loop
+from skinlesion.inference.tta import tta_logits, tta_logits_loop
 from skinlesion.explain.cam import compute_cam, ensemble_cam
 from skinlesion.models import MetadataFusionNet, create_fusion_model, get_target_layer, stochastic_modules
 from skinlesion.models.fusion import hide_metadata

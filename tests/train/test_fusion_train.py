@@ -23,7 +23,7 @@ from skinlesion.errors import CheckpointError, ConfigError
 from skinlesion.evaluation import evaluate_checkpoint, load_split_table
 from skinlesion.inference import table_view_logits
 from skinlesion.models import MetadataFusionNet, create_fusion_model
-from skinlesion.train.checkpoint import load_checkpoint
+from skinlesion.models.checkpoint import load_checkpoint
 from skinlesion.train.config import load_config
 from skinlesion.train.data import load_table, prepare_data
 from skinlesion.train.module import LesionClassifier

@@ -17,7 +17,7 @@ from skinlesion.cli.main import app
 from skinlesion.errors import CheckpointError, ConfigError
 from skinlesion.evaluation import evaluate_checkpoint
 from skinlesion.inference import predict_table
-from skinlesion.train.checkpoint import load_checkpoint, read_checkpoint_meta
+from skinlesion.models.checkpoint import load_checkpoint, read_checkpoint_meta
 from skinlesion.train.config import load_config
 from skinlesion.train.run import train
 

@@ -33,14 +33,15 @@ def build_command(
             checkpoints, out, weighting=weights, tta=tta, average=average, temperature=temperature,
             data_root=data_root, batch_size=batch_size, name=name, overwrite=overwrite,
         )
-    v = b.meta["validation"]
+    v = b.spec.validation
     for m in b.members:
         console.print(f"{m.name:<32} weight {m.weight:.3f}  temperature {m.temperature:.3f}")
     console.print(f"TTA views: {', '.join(b.tta.views)} ({b.tta.average} average); ensemble temperature {b.ensemble_temperature:.3f}")
-    console.print(
-        f"validation BACC {v['calibrated']['bacc']:.3f}; NLL {v['uncalibrated']['nll']:.3f} -> {v['calibrated']['nll']:.3f}; "
-        f"ECE {v['uncalibrated']['ece']:.3f} -> {v['calibrated']['ece']:.3f}"
-    )
+    if v is not None and v.calibrated is not None and v.uncalibrated is not None:  # build_bundle writes both
+        cal, uncal = v.calibrated, v.uncalibrated
+        console.print(
+            f"validation BACC {cal.bacc:.3f}; NLL {uncal.nll:.3f} -> {cal.nll:.3f}; ECE {uncal.ece:.3f} -> {cal.ece:.3f}"
+        )
     console.print(f"bundle: {b.path}  (next: skinlesion calibrate {b.path} --targets MEL:sens=0.85,spec=0.85)")
 
 

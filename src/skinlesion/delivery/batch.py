@@ -204,7 +204,7 @@ def run_predictions(
         )
     todo = [f for f in inputs.files if str(f.path) not in done]
     summary = RunSummary(
-        out=str(out), bundle_id=bundle.bundle_id, bundle_name=bundle.meta.get("name"), engine=predictor.engine_name,
+        out=str(out), bundle_id=bundle.bundle_id, bundle_name=bundle.spec.name, engine=predictor.engine_name,
         classes=classes, inputs=len(inputs.files) + len(inputs.rejected), skipped=len(inputs.files) - len(todo),
         duplicates=inputs.duplicates, options=dict(options or {}), metadata_unmatched=unmatched,
     )

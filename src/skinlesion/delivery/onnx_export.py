@@ -56,8 +56,8 @@ from skinlesion.delivery.onnx_runtime import (
 from skinlesion.ensemble.bundle import Bundle
 from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.predict import CPU_MAX_ROWS, images_view_logits
-from skinlesion.ensemble.tta import SWAPS_AXES, apply_view
 from skinlesion.errors import SkinLesionError
+from skinlesion.inference.tta import SWAPS_AXES, apply_view
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ def export_bundle_onnx(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "bundle_id": bundle_id,
-        "bundle_name": bundle.meta.get("name"),
+        "bundle_name": bundle.spec.name,
         "bundle_path": str(bundle.path) if bundle.path is not None else None,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "graph": GRAPH_NOTE,

@@ -3,7 +3,7 @@
 The ONNX graphs are the networks only: input ``"input"`` ``(batch, 3, H, W)`` float32, already
 resized and normalised as the member's ``preprocessing`` says; output ``"logits"`` ``(batch, K)``.
 Resizing, normalisation and the TTA views run here exactly as in PyTorch (the member's own
-preprocessing, then :func:`skinlesion.ensemble.tta.apply_view` on the tensor); temperatures,
+preprocessing, then :func:`skinlesion.inference.tta.apply_view` on the tensor); temperatures,
 member weights, thresholds and the decision rule stay in ``bundle.json`` and are applied by
 :meth:`~skinlesion.ensemble.bundle.Bundle.predict_from_logits`, the same code for both engines.
 
@@ -38,8 +38,8 @@ import torch
 
 from skinlesion._hashing import sha256_file
 from skinlesion.ensemble.bundle import Bundle
-from skinlesion.ensemble.tta import SWAPS_AXES, apply_view, view_groups
 from skinlesion.errors import SkinLesionError
+from skinlesion.inference.tta import SWAPS_AXES, apply_view, view_groups
 
 FORMAT = "skinlesion-onnx"
 FORMAT_VERSION = 1
@@ -113,7 +113,7 @@ def run_views(
 
     ``run(shape)`` returns the function that runs the graph for inputs of spatial ``shape``. Views
     of one shape go through one call, at most ``max_rows`` rows (whole views) at a time, as
-    :func:`skinlesion.ensemble.tta.tta_logits` does for PyTorch.
+    :func:`skinlesion.inference.tta.tta_logits` does for PyTorch.
     """
     n = x.shape[0]
     per_call = len(views) if max_rows is None else max(1, max_rows // max(n, 1))

@@ -45,10 +45,11 @@ from skinlesion.ensemble.bundle import (
     write_meta,
 )
 from skinlesion.ensemble.predict import member_view_logits, out_of_fold_view_logits
-from skinlesion.ensemble.tta import TTAPolicy
+from skinlesion.ensemble.split import load_bundle_split, load_split_table
 from skinlesion.ensemble.weighting import METHODS as WEIGHTINGS
 from skinlesion.ensemble.weighting import EnsembleWeights
 from skinlesion.errors import CheckpointError, SkinLesionError
+from skinlesion.inference.tta import TTAPolicy
 from skinlesion.metrics.calibration import (
     expected_calibration_error,
     negative_log_likelihood,
@@ -57,6 +58,7 @@ from skinlesion.metrics.classification import (
     balanced_accuracy,
     compute_classification_metrics,
 )
+from skinlesion.models.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,6 @@ def _now() -> str:
 
 
 def _load_members(checkpoints: Sequence[str | Path]) -> list[Any]:
-    from skinlesion.train.checkpoint import load_checkpoint
-
     if not checkpoints:
         raise ValueError("Give at least one checkpoint to build a bundle from")
     ckpts = [load_checkpoint(c) for c in checkpoints]
@@ -136,8 +136,6 @@ def build_bundle(
     device: str | None = None,
 ) -> Bundle:
     """Build a bundle in ``out`` (see module docstring). Returns the loaded bundle."""
-    from skinlesion.evaluation import load_split_table
-
     if temperature not in TEMPERATURE_MODES:
         raise ValueError(f"The 'temperature' parameter must be one of {TEMPERATURE_MODES}. Got {temperature!r} instead.")
     if weighting not in WEIGHTINGS:  # checked before any work
@@ -247,6 +245,7 @@ def build_bundle(
     if temperature == "ensemble":
         scaler = TemperatureScaler().fit(uncal, y)
         meta["temperature"]["ensemble"] = scaler.temperature_
+        bundle = Bundle(None, meta, members)  # with the fitted temperature
     cal = bundle.log_probs(logits)
     meta["validation"] = {
         "uncalibrated": _val_metrics(y, uncal, k),
@@ -363,8 +362,6 @@ def validation_logits_without_metadata(
     does), image-only members keep their ``validation.npz`` logits (``logits``; they do not depend
     on metadata), and the cache is written.
     """
-    from skinlesion.evaluation import load_bundle_split
-
     if bundle.path is None:
         raise BundleError("An unsaved bundle (a bare checkpoint) has no validation cache")
     if logits is None:
@@ -394,18 +391,18 @@ def validation_logits_without_metadata(
     views = bundle.tta.views
     fusion_names = {m.name for m in fusion}
     hidden: list[np.ndarray] = []
-    cv = bundle.meta.get("cross_fitting")
-    if cv:  # out-of-fold, as validation.npz: each row by the member that did not train on it
+    folds = bundle.member_folds
+    if folds:  # out-of-fold, as validation.npz: each row by the member that did not train on it
         with np.load(bundle.path / VALIDATION_CACHE, allow_pickle=False) as z:
             fold_of = dict(zip(image_id.tolist(), z["fold"].tolist(), strict=True))
         log.info("Out-of-fold pass with the metadata hidden (%d images x %d views)", len(table), len(views))
         oof = out_of_fold_view_logits(
-            bundle.members, [cv["member_folds"][m.name] for m in bundle.members], table,
+            bundle.members, [folds[m.name] for m in bundle.members], table,
             np.asarray([fold_of[i] for i in ids]), views, batch_size=batch_size, num_workers=num_workers, device=device,
             use_metadata=False,
         )[order]
         hidden = [oof] * len(bundle.members)
-    for m, z in zip(bundle.members, logits, strict=True) if not cv else ():
+    for m, z in zip(bundle.members, logits, strict=True) if not folds else ():
         if m.name in fusion_names:
             log.info("Validation pass of %s with the metadata hidden (%d images x %d views)", m.name, len(table), len(views))
             zt = member_view_logits(
@@ -438,7 +435,7 @@ def _fit_without_metadata(
     (``calibrator``'s targets and options) fitted on validation logits with the metadata hidden.
     Also records what the main (with-metadata) point gives on the same logits, for comparison."""
     mode = bundle.temperature_mode
-    average = bundle.meta["tta"]["average"]
+    average = bundle.spec.tta.average
     temperature: dict[str, Any] = {"mode": mode}
     if mode == "ensemble":
         uncal = bundle.log_probs(hidden, calibrated=False)
@@ -453,8 +450,9 @@ def _fit_without_metadata(
     main_probs = np.exp(bundle.log_probs(hidden))
     main_decisions, _ = bundle.decide(main_probs)
     point: dict[str, Any] = {"temperature": temperature, "thresholds": {}}
-    bundle.meta["decision"]["without_metadata"] = point  # log_probs below reads this point's temperature
-    probs = np.exp(bundle.log_probs(hidden, operating_point=WITHOUT_METADATA))
+    bundle.meta["decision"]["without_metadata"] = point
+    with_point = Bundle(bundle.path, bundle.meta, bundle.members)  # log_probs reads this point's temperature
+    probs = np.exp(with_point.log_probs(hidden, operating_point=WITHOUT_METADATA))
     calibrator.fit(probs, y, classes)
     point["thresholds"] = {c: ch.to_dict() for c, ch in calibrator.choices_.items()}
     point["fitted_on"] = "val, metadata hidden"
@@ -531,8 +529,8 @@ def calibrate_bundle(
             },
         },
     }
-    if hidden is not None:
-        _fit_without_metadata(bundle, hidden, y, calibrator())  # sets meta["decision"]["without_metadata"]
+    if hidden is not None:  # the main point as just fitted; sets meta["decision"]["without_metadata"]
+        _fit_without_metadata(Bundle(bundle.path, meta, bundle.members), hidden, y, calibrator())
     meta.setdefault("history", []).append({"at": _now(), "action": "calibrate", "targets": [t.__dict__ for t in targets]})
     write_meta(bundle.path, meta)  # type: ignore[arg-type]
     return meta["decision"]

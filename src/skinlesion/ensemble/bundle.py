@@ -15,6 +15,11 @@ Layout::
 ``load_bundle`` validates the folder and names whatever is missing or inconsistent. A single
 checkpoint is used as a one-member bundle through :func:`bundle_from_checkpoint`.
 
+**Format.** ``bundle.json`` is typed by :mod:`skinlesion.ensemble.bundle_schema`: a loaded
+:class:`Bundle` has it as ``bundle.spec`` (:class:`~skinlesion.ensemble.bundle_schema.BundleMeta`,
+read-only, what readers use) and as ``bundle.meta`` (the dict as read, what writers change and
+write back with :func:`write_meta`, which validates it first and writes it unchanged).
+
 **Operating points.** Metadata fusion members shift their probabilities when the patient's age,
 sex and site are missing, so a temperature and thresholds fitted on validation *with* metadata are
 miscalibrated for an image given without any. ``calibrate`` therefore fits, for bundles with
@@ -27,10 +32,9 @@ point for every image.
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Mapping, Sequence
 import dataclasses
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,18 +44,30 @@ from scipy.special import log_softmax
 
 from skinlesion._hashing import sha256_file
 from skinlesion._json import json_default
-from skinlesion.calibration.decision import CONFLICTS, decide, resolve_priority
+from skinlesion.calibration.decision import decide, resolve_priority
 from skinlesion.calibration.temperature import apply_temperature
 from skinlesion.data.table import LesionTable
+from skinlesion.ensemble.bundle_schema import (
+    FORMAT,
+    FORMAT_VERSION,
+    META,
+    REQUIRED,
+    REQUIRED_MEMBER,
+    TEMPERATURE_MODES,
+    BundleError,
+    BundleMeta,
+    OperatingPoint,
+    ThresholdSpec,
+    bundle_error,
+    parse_meta,
+)
 from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.predict import images_view_logits, member_view_logits
-from skinlesion.ensemble.tta import TTAPolicy
 from skinlesion.ensemble.weighting import combine_log_probs
 from skinlesion.errors import CheckpointError
+from skinlesion.inference.tta import TTAPolicy
+from skinlesion.models.checkpoint import load_checkpoint
 
-FORMAT = "skinlesion-bundle"
-FORMAT_VERSION = 1
-META = "bundle.json"
 MANIFEST = "split_manifest.csv"
 VALIDATION_CACHE = "validation.npz"
 VALIDATION_NO_METADATA_CACHE = "validation_no_metadata.npz"
@@ -60,13 +76,12 @@ WITH_METADATA = "with_metadata"
 WITHOUT_METADATA = "without_metadata"
 OPERATING_POINTS = (WITH_METADATA, WITHOUT_METADATA)
 _POINT_DTYPE = f"U{max(len(p) for p in OPERATING_POINTS)}"
-TEMPERATURE_MODES = ("none", "member", "ensemble")
-REQUIRED = ("format", "format_version", "classes", "members", "tta", "temperature", "decision", "provenance")
-REQUIRED_MEMBER = ("name", "dir", "backbone", "weight", "temperature", "weights_sha256")
-
-
-class BundleError(CheckpointError):
-    """A decision bundle is missing, incomplete or inconsistent."""
+__all__ = [  # FORMAT ... BundleError live in bundle_schema; existing code imports them from here
+    "DEFAULT_BUNDLE", "FORMAT", "FORMAT_VERSION", "MANIFEST", "META", "OPERATING_POINTS", "REQUIRED", "REQUIRED_MEMBER",
+    "TEMPERATURE_MODES", "VALIDATION_CACHE", "VALIDATION_NO_METADATA_CACHE", "WITHOUT_METADATA", "WITH_METADATA", "Bundle",
+    "BundleError", "BundleMeta", "BundlePrediction", "bundle_from_checkpoint", "default_bundle_dir", "is_bundle",
+    "load_bundle", "load_model_source", "resolve_bundle_path", "validate_meta", "write_meta",
+]
 
 
 @dataclass
@@ -94,37 +109,47 @@ class BundlePrediction:
 
 @dataclass
 class Bundle:
-    """A loaded decision bundle (members in eval mode)."""
+    """A loaded decision bundle (members in eval mode).
+
+    ``meta`` is bundle.json as a dict; ``spec`` its typed view, parsed (and validated: a
+    :class:`BundleError` names what is wrong) when the Bundle is made. Code that changes ``meta``
+    of a live bundle makes a new ``Bundle(path, meta, members)`` before predicting with it.
+    """
 
     path: Path | None
     meta: dict[str, Any]
     members: list[Member]
+    spec: BundleMeta = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.spec = parse_meta(self.meta, self.path)
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return tuple(self.meta["classes"])
+        return tuple(self.spec.classes)
 
     @property
     def tta(self) -> TTAPolicy:
-        return TTAPolicy.parse(self.meta["tta"]["views"], self.meta["tta"]["average"])
+        return self.spec.tta.policy
 
     @property
     def temperature_mode(self) -> str:
-        return self.meta["temperature"]["mode"]
+        return self.spec.temperature.mode
 
     @property
     def ensemble_temperature(self) -> float:
-        return float(self.meta["temperature"].get("ensemble", 1.0))
+        t = self.spec.temperature.ensemble
+        return 1.0 if t is None else float(t)
 
     @property
     def thresholds(self) -> dict[str, float | None]:
         """Thresholds of the main (with-metadata) operating point."""
-        return {c: v.get("threshold") for c, v in self.meta["decision"].get("thresholds", {}).items()}
+        return {c: v.threshold for c, v in self.spec.decision.thresholds.items()}
 
     @property
-    def without_metadata(self) -> dict[str, Any] | None:
+    def without_metadata(self) -> OperatingPoint | None:
         """The operating point fitted on validation with the metadata hidden (``decision.without_metadata``), or None."""
-        return self.meta["decision"].get("without_metadata")
+        return self.spec.decision.without_metadata
 
     @property
     def fusion_members(self) -> list[Member]:
@@ -136,8 +161,8 @@ class Bundle:
     @property
     def member_folds(self) -> dict[str, int] | None:
         """Member name -> the fold it did not train on, for a cross-fitted bundle (``cross_fitting``); else None."""
-        cv = self.meta.get("cross_fitting")
-        return None if not cv else {str(k): int(v) for k, v in cv["member_folds"].items()}
+        cv = self.spec.cross_fitting
+        return None if cv is None else dict(cv.member_folds)
 
     def only(self, name: str) -> Bundle:
         """This bundle reduced to its member ``name`` (weight 1), with the same temperatures and
@@ -148,7 +173,7 @@ class Bundle:
         meta = {**self.meta, "members": [{**m, "weight": 1.0} for m in self.meta["members"] if m.get("name") == name]}
         return Bundle(self.path, meta, [dataclasses.replace(keep[0], weight=1.0)])
 
-    def _point(self, operating_point: str) -> dict[str, Any] | None:
+    def _point(self, operating_point: str) -> OperatingPoint | None:
         """The ``without_metadata`` entry when that point is asked for and the bundle has it; else None (main point)."""
         if operating_point not in OPERATING_POINTS:
             raise ValueError(f"The 'operating_point' parameter must be one of {OPERATING_POINTS}. Got {operating_point!r} instead.")
@@ -164,24 +189,26 @@ class Bundle:
         point = self._point(operating_point)
         if point is None:
             return self.thresholds
-        return {c: v.get("threshold") for c, v in point.get("thresholds", {}).items()}
+        return {c: v.threshold for c, v in point.thresholds.items()}
 
-    def threshold_specs(self, operating_point: str = WITH_METADATA) -> dict[str, dict[str, Any]]:
-        """``{class: ThresholdChoice dict}`` of ``operating_point`` (targets, validation rates, how chosen)."""
+    def threshold_specs(self, operating_point: str = WITH_METADATA) -> dict[str, ThresholdSpec]:
+        """``{class: ThresholdSpec}`` of ``operating_point``: the threshold, its targets, validation
+        rates and how it was chosen (``ThresholdChoice`` of :mod:`skinlesion.calibration.thresholds`)."""
         point = self._point(operating_point)
-        return dict((point if point is not None else self.meta["decision"]).get("thresholds", {}))
+        return dict((point if point is not None else self.spec.decision).thresholds)
 
     def temperatures_for(self, operating_point: str = WITH_METADATA) -> dict[str, Any]:
         """``{"mode", "ensemble", "members": {name: T}}`` of ``operating_point`` (the main ones when absent)."""
         point = self._point(operating_point)
-        t = (point or {}).get("temperature") or {}
-        members = {m.name: float(t.get("members", {}).get(m.name, m.temperature)) for m in self.members}
-        ensemble = float(t["ensemble"]) if "ensemble" in t else self.ensemble_temperature
+        t = point.temperature if point is not None else None
+        given = (t.members if t is not None else None) or {}
+        members = {m.name: float(given.get(m.name, m.temperature)) for m in self.members}
+        ensemble = float(t.ensemble) if t is not None and t.ensemble is not None else self.ensemble_temperature
         return {"mode": self.temperature_mode, "ensemble": ensemble, "members": members}
 
     @property
     def priority(self) -> list[str]:
-        return resolve_priority(self.classes, self.meta["decision"].get("priority"))
+        return resolve_priority(self.classes, self.spec.decision.priority)
 
     @property
     def weights(self) -> np.ndarray:
@@ -214,7 +241,7 @@ class Bundle:
             raise ValueError(f"Got view logits of {len(view_logits)} members; the bundle has {len(self.members)}")
         temps = self.temperatures_for(operating_point)
         mode = self.temperature_mode if calibrated else "none"
-        average = self.meta["tta"]["average"]
+        average = self.spec.tta.average
         member_lp = []
         for m, z in zip(self.members, view_logits, strict=True):
             z = np.asarray(z)
@@ -229,7 +256,7 @@ class Bundle:
     def decide(self, probs: np.ndarray, *, operating_point: str = WITH_METADATA) -> tuple[np.ndarray, np.ndarray]:
         """Decisions and the class whose threshold fired (-1: argmax) under the bundle's rule, with
         the thresholds of ``operating_point``."""
-        conflict = self.meta["decision"].get("conflict", "priority")
+        conflict = self.spec.decision.conflict
         return decide(  # type: ignore[return-value]
             probs, self.classes, self.thresholds_for(operating_point), self.priority, conflict=conflict, return_reason=True
         )
@@ -327,109 +354,14 @@ class Bundle:
 
 
 # -- validation and loading ----------------------------------------------------------------------
-def _fail(path: Path | None, msg: str) -> BundleError:
-    where = f"{path / META}" if path is not None else "bundle"
-    return BundleError(f"{where}: {msg}")
-
-
-def validate_meta(meta: dict[str, Any], path: Path | None = None) -> None:
-    """Check a bundle.json dict; errors name the missing or inconsistent field."""
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        raise _fail(path, f"missing field(s) {missing}")
-    if meta["format"] != FORMAT:
-        raise _fail(path, f"field 'format' must be {FORMAT!r}, got {meta['format']!r}")
-    if int(meta["format_version"]) > FORMAT_VERSION:
-        raise _fail(path, f"format_version {meta['format_version']} is newer than this package supports ({FORMAT_VERSION})")
-    classes = meta["classes"]
-    if not classes or len(set(classes)) != len(classes):
-        raise _fail(path, f"field 'classes' must be a non-empty list of distinct names, got {classes!r}")
-    members = meta["members"]
-    if not members:
-        raise _fail(path, "field 'members' is empty: a bundle needs at least one member")
-    for i, m in enumerate(members):
-        lacking = [k for k in REQUIRED_MEMBER if k not in m]
-        if lacking:
-            raise _fail(path, f"members[{i}] lacks {lacking}")
-        if not (isinstance(m["weight"], (int, float)) and m["weight"] >= 0):
-            raise _fail(path, f"members[{i}] ({m['name']}): weight must be >= 0, got {m['weight']!r}")
-        if not (isinstance(m["temperature"], (int, float)) and m["temperature"] > 0):
-            raise _fail(path, f"members[{i}] ({m['name']}): temperature must be > 0, got {m['temperature']!r}")
-    total = sum(float(m["weight"]) for m in members)
-    if not math.isclose(total, 1.0, abs_tol=1e-6):
-        raise _fail(path, f"member weights must sum to 1, they sum to {total:.6f}")
-    try:
-        TTAPolicy.parse(meta["tta"].get("views", ()), meta["tta"].get("average", ""))
-    except (ValueError, AttributeError) as e:
-        raise _fail(path, f"field 'tta' is invalid: {e}") from None
-    t = meta["temperature"]
-    if t.get("mode") not in TEMPERATURE_MODES:
-        raise _fail(path, f"temperature.mode must be one of {TEMPERATURE_MODES}, got {t.get('mode')!r}")
-    if t["mode"] == "ensemble" and not (isinstance(t.get("ensemble"), (int, float)) and t["ensemble"] > 0):
-        raise _fail(path, f"temperature.ensemble must be > 0 when mode is 'ensemble', got {t.get('ensemble')!r}")
-    decision = meta["decision"]
-    _validate_thresholds(decision.get("thresholds", {}), classes, "decision.thresholds", path)
-    if "without_metadata" in decision:
-        _validate_without_metadata(decision["without_metadata"], meta, path)
-    if decision.get("conflict", "priority") not in CONFLICTS:
-        raise _fail(path, f"decision.conflict must be one of {CONFLICTS}, got {decision.get('conflict')!r}")
-    try:
-        resolve_priority(classes, decision.get("priority"))
-    except ValueError as e:
-        raise _fail(path, f"decision.priority: {e}") from None
-
-
-def _validate_thresholds(thresholds: Any, classes: Sequence[str], where: str, path: Path | None) -> None:
-    if not isinstance(thresholds, dict):
-        raise _fail(path, f"{where} must be a dict {{class: {{threshold, ...}}}}, got {thresholds!r}")
-    unknown = [c for c in thresholds if c not in classes]
-    if unknown:
-        raise _fail(path, f"{where} name unknown class(es) {unknown}; classes are {list(classes)}")
-    for c, v in thresholds.items():
-        thr = v.get("threshold") if isinstance(v, dict) else "?"
-        if thr is not None and not (isinstance(thr, (int, float)) and 0 <= thr <= 1):
-            raise _fail(path, f"{where}.{c}.threshold must be a probability or null, got {thr!r}")
-
-
-def _positive(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
-
-def _validate_without_metadata(point: Any, meta: dict[str, Any], path: Path | None) -> None:
-    """``decision.without_metadata``: temperature (the bundle's mode) and thresholds of the operating
-    point fitted on validation with the metadata hidden."""
-    where = "decision.without_metadata"
-    if not isinstance(point, dict):
-        raise _fail(path, f"{where} must be a dict with 'temperature' and 'thresholds', got {point!r}")
-    missing = [k for k in ("temperature", "thresholds") if k not in point]
-    if missing:
-        raise _fail(path, f"{where} lacks field(s) {missing}")
-    t = point["temperature"]
-    if not isinstance(t, dict):
-        raise _fail(path, f"{where}.temperature must be a dict with 'mode', got {t!r}")
-    mode = meta["temperature"]["mode"]
-    if t.get("mode") != mode:
-        raise _fail(path, f"{where}.temperature.mode must be the bundle's temperature.mode {mode!r}, got {t.get('mode')!r}")
-    if mode == "ensemble" and not _positive(t.get("ensemble")):
-        raise _fail(path, f"{where}.temperature.ensemble must be > 0 when mode is 'ensemble', got {t.get('ensemble')!r}")
-    if mode == "member":
-        members = t.get("members")
-        names = [m["name"] for m in meta["members"]]
-        if not isinstance(members, dict):
-            raise _fail(path, f"{where}.temperature.members must be a dict {{member: temperature}} when mode is 'member', got {members!r}")
-        unknown = [n for n in members if n not in names]
-        if unknown:
-            raise _fail(path, f"{where}.temperature.members names unknown member(s) {unknown}; members are {names}")
-        for n, v in members.items():
-            if not _positive(v):
-                raise _fail(path, f"{where}.temperature.members.{n} must be > 0, got {v!r}")
-    _validate_thresholds(point["thresholds"], meta["classes"], f"{where}.thresholds", path)
+def validate_meta(meta: dict[str, Any], path: Path | None = None) -> BundleMeta:
+    """Check a bundle.json dict against :class:`~skinlesion.ensemble.bundle_schema.BundleMeta`
+    and return it parsed; a :class:`BundleError` names every missing or inconsistent field."""
+    return parse_meta(meta, path)
 
 
 def load_bundle(path: str | Path, *, map_location: str = "cpu", verify: bool = True) -> Bundle:
     """Load and validate a bundle folder (or its bundle.json)."""
-    from skinlesion.train.checkpoint import load_checkpoint
-
     p = Path(path)
     if p.is_file() and p.name == META:
         p = p.parent
@@ -440,22 +372,22 @@ def load_bundle(path: str | Path, *, map_location: str = "cpu", verify: bool = T
     try:
         meta = json.loads((p / META).read_text())
     except json.JSONDecodeError as e:
-        raise _fail(p, f"not valid JSON ({e})") from e
-    validate_meta(meta, p)
+        raise bundle_error(p, f"not valid JSON ({e})") from e
+    spec = validate_meta(meta, p)
     members = []
-    for i, m in enumerate(meta["members"]):
-        d = p / m["dir"]
+    for i, m in enumerate(spec.members):
+        d = p / m.dir
         if not d.is_dir():
-            raise _fail(p, f"members[{i}] ({m['name']}): folder {d} is missing")
+            raise bundle_error(p, f"members[{i}] ({m.name}): folder {d} is missing")
         try:
             ckpt = load_checkpoint(d, map_location=map_location, verify=verify)
         except CheckpointError as e:
-            raise _fail(p, f"members[{i}] ({m['name']}): {e}") from None
-        if ckpt.meta.get("weights_sha256") != m["weights_sha256"]:
-            raise _fail(p, f"members[{i}] ({m['name']}): weights_sha256 differs from the member's checkpoint.json")
-        if list(ckpt.classes) != list(meta["classes"]):
-            raise _fail(p, f"members[{i}] ({m['name']}): classes {list(ckpt.classes)} differ from the bundle's {meta['classes']}")
-        members.append(_member(ckpt, m["name"], float(m["weight"]), float(m["temperature"])))
+            raise bundle_error(p, f"members[{i}] ({m.name}): {e}") from None
+        if ckpt.meta.get("weights_sha256") != m.weights_sha256:
+            raise bundle_error(p, f"members[{i}] ({m.name}): weights_sha256 differs from the member's checkpoint.json")
+        if list(ckpt.classes) != spec.classes:
+            raise bundle_error(p, f"members[{i}] ({m.name}): classes {list(ckpt.classes)} differ from the bundle's {spec.classes}")
+        members.append(_member(ckpt, m.name, float(m.weight), float(m.temperature)))
     return Bundle(p, meta, members)
 
 
@@ -473,8 +405,6 @@ def _member(ckpt: Any, name: str, weight: float = 1.0, temperature: float = 1.0)
 
 def bundle_from_checkpoint(path: str | Path, *, tta: str = "none", map_location: str = "cpu") -> Bundle:
     """A one-member, uncalibrated bundle (argmax decisions) around a checkpoint."""
-    from skinlesion.train.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(path, map_location=map_location)
     policy = TTAPolicy.parse(tta)
     meta = {

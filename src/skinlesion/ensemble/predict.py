@@ -1,5 +1,5 @@
 """Run ensemble members over tables or images: every member with its own preprocessing, all TTA views
-of a batch in one forward call (see :mod:`skinlesion.ensemble.tta`)."""
+of a batch in one forward call (see :mod:`skinlesion.inference.tta`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 
 from skinlesion.data.table import LesionTable
 from skinlesion.ensemble.members import Member
-from skinlesion.ensemble.tta import tta_logits
 from skinlesion.inference import default_device, table_view_logits
+from skinlesion.inference.tta import tta_logits
 from skinlesion.models.fusion import MetadataFusionNet
 
 #: Rows per forward call on the CPU (see tta_logits: large calls were slower there); None on GPUs.

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from skinlesion.ensemble.bundle import WITH_METADATA, Bundle
+from skinlesion.ensemble.bundle_schema import ThresholdSpec
 from skinlesion.metrics.bootstrap import bootstrap_ci, standard_intervals, standard_metric_fns
 from skinlesion.metrics.calibration import brier_score, expected_calibration_error, negative_log_likelihood, reliability_curve
 from skinlesion.metrics.classification import compute_classification_metrics
@@ -62,7 +63,7 @@ def _met(value: float | None, goal: float | None) -> bool | None:
 
 
 def target_outcomes(
-    specs: Mapping[str, Mapping[str, Any]],
+    specs: Mapping[str, ThresholdSpec | Mapping[str, Any]],
     per_class: Mapping[str, Mapping[str, Any]],
     intervals: Mapping[str, Mapping[str, Any]] | None,
     *,
@@ -71,22 +72,23 @@ def target_outcomes(
     classes: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per targeted class: its threshold and targets (``specs``: ``bundle.json`` threshold
-    choices), the sensitivity and specificity of the decisions (``per_class``) with their intervals,
+    choices, :meth:`Bundle.threshold_specs` or their dicts), the sensitivity and specificity of the decisions (``per_class``) with their intervals,
     and whether each target is met by the point estimate (None: undefined or no target).
 
     With ``y``, ``probs`` ``(N, K)`` and ``classes``, a class with a threshold also gets the rates of
     the one-vs-rest rule ``p >= t`` before priority conflicts.
     """
     rows = []
-    for c, spec in specs.items():
+    for c, given in specs.items():
+        spec = given if isinstance(given, ThresholdSpec) else ThresholdSpec.model_validate(given)
         pc = per_class[c]
         row: dict[str, Any] = {
             "class": c,
-            "threshold": spec.get("threshold"),
-            "validation_status": spec.get("status"),
-            "rule": spec.get("rule"),
-            "target_sensitivity": spec.get("target_sensitivity"),
-            "target_specificity": spec.get("target_specificity"),
+            "threshold": spec.threshold,
+            "validation_status": spec.status,
+            "rule": spec.rule,
+            "target_sensitivity": spec.target_sensitivity,
+            "target_specificity": spec.target_specificity,
             "sensitivity": pc["sensitivity"],
             "specificity": pc["specificity"],
         }
@@ -95,9 +97,9 @@ def target_outcomes(
             row[f"{key}_ci"] = [iv.get("low"), iv.get("high")] if iv else None
             row[f"{key}_met"] = _met(pc[key], row[f"target_{key}"])
         row["met"] = bool(row["sensitivity_met"] and row["specificity_met"])
-        if spec.get("threshold") is not None and probs is not None:
+        if spec.threshold is not None and probs is not None:
             j = list(classes or ()).index(c)
-            hit, pos = probs[:, j] >= spec["threshold"], y == j
+            hit, pos = probs[:, j] >= spec.threshold, y == j
             row["one_vs_rest_sensitivity"] = float(hit[pos].mean()) if pos.any() else None
             row["one_vs_rest_specificity"] = float((~hit[~pos]).mean()) if (~pos).any() else None
         rows.append(row)

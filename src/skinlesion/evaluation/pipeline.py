@@ -3,7 +3,7 @@
 ``skinlesion evaluate CHECKPOINT|BUNDLE --split test`` runs the same steps for both:
 
 1. the rows of the split in the lesion-disjoint manifest the members were trained on, hash checked
-   (:func:`~skinlesion.evaluation.split.bundle_split`);
+   (:func:`~skinlesion.ensemble.split.bundle_split`);
 2. every member's TTA view logits, the bundle's probabilities and decisions (:func:`predict_split`);
 3. argmax metrics with lesion-bootstrap 95% intervals (:mod:`skinlesion.evaluation.outcomes`);
 4. ``predictions.csv`` (ISIC submission format), ``ground_truth.csv``, ``metrics.json`` with the
@@ -45,9 +45,9 @@ from skinlesion.ensemble.bundle import (
     WITH_METADATA, WITHOUT_METADATA, Bundle, BundlePrediction, bundle_from_checkpoint, load_bundle,
 )
 from skinlesion.ensemble.predict import member_view_logits
+from skinlesion.ensemble.split import BundleSplit, bundle_split, check_split
 from skinlesion.evaluation.outcomes import argmax_outcomes, calibration_change, decision_outcomes, probability_calibration
 from skinlesion.evaluation.report import bundle_report, checkpoint_report
-from skinlesion.evaluation.split import BundleSplit, bundle_split, check_split
 from skinlesion.metrics.isic import write_ground_truth, write_submission
 from skinlesion.report.html import write_evaluation_report
 
@@ -135,7 +135,7 @@ def rule_outcomes(
         y, prediction.probs, prediction.decision, bundle, groups, n_boot, seed, operating_point=operating_point
     )
     return {
-        "decision": {"rule": bundle.meta["decision"].get("rule"), "metrics": metrics, "intervals": intervals},
+        "decision": {"rule": bundle.spec.decision.rule, "metrics": metrics, "intervals": intervals},
         "targets": targets,
         "calibration": calibration_change(y, bundle, view_logits, operating_point),
     }
@@ -177,13 +177,13 @@ def provenance(sp: SplitPredictions, layout: Layout, n_boot: int) -> dict[str, A
     bundle, table, info = sp.bundle, sp.rows.table, sp.rows.info
     first = bundle.members[0]
     facts = {
-        "checkpoint": bundle.meta["provenance"].get("checkpoint"),
+        "checkpoint": bundle.spec.provenance.checkpoint,
         "backbone": first.backbone,
         "weights_sha256": first.meta.get("weights_sha256"),
         "bundle": str(bundle.path),
         "bundle_id": bundle.bundle_id,
         "members": ", ".join(f"{m.name} (w={m.weight:.3f})" for m in bundle.members),
-        "tta": bundle.meta["tta"],
+        "tta": bundle.tta.to_dict(),
         "split": sp.split,
         "manifest": str(sp.rows.manifest),
         "split_hash": info["hash"],
@@ -229,7 +229,7 @@ def evaluate_split(
     ``out_dir`` (default: ``eval-<split>`` beside the checkpoint, or in the bundle). Returns metrics.json
     plus ``out_dir``."""
     check_split(split)
-    source = bundle.path if bundle.path is not None else Path(bundle.meta["provenance"]["checkpoint"]).parent
+    source = bundle.path if bundle.path is not None else Path(str(bundle.spec.provenance.checkpoint)).parent
     out = Path(out_dir) if out_dir else source / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     sp = predict_split(

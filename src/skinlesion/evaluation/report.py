@@ -67,7 +67,7 @@ def bundle_report(result: dict[str, Any], bundle: Bundle, split: str) -> dict[st
     if result["provenance"]["in_sample"]:
         notes.append("IN-SAMPLE: temperatures, weights and thresholds were fitted on this validation split.")
     tables: list[tuple[str, list[str], list[list[str]]]] = [
-        (f"Argmax vs decision rule (thresholds, {bundle.meta['decision'].get('conflict', 'priority')} conflicts)",
+        (f"Argmax vs decision rule (thresholds, {bundle.spec.decision.conflict} conflicts)",
          ["Metric", "Argmax", "Decision rule"], side),
         ("Clinical targets on this split", ["Class", "Threshold", "On validation", "Sensitivity (decision rule)",
                                             "Specificity (decision rule)", "One-vs-rest p >= t: sens. / spec."], target_rows),
@@ -91,7 +91,7 @@ def bundle_report(result: dict[str, Any], bundle: Bundle, split: str) -> dict[st
             ["Metric", "With metadata", "Metadata hidden"], rows,
         ))
     return {
-        "title": f"skinlesion evaluation: bundle {bundle.meta.get('name')} on {split}",
+        "title": f"skinlesion evaluation: bundle {bundle.spec.name} on {split}",
         "metrics": {**am, "ece": cal["ece_after"], "nll": cal["nll_after"]},
         "notes": notes,
         "extra_tables": tables,

@@ -4,7 +4,7 @@ Grad-CAM (Selvaraju et al., ICCV 2017) weighs the channels of a convolutional fe
 spatially averaged gradient of the class score; Grad-CAM++ (Chattopadhay et al., WACV 2018) uses
 higher-order gradient weights, which localise several instances of the evidence better. Both come
 from pytorch-grad-cam; this module only chooses the target layer (from the backbone registry), the
-class to explain, and runs the views of :mod:`skinlesion.ensemble.tta`, mapping each view's map
+class to explain, and runs the views of :mod:`skinlesion.inference.tta`, mapping each view's map
 back to the original frame before averaging.
 
 Every map is min-max scaled to [0, 1] by the library; averages over views and members are not
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinlesion.ensemble.members import Member
-from skinlesion.ensemble.tta import apply_view, deaugment_maps, parse_views, view_groups
+from skinlesion.inference.tta import apply_view, deaugment_maps, parse_views, view_groups
 from skinlesion.models.registry import get_target_layer
 
 METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
@@ -195,7 +195,7 @@ def compute_cam(
         class_index: the class to explain, one for all images or one per image; ``None`` explains
             the predicted class (argmax of the logits on the identity view).
         method: ``"gradcam"`` or ``"gradcam++"``.
-        views: TTA view names or a preset (see :func:`skinlesion.ensemble.tta.parse_views`); each
+        views: TTA view names or a preset (see :func:`skinlesion.inference.tta.parse_views`); each
             view's map is brought back to the original frame and the maps are averaged.
 
     Returns:

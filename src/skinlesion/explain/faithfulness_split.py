@@ -34,7 +34,7 @@ from skinlesion._params import positive_int
 from skinlesion.data.splits import group_ids
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import DataError
-from skinlesion.evaluation.split import SPLITS, load_bundle_split
+from skinlesion.ensemble.split import SPLITS, load_bundle_split
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def faithfulness_over_split(
             "random_kind": random_kind, "seed": seed, "n_boot": n_boot, "alpha": alpha,
             "space": "original RGB image; ensemble (identity view) as classifier", "cam_views": ["identity"],
         },
-        "bundle": str(bundle.path) if bundle.path is not None else bundle.meta.get("name"),
+        "bundle": str(bundle.path) if bundle.path is not None else bundle.spec.name,
         "split": split,
         "seconds": round(time.perf_counter() - started, 2),
     }

@@ -93,7 +93,7 @@ def explain_image(
     ``metadata``: the patient's ``{"age", "sex", "site"}`` (any may be absent) for metadata fusion
     members: used by the prediction, the attention map and the uncertainty; recorded under ``metadata``.
     """
-    from skinlesion.ensemble.tta import parse_views
+    from skinlesion.inference.tta import parse_views
     from skinlesion.explain.cam import ensemble_cam
     from skinlesion.explain.faithfulness import mass_in_mask
     from skinlesion.explain.segmentation import segment_lesion

@@ -1,6 +1,6 @@
 """CNN backbones (timm): specs with their preprocessing, Grad-CAM layers and dropout (``registry``),
-offline weights (``pretrained``), the factory joining them (``factory``), and the optional metadata
-fusion wrapper (``fusion``)."""
+offline weights (``pretrained``), the factory joining them (``factory``), the optional metadata
+fusion wrapper (``fusion``), and the checkpoint format (``checkpoint``, imported from there)."""
 
 from skinlesion.models.factory import create_backbone
 from skinlesion.models.fusion import MetadataFusionNet, create_fusion_model

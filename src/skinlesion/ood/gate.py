@@ -277,7 +277,7 @@ def fit_ood_gate(
         "train_images": len(r_train),
         "heldout_images": len(r_val),
         "seed": seed,
-        "split_hash": b.meta.get("provenance", {}).get("split_hash"),
+        "split_hash": b.spec.provenance.split_hash,
     }
     return gate
 

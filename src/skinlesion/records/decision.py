@@ -31,7 +31,7 @@ def decision_records(bundle: Bundle, pred: BundlePrediction) -> list[Prediction]
     """Per image: probabilities, argmax, decision and what decided it (threshold or argmax), and the
     operating point (with or without metadata) whose temperature and thresholds were used."""
     points = {name: bundle.thresholds_for(name) for name in (WITH_METADATA, WITHOUT_METADATA)}
-    conflict = bundle.meta["decision"].get("conflict", "priority")
+    conflict = bundle.spec.decision.conflict
     out = []
     for i in range(len(pred.decision)):
         fired = int(pred.fired[i])

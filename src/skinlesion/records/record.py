@@ -11,7 +11,7 @@ from skinlesion.records.schema import NOTICE, BundleRef, MetadataInfo, Predictio
 
 def bundle_ref(bundle: Bundle, engine: str | None = None) -> BundleRef:
     """The record's ``bundle``: name, id (sha256 of bundle.json), members and, when known, the engine."""
-    ref = BundleRef(name=bundle.meta.get("name"), id=bundle.bundle_id, members=[m.name for m in bundle.members])
+    ref = BundleRef(name=bundle.spec.name, id=bundle.bundle_id, members=[m.name for m in bundle.members])
     if engine is not None:
         ref["engine"] = engine
     return ref

@@ -24,7 +24,8 @@ MC_METHOD = "Monte Carlo dropout (Gal & Ghahramani 2016), head and backbone drop
 
 def default_mc_samples(bundle: Bundle) -> int:
     """The number of MC-dropout passes the bundle's review flag was fitted with, else 20."""
-    return int((bundle.meta.get("review") or {}).get("n_samples", 20))
+    review = bundle.spec.review
+    return 20 if review is None or review.n_samples is None else int(review.n_samples)
 
 
 def uncertainty_records(
@@ -48,7 +49,7 @@ def uncertainty_records(
     points = mc_operating_points(bundle, metadata, len(images))
     reviews = {str(p): review_point(bundle, str(p)) for p in set(points.tolist())}
     flags = scores = None
-    if bundle.meta.get("review"):
+    if bundle.spec.review is not None:
         flags = np.zeros(len(images), dtype=bool)
         scores = np.zeros(len(images))
         for point in reviews:
@@ -72,12 +73,12 @@ def uncertainty_records(
             warnings=[str(w.message) for w in caught],
             review=Review(
                 flag=bool(flags[i]),  # type: ignore[index]
-                score=review["score"],
+                score=review.score,
                 value=float(scores[i]),  # type: ignore[index]
-                threshold=review["threshold"],
-                goal=f"{review['goal']} {review['target']} (chosen on validation)",
+                threshold=review.threshold,
+                goal=f"{review.goal} {review.target} (chosen on validation)",
                 operating_point=str(points[i]),
-                fitted_on=review.get("fitted_on", "val"),
+                fitted_on=review.fitted_on if "fitted_on" in review.model_fields_set else "val",
             ) if review else Review(flag=None, note="no review threshold in this bundle: run `skinlesion explain review BUNDLE`"),
         )
         out.append(rec)

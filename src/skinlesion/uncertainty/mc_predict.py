@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from skinlesion.ensemble.bundle import WITH_METADATA, WITHOUT_METADATA, Bundle, BundleError, load_bundle
+from skinlesion.ensemble.bundle_schema import BundleMeta, ReviewSpec, parse_meta
 from skinlesion.uncertainty.mc_dropout import MCResult, ensemble_mc_predict
 from skinlesion.uncertainty.review import CONFIDENCE_SCORES, ReviewFlagger
 
@@ -88,27 +89,25 @@ def bundle_mc_predict(
     )
 
 
-def review_fingerprint(meta: dict[str, Any], operating_point: str = WITH_METADATA) -> dict[str, Any]:
+def review_fingerprint(spec: BundleMeta | dict[str, Any], operating_point: str = WITH_METADATA) -> dict[str, Any]:
     """What the review threshold depends on: member weights files, weights and temperatures (of the
-    without-metadata point too, for its threshold)."""
-    out = {
-        "members": [[m["name"], m["weights_sha256"], float(m["weight"]), float(m["temperature"])] for m in meta["members"]],
-        "temperature": {k: meta["temperature"].get(k) for k in ("mode", "ensemble")},
+    without-metadata point too, for its threshold). ``spec``: ``bundle.spec`` (or bundle.json as a dict)."""
+    spec = spec if isinstance(spec, BundleMeta) else parse_meta(spec)
+    out: dict[str, Any] = {
+        "members": [[m.name, m.weights_sha256, float(m.weight), float(m.temperature)] for m in spec.members],
+        "temperature": {"mode": spec.temperature.mode, "ensemble": spec.temperature.ensemble},
     }
     if operating_point == WITHOUT_METADATA:
-        out["without_metadata_temperature"] = (meta["decision"].get("without_metadata") or {}).get("temperature")
+        point = spec.decision.without_metadata
+        out["without_metadata_temperature"] = None if point is None else point.temperature.model_dump(exclude_unset=True)
     return out
 
 
-def review_point(bundle: Any, operating_point: str = WITH_METADATA) -> dict[str, Any] | None:
+def review_point(bundle: Any, operating_point: str = WITH_METADATA) -> ReviewSpec | None:
     """The review record (threshold, validation, fitted_for...) that flags images decided by
-    ``operating_point``: ``review`` itself, or ``review.without_metadata``. None: no review fitted."""
-    review = as_bundle(bundle).meta.get("review")
-    if review is None:
-        return None
-    if operating_point == WITHOUT_METADATA:
-        return {**review, **review.get("without_metadata", {"fitted_for": None})}
-    return review
+    ``operating_point``: ``review`` itself, or with ``review.without_metadata`` over it. None: no review fitted."""
+    review = as_bundle(bundle).spec.review
+    return None if review is None else review.point(operating_point == WITHOUT_METADATA)
 
 
 def review_flag_from_bundle(bundle: Any, operating_point: str = WITH_METADATA) -> ReviewFlagger | None:
@@ -125,20 +124,20 @@ def review_flag_from_bundle(bundle: Any, operating_point: str = WITH_METADATA) -
         return None
     where = f"{bundle.path}/bundle.json" if bundle.path is not None else "bundle"
     field = "review.without_metadata" if operating_point == WITHOUT_METADATA else "review"
-    missing = [f for f in ("score", "goal", "target", "threshold", "fitted_for", "validation") if f not in review]
+    missing = [f for f in ("score", "goal", "target", "threshold", "fitted_for", "validation") if f not in review.model_fields_set]
     if missing:
         raise BundleError(f"{where}: field '{field}' lacks {missing}")
-    if review["fitted_for"] != review_fingerprint(bundle.meta, operating_point):
+    if review.fitted_for != review_fingerprint(bundle.spec, operating_point):
         raise BundleError(
             f"{where}: the review threshold ('{field}') was fitted for other members, weights or temperatures than "
             "the bundle now has (or before its without-metadata operating point); refit it (skinlesion explain review BUNDLE)."
         )
-    flagger = ReviewFlagger(review["score"], review["goal"], review["target"])
+    flagger = ReviewFlagger(review.score, review.goal, review.target)
     flagger._check_params()
-    thr = review["threshold"]
-    flags_low = review["score"] in CONFIDENCE_SCORES
+    thr = review.threshold
+    flags_low = review.score in CONFIDENCE_SCORES
     flagger.threshold_ = float(thr) if thr is not None else (-np.inf if flags_low else np.inf)
-    v = review["validation"]
+    v = review.validation or {}
     for attr in ("flagged_fraction", "errors_removed", "selective_risk"):
         value = v.get(attr)
         setattr(flagger, f"{attr}_", float("nan") if value is None else float(value))

@@ -275,7 +275,7 @@ def fit_review_flag(
         "include_backbone": bool(include_backbone),
         "seed": int(seed),
         "fitted_on": "val",
-        "fitted_for": review_fingerprint(bundle.meta),
+        "fitted_for": review_fingerprint(bundle.spec),
         **main,
     }
     if bundle.without_metadata is not None and bundle.fusion_members:
@@ -287,7 +287,7 @@ def fit_review_flag(
         review["without_metadata"] = {
             "threshold": point.pop("threshold"),
             "fitted_on": "val, metadata hidden",
-            "fitted_for": review_fingerprint(bundle.meta, WITHOUT_METADATA),
+            "fitted_for": review_fingerprint(bundle.spec, WITHOUT_METADATA),
             **point,
         }
     review["fitted"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -298,7 +298,7 @@ def fit_review_flag(
         meta["history"] = [*meta.get("history", []), {"at": review["fitted"], "action": "review", "score": score,
                                                       "goal": goal, "target": float(target)}]
         write_meta(bundle.path, meta)
-    return {**review, "bundle": str(bundle.path or bundle.meta["provenance"].get("checkpoint")), "persisted": bool(persist),
+    return {**review, "bundle": str(bundle.path or bundle.spec.provenance.checkpoint), "persisted": bool(persist),
             "seconds": round(time.perf_counter() - started, 2)}
 
 

@@ -67,7 +67,7 @@ def _split_table(bundle: Any, split: str, data_root: str | None) -> tuple[Any, P
     """Rows of ``split`` of the bundle's (or its one checkpoint's) manifest, and the default bank folder."""
     from skinlesion.evaluation import load_bundle_split
 
-    folder = bundle.path if bundle.path is not None else Path(bundle.meta["members"][0]["dir"]).parent
+    folder = bundle.path if bundle.path is not None else Path(bundle.spec.members[0].dir).parent
     return load_bundle_split(bundle, split, data_root), folder / BANK_FOLDER
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from skinlesion.ensemble.tta import (
+from skinlesion.inference.tta import (
     D4_VIEWS,
     TTAPolicy,
     apply_view,

@@ -1,4 +1,5 @@
-"""Batched inference of one model over a table, with the model's own preprocessing."""
+"""Batched inference of one model over a table, with the model's own preprocessing (all TTA views of a
+batch in one forward call, :mod:`skinlesion.inference.tta`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 from skinlesion.data.loader import LesionDataset
 from skinlesion.data.table import LesionTable
 from skinlesion.data.transforms import preprocessing_transform
+from skinlesion.inference.tta import tta_logits
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -31,13 +33,12 @@ def table_view_logits(
     max_rows: int | None = None,
     use_metadata: bool = True,
 ) -> np.ndarray:
-    """Logits of every TTA view (:mod:`skinlesion.ensemble.tta`) for every image of ``table``:
-    ``(N, V, K)`` float32 in table row order; ``max_rows`` as in :func:`~skinlesion.ensemble.tta.tta_logits`.
+    """Logits of every TTA view (:mod:`skinlesion.inference.tta`) for every image of ``table``:
+    ``(N, V, K)`` float32 in table row order; ``max_rows`` as in :func:`~skinlesion.inference.tta.tta_logits`.
 
     A metadata fusion model (:mod:`skinlesion.models.fusion`) gets the table's age, sex and site,
     the same for every view; ``use_metadata=False`` hides them (all missing). Other models ignore it.
     """
-    from skinlesion.ensemble.tta import tta_logits
     from skinlesion.models.fusion import table_metadata
 
     device = default_device(device)

@@ -5,6 +5,10 @@ or ``bundle.json`` ``provenance.split_hash``), so a test split can never hold tr
 saved bundle reads its own copy of the manifest; a checkpoint (a one-member bundle from
 :func:`~skinlesion.ensemble.bundle.bundle_from_checkpoint`) reads the one it was trained with, or
 another given explicitly, which is then recorded (``same_split_as_training``).
+
+It lives in ``ensemble`` (not ``evaluation``) because building and calibrating a bundle fit on the
+validation rows: :mod:`skinlesion.ensemble.build` and :mod:`skinlesion.evaluation` both read splits
+here, and :mod:`skinlesion.evaluation` re-exports it.
 """
 
 from __future__ import annotations
@@ -12,16 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skinlesion.data.splits import apply_manifest, read_manifest
 from skinlesion.data.table import LesionTable
+from skinlesion.ensemble.bundle import MANIFEST, Bundle
 from skinlesion.errors import CheckpointError, DataError
 from skinlesion.train.config import DataConfig
 from skinlesion.train.data import load_table
-
-if TYPE_CHECKING:
-    from skinlesion.ensemble.bundle import Bundle
 
 SPLITS = ("train", "val", "test")
 
@@ -107,14 +109,12 @@ def bundle_split(
     :func:`~skinlesion.ensemble.bundle.bundle_from_checkpoint` uses the checkpoint's. ``manifest``
     evaluates on another manifest instead (recorded as ``same_split=False`` when its hash differs).
     """
-    from skinlesion.ensemble.bundle import MANIFEST
-
     meta = dict(bundle.members[0].meta)
     if bundle.path is not None:
-        meta["data"] = {**meta["data"], "split_hash": bundle.meta["provenance"]["split_hash"]}
+        meta["data"] = {**meta["data"], "split_hash": bundle.spec.provenance.split_hash}
         path, run_dir, where = bundle.path / MANIFEST, bundle.path, f"{bundle.path}/bundle.json"
     else:
-        ckpt = Path(bundle.meta["members"][0]["dir"])
+        ckpt = Path(bundle.spec.members[0].dir)
         path, run_dir, where = (ckpt / meta["data"]["manifest"]).resolve(), ckpt.parent, f"{ckpt}/checkpoint.json"
     path = Path(manifest) if manifest is not None else path
     table, info, same = load_split_table(
