@@ -129,3 +129,16 @@ def test_fold_without_manifest_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="data.fold=1 needs data.manifest"):
         load_config("tiny", ["data.fold=1"])
+
+
+def test_a_fold_member_alone_is_validated_on_its_own_fold(fold_members: tuple[list[Path], Path]) -> None:
+    from skinlesion.data.splits import read_manifest
+    from skinlesion.ensemble.bundle import bundle_from_checkpoint
+    from skinlesion.evaluation import load_bundle_split
+
+    runs, manifest = fold_members
+    man, _ = read_manifest(manifest)
+    val = load_bundle_split(bundle_from_checkpoint(runs[1]), "val")
+    assert sorted(val.frame["image_id"]) == sorted(man.loc[man["fold"] == 1, "image_id"])
+    test = load_bundle_split(bundle_from_checkpoint(runs[1]), "test")
+    assert sorted(test.frame["image_id"]) == sorted(man.loc[man["split"] == "test", "image_id"])

@@ -55,11 +55,13 @@ def load_split_table(
     run_dir: Path | None = None,
     explicit_manifest: bool = False,
     where: str = "checkpoint.json",
+    fold: int | None = None,
 ) -> tuple[LesionTable, dict[str, Any], bool]:
     """Rows of ``split`` in the manifest the model was trained on, labels indexed by ``classes``.
 
-    On a k-fold manifest (no "val" rows) ``split="val"`` means every non-test row: cross-fitted
-    members are validated out-of-fold (see :func:`skinlesion.ensemble.build.build_bundle`).
+    On a k-fold manifest (no "val" rows) ``split="val"`` means fold ``fold`` (one member's own
+    validation fold), or with ``fold=None`` every non-test row: a cross-fitted bundle is validated
+    out-of-fold (see :func:`skinlesion.ensemble.build.build_bundle`).
 
     The manifest's hash must equal ``meta["data"]["split_hash"]`` unless the manifest was given
     explicitly (then ``same_split`` is False and callers record it). Returns ``(table, info, same_split)``.
@@ -81,10 +83,11 @@ def load_split_table(
         if missing:
             raise DataError(f"Dataset has classes {missing} that the model does not know ({list(classes)})")
         table.classes = tuple(classes)
-    parts = apply_manifest(table, man)
+    fold = fold if "fold" in man.columns else None
+    parts = apply_manifest(table, man, fold=fold)  # one member of a k-fold manifest: its own fold is "val"
     subset = parts.get(split)
-    if split == "val" and "fold" in man.columns and not len(subset):
-        subset = parts["train"]  # a k-fold manifest: validation is out-of-fold, every non-test row
+    if split == "val" and "fold" in man.columns and fold is None and not len(subset):
+        subset = parts["train"]  # a cross-fitted bundle: validation is out-of-fold, every non-test row
     if subset is None or len(subset) == 0:
         raise DataError(f"Split {split!r} of {manifest_path} is empty")
     return subset, info, same_split
@@ -113,13 +116,15 @@ def bundle_split(
     if bundle.path is not None:
         meta["data"] = {**meta["data"], "split_hash": bundle.spec.provenance.split_hash}
         path, run_dir, where = bundle.path / MANIFEST, bundle.path, f"{bundle.path}/bundle.json"
-    else:
+        fold = None  # a saved bundle, cross-fitted or not: "val" is the bundle's validation set
+    else:  # a bare checkpoint: a k-fold member's validation is its own fold
         ckpt = Path(bundle.spec.members[0].dir)
         path, run_dir, where = (ckpt / meta["data"]["manifest"]).resolve(), ckpt.parent, f"{ckpt}/checkpoint.json"
+        fold = (meta.get("config") or {}).get("data", {}).get("fold")
     path = Path(manifest) if manifest is not None else path
     table, info, same = load_split_table(
         meta, path, split, bundle.classes, data_root=data_root, run_dir=run_dir,
-        explicit_manifest=manifest is not None, where=where,
+        explicit_manifest=manifest is not None, where=where, fold=fold,
     )
     return BundleSplit(table, path, info, same)
 
