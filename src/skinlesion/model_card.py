@@ -201,17 +201,20 @@ def _quality_table(add: Any, q: dict[str, Any]) -> None:
 
 
 def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """``[(epoch (1-based), val BACC)]`` from a training run's ``logs/metrics.csv`` (Lightning CSVLogger);
-    empty when the run has no such log. A resumed run may log an epoch twice: the last value is kept."""
-    path = Path(run_dir) / "logs" / "metrics.csv"
-    if not path.is_file():
-        return []
+    """``[(epoch (1-based), val BACC)]`` from a training run's ``logs/metrics.csv`` (Lightning CSVLogger)
+    and the logs a resume set aside (``logs/metrics.before-resume-N.csv``, oldest first); empty when
+    the run has no such log. A resumed run may log an epoch twice: the last value is kept."""
+    logs = Path(run_dir) / "logs"
+    earlier = sorted(logs.glob("metrics.before-resume-*.csv"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
     curve: dict[int, float] = {}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            v = (row.get("val_bacc") or "").strip()
-            if v:
-                curve[int(row["epoch"]) + 1] = float(v)
+    for path in [*earlier, logs / "metrics.csv"]:
+        if not path.is_file():
+            continue
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                v = (row.get("val_bacc") or "").strip()
+                if v:
+                    curve[int(row["epoch"]) + 1] = float(v)
     return sorted(curve.items())
 
 

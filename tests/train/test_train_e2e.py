@@ -175,3 +175,20 @@ def test_evaluate_without_bootstrap(tiny_run: Path, tmp_path: Path) -> None:
     res = evaluate_checkpoint(tiny_run, split="val", out_dir=tmp_path / "nb", n_boot=0)
     assert res["intervals"] is None
     assert (tmp_path / "nb" / "report.html").is_file()
+
+
+def test_resume_keeps_the_epochs_logged_before_it(tmp_path) -> None:
+    """Lightning's CSVLogger deletes metrics.csv when a run resumes; the earlier log is set aside and
+    the model card's validation curve still shows every epoch."""
+    from skinlesion.model_card import validation_curve
+    from skinlesion.train.config import load_config
+    from skinlesion.train.run import train
+
+    cfg = load_config("tiny", [f"data.root={tmp_path / 'syn'}", "train.epochs=1"])
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir=run_dir)
+    (run_dir / "checkpoint" / "checkpoint.json").unlink()  # as if cut off after epoch 1
+    cfg2 = load_config("tiny", [f"data.root={tmp_path / 'syn'}", "train.epochs=2"])
+    train(cfg2, run_dir=run_dir, resume=True)
+    assert (run_dir / "logs" / "metrics.before-resume-1.csv").is_file()
+    assert [e for e, _ in validation_curve(run_dir)] == [1, 2]

@@ -135,6 +135,16 @@ def _loaders(
     return train, val
 
 
+def keep_earlier_log(logs: Path) -> Path | None:
+    """Lightning's CSVLogger deletes an existing ``metrics.csv`` when a run resumes: move it aside as
+    ``metrics.before-resume-N.csv`` (N counts up) so no logged epoch is lost; returns the new path."""
+    current = logs / "metrics.csv"
+    if not current.is_file():
+        return None
+    n = 1 + max((int(p.stem.rsplit("-", 1)[1]) for p in logs.glob("metrics.before-resume-*.csv")), default=0)
+    return current.rename(logs / f"metrics.before-resume-{n}.csv")
+
+
 def batch_transforms(cfg: TrainConfig, pre: dict[str, Any]) -> tuple[Any, Any]:
     """The (train, eval) functions that turn a uint8 batch into the network's input (``data.cache``)."""
     size, mean, std, level = pre["input_size"], pre["mean"], pre["std"], cfg.augment.level
@@ -260,6 +270,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         enable_model_summary=False,
         default_root_dir=str(run_dir),
     )
+    if resume and not worker:
+        keep_earlier_log(run_dir / "logs")
     if resume and not last.exists():
         log.warning("--resume: no %s yet, starting from scratch", last)
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
