@@ -31,19 +31,15 @@ def _fold(checkpoint: Path) -> tuple[str | None, int | None]:
     return meta["data"].get("split_hash"), (meta.get("config") or {}).get("data", {}).get("fold")
 
 
-def _metric_fns(k: int, mel: int) -> dict[str, Any]:
-    from sklearn.metrics import roc_auc_score
-
-    from skinlesion.metrics.classification import balanced_accuracy
-
-    def bacc(y: Any, p: Any) -> float:
-        return balanced_accuracy(y, p.argmax(1), k)
+def _metric_fns(classes: list[str], mel: int) -> dict[str, Any]:
+    """BACC as in the evaluation reports, and melanoma one-vs-rest AUC (the library's Mann-Whitney AUC)."""
+    from skinlesion.metrics.bootstrap import standard_metric_fns
+    from skinlesion.metrics.classification import ovr_auc
 
     def mel_auc(y: Any, p: Any) -> float:
-        pos = y == mel
-        return float("nan") if pos.all() or not pos.any() else float(roc_auc_score(pos, p[:, mel]))
+        return float(ovr_auc(y, p)[mel])
 
-    return {"bacc": bacc, "mel_auc": mel_auc}
+    return {"bacc": standard_metric_fns(classes)["bacc"], "mel_auc": mel_auc}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,7 +66,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     classes = list(bundles[0].classes)
     if "MEL" not in classes:
         raise BenchError(f"no MEL class in {classes}")
-    fns = _metric_fns(len(classes), classes.index("MEL"))
+    fns = _metric_fns(classes, classes.index("MEL"))
     out: dict[str, Any] = {"fold": folds[0][1], "split_hash": folds[0][0], "n_images": int(len(y)),
                            "n_lesions": int(len(set(groups))), "n_boot": args.n_boot, "models": {}, "change": {}}
     for tta in args.tta:

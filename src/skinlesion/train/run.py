@@ -225,6 +225,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         gamma=cfg.train.focal_gamma,
         label_smoothing=cfg.train.label_smoothing,
     )
+    batch_train, batch_eval = batch_transforms(cfg, pre)
     module = LesionClassifier(
         model,
         loss,
@@ -235,7 +236,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         min_lr_ratio=cfg.train.min_lr_ratio,
         n_classes=len(classes),
         metadata_dropout=cfg.model.metadata_dropout if encoder is not None else 0.0,
-        **dict(zip(("train_transform", "eval_transform"), batch_transforms(cfg, pre), strict=True)),
+        train_transform=batch_train,
+        eval_transform=batch_eval,
         channels_last=cfg.trainer.channels_last,
         ema_decay=cfg.train.ema_decay,
     )
