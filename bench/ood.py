@@ -4,6 +4,9 @@
     python bench/ood.py --bundle runs/some-bundle --max-train-images 2000 --max-test-images 400
     python bench/ood.py --save-gate runs/ood-gate         # also write the chosen gate (JSON + .npz)
 
+``bundle_gate``: the same measurements for the gate the bundle carries (``skinlesion calibrate``
+fits it: bundle.json ``decision.ood``), on the same images.
+
 One pass of every bundle member (image only, metadata missing, identity view) over a random subset
 of the TRAINING split (``--max-train-images``: the scores are fitted on it), the validation split
 (``--max-val-images``; the threshold is its ``--quantile``), a random subset of the TEST split
@@ -245,8 +248,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         d = gates[chosen].save(out)
         (out / "ood_gate.json").write_text(json.dumps(d, indent=1))
 
+    from skinlesion.records.ood import ood_gate
+
+    shipped = ood_gate(bundle)  # the gate `skinlesion calibrate` stored in the bundle, if any
     return {
         "bundle": {"path": _shown(bundle.path), "bundle_id": bundle.bundle_id, "members": names, "classes": list(bundle.classes)},
+        "bundle_gate": None if shipped is None else {
+            "score": shipped.score_name, "members": shipped.members_, "provenance": shipped.provenance_,
+            **_evaluate(shipped, [f for f in feats["test"] if f.member in shipped.members_],
+                        {k: [f for f in v if f.member in shipped.members_] for k, v in sets.items()}, kinds),
+        },
         "config": {
             "quantile": args.quantile, "seed": args.seed, "images": {s: int(len(r)) for s, r in rows.items()},
             "of": {s: len(t) for s, t in tables.items()}, "n_distorted": len(test_images),

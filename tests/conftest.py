@@ -70,8 +70,9 @@ def tiny_bundle(tiny_members: list[Path], tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="session")
 def calibrated_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny bundle with what a delivered bundle has: a MEL threshold and a review flag (MC
-    dropout, 3 passes). Shared by the session: copy it before changing it."""
+    """The tiny bundle with what a delivered bundle has: a MEL threshold (the MEL flag), the diagnosis
+    rule, the referral, the out-of-distribution gate and a review flag (MC dropout, 3 passes).
+    Shared by the session: copy it before changing it."""
     import shutil
 
     from skinlesion.calibration.thresholds import Target
@@ -80,7 +81,7 @@ def calibrated_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactor
 
     out = tmp_path_factory.mktemp("delivery") / "bundle"
     shutil.copytree(tiny_bundle, out)
-    calibrate_bundle(out, [Target("MEL", 0.6, 0.5)], confidence=None)
+    calibrate_bundle(out, [Target("MEL", 0.6, 0.5)], confidence=None, ood=True)
     fit_review_flag(out, n_samples=3, target=0.5)
     return out
 

@@ -75,6 +75,7 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
             f"{t.get('status')} (sens {_f(t.get('sensitivity'))}, lower bound {_f(t.get('sensitivity_lower'))}; spec "
             f"{_f(t.get('specificity'))}, lower bound {_f(t.get('specificity_lower'))}) | {t.get('rule')}"
             + (f": {t['reason']}" if t.get("reason") else "") + " |")
+    _decision_parts(add, dec)
     _review(add, bundle.get("review"), split)
 
     add("\n## Training data and licence\n")
@@ -135,17 +136,26 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
     if metrics:
         add(f"## Results on the lesion-disjoint {split} split (95% lesion-bootstrap intervals)\n")
         a, d = metrics["argmax"], metrics["decision"]
-        add("| | argmax | decision rule (shipped) |")
-        add("|---|---|---|")
-        add(f"| BACC | {_ci(a['intervals'].get('bacc'))} | {_ci(d['intervals'].get('bacc'))} |")
-        add(f"| malignant BACC | {_ci(a['intervals'].get('malignant_bacc'))} | {_ci(d['intervals'].get('malignant_bacc'))} |")
+        g = metrics.get("diagnosis") or a
+        policy = metrics.get("policy", "priority-threshold")
+        add(f"| | argmax | diagnosis{' (shipped)' if policy == 'diagnosis' else ''} | priority-threshold rule"
+            f"{' (shipped)' if policy == 'priority-threshold' else ''} |")
+        add("|---|---|---|---|")
+        for key, label in (("bacc", "BACC"), ("malignant_bacc", "malignant BACC")):
+            add(f"| {label} | {_ci(a['intervals'].get(key))} | {_ci(g['intervals'].get(key))} | {_ci(d['intervals'].get(key))} |")
         for c in bundle["classes"]:
             add(f"| {c} sensitivity / specificity | {_ci(a['intervals'].get(f'sensitivity_{c}'))} / {_ci(a['intervals'].get(f'specificity_{c}'))} "
+                f"| {_ci(g['intervals'].get(f'sensitivity_{c}'))} / {_ci(g['intervals'].get(f'specificity_{c}'))} "
                 f"| {_ci(d['intervals'].get(f'sensitivity_{c}'))} / {_ci(d['intervals'].get(f'specificity_{c}'))} |")
+        gain = (metrics.get("diagnosis") or {}).get("gain_over_argmax")
+        if gain:
+            add(f"\nDiagnosis minus argmax BACC on the same images: {_f(gain.get('estimate'))} {_pair([gain.get('low'), gain.get('high')])} "
+                "(paired lesion bootstrap).")
+        _flag_results(add, metrics)
         cal = metrics.get("calibration", {})
         add(f"\nECE {_f(cal.get('ece_before'))} before and {_f(cal.get('ece_after'))} after temperature scaling "
             f"(NLL {_f(cal.get('nll_before'))} -> {_f(cal.get('nll_after'))}).\n")
-        add("Clinical targets on this split (decision rule):\n")
+        add("Clinical targets on this split (priority-threshold rule):\n")
         for t in metrics.get("targets", []):
             add(f"- {t['class']}: sensitivity {_f(t.get('sensitivity'))} {_pair(t.get('sensitivity_ci'))} (target {t.get('target_sensitivity')}) "
                 f"{'met' if t.get('sensitivity_met') else 'NOT met'}; specificity {_f(t.get('specificity'))} {_pair(t.get('specificity_ci'))} "
@@ -319,14 +329,19 @@ def _without_metadata(add: Any, bundle: dict[str, Any], metrics: dict[str, Any] 
             "95% lesion-bootstrap intervals):\n")
         add("| | metadata given | metadata hidden |")
         add("|---|---|---|")
-        add(f"| BACC (decision rule) | {_ci(main.get('intervals', {}).get('bacc'))} | {_ci(d['intervals'].get('bacc'))} |")
+        if nm.get("diagnosis"):
+            mg = (metrics or {}).get("diagnosis", {})
+            add(f"| BACC (diagnosis) | {_ci(mg.get('intervals', {}).get('bacc'))} | {_ci(nm['diagnosis']['intervals'].get('bacc'))} |")
+        add(f"| BACC (priority-threshold rule) | {_ci(main.get('intervals', {}).get('bacc'))} | {_ci(d['intervals'].get('bacc'))} |")
         add(f"| malignant BACC | {_ci(main.get('intervals', {}).get('malignant_bacc'))} | {_ci(d['intervals'].get('malignant_bacc'))} |")
         for t in nm.get("targets", []):
             c = t["class"]
             add(f"| {c} sensitivity / specificity | {_ci(main.get('intervals', {}).get(f'sensitivity_{c}'))} / "
                 f"{_ci(main.get('intervals', {}).get(f'specificity_{c}'))} | {_ci(d['intervals'].get(f'sensitivity_{c}'))} / "
                 f"{_ci(d['intervals'].get(f'specificity_{c}'))} |")
-        add("\nClinical targets with the metadata hidden (decision rule):\n")
+        add("\nWith the metadata hidden, class flags, referral and gate:\n")
+        _flag_results(add, nm)
+        add("Clinical targets with the metadata hidden (priority-threshold rule):\n")
         for t in nm.get("targets", []):
             add(f"- {t['class']} (threshold {_f(t.get('threshold'), 4)}): sensitivity {_f(t.get('sensitivity'))} "
                 f"{_pair(t.get('sensitivity_ci'))} (target {t.get('target_sensitivity')}) "
@@ -334,6 +349,51 @@ def _without_metadata(add: Any, bundle: dict[str, Any], metrics: dict[str, Any] 
                 f"{_pair(t.get('specificity_ci'))} (target {t.get('target_specificity')}) "
                 f"{'met' if t.get('specificity_met') else 'NOT met'}.")
         add("")
+
+
+def _decision_parts(add: Any, dec: dict[str, Any]) -> None:
+    """What the bundle reports beside the class thresholds: the policy, the diagnosis rule, the
+    referral and the out-of-distribution gate (bundle.json ``decision``)."""
+    dx = dec.get("diagnosis")
+    if not dx:
+        return
+    add(f"**Policy**: the decision is the **{dec.get('policy', 'diagnosis')}** rule's. The class thresholds above give "
+        "the class flags (\"melanoma cannot be excluded\" when p >= threshold), shown beside the diagnosis whatever it is.\n")
+    weights = ", ".join(f"{c} {w:+.2f}" for c, w in (dx.get("log_weights") or {}).items())
+    add(f"**Diagnosis**: argmax of log p + per-class log-weights fitted for balanced accuracy on held-out predictions "
+        f"({dx.get('fitted_on')}): {weights}. {dx.get('selection', {}).get('why', '')}.\n")
+    ref = dec.get("referral")
+    if ref:
+        add(f"**Referral**: refer when the probability of {', '.join(ref.get('malignant_classes') or [])} together reaches "
+            f"{_f(ref.get('threshold'), 4)}, the most specific threshold whose lower confidence bound of malignant sensitivity "
+            f"reaches {ref.get('target_sensitivity')}: held-out sensitivity {_f(ref.get('sensitivity'))} (bound "
+            f"{_f(ref.get('sensitivity_lower'))}), specificity {_f(ref.get('specificity'))}; {ref.get('status')}.\n")
+    ood = dec.get("ood")
+    if ood:
+        prov = ood.get("provenance") or {}
+        add(f"**Out-of-distribution gate**: {ood.get('score')} score of members {', '.join(ood.get('members') or [])} "
+            f"({prov.get('fitted_on', '')}; {prov.get('train_images')} training images), threshold {_f(ood.get('threshold'), 4)} = the "
+            f"{ood.get('quantile')} quantile of held-out images ({_f(100 * float(ood.get('heldout_gated_fraction') or 0), 1)}% of them gated). "
+            "A gated image keeps its probabilities and diagnosis, with the warning beside them everywhere.\n")
+
+
+def _flag_results(add: Any, metrics: dict[str, Any]) -> None:
+    """The class flags, the referral and the OOD gate on the evaluated split (metrics.json)."""
+    for f in metrics.get("flags") or []:
+        add(f"- {f['class']} flag (p >= {_f(f.get('threshold'), 4)}): sensitivity {_f(f.get('sensitivity'))} "
+            f"{_pair(f.get('sensitivity_ci'))} (target {f.get('target_sensitivity')}: {'met' if f.get('sensitivity_met') else 'NOT met'}), "
+            f"specificity {_f(f.get('specificity'))} {_pair(f.get('specificity_ci'))} (target {f.get('target_specificity')}: "
+            f"{'met' if f.get('specificity_met') else 'NOT met'}).")
+    ref = metrics.get("referral")
+    if ref:
+        add(f"- Referral (malignant p >= {_f(ref.get('threshold'), 4)}; {_f(100 * ref['referred_fraction'], 1)}% of images referred): "
+            f"malignant sensitivity {_f(ref.get('sensitivity'))} {_pair(ref.get('sensitivity_ci'))} (target {ref.get('target_sensitivity')}: "
+            f"{'met' if ref.get('sensitivity_met') else 'NOT met'}), specificity {_f(ref.get('specificity'))} {_pair(ref.get('specificity_ci'))}.")
+    ood = metrics.get("ood")
+    if ood:
+        add(f"- Out-of-distribution gate: {ood['gated']} of {ood['n_images']} images of this split gated "
+            f"({_f(100 * ood['gated_fraction'], 1)}%; goal at most {_f(100 * (1 - ood['quantile']), 0)}%).")
+    add("")
 
 
 def _member_metadata(out: Path, member: dict[str, Any]) -> str:

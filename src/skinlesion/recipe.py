@@ -58,6 +58,9 @@ class CalibrateSpec(_Strict):
     prefer: str = "balanced"
     fallback: str = "keep_sensitivity"
     conflict: str = "priority"
+    policy: str = "diagnosis"  # or "priority-threshold", the reference system's rule
+    ood: bool = True  # fit the out-of-distribution gate
+    ood_score: str = "knn"
 
 
 class ReviewSpec(_Strict):
@@ -196,9 +199,15 @@ def _calibrate(recipe: Recipe, out: Path) -> dict[str, Any]:
     c = recipe.calibrate
     decision = calibrate_bundle(
         out / BUNDLE_DIR, parse_targets(c.targets), confidence=c.confidence or None, bound=c.bound, prefer=c.prefer,
-        fallback=c.fallback, conflict=c.conflict, data_root=recipe.data_root,
+        fallback=c.fallback, conflict=c.conflict, data_root=recipe.data_root, policy=c.policy, ood=c.ood,
+        ood_score=c.ood_score,
     )
-    return {"thresholds": {k: {"threshold": v.get("threshold"), "status": v.get("status")} for k, v in decision["thresholds"].items()}}
+    return {
+        "thresholds": {k: {"threshold": v.get("threshold"), "status": v.get("status")} for k, v in decision["thresholds"].items()},
+        "diagnosis": decision["diagnosis"]["selection"]["why"],
+        "referral": (decision.get("referral") or {}).get("threshold"),
+        "ood_threshold": (decision.get("ood") or {}).get("threshold"),
+    }
 
 
 def _review(recipe: Recipe, out: Path) -> dict[str, Any]:

@@ -32,10 +32,10 @@ def test_records_follow_the_bundle(predictor: Predictor) -> None:
     for i, r in enumerate(recs):
         p = r["prediction"]
         np.testing.assert_allclose([p["probabilities"][c] for c in classes], pred.probs[i], atol=1e-6)
-        assert p["decision"] == classes[pred.decision[i]]
-        assert (p["threshold_fired"] is None) == (pred.fired[i] < 0)
-        if p["threshold_fired"] == "MEL":
-            assert p["probabilities"]["MEL"] >= p["thresholds"]["MEL"] and p["decided_by"].startswith("threshold of MEL")
+        assert p["decision"] == p["diagnosis"] == classes[pred.diagnosis[i]]  # the default policy
+        assert p["threshold_fired"] is None and p["decided_by"].startswith("diagnosis: ")
+        (flag,) = p["flags"]
+        assert flag["flagged"] == (pred.probs[i, classes.index("MEL")] >= p["thresholds"]["MEL"])
         u = r["uncertainty"]
         assert u["n_samples"] == 3 and isinstance(u["review"]["flag"], bool)
         assert u["predictive_entropy"] == pytest.approx(u["aleatoric_expected_entropy"] + u["epistemic_mutual_information"], abs=1e-6)

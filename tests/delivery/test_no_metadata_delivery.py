@@ -34,11 +34,13 @@ def _images(n: int = 2) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def bundle_dir(calibrated_fusion_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MEL threshold 1.0 with metadata (never fires) and 0.0 without (always fires): the operating
-    point that decided is visible in the decision itself."""
+    """MEL threshold 1.0 with metadata (never fires) and 0.0 without (always fires), under the
+    priority-threshold policy: the operating point that decided is visible in the decision itself
+    (and in the MEL flag, whatever the policy)."""
     path = tmp_path_factory.mktemp("nm-delivery") / "bundle"
     shutil.copytree(calibrated_fusion_bundle, path)
     meta = json.loads((path / "bundle.json").read_text())
+    meta["decision"]["policy"] = "priority-threshold"
     meta["decision"]["thresholds"]["MEL"]["threshold"] = 1.0
     meta["decision"]["without_metadata"]["thresholds"]["MEL"]["threshold"] = 0.0
     write_meta(path, meta)
@@ -60,6 +62,7 @@ def test_torch_records_name_the_operating_point(predictor: Predictor) -> None:
         assert p["operating_point"].startswith("without metadata (temperature and thresholds fitted on validation with metadata hidden")
         assert p["thresholds"] == without and p["thresholds"]["MEL"] == 0.0
         assert p["decision"] == "MEL" and p["decided_by"] == "threshold of MEL (0.0000)"
+        assert p["flags"][0]["class_name"] == "MEL" and p["flags"][0]["flagged"] and p["flags"][0]["threshold"] == 0.0
     p = mixed[1]["prediction"]
     assert p["operating_point_name"] == WITH_METADATA and p["operating_point"].startswith("with metadata")
     assert p["thresholds"] == with_md and p["thresholds"]["MEL"] == 1.0 and p["decision"] != "MEL"

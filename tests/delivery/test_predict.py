@@ -70,9 +70,13 @@ def test_csv_has_isic_columns_and_follows_the_predictor(predictor: Predictor, tm
         probs = np.array([float(r[c]) for c in classes])
         assert probs.sum() == pytest.approx(1.0, abs=1e-6)
         np.testing.assert_allclose(probs, [rec["prediction"]["probabilities"][c] for c in classes], atol=1e-6)
-        decision, fired = predictor.bundle.decide(probs[None])
-        assert r["decision"] == classes[int(decision[0])] == rec["prediction"]["decision"]
-        assert r["threshold_fired"] == (classes[int(fired[0])] if fired[0] >= 0 else "")
+        diagnosis = predictor.bundle.diagnose(probs[None])
+        assert r["diagnosis"] == r["decision"] == classes[int(diagnosis[0])] == rec["prediction"]["diagnosis"]
+        assert r["threshold_fired"] == "" and r["policy"] == "diagnosis"
+        mel = probs[classes.index("MEL")] >= predictor.bundle.thresholds["MEL"]
+        assert r["flags"] == ("MEL" if mel else "")
+        assert r["refer"] == str(rec["prediction"]["referral"]["refer"])
+        assert r["out_of_distribution"] == str(rec["ood"]["gated"])
         assert r["decided_by"] == rec["prediction"]["decided_by"] and r["argmax"] == classes[int(probs.argmax())]
         review = rec["uncertainty"]["review"]
         assert r["review_flag"] == str(review["flag"]) and r["review_score_name"] == review["score"]
@@ -260,7 +264,7 @@ def test_reports_are_written_before_their_rows_and_escape_file_names(
     assert len(got) == 2
     for r in got:
         html = (tmp_path / "out" / r["report"]).read_text()
-        assert NOTICE in html and f"Decision: <strong>{r['decision']}</strong>" in html
+        assert NOTICE in html and f"Diagnosis: <strong>{r['diagnosis']}</strong>" in html
         assert html.count("data:image/png;base64,") >= 2 and 'id="abcde"' in html
         assert "<script" not in html
     html = (tmp_path / "out" / "reports" / "<script>.html").read_text()

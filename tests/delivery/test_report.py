@@ -42,14 +42,18 @@ def test_report_has_every_section_and_is_self_contained(explained: tuple) -> Non
         assert f'<section id="{section}">' in html
     assert NOTICE in html and "Not a diagnosis" in html
     p = result["prediction"]
-    assert f"Decision: <strong>{p['decision']}</strong>" in html and p["decided_by"] in html
+    assert f"Diagnosis: <strong>{p['diagnosis']}</strong>" in html and p["diagnosis_rule"] in html
+    for flag in p["flags"]:
+        assert flag["text"] in html
+    assert p["referral"]["text"] in html
+    assert ('class="ood"' in html) == result["ood"]["gated"]
     images = _data_uris(html)
     assert len(images) == 3 and all(im.size == (80, 64) for im in images)  # image, CAM overlay, outline
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
     assert "Total Dermoscopy Score" in html and "px (spacing unknown)" in html  # no spacing given
     assert "Predictive entropy" in html and "Epistemic part: mutual information" in html and "nats" in html
     assert predictor.bundle.bundle_id in html and f"<td>{skinlesion.__version__}</td>" in html
-    assert "Priority order: MEL" in html  # the calibrated bundle thresholds MEL
+    assert "Class thresholds (the flags above)" in html and "Priority order" not in html  # the default policy
 
 
 def test_threshold_markers_in_the_chart() -> None:

@@ -56,6 +56,19 @@ def base_url(calibrated_bundle: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def gated_url(calibrated_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The calibrated bundle with its OOD threshold below every score: every image is gated."""
+    import json
+
+    out = tmp_path_factory.mktemp("gated") / "bundle"
+    shutil.copytree(calibrated_bundle, out)
+    meta = json.loads((out / "bundle.json").read_text())
+    meta["decision"]["ood"]["threshold"] = -1.0
+    (out / "bundle.json").write_text(json.dumps(meta))
+    yield from _serve(create_app(Predictor(load_bundle(out), mc_samples=0), audit=None))
+
+
+@pytest.fixture(scope="module")
 def fusion_url(fusion_bundle: Path) -> Iterator[str]:
     yield from _serve(create_app(Predictor(load_bundle(fusion_bundle), mc_samples=2), audit=None))
 
@@ -139,8 +152,15 @@ def test_upload_shows_probabilities_decision_overlay_and_notice(chromium: str, b
                 assert row.locator(".thr").count() == (1 if pred["thresholds"].get(cls) is not None else 0)
             assert page.locator(".prob-row[data-class=MEL] .thr").count() == 1  # the calibrated MEL threshold
 
+            expect(page.locator("#diagnosis")).to_have_text(pred["diagnosis"])
             expect(page.locator("#decision")).to_have_text(pred["decision"])
             expect(page.locator("#decided-by")).to_contain_text(pred["decided_by"])
+            lines = page.locator("#flags li")
+            assert lines.count() == len(pred["flags"]) + 1  # the MEL flag, then the referral
+            expect(lines.nth(0)).to_contain_text(pred["flags"][0]["text"])
+            expect(page.locator("#referral")).to_contain_text(pred["referral"]["text"])
+            assert expected["ood"] is not None
+            expect(page.locator("#ood-warning")).to_be_visible() if expected["ood"]["gated"] else expect(page.locator("#ood-warning")).to_be_hidden()
             for img in ("#cam-img", "#mask-img", "#input-img"):
                 assert page.eval_on_selector(img, "el => el.complete && el.naturalWidth") == 200, img
             expect(page.locator("#notice")).to_contain_text("not a diagnosis")
@@ -230,5 +250,25 @@ def test_patient_metadata_is_sent_and_what_was_used_is_shown(chromium: str, fusi
             page.wait_for_selector("#result[data-state=done]")
             expect(page.locator("#metadata")).to_contain_text("Used by m0-test_efficientnet: age 80, sex male, site back")
             assert errors == []
+        finally:
+            browser.close()
+
+
+def test_a_gated_image_shows_the_out_of_distribution_warning_beside_its_diagnosis(chromium: str, gated_url: str, lesion: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(gated_url + "/")
+            page.set_input_files("#file", str(lesion))
+            page.wait_for_selector("#result[data-state=done]")
+            expect(page.locator("#ood-warning")).to_be_visible()
+            expect(page.locator("#ood-warning")).to_contain_text("does not look like the dermoscopic images the model was trained on")
+            expect(page.locator("#diagnosis")).not_to_be_empty()  # the diagnosis stays, with the warning beside it
+            if os.environ.get("SKINLESION_SCREENSHOT"):
+                page.screenshot(path=os.environ["SKINLESION_SCREENSHOT"], full_page=True)
         finally:
             browser.close()

@@ -89,9 +89,27 @@ def test_calibrate_then_evaluate_reports_argmax_and_decisions(bundle_dir: Path, 
     for name in ("metrics.json", "predictions.csv", "decisions.csv", "report.html"):
         assert (out / name).is_file()
     html = (out / "report.html").read_text()
-    assert "Argmax vs decision rule" in html and "Clinical targets on this split" in html
-    rows = (out / "decisions.csv").read_text().splitlines()
-    assert rows[0] == "image,truth,argmax,decision,threshold_fired" and len(rows) == res["provenance"]["n_images"] + 1
+    for title in ("Argmax vs diagnosis vs priority-threshold rule", "Class flags on this split", "Referral on this split",
+                  "Priority-threshold rule: clinical targets on this split"):
+        assert title in html
+    rows = [r.split(",") for r in (out / "decisions.csv").read_text().splitlines()]
+    assert rows[0] == ["image", "truth", "argmax", "diagnosis", "priority_threshold_decision", "threshold_fired", "flags", "refer"]
+    assert len(rows) == res["provenance"]["n_images"] + 1
+    body = rows[1:]
+    # every number of the flags, the referral and the diagnosis can be recounted from decisions.csv
+    for f in res["flags"]:
+        pos = [r for r in body if r[1] == f["class"]]
+        neg = [r for r in body if r[1] != f["class"]]
+        assert f["sensitivity"] == pytest.approx(np.mean([f["class"] in r[6].split(";") for r in pos]))
+        assert f["specificity"] == pytest.approx(np.mean([f["class"] not in r[6].split(";") for r in neg]))
+    malignant = {"MEL", "BCC", "AKIEC"}
+    ref = res["referral"]
+    assert ref["sensitivity"] == pytest.approx(np.mean([r[7] == "true" for r in body if r[1] in malignant]))
+    assert ref["referred_fraction"] == pytest.approx(np.mean([r[7] == "true" for r in body]))
+    dia = res["diagnosis"]
+    assert dia["gain_over_argmax"]["estimate"] == pytest.approx(dia["metrics"]["bacc"] - res["argmax"]["metrics"]["bacc"])
+    assert dia["metrics"]["accuracy"] == pytest.approx(np.mean([r[1] == r[3] for r in body]))
+    assert res["policy"] == "diagnosis" and "ood" not in res  # no gate fitted (ood=False)
     assert res["calibration"]["ece_before"] >= 0 and not res["provenance"]["in_sample"]
 
 
@@ -102,10 +120,10 @@ def test_cli_build_calibrate_evaluate(members: list[Path], tmp_path: Path) -> No
     assert "weight 0.500" in r.output
     r = runner.invoke(app, ["calibrate", str(out), "--targets", "MEL:sens=0.5,spec=0.5 AKIEC:sens=0.5", "--confidence", "0.9"])
     assert r.exit_code == 0, r.output
-    assert "MEL" in r.output and "priority: MEL" in r.output
+    assert "MEL" in r.output and "priority-threshold rule: MEL" in r.output
     r = runner.invoke(app, ["evaluate", str(out), "--split", "val", "--n-boot", "10"])
     assert r.exit_code == 0, r.output
-    assert "IN-SAMPLE" in r.output and "decision rule" in r.output
+    assert "IN-SAMPLE" in r.output and "priority-threshold rule" in r.output and "diagnosis - argmax BACC" in r.output
     r = runner.invoke(app, ["calibrate", str(out), "--targets", "XYZ:sens=0.5"])
     assert r.exit_code == 1 and "not among the model's classes" in r.output
 

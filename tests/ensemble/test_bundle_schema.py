@@ -62,15 +62,19 @@ def test_new_decision_parts_and_cross_fitting_are_optional_typed_fields(shipped:
     meta["decision"]["diagnosis"] = {"rule": "balanced", "log_weights": {c: 0.0 for c in meta["classes"]}, "limit": 1.0}
     meta["decision"]["referral"] = {"threshold": 0.2, "cls": "malignant", "malignant_classes": ["MEL", "BCC", "AKIEC"]}
     meta["decision"]["ood"] = {"score": "knn", "threshold": 0.4, "quantile": 0.95, "members": ["m0"]}
-    meta["decision"]["policy"] = "default"
+    meta["decision"]["policy"] = "priority-threshold"
     meta["cross_fitting"] = {"k": 5, "member_folds": {m["name"]: i for i, m in enumerate(meta["members"])}, "validation": "out-of-fold"}
     spec = validate_meta(meta)
     assert spec.decision.diagnosis.log_weights["MEL"] == 0.0 and spec.decision.diagnosis.model_extra == {"limit": 1.0}  # type: ignore[union-attr]
     assert spec.decision.referral.threshold == 0.2 and spec.decision.referral.malignant_classes == ["MEL", "BCC", "AKIEC"]  # type: ignore[union-attr]
-    assert spec.decision.ood.threshold == 0.4 and spec.decision.policy == "default"  # type: ignore[union-attr]
+    assert spec.decision.ood.threshold == 0.4 and spec.decision.policy == "priority-threshold"  # type: ignore[union-attr]
     assert spec.cross_fitting is not None and spec.cross_fitting.k == 5 and list(spec.cross_fitting.member_folds.values()) == [0, 1]
     meta["cross_fitting"] = {"k": 5}
     with pytest.raises(BundleError, match=r"cross_fitting\.member_folds is required"):
+        validate_meta(meta)
+    meta = copy.deepcopy(shipped)
+    meta["decision"]["policy"] = "default"
+    with pytest.raises(BundleError, match=r"decision\.policy must be one of \('diagnosis', 'priority-threshold'\)"):
         validate_meta(meta)
 
 

@@ -59,7 +59,9 @@ def test_explain_decision_follows_bundle_thresholds(tiny_bundle: Path, lesion: t
     work = tmp_path / "b"
     shutil.copytree(tiny_bundle, work)
     meta = json.loads((work / "bundle.json").read_text())
-    meta["decision"] = {"rule": "priority-threshold", "priority": None, "thresholds": {"VASC": {"threshold": 0.0}}}
+    meta["decision"] = {
+        "rule": "priority-threshold", "priority": None, "thresholds": {"VASC": {"threshold": 0.0}}, "policy": "priority-threshold",
+    }
     (work / "bundle.json").write_text(json.dumps(meta))
     path, _, _ = lesion
     result, _ = explain_image(load_bundle(work), np.asarray(Image.open(path).convert("RGB")), mc_samples=0)

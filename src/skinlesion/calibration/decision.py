@@ -22,6 +22,14 @@ import numpy as np
 # Most dangerous first: malignant (melanoma, then the keratinocyte cancers), then benign mimics.
 DEFAULT_PRIORITY: tuple[str, ...] = ("MEL", "SCC", "BCC", "AKIEC", "BKL", "VASC", "DF", "NV", "UNK")
 CONFLICTS = ("priority", "ratio")
+#: What a bundle reports as *the* decision (``decision.policy`` in bundle.json): the diagnosis fitted
+#: for balanced accuracy (:mod:`skinlesion.calibration.diagnosis`; the default), or this module's
+#: priority-threshold rule, which reproduces the ISIC 2018 reference system. The class flags and
+#: the referral are reported beside the decision under either policy.
+DIAGNOSIS_POLICY = "diagnosis"
+PRIORITY_POLICY = "priority-threshold"
+POLICIES = (DIAGNOSIS_POLICY, PRIORITY_POLICY)
+DEFAULT_POLICY = DIAGNOSIS_POLICY
 
 
 def resolve_priority(classes: Sequence[str], priority: Sequence[str] | None = None) -> list[str]:

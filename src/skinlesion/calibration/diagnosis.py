@@ -190,6 +190,14 @@ def select_diagnosis_rule(
     Returns the rule and a report (each limit's cross-validated BACC, the choice and why)."""
     p, t = _check(probs, y)
     assert t is not None
+    n_groups = np.unique(np.asarray(groups)).size
+    if n_groups < 2 * n_splits:
+        rule = BalancedDiagnosis(limit=min(limits))
+        rule.log_weights_ = np.zeros(p.shape[1])
+        rule.bacc_argmax_ = rule.bacc_ = float(balanced_accuracy(t, p.argmax(1), p.shape[1]))
+        rule.n_passes_ = 0
+        why = f"only {n_groups} lesions held out (fewer than {2 * n_splits}): too few to fit class weights; the diagnosis is argmax"
+        return rule, {"trials": [], "chosen_limit": None, "why": why}
     trials = [cross_validated_gain(p, t, groups, limit=lim, n_splits=n_splits) for lim in limits]
     best = max(trials, key=lambda r: r["gain"])
     if best["gain"] > 0:

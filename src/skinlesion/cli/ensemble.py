@@ -54,15 +54,28 @@ def calibrate_command(
     fallback: str = typer.Option("keep_sensitivity", "--fallback", help="When infeasible: keep_sensitivity, keep_specificity, youden, none."),
     priority: str | None = typer.Option(None, "--priority", help="Clinical priority, e.g. MEL,BCC,AKIEC (default: most dangerous first)."),
     conflict: str = typer.Option("priority", "--conflict", help="Several thresholds fire: priority order, or largest p/threshold (ratio)."),
+    policy: str = typer.Option(
+        "diagnosis", "--policy", help="What the decision is: the diagnosis fitted for balanced accuracy (diagnosis), "
+        "or the reference system's rule, the first class in priority order whose threshold fired (priority-threshold)."
+    ),
+    ood: bool = typer.Option(
+        True, "--ood/--no-ood", help="(Re)fit the out-of-distribution gate on the training images (needs the dataset); "
+        "--no-ood keeps the gate the bundle has."
+    ),
+    ood_score: str = typer.Option("knn", "--ood-score", help="OOD score: knn, mahalanobis, energy, msp, or names joined by +."),
     data_root: str | None = typer.Option(
         None, "--data-root", help="Dataset folder, when not where the members were trained (bundles with metadata "
-        "fusion members rerun them on the validation images with the metadata hidden)."
+        "fusion members rerun them on the validation images with the metadata hidden; the OOD gate reads training images)."
     ),
 ) -> None:
-    """Choose per-class thresholds on validation only and record them in the bundle.
+    """Fit the decision on validation (or out-of-fold) predictions only and record it in the bundle.
 
-    A bundle with metadata fusion members also gets a second operating point (temperature and
-    thresholds) fitted on validation with the metadata hidden, used for images given without metadata."""
+    Per-class thresholds for the clinical targets (the class flags), the diagnosis rule fitted for
+    balanced accuracy, the malignancy referral (malignant sensitivity >= 0.95, lower bound), the
+    out-of-distribution gate, and which rule gives the decision (--policy).
+
+    A bundle with metadata fusion members also gets a second operating point (temperature,
+    thresholds, diagnosis rule, referral) fitted with the metadata hidden, used for images given without metadata."""
     from skinlesion.calibration.thresholds import parse_targets
     from skinlesion.ensemble.build import calibrate_bundle
 
@@ -71,6 +84,7 @@ def calibrate_command(
         decision = calibrate_bundle(
             bundle, parsed, confidence=confidence or None, bound=bound, prefer=prefer, fallback=fallback,
             priority=priority.split(",") if priority else None, conflict=conflict, data_root=data_root,
+            policy=policy, ood=ood, ood_score=ood_score,
         )
     for c, t in decision["thresholds"].items():
         thr = "none" if t["threshold"] is None else f"{t['threshold']:.4f}"
@@ -82,7 +96,27 @@ def calibrate_command(
         )
         if t["status"] != "met":
             console.print(f"       [yellow]{escape(t['reason'])}[/]")
-    console.print(f"priority: {' > '.join(decision['priority'])}; validation BACC of the decision rule {decision['validation']['bacc']:.3f}")
+    console.print(
+        f"priority-threshold rule: {' > '.join(decision['priority'])}; its validation BACC {decision['validation']['bacc']:.3f}"
+    )
+    d = decision["diagnosis"]
+    console.print(
+        f"diagnosis rule: {escape(d['selection']['why'])}; held-out BACC argmax {d['bacc_argmax']:.3f} -> rule {d['bacc']:.3f} "
+        "(in-sample; the cross-validated figures are in bundle.json)"
+    )
+    r = decision.get("referral")
+    if r:
+        console.print(
+            f"referral: malignant probability >= {r['threshold']:.4f}: held-out malignant sensitivity {r['sensitivity']:.3f} "
+            f"(lower bound {r['sensitivity_lower']:.3f}), specificity {r['specificity']:.3f} -> {r['status']}"
+        )
+    g = decision.get("ood")
+    if g:
+        console.print(
+            f"out-of-distribution gate: {g['score']} of {g['members']}, threshold {g['threshold']:.4f} "
+            f"({100 * g['heldout_gated_fraction']:.1f}% of held-out images gated)"
+        )
+    console.print(f"policy: the decision is the {decision['policy']} rule's")
     nm = decision.get("without_metadata")
     if nm:
         thr = ", ".join(f"{c} {'none' if t['threshold'] is None else format(t['threshold'], '.4f')} ({t['status']})"

@@ -52,6 +52,17 @@ def evaluate_command(
     console.print(f"report: {Path(res['out_dir']) / 'report.html'}")
 
 
+def _rates_text(row: dict) -> str:  # type: ignore[type-arg]
+    """Sensitivity and specificity with intervals and targets, of a flag or referral row."""
+    parts = []
+    for key in ("sensitivity", "specificity"):
+        ci = row[f"{key}_ci"] or [None, None]
+        goal = row[f"target_{key}"]
+        verdict = f" (target {goal}: {'met' if row[f'{key}_met'] else 'NOT met'})" if goal else ""
+        parts.append(f"{key} {_fmt(row[key])} [{_fmt(ci[0])}, {_fmt(ci[1])}]{verdict}")
+    return ", ".join(parts)
+
+
 def _evaluate_bundle(bundle: Path, split: str, out: Path | None, data_root: str | None, n_boot: int, batch_size: int) -> None:
     from skinlesion.evaluation import evaluate_bundle
 
@@ -60,21 +71,30 @@ def _evaluate_bundle(bundle: Path, split: str, out: Path | None, data_root: str 
     prov = res["provenance"]
     console.print(f"{split} split: {prov['n_images']} images, {prov['n_groups']} lesions" + (" (IN-SAMPLE)" if prov["in_sample"] else ""))
     for label, key in (("BACC", "bacc"), ("malignant BACC", "malignant_bacc")):
-        a = res["argmax"]["metrics"][key]
-        d = res["decision"]["metrics"][key]
-        console.print(f"{label:<16} argmax {_fmt(a)}   decision rule {_fmt(d)}")
+        a, g, d = (res[part]["metrics"][key] for part in ("argmax", "diagnosis", "decision"))
+        console.print(f"{label:<16} argmax {_fmt(a)}   diagnosis {_fmt(g)}   priority-threshold rule {_fmt(d)}")
+    gain = res["diagnosis"]["gain_over_argmax"]
+    console.print(
+        f"diagnosis - argmax BACC {gain['estimate']:+.3f}"
+        + (f" [{gain['low']:+.3f}, {gain['high']:+.3f}]" if gain.get("low") is not None else "")
+        + f"; the decision is the {res['policy']} rule's"
+    )
     c = res["calibration"]
     console.print(f"ECE {_fmt(c['ece_before'])} -> {_fmt(c['ece_after'])}, NLL {_fmt(c['nll_before'])} -> {_fmt(c['nll_after'])} (temperature scaling)")
+    for f in res["flags"]:
+        console.print(f"{f['class']:<6} flag (p >= {f['threshold']:.4f}): " + _rates_text(f))
+    if res.get("referral"):
+        r = res["referral"]
+        console.print(f"referral (malignant p >= {r['threshold']:.4f}, {100 * r['referred_fraction']:.1f}% referred): " + _rates_text(r))
+    if res.get("ood"):
+        o = res["ood"]
+        console.print(f"out-of-distribution gate: {o['gated']} of {o['n_images']} images gated ({100 * o['gated_fraction']:.1f}%)")
     for t in res["targets"]:
         ci_s, ci_p = t["sensitivity_ci"] or [None, None], t["specificity_ci"] or [None, None]
         console.print(
-            f"{t['class']:<6} sensitivity {_fmt(t['sensitivity'])} [{_fmt(ci_s[0])}, {_fmt(ci_s[1])}] (target {t['target_sensitivity']}: "
-            f"{'met' if t['sensitivity_met'] else 'NOT met'}), specificity {_fmt(t['specificity'])} [{_fmt(ci_p[0])}, {_fmt(ci_p[1])}] "
-            f"(target {t['target_specificity']}: {'met' if t['specificity_met'] else 'NOT met'})"
+            f"{t['class']:<6} priority-threshold rule: sensitivity {_fmt(t['sensitivity'])} [{_fmt(ci_s[0])}, {_fmt(ci_s[1])}] "
+            f"(target {t['target_sensitivity']}: {'met' if t['sensitivity_met'] else 'NOT met'}), specificity "
+            f"{_fmt(t['specificity'])} [{_fmt(ci_p[0])}, {_fmt(ci_p[1])}] (target {t['target_specificity']}: "
+            f"{'met' if t['specificity_met'] else 'NOT met'})"
         )
-        if t.get("one_vs_rest_sensitivity") is not None:
-            console.print(
-                f"       one-vs-rest p >= {t['threshold']:.4f} before priority conflicts: sensitivity "
-                f"{_fmt(t['one_vs_rest_sensitivity'])}, specificity {_fmt(t['one_vs_rest_specificity'])}"
-            )
     console.print(f"report: {Path(res['out_dir']) / 'report.html'}")

@@ -47,8 +47,12 @@ DEFAULT_DB = "skinlesion-audit.sqlite"
 EXPORT_COLUMNS = (
     "id", "time_utc", "source", "request_id", "user_id", "input_name", "input_sha256", "bundle_id",
     "bundle_name", "engine", "decision", "argmax", "threshold_fired", "review_flag", "review_value",
-    "epistemic_mutual_information", "aleatoric_expected_entropy", "elapsed_ms", "has_image", "outputs_json",
+    "epistemic_mutual_information", "aleatoric_expected_entropy", "elapsed_ms", "has_image",
+    *("diagnosis", "flags", "refer", "out_of_distribution"), "outputs_json",
 )
+#: Export columns read from each row's stored record (``outputs_json``), not from a table column:
+#: rows written before these outputs existed export them empty, and no database migration is needed.
+DERIVED_COLUMNS = ("diagnosis", "flags", "refer", "out_of_distribution")
 
 #: Columns read from the record (:func:`~skinlesion.records.record_columns`), besides ``bundle_id``.
 RECORD_COLUMNS = (
@@ -188,7 +192,8 @@ class AuditLog:
         out = []
         with Session(self.engine) as s:
             for r in s.scalars(q):
-                d = {c: getattr(r, c) for c in EXPORT_COLUMNS if c != "has_image"}
+                d = {c: getattr(r, c) for c in EXPORT_COLUMNS if c != "has_image" and c not in DERIVED_COLUMNS}
+                d.update(_derived(r.outputs_json))
                 d["time_utc"] = _utc(r.time_utc).isoformat()
                 d["has_image"] = r.image is not None
                 if with_images:
@@ -208,6 +213,18 @@ class AuditLog:
             w.writerows(rows)
         tmp.replace(out)
         return len(rows)
+
+
+def _derived(outputs_json: str) -> dict[str, Any]:
+    """The :data:`DERIVED_COLUMNS` of a stored record (None where it has none)."""
+    try:
+        record = json.loads(outputs_json)
+    except (TypeError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        return dict.fromkeys(DERIVED_COLUMNS)
+    cols = record_columns(record)
+    return {c: cols.get(c) for c in DERIVED_COLUMNS}
 
 
 def _utc(t: datetime) -> datetime:

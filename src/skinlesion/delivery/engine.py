@@ -47,6 +47,7 @@ from skinlesion.records import (
     metadata_summary,
     normalise_metadata,
     normalise_records,
+    ood_records,
     prediction_record,
     uncertainty_records,
 )
@@ -123,6 +124,7 @@ class Predictor:
         self.engine = make_engine(bundle, engine, onnx_dir=onnx_dir, precision=precision, device=device)
         self.mc_samples = default_mc_samples(bundle) if mc_samples is None else mc_samples
         self.seed = seed
+        self.device = device
         self.lock = threading.RLock()
 
     @property
@@ -173,11 +175,13 @@ class Predictor:
                 uncertainty_records(self.bundle, images, self.mc_samples, self.seed, metadata=records)
                 if self.mc_samples > 0 else None
             )
+            ood = ood_records(self.bundle, images, device=self.device)
         info = self.bundle_info()
         return [
             prediction_record(
                 info, p, unc[i] if unc is not None else None,
                 metadata_summary(self.bundle, records[i] if records is not None else None),
+                ood[i] if ood is not None else None,
             )
             for i, p in enumerate(decision_records(self.bundle, pred))
         ]

@@ -11,9 +11,11 @@ headings and ids):
 
 1. header: title, the notice (:data:`~skinlesion.records.NOTICE`, ``p.notice``) and, when
    the review flag fired, a ``div.review`` banner;
-2. ``#decision``: decision, what decided it (a class threshold or the most probable class),
-   argmax, the operating point (with or without metadata) and the decision rule (its thresholds,
-   priority order, conflict rule);
+2. ``#decision``: the diagnosis and its rule; under the ``priority-threshold`` policy also that
+   rule's decision and what decided it; then the class flags ("melanoma cannot be excluded") and the
+   referral as separate lines; the out-of-distribution warning when the image is gated (also a
+   ``div.ood`` banner in the header); argmax, the operating point (with or without metadata) and
+   the class thresholds;
 3. ``#probabilities``: bar chart of the class probabilities with a marker at each class threshold,
    and the same numbers as a table;
 4. ``#images``: the image, the Grad-CAM++ overlay and the segmentation outline (at most
@@ -49,7 +51,7 @@ table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding
 thead th{background:#f3f3f3}
 .notice{border:2px solid #b45309;background:#fff7ed;padding:.8em 1em;border-radius:4px}
 .review{border:3px solid #b91c1c;background:#fef2f2;color:#7f1d1d;padding:.8em 1em;border-radius:4px;font-size:1.15em}
-.decision{font-size:1.3em}.figs{display:flex;flex-wrap:wrap;gap:1em}
+.decision{font-size:1.3em}.ood{background:#fee2e2;border:2px solid #b91c1c;padding:.5em;margin:.5em 0}.flags li.flag-on,.flags li.refer-on{color:#991b1b}.figs{display:flex;flex-wrap:wrap;gap:1em}
 figure{margin:0}figure img{max-width:100%;height:auto;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}
 .muted{color:#666;font-size:.9em}
 """
@@ -167,7 +169,7 @@ def probability_svg(probabilities: Mapping[str, float], thresholds: Mapping[str,
     y = pad + len(probabilities) * row_h + 10
     parts.append(f'<text x="{label_w}" y="{y}" font-size="11" fill="#555">0</text>'
                  f'<text x="{label_w + bar_w - 8}" y="{y}" font-size="11" fill="#555">1</text>'
-                 f'<text x="{label_w + 40}" y="{y}" font-size="11" fill="#555">black tick: class threshold; orange: decision</text>')
+                 f'<text x="{label_w + 40}" y="{y}" font-size="11" fill="#555">black tick: class threshold; orange: diagnosis</text>')
     parts.append("</g></svg>")
     return "".join(parts)
 
@@ -175,8 +177,10 @@ def probability_svg(probabilities: Mapping[str, float], thresholds: Mapping[str,
 def _rule(pred: Mapping[str, Any]) -> str:
     thresholds = {c: t for c, t in (pred.get("thresholds") or {}).items() if t is not None}
     if not thresholds:
-        return "<p>Decision rule: the most probable class (this model has no clinical thresholds).</p>"
+        return "<p>Class thresholds: none (this model has no clinical thresholds).</p>"
     rows = [[_e(c), _num(t)] for c, t in thresholds.items()]
+    if pred.get("policy") != "priority-threshold":
+        return "<p>Class thresholds (the flags above):</p>" + _table(["Class", "Threshold (probability)"], rows)
     priority = [c for c in (pred.get("priority") or []) if c in thresholds]
     conflict = pred.get("conflict") or "priority"
     how = (
@@ -185,20 +189,54 @@ def _rule(pred: Mapping[str, Any]) -> str:
         else "among classes whose probability reaches their threshold, the one with the largest probability / threshold ratio"
     )
     return (
-        f"<p>Decision rule: {how} is the decision; when no threshold is reached, the most probable class among "
-        f"the classes without a threshold. Priority order: {_e(' > '.join(priority) or 'n/a')}; conflict rule: {_e(conflict)}.</p>"
+        f"<p>Decision rule (priority-threshold policy, the reference system's): {how} is the decision; when no threshold "
+        f"is reached, the most probable class among the classes without a threshold. Priority order: "
+        f"{_e(' > '.join(priority) or 'n/a')}; conflict rule: {_e(conflict)}.</p>"
         + _table(["Class", "Threshold (probability)"], rows)
     )
+
+
+def ood_banner(result: Mapping[str, Any]) -> str:
+    """The out-of-distribution warning (``div.ood``) of a gated image, else ""."""
+    ood = result.get("ood") or {}
+    if not ood.get("gated"):
+        return ""
+    return (f'<div class="ood"><strong>Out of distribution</strong>: {_e(ood.get("warning"))} '
+            f"(score {_num(ood.get('score'))} &gt; threshold {_num(ood.get('threshold'))}).</div>")
+
+
+def _flags(pred: Mapping[str, Any]) -> str:
+    items = []
+    for f in pred.get("flags") or []:
+        mark = "<strong>FLAG</strong>: " if f.get("flagged") else ""
+        items.append(
+            f'<li class="{"flag-on" if f.get("flagged") else "flag-off"}">{mark}{_e(f.get("text"))} '
+            f"(p = {_num(f.get('probability'), 3)}, threshold {_num(f.get('threshold'))}; target {_e(f.get('target'))})</li>"
+        )
+    ref = pred.get("referral")
+    if ref:
+        items.append(
+            f'<li class="{"refer-on" if ref.get("refer") else "refer-off"}">{_e(ref.get("text"))} '
+            f"(probability of a malignancy ({_e(', '.join(ref.get('malignant_classes') or []))}) "
+            f"{_num(ref.get('malignant_probability'), 3)}, threshold {_num(ref.get('threshold'))}; target {_e(ref.get('target'))})</li>"
+        )
+    return f'<ul class="flags">{"".join(items)}</ul>' if items else "<p>No class flags or referral fitted for this model.</p>"
 
 
 def _decision(result: Mapping[str, Any]) -> str:
     pred = result["prediction"]
     probs = pred.get("probabilities") or {}
-    d = pred.get("decision")
+    dx = pred.get("diagnosis", pred.get("decision"))
+    policy = pred.get("policy")
+    other = (
+        f'<p class="decision">Decision (priority-threshold policy): <strong>{_e(pred.get("decision"))}</strong>, decided by '
+        f"{_e(pred.get('decided_by'))}.</p>" if policy == "priority-threshold" else ""
+    )
     return (
-        f'<p class="decision">Decision: <strong>{_e(d)}</strong> (p = {_num(probs.get(d), 3)}), decided by '
-        f"{_e(pred.get('decided_by'))}.</p>"
-        f"<p>Most probable class (argmax): {_e(pred.get('argmax'))}.</p>"
+        f'<p class="decision">Diagnosis: <strong>{_e(dx)}</strong> (p = {_num(probs.get(dx), 3)}); '
+        f"{_e(pred.get('diagnosis_rule', pred.get('decided_by')))}.</p>"
+        + other + _flags(pred) + ood_banner(result)
+        + f"<p>Most probable class (argmax): {_e(pred.get('argmax'))}.</p>"
         + (f"<p>Operating point: {_e(pred['operating_point'])}.</p>" if pred.get("operating_point") else "")
         + f"<p>Review flag: <strong>{_flag_text(result.get('uncertainty'))}</strong> (see Uncertainty).</p>" + _rule(pred)
     )
@@ -216,7 +254,7 @@ def _probabilities(result: Mapping[str, Any]) -> str:
     probs = pred.get("probabilities") or {}
     thresholds = pred.get("thresholds") or {}
     rows = [[_e(c), _num(p), _num(thresholds.get(c)) if thresholds.get(c) is not None else "&ndash;"] for c, p in probs.items()]
-    return probability_svg(probs, thresholds, pred.get("decision")) + _table(["Class", "Probability", "Threshold"], rows)
+    return probability_svg(probs, thresholds, pred.get("diagnosis", pred.get("decision"))) + _table(["Class", "Probability", "Threshold"], rows)
 
 
 # -- uncertainty, ABCDE, provenance -------------------------------------------------------------------------------
@@ -355,6 +393,7 @@ def render_report(
 <h1>{_e(title)}</h1>
 <p class="notice"><strong>Not a diagnosis.</strong> {_e(notice)}</p>
 {banner}
+{ood_banner(result)}
 </header>
 <section id="decision"><h2>Decision</h2>{_decision(result)}</section>
 <section id="probabilities"><h2>Class probabilities</h2>{_probabilities(result)}</section>

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 import skinlesion
+from skinlesion.calibration.decision import DEFAULT_POLICY, POLICIES
 from skinlesion.calibration.temperature import TemperatureScaler, apply_temperature
 from skinlesion.calibration.thresholds import Target, ThresholdCalibrator
 from skinlesion.data.splits import group_ids
@@ -46,6 +47,7 @@ from skinlesion.ensemble.bundle import (
 )
 from skinlesion.ensemble.predict import member_view_logits, out_of_fold_view_logits
 from skinlesion.ensemble.split import load_bundle_split, load_split_table
+from skinlesion.ensemble.triage import fit_bundle_ood, fit_diagnosis_and_referral
 from skinlesion.ensemble.weighting import METHODS as WEIGHTINGS
 from skinlesion.ensemble.weighting import EnsembleWeights
 from skinlesion.errors import CheckpointError, SkinLesionError
@@ -429,10 +431,10 @@ def _rates(y: np.ndarray, probs: np.ndarray, decisions: np.ndarray, classes: Seq
 
 
 def _fit_without_metadata(
-    bundle: Bundle, hidden: Sequence[np.ndarray], y: np.ndarray, calibrator: ThresholdCalibrator
+    bundle: Bundle, hidden: Sequence[np.ndarray], y: np.ndarray, groups: np.ndarray, calibrator: ThresholdCalibrator
 ) -> dict[str, Any]:
-    """The without-metadata operating point: temperature(s) of the bundle's mode and thresholds
-    (``calibrator``'s targets and options) fitted on validation logits with the metadata hidden.
+    """The without-metadata operating point: temperature(s) of the bundle's mode, thresholds
+    (``calibrator``'s targets and options), diagnosis rule and referral fitted on validation logits with the metadata hidden.
     Also records what the main (with-metadata) point gives on the same logits, for comparison."""
     mode = bundle.temperature_mode
     average = bundle.spec.tta.average
@@ -459,6 +461,7 @@ def _fit_without_metadata(
     point["validation"] = _rates(y, probs, calibrator.predict(probs), classes)
     main = _rates(y, main_probs, main_decisions, classes)
     point["validation_with_metadata_point"] = {k: main[k] for k in ("bacc", "malignant_bacc")}
+    point.update(fit_diagnosis_and_referral(probs, y, groups, classes, fitted_on="val, metadata hidden"))
     return point
 
 
@@ -472,19 +475,30 @@ def calibrate_bundle(
     fallback: str = "keep_sensitivity",
     priority: Sequence[str] | None = None,
     conflict: str = "priority",
+    policy: str = DEFAULT_POLICY,
+    ood: bool = False,
+    ood_score: str = "knn",
     data_root: str | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Fit per-class thresholds on the bundle's validation outputs and record them in bundle.json.
+    """Fit the decision on the bundle's validation (or out-of-fold) outputs and record it in bundle.json:
+    per-class thresholds (the class flags and the priority-threshold rule), the diagnosis rule, the
+    referral (:mod:`skinlesion.ensemble.triage`), and which of the two rules is *the* decision
+    (``policy``: ``diagnosis`` or ``priority-threshold``).
 
     With metadata fusion members, also the without-metadata operating point (module docstring);
     ``data_root``, ``batch_size``, ``num_workers`` and ``device`` serve the validation pass with
-    the metadata hidden when ``validation_no_metadata.npz`` is missing or stale.
+    the metadata hidden when ``validation_no_metadata.npz`` is missing or stale, and the OOD gate.
+    ``ood``: (re)fit the out-of-distribution gate (``ood_score``, on the training images, threshold on
+    held-out ones); otherwise a gate the bundle already has is kept (it depends on the members only).
     """
+    if policy not in POLICIES:
+        raise ValueError(f"The 'policy' parameter must be one of {POLICIES}. Got {policy!r} instead.")
     bundle = load_bundle(path)
-    logits, y, _ = load_validation_cache(bundle)
+    logits, y, groups = load_validation_cache(bundle)
+    fitted_on = "out-of-fold (cross-fitted)" if bundle.member_folds else "val"
     probs = np.exp(bundle.log_probs(logits))
 
     def calibrator() -> ThresholdCalibrator:
@@ -504,7 +518,9 @@ def calibrate_bundle(
         else None
     )
     meta = bundle.meta
+    kept_ood = (meta.get("decision") or {}).get("ood") if not ood else None
     meta["decision"] = {
+        "policy": policy,
         "rule": "priority-threshold",
         "description": (
             "Thresholded classes are checked in priority order; the first whose probability reaches its "
@@ -528,9 +544,18 @@ def calibrate_bundle(
                 c: {k: val_metrics["per_class"][c][k] for k in ("sensitivity", "specificity")} for c in bundle.classes
             },
         },
+        **fit_diagnosis_and_referral(probs, y, groups, bundle.classes, fitted_on=fitted_on),
     }
     if hidden is not None:  # the main point as just fitted; sets meta["decision"]["without_metadata"]
-        _fit_without_metadata(Bundle(bundle.path, meta, bundle.members), hidden, y, calibrator())
-    meta.setdefault("history", []).append({"at": _now(), "action": "calibrate", "targets": [t.__dict__ for t in targets]})
+        _fit_without_metadata(Bundle(bundle.path, meta, bundle.members), hidden, y, groups, calibrator())
+    if ood:
+        meta["decision"]["ood"] = fit_bundle_ood(
+            Bundle(bundle.path, meta, bundle.members), data_root, score=ood_score, batch_size=batch_size, device=device
+        )
+    elif kept_ood:
+        meta["decision"]["ood"] = kept_ood
+    meta.setdefault("history", []).append(
+        {"at": _now(), "action": "calibrate", "targets": [t.__dict__ for t in targets], "policy": policy, "ood_refitted": ood}
+    )
     write_meta(bundle.path, meta)  # type: ignore[arg-type]
     return meta["decision"]

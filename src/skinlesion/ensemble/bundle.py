@@ -44,7 +44,7 @@ from scipy.special import log_softmax
 
 from skinlesion._hashing import sha256_file
 from skinlesion._json import json_default
-from skinlesion.calibration.decision import decide, resolve_priority
+from skinlesion.calibration.decision import DEFAULT_POLICY, PRIORITY_POLICY, decide, resolve_priority
 from skinlesion.calibration.temperature import apply_temperature
 from skinlesion.data.table import LesionTable
 from skinlesion.ensemble.bundle_schema import (
@@ -56,7 +56,9 @@ from skinlesion.ensemble.bundle_schema import (
     TEMPERATURE_MODES,
     BundleError,
     BundleMeta,
+    DiagnosisSpec,
     OperatingPoint,
+    ReferralSpec,
     ThresholdSpec,
     bundle_error,
     parse_meta,
@@ -86,7 +88,9 @@ __all__ = [  # FORMAT ... BundleError live in bundle_schema; existing code impor
 
 @dataclass
 class BundlePrediction:
-    """Outputs for N images: calibrated probabilities, argmax and rule-based decisions, member outputs."""
+    """Outputs for N images: calibrated probabilities, argmax, the priority-threshold rule's decisions
+    (``decision``, ``fired``), the diagnosis, member outputs. :meth:`Bundle.policy_decision` picks
+    what the bundle's policy reports as *the* decision."""
 
     probs: np.ndarray  # (N, K) calibrated ensemble probabilities
     argmax: np.ndarray  # (N,)
@@ -98,9 +102,14 @@ class BundlePrediction:
     operating_point: np.ndarray | None = None
     #: (N,) per row whether the fusion members received any metadata; None at construction: all True.
     metadata_given: np.ndarray | None = None
+    #: (N,) the diagnosis: argmax of log p + the fitted class log-weights (``decision.diagnosis``);
+    #: None at construction: the argmax.
+    diagnosis: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.decision)
+        if self.diagnosis is None:
+            self.diagnosis = np.asarray(self.argmax).copy()
         if self.operating_point is None:
             self.operating_point = np.full(n, WITH_METADATA, dtype=_POINT_DTYPE)
         if self.metadata_given is None:
@@ -120,6 +129,8 @@ class Bundle:
     meta: dict[str, Any]
     members: list[Member]
     spec: BundleMeta = field(init=False, repr=False)
+    #: Objects loaded once per live bundle by the code that uses them (e.g. the OOD gate's arrays).
+    cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.spec = parse_meta(self.meta, self.path)
@@ -211,6 +222,44 @@ class Bundle:
         return resolve_priority(self.classes, self.spec.decision.priority)
 
     @property
+    def policy(self) -> str:
+        """Which output is *the* decision: ``diagnosis`` (default) or ``priority-threshold`` (the
+        reference system's rule, kept as a named policy); see :data:`~skinlesion.calibration.decision.POLICIES`."""
+        return self.spec.decision.policy or DEFAULT_POLICY
+
+    def _part(self, operating_point: str, name: str) -> Any:
+        """``diagnosis`` or ``referral`` of ``operating_point`` (the main point's when it has none)."""
+        point = self._point(operating_point)
+        part = getattr(point, name, None) if point is not None else None
+        return part if part is not None else getattr(self.spec.decision, name)
+
+    def diagnosis_spec(self, operating_point: str = WITH_METADATA) -> DiagnosisSpec | None:
+        """The fitted diagnosis rule of ``operating_point`` (None: not fitted, the diagnosis is the argmax)."""
+        spec = self._part(operating_point, "diagnosis")
+        return spec if spec is not None and spec.log_weights else None
+
+    def diagnosis_weights(self, operating_point: str = WITH_METADATA) -> np.ndarray:
+        """Per-class log-weights ``(K,)`` of the diagnosis rule (zeros when not fitted: argmax)."""
+        spec = self.diagnosis_spec(operating_point)
+        if spec is None:
+            return np.zeros(len(self.classes))
+        return np.asarray([float(spec.log_weights[c]) for c in self.classes])  # type: ignore[index]
+
+    def diagnose(self, probs: np.ndarray, *, operating_point: str = WITH_METADATA) -> np.ndarray:
+        """Diagnoses ``(N,)``: ``argmax_k log p_k + log_weights_k`` (:mod:`skinlesion.calibration.diagnosis`)."""
+        p = np.asarray(probs, dtype=np.float64)
+        return (np.log(np.clip(p, 1e-12, None)) + self.diagnosis_weights(operating_point)).argmax(axis=1)
+
+    def referral_spec(self, operating_point: str = WITH_METADATA) -> ReferralSpec | None:
+        """The malignancy referral of ``operating_point`` (None: not fitted)."""
+        spec = self._part(operating_point, "referral")
+        return spec if spec is not None and spec.threshold is not None else None
+
+    def policy_decision(self, pred: BundlePrediction) -> np.ndarray:
+        """The decision the bundle's :attr:`policy` reports: the diagnosis, or the priority-threshold rule's."""
+        return pred.decision if self.policy == PRIORITY_POLICY else pred.diagnosis  # type: ignore[return-value]
+
+    @property
     def weights(self) -> np.ndarray:
         return np.array([m.weight for m in self.members], dtype=np.float64)
 
@@ -285,20 +334,20 @@ class Bundle:
                 )
             given = np.broadcast_to(raw, (n,)).copy()
         point = self.operating_points(given)
-        without = point == WITHOUT_METADATA
-        if not without.any() or without.all():  # one point for every row: no split
-            op = WITHOUT_METADATA if without.any() else WITH_METADATA
-            probs = np.exp(self.log_probs(view_logits, operating_point=op))
-            decision, fired = self.decide(probs, operating_point=op)
-        else:
-            probs = np.empty((n, len(self.classes)), dtype=np.float64)
-            decision = np.empty(n, dtype=np.int64)
-            fired = np.empty(n, dtype=np.int64)
-            for op, rows in ((WITH_METADATA, ~without), (WITHOUT_METADATA, without)):
-                p = np.exp(self.log_probs([np.asarray(z)[rows] for z in view_logits], operating_point=op))
-                probs[rows] = p
-                decision[rows], fired[rows] = self.decide(p, operating_point=op)
-        return BundlePrediction(probs, probs.argmax(axis=1), decision, fired, view_logits, point, given)
+        probs = np.empty((n, len(self.classes)), dtype=np.float64)
+        decision = np.empty(n, dtype=np.int64)
+        fired = np.empty(n, dtype=np.int64)
+        diagnosis = np.empty(n, dtype=np.int64)
+        for op in OPERATING_POINTS:
+            rows = point == op
+            if not rows.any():
+                continue
+            z = view_logits if rows.all() else [np.asarray(v)[rows] for v in view_logits]
+            p = np.exp(self.log_probs(z, operating_point=op))
+            probs[rows] = p
+            decision[rows], fired[rows] = self.decide(p, operating_point=op)
+            diagnosis[rows] = self.diagnose(p, operating_point=op)
+        return BundlePrediction(probs, probs.argmax(axis=1), decision, fired, view_logits, point, given, diagnosis)
 
     def operating_points(self, metadata_given: np.ndarray) -> np.ndarray:
         """Per row ``(N,)`` the operating point that decides it: :data:`WITHOUT_METADATA` for rows whose

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationError, field_validator, model_validator
 
-from skinlesion.calibration.decision import CONFLICTS, resolve_priority
+from skinlesion.calibration.decision import CONFLICTS, POLICIES, resolve_priority
 from skinlesion.errors import CheckpointError
 from skinlesion.inference.tta import TTAPolicy
 
@@ -240,25 +240,6 @@ class DecisionRates(_Open):
     per_class: dict[str, ClassRates] | None = None
 
 
-class OperatingPoint(_Open):
-    """A second operating point (``decision.without_metadata``): the temperature and thresholds
-    fitted on validation with the patient metadata hidden."""
-
-    temperature: TemperatureSpec
-    thresholds: Thresholds
-    fitted_on: str | None = None
-    validation: DecisionRates | None = None
-    validation_with_metadata_point: DecisionRates | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _complete(cls, data: Any) -> Any:
-        missing = _missing(data, ("temperature", "thresholds"), "a dict with 'temperature' and 'thresholds'")
-        if missing:
-            raise ValueError(f"lacks field(s) {missing}")
-        return data
-
-
 class DiagnosisSpec(_Open):
     """The diagnosis rule (:mod:`skinlesion.calibration.diagnosis`): ``argmax_k log p_k + log_weights_k``."""
 
@@ -272,6 +253,27 @@ class ReferralSpec(ThresholdSpec):
 
     score: str | None = None
     malignant_classes: list[str] | None = None
+
+
+class OperatingPoint(_Open):
+    """A second operating point (``decision.without_metadata``): the temperature and thresholds
+    fitted on validation with the patient metadata hidden."""
+
+    temperature: TemperatureSpec
+    thresholds: Thresholds
+    fitted_on: str | None = None
+    validation: DecisionRates | None = None
+    validation_with_metadata_point: DecisionRates | None = None
+    diagnosis: DiagnosisSpec | None = None
+    referral: ReferralSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete(cls, data: Any) -> Any:
+        missing = _missing(data, ("temperature", "thresholds"), "a dict with 'temperature' and 'thresholds'")
+        if missing:
+            raise ValueError(f"lacks field(s) {missing}")
+        return data
 
 
 class OODSpec(_Open):
@@ -311,6 +313,13 @@ class DecisionSpec(_Open):
     def _conflict(cls, v: str) -> str:
         if v not in CONFLICTS:
             raise ValueError(f"must be one of {CONFLICTS}, got {v!r}")
+        return v
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v: str | None) -> str | None:
+        if v is not None and v not in POLICIES:
+            raise ValueError(f"must be one of {POLICIES}, got {v!r}")
         return v
 
     @field_validator("without_metadata", mode="before")

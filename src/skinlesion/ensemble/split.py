@@ -104,19 +104,22 @@ class BundleSplit:
 
 
 def bundle_split(
-    bundle: Bundle, split: str, data_root: str | None = None, manifest: str | Path | None = None
+    bundle: Bundle, split: str, data_root: str | None = None, manifest: str | Path | None = None, *,
+    fold: int | None = None,
 ) -> BundleSplit:
     """The rows of ``split`` in the manifest the bundle's members were trained on (hash checked).
 
     A saved bundle uses its own copy of the manifest; a checkpoint wrapped by
     :func:`~skinlesion.ensemble.bundle.bundle_from_checkpoint` uses the checkpoint's. ``manifest``
     evaluates on another manifest instead (recorded as ``same_split=False`` when its hash differs).
+    ``fold`` (a saved cross-fitted bundle): the split as one member saw it, "train" the other folds and
+    "val" fold ``fold``.
     """
     meta = dict(bundle.members[0].meta)
     if bundle.path is not None:
         meta["data"] = {**meta["data"], "split_hash": bundle.spec.provenance.split_hash}
         path, run_dir, where = bundle.path / MANIFEST, bundle.path, f"{bundle.path}/bundle.json"
-        fold = None  # a saved bundle, cross-fitted or not: "val" is the bundle's validation set
+        # a saved bundle, cross-fitted or not: "val" is the bundle's validation set (unless ``fold`` is given)
     else:  # a bare checkpoint: a k-fold member's validation is its own fold
         ckpt = Path(bundle.spec.members[0].dir)
         path, run_dir, where = (ckpt / meta["data"]["manifest"]).resolve(), ckpt.parent, f"{ckpt}/checkpoint.json"
@@ -129,6 +132,6 @@ def bundle_split(
     return BundleSplit(table, path, info, same)
 
 
-def load_bundle_split(bundle: Bundle, split: str, data_root: str | None = None) -> LesionTable:
+def load_bundle_split(bundle: Bundle, split: str, data_root: str | None = None, *, fold: int | None = None) -> LesionTable:
     """The table of :func:`bundle_split` (the bundle's own manifest)."""
-    return bundle_split(bundle, split, data_root).table
+    return bundle_split(bundle, split, data_root, fold=fold).table

@@ -4,6 +4,11 @@
   intervals (cluster bootstrap, Davison & Hinkley 1997; see :mod:`skinlesion.metrics.bootstrap`).
 * :func:`decision_outcomes`: the same for the bundle's decision rule (thresholds + priority), and
   per targeted class whether the sensitivity and specificity targets hold (:func:`target_outcomes`).
+* :func:`diagnosis_outcomes`: the same for the diagnosis (fitted for balanced accuracy), and its
+  BACC minus the argmax's with a paired lesion-bootstrap interval.
+* :func:`flag_outcomes` and :func:`referral_outcomes`: sensitivity and specificity of each class
+  flag (``p >= t``, one-vs-rest, whatever the diagnosis) and of the malignancy referral, with
+  intervals, and whether the targets hold.
 * :func:`calibration_change`: ECE/NLL before and after temperature scaling (Guo et al., ICML 2017).
 * :func:`probability_calibration`: ECE, NLL, Brier score and the reliability curve of probabilities.
 
@@ -21,9 +26,11 @@ import numpy as np
 
 from skinlesion.ensemble.bundle import WITH_METADATA, Bundle
 from skinlesion.ensemble.bundle_schema import ThresholdSpec
-from skinlesion.metrics.bootstrap import bootstrap_ci, standard_intervals, standard_metric_fns
+from skinlesion.calibration.referral import malignant_probability
+from skinlesion.classes import malignant_indices
+from skinlesion.metrics.bootstrap import bootstrap_ci, bootstrap_difference_ci, standard_intervals, standard_metric_fns
 from skinlesion.metrics.calibration import brier_score, expected_calibration_error, negative_log_likelihood, reliability_curve
-from skinlesion.metrics.classification import compute_classification_metrics
+from skinlesion.metrics.classification import balanced_accuracy, compute_classification_metrics
 
 RATES = ("sensitivity", "specificity")
 
@@ -119,6 +126,104 @@ def decision_outcomes(
         bundle.threshold_specs(operating_point), metrics["per_class"], intervals, y=y, probs=probs, classes=classes
     )
     return metrics, intervals, targets
+
+
+def diagnosis_outcomes(
+    y: np.ndarray, probs: np.ndarray, diagnosis: np.ndarray, bundle: Bundle, groups: np.ndarray, n_boot: int, seed: int,
+    *, operating_point: str = WITH_METADATA,
+) -> dict[str, Any]:
+    """Metrics of the diagnosis with intervals, the rule that gave it, and ``gain_over_argmax``: its
+    BACC minus the argmax's on the same images, with a paired lesion-bootstrap interval."""
+    classes = list(bundle.classes)
+    metrics = compute_classification_metrics(y, probs, classes, y_pred=diagnosis)
+    intervals = decision_intervals(y, diagnosis, groups, classes, n_boot=n_boot, seed=seed)
+    k = len(classes)
+    gain = (
+        bootstrap_difference_ci(
+            diagnosis, probs.argmax(axis=1), groups, lambda t, d: balanced_accuracy(t, d, k), y_true=y, n_boot=n_boot,
+            seed=seed, name="diagnosis BACC - argmax BACC",
+        )
+        if n_boot and len(set(groups)) > 1
+        else {"estimate": float(balanced_accuracy(y, diagnosis, k) - balanced_accuracy(y, probs.argmax(axis=1), k))}
+    )
+    spec = bundle.diagnosis_spec(operating_point)
+    return {
+        "rule": "argmax" if spec is None else spec.rule,
+        "log_weights": dict(zip(classes, bundle.diagnosis_weights(operating_point).tolist(), strict=True)),
+        "metrics": metrics, "intervals": intervals, "gain_over_argmax": gain,
+    }
+
+
+def binary_rates(
+    positive: np.ndarray, hit: np.ndarray, groups: np.ndarray, *, n_boot: int, seed: int = 0
+) -> dict[str, Any]:
+    """Sensitivity (``hit`` among ``positive``) and specificity (no hit among the others), their
+    counts, and lesion-bootstrap 95% intervals (None when ``n_boot`` is 0 or one lesion only)."""
+    pos, h = np.asarray(positive, bool), np.asarray(hit, bool)
+
+    def sens(t: np.ndarray, p: np.ndarray) -> float:
+        return float(p[t == 1, 1].mean()) if (t == 1).any() else float("nan")
+
+    def spec(t: np.ndarray, p: np.ndarray) -> float:
+        return float(p[t == 0, 0].mean()) if (t == 0).any() else float("nan")
+
+    t, p = pos.astype(np.int64), np.stack([~h, h], axis=1).astype(np.float64)
+    out: dict[str, Any] = {
+        "sensitivity": sens(t, p), "specificity": spec(t, p), "n_positive": int(pos.sum()), "n_negative": int((~pos).sum()),
+        "sensitivity_ci": None, "specificity_ci": None,
+    }
+    if n_boot and len(set(np.asarray(groups).tolist())) > 1:
+        iv = bootstrap_ci(t, p, groups, {"sensitivity": sens, "specificity": spec}, n_boot=n_boot, seed=seed)
+        out["sensitivity_ci"] = [iv["sensitivity"]["low"], iv["sensitivity"]["high"]]
+        out["specificity_ci"] = [iv["specificity"]["low"], iv["specificity"]["high"]]
+    return out
+
+
+def _target_rows(spec: ThresholdSpec, rates: dict[str, Any]) -> dict[str, Any]:
+    row = {
+        "threshold": spec.threshold, "validation_status": spec.status, "rule": spec.rule,
+        "target_sensitivity": spec.target_sensitivity, "target_specificity": spec.target_specificity, **rates,
+    }
+    for key in RATES:
+        goal = row[f"target_{key}"] or None
+        row[f"{key}_met"] = _met(rates[key], goal)
+        ci = rates[f"{key}_ci"]
+        row[f"{key}_met_by_lower_bound"] = _met(ci[0], goal) if ci else None
+    row["met"] = all(row[f"{key}_met"] is not False for key in RATES)
+    return row
+
+
+def flag_outcomes(
+    y: np.ndarray, probs: np.ndarray, bundle: Bundle, groups: np.ndarray, n_boot: int, seed: int,
+    *, operating_point: str = WITH_METADATA,
+) -> list[dict[str, Any]]:
+    """Per thresholded class: the flag ``p >= t`` (one-vs-rest, independent of the diagnosis), its
+    sensitivity and specificity with intervals, and whether each target holds (point estimate and
+    interval's lower end)."""
+    classes = list(bundle.classes)
+    rows = []
+    for c, spec in bundle.threshold_specs(operating_point).items():
+        if spec.threshold is None:
+            continue
+        j = classes.index(c)
+        rates = binary_rates(y == j, probs[:, j] >= spec.threshold, groups, n_boot=n_boot, seed=seed)
+        rows.append({"class": c, **_target_rows(spec, rates)})
+    return rows
+
+
+def referral_outcomes(
+    y: np.ndarray, probs: np.ndarray, bundle: Bundle, groups: np.ndarray, n_boot: int, seed: int,
+    *, operating_point: str = WITH_METADATA,
+) -> dict[str, Any] | None:
+    """The malignancy referral's sensitivity and specificity (malignant vs benign lesions) with
+    intervals and whether the sensitivity target holds; None when the bundle has no referral."""
+    spec = bundle.referral_spec(operating_point)
+    if spec is None:
+        return None
+    classes = list(bundle.classes)
+    hit = malignant_probability(probs, classes) >= float(spec.threshold)  # type: ignore[arg-type]
+    rates = binary_rates(np.isin(y, malignant_indices(classes)), hit, groups, n_boot=n_boot, seed=seed)
+    return {"malignant_classes": spec.malignant_classes, "referred_fraction": float(hit.mean()), **_target_rows(spec, rates)}
 
 
 def calibration_change(

@@ -12,9 +12,11 @@
 A checkpoint is wrapped by :func:`~skinlesion.ensemble.bundle.bundle_from_checkpoint` (no TTA, no
 temperature, argmax decisions). What differs is configuration, a :class:`Layout`:
 
-* :data:`BUNDLE` reports, side by side, the argmax of the calibrated ensemble and the bundle's
-  decision rule (thresholds + priority); for every targeted class whether the sensitivity and
-  specificity targets hold on the evaluated split; ECE/NLL before and after temperature scaling;
+* :data:`BUNDLE` reports, side by side, the argmax of the calibrated ensemble, the diagnosis
+  (fitted for balanced accuracy; its gain over argmax with a paired interval) and the
+  priority-threshold rule (thresholds + priority); each class flag's and the referral's sensitivity
+  and specificity with intervals and whether the targets hold on the evaluated split; the share of
+  the split the out-of-distribution gate flags; ECE/NLL before and after temperature scaling;
   and writes ``decisions.csv``. Thresholds and temperatures were fitted on validation: evaluating
   on ``val`` is in-sample and is labelled so. For a bundle with metadata fusion members the split is
   evaluated a second time with the patient metadata hidden (fusion members rerun with all metadata
@@ -40,13 +42,22 @@ import numpy as np
 
 import skinlesion
 from skinlesion._json import json_default
+from skinlesion.calibration.referral import malignant_probability
 from skinlesion.data.splits import group_ids
 from skinlesion.ensemble.bundle import (
     WITH_METADATA, WITHOUT_METADATA, Bundle, BundlePrediction, bundle_from_checkpoint, load_bundle,
 )
 from skinlesion.ensemble.predict import member_view_logits
 from skinlesion.ensemble.split import BundleSplit, bundle_split, check_split
-from skinlesion.evaluation.outcomes import argmax_outcomes, calibration_change, decision_outcomes, probability_calibration
+from skinlesion.evaluation.outcomes import (
+    argmax_outcomes,
+    calibration_change,
+    decision_outcomes,
+    diagnosis_outcomes,
+    flag_outcomes,
+    probability_calibration,
+    referral_outcomes,
+)
 from skinlesion.evaluation.report import bundle_report, checkpoint_report
 from skinlesion.metrics.isic import write_ground_truth, write_submission
 from skinlesion.report.html import write_evaluation_report
@@ -130,13 +141,21 @@ def rule_outcomes(
     bundle: Bundle, y: np.ndarray, groups: np.ndarray, view_logits: list[np.ndarray], prediction: BundlePrediction,
     operating_point: str, n_boot: int, seed: int,
 ) -> dict[str, Any]:
-    """``decision`` (rule, metrics, intervals), ``targets`` and ``calibration`` of one operating point."""
+    """Of one operating point: ``policy``; ``diagnosis`` (rule, metrics, intervals, gain over argmax);
+    ``decision``, the priority-threshold rule (metrics, intervals) and its ``targets``; ``flags`` and
+    ``referral`` (sensitivity, specificity, intervals, targets); ``calibration``."""
+    probs = prediction.probs
     metrics, intervals, targets = decision_outcomes(
-        y, prediction.probs, prediction.decision, bundle, groups, n_boot, seed, operating_point=operating_point
+        y, probs, prediction.decision, bundle, groups, n_boot, seed, operating_point=operating_point
     )
+    kw = {"operating_point": operating_point}
     return {
+        "policy": bundle.policy,
+        "diagnosis": diagnosis_outcomes(y, probs, prediction.diagnosis, bundle, groups, n_boot, seed, **kw),  # type: ignore[arg-type]
         "decision": {"rule": bundle.spec.decision.rule, "metrics": metrics, "intervals": intervals},
         "targets": targets,
+        "flags": flag_outcomes(y, probs, bundle, groups, n_boot, seed, **kw),
+        "referral": referral_outcomes(y, probs, bundle, groups, n_boot, seed, **kw),
         "calibration": calibration_change(y, bundle, view_logits, operating_point),
     }
 
@@ -172,6 +191,23 @@ def without_metadata(sp: SplitPredictions, n_boot: int, seed: int, batch_size: i
     }
 
 
+def ood_outcomes(sp: SplitPredictions, batch_size: int) -> dict[str, Any] | None:
+    """The out-of-distribution gate on the split's images: how many it gates (None: no gate)."""
+    from skinlesion.ood.features import table_features
+    from skinlesion.records.ood import ood_gate
+
+    gate = ood_gate(sp.bundle)
+    if gate is None:
+        return None
+    used = [m for m in sp.bundle.members if m.name in gate.members_]
+    gated = gate.predict(table_features(used, sp.rows.table, batch_size=batch_size))
+    return {
+        "score": gate.score_name, "members": list(gate.members_), "threshold": gate.threshold_, "quantile": gate.quantile,
+        "n_images": int(gated.size), "gated": int(gated.sum()), "gated_fraction": float(gated.mean()),
+        "heldout_gated_fraction": gate.heldout_gated_fraction_,
+    }
+
+
 def provenance(sp: SplitPredictions, layout: Layout, n_boot: int) -> dict[str, Any]:
     """What was evaluated, on which rows, with which versions: the ``layout.provenance`` keys."""
     bundle, table, info = sp.bundle, sp.rows.table, sp.rows.info
@@ -204,12 +240,24 @@ def provenance(sp: SplitPredictions, layout: Layout, n_boot: int) -> dict[str, A
     return {k: facts[k] for k in layout.provenance if k in facts}
 
 
-def _write_decisions(path: Path, ids: list[str], y: np.ndarray, pred: BundlePrediction, classes: list[str]) -> None:
+def _write_decisions(path: Path, ids: list[str], y: np.ndarray, pred: BundlePrediction, bundle: Bundle) -> None:
+    """Per image: truth, argmax, diagnosis, the priority-threshold rule's decision and the threshold
+    that fired, the raised flags (``;``-joined) and the referral (empty: none fitted)."""
+    classes = list(bundle.classes)
+    points = {op: bundle.threshold_specs(op) for op in (WITH_METADATA, WITHOUT_METADATA)}
     with open(path, "w", encoding="utf-8") as f:
-        f.write("image,truth,argmax,decision,threshold_fired\n")
+        f.write("image,truth,argmax,diagnosis,priority_threshold_decision,threshold_fired,flags,refer\n")
         for i, image_id in enumerate(ids):
+            op = str(pred.operating_point[i])  # type: ignore[index]
+            p = pred.probs[i]
             fired = classes[pred.fired[i]] if pred.fired[i] >= 0 else ""
-            f.write(f"{image_id},{classes[y[i]]},{classes[pred.argmax[i]]},{classes[pred.decision[i]]},{fired}\n")
+            flags = ";".join(c for c, s in points[op].items() if s.threshold is not None and p[classes.index(c)] >= s.threshold)
+            ref = bundle.referral_spec(op)
+            refer = "" if ref is None else str(bool(malignant_probability(p[None], classes)[0] >= ref.threshold)).lower()  # type: ignore[operator]
+            f.write(
+                f"{image_id},{classes[y[i]]},{classes[pred.argmax[i]]},{classes[pred.diagnosis[i]]},"  # type: ignore[index]
+                f"{classes[pred.decision[i]]},{fired},{flags},{refer}\n"
+            )
 
 
 def evaluate_split(
@@ -246,10 +294,13 @@ def evaluate_split(
             **rule_outcomes(bundle, sp.y, sp.groups, sp.view_logits, sp.prediction, WITH_METADATA, n_boot, seed),
             "provenance": prov,
         }
+        ood = ood_outcomes(sp, batch_size)
+        if ood is not None:
+            result["ood"] = ood
         hidden = without_metadata(sp, n_boot, seed, batch_size, num_workers)
         if hidden is not None:
             result["without_metadata"] = hidden
-        _write_decisions(out / "decisions.csv", ids, sp.y, sp.prediction, classes)
+        _write_decisions(out / "decisions.csv", ids, sp.y, sp.prediction, bundle)
         report = bundle_report(result, bundle, split)
     else:
         calibration = probability_calibration(sp.y, sp.probs)

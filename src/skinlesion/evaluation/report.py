@@ -40,15 +40,55 @@ def checkpoint_report(result: dict[str, Any], backbone: str, split: str) -> dict
     }
 
 
+def _ci_text(value: float | None, ci: list[float | None] | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else "")
+
+
+def _goal(row: dict[str, Any], key: str) -> str:
+    goal = row[f"target_{key}"]
+    value = _ci_text(row[key], row[f"{key}_ci"])
+    if not goal:
+        return value
+    verdict = {True: "met", False: "NOT met", None: ""}[row[f"{key}_met"]]
+    if row[f"{key}_met_by_lower_bound"] is False and row[f"{key}_met"]:
+        verdict += " (interval reaches below)"
+    return f">= {goal}: {value} {verdict}".strip()
+
+
+def triage_tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The class flags and the referral of one operating point's outcomes, as report tables."""
+    tables = []
+    flags = result.get("flags") or []
+    if flags:
+        tables.append((
+            "Class flags on this split (p >= threshold, whatever the diagnosis)",
+            ["Class", "Threshold", "On held-out data", "Sensitivity", "Specificity"],
+            [[f["class"], f"{f['threshold']:.4f}", f["validation_status"] or "", _goal(f, "sensitivity"), _goal(f, "specificity")]
+             for f in flags],
+        ))
+    ref = result.get("referral")
+    if ref:
+        tables.append((
+            "Referral on this split (malignant probability >= threshold; malignant: " + ", ".join(ref["malignant_classes"]) + ")",
+            ["Threshold", "Referred", "Malignant sensitivity", "Specificity (benign not referred)"],
+            [[f"{ref['threshold']:.4f}", f"{100 * ref['referred_fraction']:.1f}%", _goal(ref, "sensitivity"), _goal(ref, "specificity")]],
+        ))
+    return tables
+
+
 def bundle_report(result: dict[str, Any], bundle: Bundle, split: str) -> dict[str, Any]:
-    """The report of a bundle: argmax vs decision rule, the clinical targets, temperature scaling, and
-    the decision rule with the metadata hidden (bundles with metadata fusion members)."""
-    arg, dec, cal = result["argmax"], result["decision"], result["calibration"]
+    """The report of a bundle: argmax vs diagnosis vs the priority-threshold rule, the class flags,
+    the referral, the clinical targets, temperature scaling, the out-of-distribution gate, and the
+    same with the metadata hidden (bundles with metadata fusion members)."""
+    arg, dec, cal, dia = result["argmax"], result["decision"], result["calibration"], result["diagnosis"]
     am, ai, dm, di = arg["metrics"], arg["intervals"], dec["metrics"], dec["intervals"]
-    side = [[h, _fmt(h, am, ai), _fmt(h, dm, di)] for h in HEADLINE]
+    gm, gi = dia["metrics"], dia["intervals"]
+    side = [[h, _fmt(h, am, ai), _fmt(h, gm, gi), _fmt(h, dm, di)] for h in HEADLINE]
     for c in bundle.classes:
         for key in ("sensitivity", "specificity"):
-            side.append([f"{c} {key}", _rate(key, c, am, ai), _rate(key, c, dm, di)])
+            side.append([f"{c} {key}", _rate(key, c, am, ai), _rate(key, c, gm, gi), _rate(key, c, dm, di)])
     target_rows = [
         [t["class"], f"{t['threshold']:.4f}" if t["threshold"] is not None else "none", t["validation_status"],
          f">= {t['target_sensitivity']}: {t['sensitivity']:.3f} " + ("met" if t["sensitivity_met"] else "NOT met"),
@@ -57,39 +97,50 @@ def bundle_report(result: dict[str, Any], bundle: Bundle, split: str) -> dict[st
          if t.get("one_vs_rest_sensitivity") is not None else "n/a"]
         for t in result["targets"]
     ]
+    gain = dia["gain_over_argmax"]
     notes = [
+        f"The decision is the {result['policy']} rule's. Diagnosis ({dia['rule']} rule, fitted for balanced accuracy on "
+        f"held-out predictions): BACC {_fmt('bacc', gm, gi)}, argmax {_fmt('bacc', am, ai)}, difference "
+        f"{gain['estimate']:+.3f}" + (f" [{gain['low']:+.3f}, {gain['high']:+.3f}]" if gain.get("low") is not None else "")
+        + f"; the priority-threshold rule {_fmt('bacc', dm, di)}.",
         "Probabilities: weighted ensemble with test-time augmentation and temperature scaling; "
         f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}, "
-        f"NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f} after temperature scaling."
+        f"NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f} after temperature scaling.",
     ]
+    ood = result.get("ood")
+    if ood:
+        notes.append(
+            f"Out-of-distribution gate ({ood['score']}): {100 * ood['gated_fraction']:.1f}% of the images of this split gated "
+            f"({ood['gated']} of {ood['n_images']}; fitted to gate at most {100 * (1 - ood['quantile']):.0f}% of held-out images)."
+        )
     if not result["provenance"]["grouped_by_lesion"]:
         notes.append(BY_IMAGE)
     if result["provenance"]["in_sample"]:
         notes.append("IN-SAMPLE: temperatures, weights and thresholds were fitted on this validation split.")
     tables: list[tuple[str, list[str], list[list[str]]]] = [
-        (f"Argmax vs decision rule (thresholds, {bundle.spec.decision.conflict} conflicts)",
-         ["Metric", "Argmax", "Decision rule"], side),
-        ("Clinical targets on this split", ["Class", "Threshold", "On validation", "Sensitivity (decision rule)",
-                                            "Specificity (decision rule)", "One-vs-rest p >= t: sens. / spec."], target_rows),
+        (f"Argmax vs diagnosis vs priority-threshold rule ({bundle.spec.decision.conflict} conflicts)",
+         ["Metric", "Argmax", "Diagnosis", "Priority-threshold rule"], side),
+        *triage_tables(result),
+        ("Priority-threshold rule: clinical targets on this split",
+         ["Class", "Threshold", "On validation", "Sensitivity (priority rule)", "Specificity (priority rule)",
+          "One-vs-rest p >= t: sens. / spec."], target_rows),
     ]
     hidden = result.get("without_metadata")
     if hidden is not None:
-        hm, hi = hidden["decision"]["metrics"], hidden["decision"]["intervals"]
+        hm, hi = hidden["diagnosis"]["metrics"], hidden["diagnosis"]["intervals"]
         notes.append(
-            f"Without patient metadata ({hidden['operating_point_description']}): decision-rule BACC "
-            f"{_fmt('bacc', hm, hi)} vs {_fmt('bacc', dm, di)} with metadata."
+            f"Without patient metadata ({hidden['operating_point_description']}): diagnosis BACC "
+            f"{_fmt('bacc', hm, hi)} vs {_fmt('bacc', gm, gi)} with metadata."
         )
-        rows = [[h, _fmt(h, dm, di), _fmt(h, hm, hi)] for h in HEADLINE]
+        rows = [[h, _fmt(h, gm, gi), _fmt(h, hm, hi)] for h in HEADLINE]
         for t in hidden["targets"]:
             for key in ("sensitivity", "specificity"):
-                rows.append([
-                    f"{t['class']} {key} (target {t[f'target_{key}']})", _rate(key, t["class"], dm, di),
-                    _rate(key, t["class"], hm, hi) + {True: " met", False: " NOT met"}.get(t[f"{key}_met"], ""),
-                ])
+                rows.append([f"{t['class']} {key} (diagnosis)", _rate(key, t["class"], gm, gi), _rate(key, t["class"], hm, hi)])
         tables.append((
-            f"Decision rule with and without patient metadata (without: {hidden['operating_point']} operating point)",
+            f"Diagnosis with and without patient metadata (without: {hidden['operating_point']} operating point)",
             ["Metric", "With metadata", "Metadata hidden"], rows,
         ))
+        tables += [(f"Metadata hidden: {title[0].lower()}{title[1:]}", head, body) for title, head, body in triage_tables(hidden)]
     return {
         "title": f"skinlesion evaluation: bundle {bundle.spec.name} on {split}",
         "metrics": {**am, "ece": cal["ece_after"], "nll": cal["nll_after"]},

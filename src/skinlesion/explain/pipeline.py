@@ -30,6 +30,7 @@ from skinlesion.records import (
     default_mc_samples,
     metadata_summary,
     normalise_metadata,
+    ood_records,
     prediction_record,
     uncertainty_records,
 )
@@ -111,7 +112,7 @@ def explain_image(
     if record is None:
         n_samples = default_mc_samples(bundle) if mc_samples is None else mc_samples
         unc = _uncertainty(bundle, image, n_samples, seed, given) if n_samples > 0 else None
-        record = prediction_record(bundle_ref(bundle), prediction, unc, summary)
+        record = prediction_record(bundle_ref(bundle), prediction, unc, summary, _first(ood_records(bundle, [image])))
 
     result = Explanation(
         notice=record["notice"],
@@ -131,6 +132,7 @@ def explain_image(
         dermoscopy_score=to_jsonable(tds.to_dict()) if tds is not None else None,
         uncertainty=record["uncertainty"],
         metadata=record.get("metadata", summary),
+        ood=record.get("ood"),
         concepts=_concepts(bundle, image, k) if concepts else None,
         skinlesion_version=skinlesion.__version__,
     )
@@ -166,6 +168,10 @@ def write_explanation(
     }
     (out / f"{stem}.json").write_text(json.dumps(written, indent=2))
     return written
+
+
+def _first(items: list[Any] | None) -> Any:
+    return items[0] if items else None
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:

@@ -250,12 +250,15 @@ def fit_ood_gate(
     seed: int = 0,
     batch_size: int = 32,
     device: str | None = None,
+    fold: int | None = None,
 ) -> OODGate:
     """Fit an :class:`OODGate` for a bundle (a :class:`~skinlesion.ensemble.bundle.Bundle` or its folder):
     scores on (a random ``max_train_images`` subset of) the ``train`` split the members were trained
-    on, the threshold on (``max_heldout_images`` of) the ``val`` split."""
+    on, the threshold on (``max_heldout_images`` of) the ``val`` split. ``fold`` (a cross-fitted bundle,
+    with ``members`` naming the member that held that fold out): "train" is the other folds and "val"
+    fold ``fold``."""
     from skinlesion.ensemble.bundle import Bundle, load_bundle
-    from skinlesion.evaluation import load_bundle_split
+    from skinlesion.ensemble.split import load_bundle_split
     from skinlesion.ood.features import table_features
 
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -265,15 +268,17 @@ def fit_ood_gate(
     def rows(n: int, cap: int | None) -> np.ndarray:
         return np.arange(n) if cap is None or cap >= n else np.sort(rng.choice(n, cap, replace=False))
 
-    train = load_bundle_split(b, "train", data_root)
-    val = load_bundle_split(b, "val", data_root)
+    train = load_bundle_split(b, "train", data_root, fold=fold)
+    val = load_bundle_split(b, "val", data_root, fold=fold)
     r_train, r_val = rows(len(train), max_train_images), rows(len(val), max_heldout_images)
     log.info("OOD gate (%s): features of %d training and %d validation images", score, len(r_train), len(r_val))
+    if score == "knn" and params is None:  # k = 50 (the measured default), fewer on small training sets
+        params = {"k": min(50, max(1, len(r_train) // 10))}
     f_train = table_features(used, train, rows=r_train, batch_size=batch_size, device=device)
     f_val = table_features(used, val, rows=r_val, batch_size=batch_size, device=device)
     gate = OODGate(score, quantile=quantile, members=members, params=params).fit(f_train, f_val, train.labels()[r_train])
     gate.provenance_ = {
-        "fitted_on": "train (scores), val (threshold)",
+        "fitted_on": "train (scores), val (threshold)" if fold is None else f"train folds (scores), fold {fold} held out (threshold)",
         "train_images": len(r_train),
         "heldout_images": len(r_val),
         "seed": seed,

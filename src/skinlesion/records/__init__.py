@@ -3,7 +3,8 @@
 Every output of a prediction is a serialisation of one record (:mod:`skinlesion.records.schema`):
 predictions.csv rows and audit-log columns (:mod:`~skinlesion.records.columns`), the REST
 responses and the web page, the HTML report and the JSON of ``skinlesion explain``. The parts are
-filled by :mod:`~skinlesion.records.decision` (probabilities, decision, operating point),
+filled by :mod:`~skinlesion.records.decision` (probabilities, diagnosis, flags, referral, decision,
+operating point), :mod:`~skinlesion.records.ood` (the out-of-distribution gate),
 :mod:`~skinlesion.records.uncertainty` (MC dropout, review flag) and
 :mod:`~skinlesion.records.metadata` (the patient metadata used), and put together by
 :func:`~skinlesion.records.record.prediction_record`.
@@ -22,14 +23,18 @@ from skinlesion.records.metadata import (
     normalise_metadata,
     normalise_records,
 )
+from skinlesion.records.ood import ood_records
 from skinlesion.records.record import bundle_ref, prediction_record
 from skinlesion.records.schema import (
     NOTICE,
     BundleRef,
+    ClassFlag,
     Explanation,
     MetadataInfo,
+    OutOfDistribution,
     Prediction,
     PredictionRecord,
+    Referral,
     Review,
     Uncertainty,
 )
@@ -41,11 +46,14 @@ __all__ = [
     "FIELDS",
     "NOTICE",
     "BundleRef",
+    "ClassFlag",
     "Explanation",
     "MetadataError",
     "MetadataInfo",
+    "OutOfDistribution",
     "Prediction",
     "PredictionRecord",
+    "Referral",
     "Review",
     "Uncertainty",
     "bundle_ref",
@@ -55,6 +63,7 @@ __all__ = [
     "metadata_summary",
     "normalise_metadata",
     "normalise_records",
+    "ood_records",
     "operating_point_text",
     "prediction_record",
     "record_columns",

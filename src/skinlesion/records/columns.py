@@ -15,6 +15,13 @@ from typing import Any
 from skinlesion.records.metadata import FIELDS
 
 COLUMNS: dict[str, str] = {
+    "diagnosis": "prediction.diagnosis",
+    "flags": "prediction.flags",
+    "refer": "prediction.referral.refer",
+    "malignant_probability": "prediction.referral.malignant_probability",
+    "out_of_distribution": "ood.gated",
+    "ood_score": "ood.score",
+    "policy": "prediction.policy",
     "decision": "prediction.decision",
     "decided_by": "prediction.decided_by",
     "threshold_fired": "prediction.threshold_fired",
@@ -35,8 +42,11 @@ BUNDLE_COLUMNS: dict[str, str] = {"bundle_id": "bundle.id", "bundle_name": "bund
 
 def record_columns(record: Mapping[str, Any]) -> dict[str, Any]:
     """``{column: value}`` for every :data:`COLUMNS` and :data:`BUNDLE_COLUMNS` entry (None where the
-    record has no value)."""
-    return {name: _get(record, path) for name, path in {**COLUMNS, **BUNDLE_COLUMNS}.items()}
+    record has no value). ``flags`` is the classes whose flag is raised, joined by ``;`` ("" when none)."""
+    out = {name: _get(record, path) for name, path in {**COLUMNS, **BUNDLE_COLUMNS}.items()}
+    if isinstance(out["flags"], list):
+        out["flags"] = ";".join(f["class_name"] for f in out["flags"] if isinstance(f, Mapping) and f.get("flagged"))
+    return out
 
 
 def _get(record: Mapping[str, Any], path: str) -> Any:

@@ -6,7 +6,15 @@ from typing import cast
 
 from skinlesion.ensemble.bundle import Bundle
 from skinlesion.metrics.classification import to_jsonable
-from skinlesion.records.schema import NOTICE, BundleRef, MetadataInfo, Prediction, PredictionRecord, Uncertainty
+from skinlesion.records.schema import (
+    NOTICE,
+    BundleRef,
+    MetadataInfo,
+    OutOfDistribution,
+    Prediction,
+    PredictionRecord,
+    Uncertainty,
+)
 
 
 def bundle_ref(bundle: Bundle, engine: str | None = None) -> BundleRef:
@@ -18,8 +26,11 @@ def bundle_ref(bundle: Bundle, engine: str | None = None) -> BundleRef:
 
 
 def prediction_record(
-    bundle: BundleRef, prediction: Prediction, uncertainty: Uncertainty | None, metadata: MetadataInfo
+    bundle: BundleRef, prediction: Prediction, uncertainty: Uncertainty | None, metadata: MetadataInfo,
+    ood: OutOfDistribution | None = None,
 ) -> PredictionRecord:
     """The record of one image, JSON-ready (numpy scalars as Python numbers, NaN and inf as None)."""
-    record = PredictionRecord(notice=NOTICE, bundle=bundle, prediction=prediction, uncertainty=uncertainty, metadata=metadata)
+    record = PredictionRecord(
+        notice=NOTICE, bundle=bundle, prediction=prediction, uncertainty=uncertainty, metadata=metadata, ood=ood
+    )
     return cast(PredictionRecord, to_jsonable(record))

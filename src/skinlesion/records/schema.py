@@ -38,13 +38,55 @@ class BundleRef(TypedDict):
     engine: NotRequired[Annotated[str, Field(description="torch, onnx-fp32 or onnx-int8 (absent outside the Predictor).")]]
 
 
+class ClassFlag(TypedDict):
+    """One thresholded class (MEL, AKIEC, SCC...): raised when its probability reaches the threshold
+    fitted for the class's clinical target, whatever the diagnosis."""
+
+    class_name: str
+    flagged: Annotated[bool, Field(description="True: this class cannot be excluded (p >= threshold).")]
+    text: Annotated[str, Field(description="The flag in words, e.g. 'melanoma cannot be excluded'.")]
+    probability: float
+    threshold: float
+    target: Annotated[str, Field(description="The clinical target the threshold was fitted for and whether it was met on held-out data.")]
+    status: Annotated[str | None, Field(description="met, or infeasible (then 'target' says which target was kept and what the other reaches).")]
+
+
+class Referral(TypedDict):
+    """The triage output: refer when the probability of any malignant class passes the threshold
+    fitted for malignant sensitivity (lower confidence bound) on held-out data."""
+
+    refer: bool
+    text: str
+    malignant_probability: Annotated[float, Field(description="Sum of the calibrated probabilities of the malignant classes.")]
+    threshold: float
+    malignant_classes: list[str]
+    target: Annotated[str, Field(description="The sensitivity target, and the held-out sensitivity and specificity it gave.")]
+    status: str | None
+
+
+class OutOfDistribution(TypedDict):
+    """The out-of-distribution gate: whether the image looks like the dermoscopic images the model was trained on."""
+
+    gated: Annotated[bool, Field(description="True: this image does not look like the training images; do not rely on the diagnosis.")]
+    warning: Annotated[str | None, Field(description="The warning shown with every result of a gated image.")]
+    score: float
+    threshold: float
+    method: Annotated[str, Field(description="The score, the members it uses and how its threshold was fitted.")]
+
+
 class Prediction(TypedDict):
-    """Probabilities and the decision of the bundle's decision rule, with what decided it."""
+    """Probabilities; the diagnosis, the class flags and the referral; the decision of the bundle's
+    policy, with what decided it."""
 
     probabilities: Annotated[dict[str, float], Field(description="Calibrated ensemble probability per class.")]
     argmax: str
-    decision: Annotated[str, Field(description="The class the bundle's decision rule chose.")]
-    decided_by: Annotated[str, Field(description="The threshold that fired, or 'most probable class'.")]
+    diagnosis: Annotated[str, Field(description="The most likely class under the rule fitted for balanced accuracy (argmax when none is fitted).")]
+    diagnosis_rule: Annotated[str, Field(description="How the diagnosis was chosen, in words.")]
+    flags: Annotated[list[ClassFlag], Field(description="One flag per thresholded class (MEL, AKIEC, SCC...), independent of the diagnosis.")]
+    referral: Annotated[Referral | None, Field(description="Refer / no referral for a malignancy; None when the bundle has no referral fitted.")]
+    policy: Annotated[str, Field(description="Which rule gives 'decision': diagnosis (default) or priority-threshold (the reference system's rule).")]
+    decision: Annotated[str, Field(description="The class the bundle's policy chose (the diagnosis under the default policy).")]
+    decided_by: Annotated[str, Field(description="The diagnosis rule, the threshold that fired, or 'most probable class'.")]
     threshold_fired: str | None
     thresholds: Annotated[dict[str, float | None], Field(description="The thresholds of the operating point that decided.")]
     priority: list[str] | None
@@ -104,6 +146,7 @@ class PredictionRecord(TypedDict):
     prediction: Prediction
     uncertainty: Annotated[Uncertainty | None, Field(description="MC-dropout uncertainty; None when the MC-dropout passes are 0.")]
     metadata: Annotated[MetadataInfo, Field(description="The patient metadata used (age, sex, site).")]
+    ood: Annotated[OutOfDistribution | None, Field(description="The out-of-distribution gate; None when the bundle has none.")]
 
 
 class Explanation(PredictionRecord):

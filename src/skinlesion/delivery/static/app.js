@@ -111,7 +111,7 @@ function probabilityBars(pred) {
     if (thr !== null && thr !== undefined) {
       track.append(el("div", { class: "thr", title: `threshold ${fmt(thr, 4)}`, style: { left: `${(100 * thr).toFixed(2)}%` }, "data-threshold": String(thr) }));
     }
-    const row = el("div", { class: "prob-row" + (cls === pred.decision ? " decided" : ""), "data-class": cls, "data-probability": String(p) },
+    const row = el("div", { class: "prob-row" + (cls === pred.diagnosis ? " decided" : ""), "data-class": cls, "data-probability": String(p) },
       el("span", { class: "prob-label" }, cls), track, el("span", { class: "prob-value" }, fmt(p)));
     row.title = `${cls}: p = ${fmt(p, 4)}` + (thr !== null && thr !== undefined ? `, threshold ${fmt(thr, 4)}` : ", no threshold");
     box.append(row);
@@ -129,6 +129,24 @@ function thresholdHow(pred, meta) {
   if (t.status) parts.push(`targets ${t.status}`);
   if (t.sensitivity !== undefined) parts.push(`sensitivity ${fmt(t.sensitivity)}, specificity ${fmt(t.specificity)}`);
   return parts.join("; ") + ".";
+}
+
+// one plainly worded line per class flag, then the referral (each independent of the diagnosis)
+function flagLines(pred) {
+  const lines = (pred.flags || []).map((f) => el("li", { class: f.flagged ? "flag-on" : "flag-off", "data-class": f.class_name },
+    (f.flagged ? "FLAG: " : "") + `${f.text} (p = ${fmt(f.probability)}, threshold ${fmt(f.threshold, 4)}; target ${f.target})`));
+  const r = pred.referral;
+  if (r) {
+    lines.push(el("li", { class: r.refer ? "refer-on" : "refer-off", id: "referral" },
+      `${r.text} (probability of a malignancy ${fmt(r.malignant_probability)}, threshold ${fmt(r.threshold, 4)}; target ${r.target})`));
+  }
+  $("flags").replaceChildren(...lines);
+}
+
+function oodWarning(ood) {
+  const box = $("ood-warning");
+  box.hidden = !(ood && ood.gated);
+  box.textContent = box.hidden ? "" : `OUT OF DISTRIBUTION: ${ood.warning} (score ${fmt(ood.score, 3)} > threshold ${fmt(ood.threshold, 3)})`;
 }
 
 function review(unc) {
@@ -217,10 +235,15 @@ async function render(res, file) {
   const att = res.attention || {};
   $("cam-caption").textContent = `${att.method || "CAM"} attention for ${att.class}` + (att.mass_in_lesion !== null && att.mass_in_lesion !== undefined ? `; ${fmt(100 * att.mass_in_lesion, 0)}% of it inside the lesion` : "");
   $("mask-caption").textContent = `Segmentation outline (${res.segmentation ? res.segmentation.quality : "n/a"})`;
+  $("diagnosis").textContent = pred.diagnosis;
+  $("diagnosis-rule").textContent = `${pred.diagnosis_rule}.` + (pred.operating_point ? ` Operating point: ${pred.operating_point}.` : "");
+  flagLines(pred);
+  oodWarning(res.ood);
+  $("policy").textContent = pred.policy;
   $("decision").textContent = pred.decision;
-  $("decided-by").textContent = `Decided by the ${pred.decided_by}.` + (pred.operating_point ? ` Operating point: ${pred.operating_point}.` : "");
-  $("threshold-how").textContent = thresholdHow(pred, await modelMeta());
-  $("argmax-note").textContent = pred.argmax !== pred.decision ? `The most probable class is ${pred.argmax}; the decision follows the bundle's threshold rule.` : "";
+  $("decided-by").textContent = `Decided by the ${pred.decided_by}.`;
+  $("threshold-how").textContent = pred.policy === "priority-threshold" ? thresholdHow(pred, await modelMeta()) : "";
+  $("argmax-note").textContent = pred.argmax !== pred.diagnosis ? `The most probable class is ${pred.argmax}; the diagnosis weighs the classes for balanced accuracy.` : "";
   probabilityBars(pred);
   review(res.uncertainty);
   uncertainty(res.uncertainty);
