@@ -15,14 +15,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job: the packaged default bundle classifies synthetic lesions generated now (no patient
-# images are committed) and writes predictions.csv plus one HTML report per image.
+# The main job: the packaged default bundle classifies the 16 real HAM10000 sample lesions shipped
+# with the package (test split, CC BY-NC 4.0; src/skinlesion/samples/ham10000/README.md), writes
+# predictions.csv plus one HTML report per image, and prints truth beside diagnosis, flags and review.
 run: $(STAMP)
 	rm -rf runs/make-run
-	$(VENV)/bin/skinlesion data synthetic --out runs/make-run/samples --lesions-per-class 1 --seed 11
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/skinlesion predict runs/make-run/samples/images \
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/skinlesion predict "$$($(PY) -m skinlesion.samples --csv)" \
 	  --bundle default --out runs/make-run/predictions --report
-	@echo "reports: runs/make-run/predictions/reports/ (synthetic lesions show the pipeline, not the model's accuracy: see the model card)"
+	$(PY) -m skinlesion.samples runs/make-run/predictions
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m pytest -q $(PYTEST_ARGS)

@@ -49,6 +49,13 @@ def test_selection_keeps_argmax_when_weights_do_not_help() -> None:
         assert max(t["gain"] for t in report["trials"]) > 0
 
 
+def test_too_few_held_out_lesions_give_argmax_with_the_reason() -> None:
+    p, y, _ = _shifted(n=40)
+    rule, report = select_diagnosis_rule(p, y, np.arange(40) // 8)  # 5 lesions: under 2 per fold
+    assert np.array_equal(rule.predict(p), p.argmax(1)) and report["trials"] == []
+    assert "only 5 lesions held out" in report["why"] and report["chosen_limit"] is None
+
+
 def test_rule_round_trips_through_bundle_json() -> None:
     p, y, _ = _shifted()
     rule = BalancedDiagnosis(limit=1.0).fit(p, y)
