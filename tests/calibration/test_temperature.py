@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skinlesion.calibration.temperature import TemperatureScaler, apply_temperature
-from skinlesion.metrics.calibration import negative_log_likelihood
+from skinlesion.calibration.temperature import BiasedTemperatureScaler, TemperatureScaler, apply_temperature
+from skinlesion.metrics.calibration import expected_calibration_error, negative_log_likelihood
 
 
 def _overconfident(n: int = 3000, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -45,3 +45,38 @@ def test_errors() -> None:
         apply_temperature(np.zeros((2, 3)), 0.0)
     with pytest.raises(ValueError, match="NaN or infinite"):
         TemperatureScaler().fit(np.full((2, 3), np.nan), np.array([0, 1]))
+
+
+def _prior_shifted(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a model trained with class weights: calibrated at temperature 2 except for a known
+    per-class offset (the rare class 2 inflated by +1.5, class 1 deflated by -1)."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(3, size=n, p=[0.3, 0.6, 0.1])
+    true = rng.normal(0, 1, (n, 3))
+    true[np.arange(n), y] += 2.0
+    # sample labels from the true softmax so that softmax(true) is calibrated
+    p = np.exp(true) / np.exp(true).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    logits = 2.0 * (true + np.array([0.0, -1.0, 1.5]))
+    return logits, y
+
+
+def test_class_biases_undo_a_prior_shift_that_a_temperature_cannot() -> None:
+    z, y = _prior_shifted(6000, 0)
+    bcts = BiasedTemperatureScaler().fit(z, y)
+    assert bcts.temperature_ == pytest.approx(2.0, rel=0.1)
+    np.testing.assert_allclose(bcts.bias_, [0.0, 1.0, -1.5], atol=0.15)  # relative to class 0
+    zt, yt = _prior_shifted(6000, 1)
+    plain = TemperatureScaler().fit(z, y)
+    p_plain, p_bcts = plain.predict_proba(zt), np.exp(bcts.transform(zt))
+    assert negative_log_likelihood(yt, p_bcts) < negative_log_likelihood(yt, p_plain) - 0.02
+    assert expected_calibration_error(yt, p_bcts) < expected_calibration_error(yt, p_plain)
+
+
+def test_biased_scaler_errors_name_the_parameter() -> None:
+    with pytest.raises(ValueError, match=r"'logits' parameter must have shape \(N, K\)"):
+        BiasedTemperatureScaler().fit(np.zeros((4, 2, 3)), np.zeros(4, dtype=int))
+    with pytest.raises(ValueError, match="'y' parameter must hold class indices"):
+        BiasedTemperatureScaler().fit(np.zeros((4, 3)), np.array([0, 1, 2, 3]))
+    with pytest.raises(RuntimeError, match="not fitted yet"):
+        BiasedTemperatureScaler().transform(np.zeros((2, 3)))

@@ -200,3 +200,28 @@ def test_calibrate_needs_a_matching_validation_cache(bundle_dir: Path, tmp_path:
     (work / "validation.npz").unlink()
     with pytest.raises(BundleError, match="validation.npz is missing: rebuild the bundle"):
         calibrate_bundle(work, [Target("MEL", 0.5)])
+
+
+def test_the_ensemble_temperature_carries_class_biases(bundle_dir: Path, tmp_path: Path) -> None:
+    from scipy.special import log_softmax
+
+    from skinlesion.ensemble.bundle import BundleError, validate_meta
+    from skinlesion.ensemble.build import load_validation_cache
+
+    b = load_bundle(bundle_dir)
+    t = b.meta["temperature"]
+    assert t["mode"] == "ensemble" and set(t["bias"]) == set(b.classes) and t["bias"][b.classes[0]] == 0.0
+    logits, y, _ = load_validation_cache(b)
+    bias = np.array([t["bias"][c] for c in b.classes])
+    expected = log_softmax(b.log_probs(logits, calibrated=False) / t["ensemble"] + bias, axis=1)
+    np.testing.assert_allclose(b.log_probs(logits), expected, atol=1e-10)
+    # calibrate can drop the biases again (a plain temperature, refitted on the same rows)
+    work = tmp_path / "b"
+    shutil.copytree(bundle_dir, work)
+    calibrate_bundle(work, [Target("MEL", 0.6, 0.5)], confidence=None, class_bias=False)
+    plain = load_bundle(work)
+    assert "bias" not in plain.meta["temperature"] and plain.temperatures_for()["bias"] is None
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    meta["temperature"]["bias"] = {"MEL": 0.0}
+    with pytest.raises(BundleError, match=r"temperature\.bias must give one bias for exactly the classes"):
+        validate_meta(meta)

@@ -35,7 +35,10 @@ def test_the_shipped_bundle_reads_as_typed_fields(shipped: dict[str, Any]) -> No
     assert spec.provenance.split_hash == shipped["provenance"]["split_hash"]
     assert [h.action for h in spec.history] == [h["action"] for h in shipped["history"]]
     assert spec.review is not None and spec.review.n_samples == shipped["review"]["n_samples"]
-    assert spec.cross_fitting is None and spec.decision.diagnosis is None and spec.decision.policy is None
+    assert spec.cross_fitting is None and spec.decision.policy == raw["policy"] == "diagnosis"
+    assert spec.decision.diagnosis is not None and spec.decision.diagnosis.log_weights == raw["diagnosis"]["log_weights"]
+    assert spec.decision.referral is not None and spec.decision.referral.threshold == raw["referral"]["threshold"]
+    assert spec.decision.ood is not None and spec.decision.ood.threshold == raw["ood"]["threshold"]
 
 
 def test_what_the_schema_does_not_declare_is_kept(shipped: dict[str, Any]) -> None:

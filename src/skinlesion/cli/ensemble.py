@@ -58,6 +58,11 @@ def calibrate_command(
         "diagnosis", "--policy", help="What the decision is: the diagnosis fitted for balanced accuracy (diagnosis), "
         "or the reference system's rule, the first class in priority order whose threshold fired (priority-threshold)."
     ),
+    class_bias: bool | None = typer.Option(
+        None, "--class-bias/--no-class-bias", help="Refit the ensemble temperature on the held-out predictions with "
+        "(or without) per-class biases (bias-corrected temperature scaling); default: keep the bundle's. A review flag "
+        "must then be refitted (skinlesion explain review)."
+    ),
     ood: bool = typer.Option(
         True, "--ood/--no-ood", help="(Re)fit the out-of-distribution gate on the training images (needs the dataset); "
         "--no-ood keeps the gate the bundle has."
@@ -84,7 +89,7 @@ def calibrate_command(
         decision = calibrate_bundle(
             bundle, parsed, confidence=confidence or None, bound=bound, prefer=prefer, fallback=fallback,
             priority=priority.split(",") if priority else None, conflict=conflict, data_root=data_root,
-            policy=policy, ood=ood, ood_score=ood_score,
+            policy=policy, class_bias=class_bias, ood=ood, ood_score=ood_score,
         )
     for c, t in decision["thresholds"].items():
         thr = "none" if t["threshold"] is None else f"{t['threshold']:.4f}"

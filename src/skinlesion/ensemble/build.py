@@ -27,7 +27,7 @@ import numpy as np
 
 import skinlesion
 from skinlesion.calibration.decision import DEFAULT_POLICY, POLICIES
-from skinlesion.calibration.temperature import TemperatureScaler, apply_temperature
+from skinlesion.calibration.temperature import BiasedTemperatureScaler, TemperatureScaler, apply_temperature
 from skinlesion.calibration.thresholds import Target, ThresholdCalibrator
 from skinlesion.data.splits import group_ids
 from skinlesion.ensemble.bundle import (
@@ -113,6 +113,19 @@ def row_folds(table: Any, manifest_path: Path) -> np.ndarray:
     return folds_of(read_manifest(manifest_path)[0], table.frame["image_id"])
 
 
+def _ensemble_temperature(uncal: np.ndarray, y: np.ndarray, classes: Sequence[str], class_bias: bool) -> dict[str, Any]:
+    """The ensemble temperature fitted on held-out log-probabilities ``uncal`` ``(N, K)``, with per-class
+    biases when ``class_bias`` (:class:`~skinlesion.calibration.temperature.BiasedTemperatureScaler`)."""
+    if not class_bias:
+        return {"ensemble": TemperatureScaler().fit(uncal, y).temperature_}
+    sc = BiasedTemperatureScaler().fit(uncal, y)
+    return {
+        "ensemble": sc.temperature_,
+        "bias": {c: round(float(b), 6) for c, b in zip(classes, sc.bias_, strict=True)},
+        "fitted_by": "NLL on held-out predictions: softmax(log p / T + bias) (bias-corrected temperature scaling)",
+    }
+
+
 def _val_metrics(y: np.ndarray, log_probs: np.ndarray, k: int) -> dict[str, float]:
     p = np.exp(log_probs)
     return {
@@ -130,6 +143,7 @@ def build_bundle(
     tta: str | Sequence[str] = "d4",
     average: str = "prob",
     temperature: str = "ensemble",
+    class_bias: bool = True,
     data_root: str | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
@@ -245,8 +259,7 @@ def build_bundle(
     bundle = Bundle(None, meta, members)
     uncal = bundle.log_probs(logits, calibrated=False)
     if temperature == "ensemble":
-        scaler = TemperatureScaler().fit(uncal, y)
-        meta["temperature"]["ensemble"] = scaler.temperature_
+        meta["temperature"].update(_ensemble_temperature(uncal, y, bundle.classes, class_bias))
         bundle = Bundle(None, meta, members)  # with the fitted temperature
     cal = bundle.log_probs(logits)
     meta["validation"] = {
@@ -441,7 +454,7 @@ def _fit_without_metadata(
     temperature: dict[str, Any] = {"mode": mode}
     if mode == "ensemble":
         uncal = bundle.log_probs(hidden, calibrated=False)
-        temperature["ensemble"] = TemperatureScaler().fit(uncal, y).temperature_
+        temperature.update(_ensemble_temperature(uncal, y, bundle.classes, bundle.spec.temperature.bias is not None))
     elif mode == "member":
         fusion = {m.name for m in bundle.fusion_members}
         temperature["members"] = {
@@ -476,6 +489,7 @@ def calibrate_bundle(
     priority: Sequence[str] | None = None,
     conflict: str = "priority",
     policy: str = DEFAULT_POLICY,
+    class_bias: bool | None = None,
     ood: bool = False,
     ood_score: str = "knn",
     data_root: str | None = None,
@@ -491,6 +505,9 @@ def calibrate_bundle(
     With metadata fusion members, also the without-metadata operating point (module docstring);
     ``data_root``, ``batch_size``, ``num_workers`` and ``device`` serve the validation pass with
     the metadata hidden when ``validation_no_metadata.npz`` is missing or stale, and the OOD gate.
+    ``class_bias`` (True/False; None keeps the bundle's temperature): refit the ensemble temperature
+    on the held-out predictions, with (True) or without per-class biases; a review flag fitted for the
+    old temperature must then be refitted (``skinlesion explain review``).
     ``ood``: (re)fit the out-of-distribution gate (``ood_score``, on the training images, threshold on
     held-out ones); otherwise a gate the bundle already has is kept (it depends on the members only).
     """
@@ -499,6 +516,14 @@ def calibrate_bundle(
     bundle = load_bundle(path)
     logits, y, groups = load_validation_cache(bundle)
     fitted_on = "out-of-fold (cross-fitted)" if bundle.member_folds else "val"
+    if class_bias is not None and bundle.temperature_mode == "ensemble":  # refit the main temperature (and biases)
+        meta = bundle.meta
+        meta["temperature"] = {
+            "mode": "ensemble", "fitted_on": fitted_on,
+            **_ensemble_temperature(bundle.log_probs(logits, calibrated=False), y, bundle.classes, class_bias),
+        }
+        bundle = Bundle(bundle.path, meta, bundle.members)
+        meta["validation"]["calibrated"] = _val_metrics(y, bundle.log_probs(logits), len(bundle.classes))
     probs = np.exp(bundle.log_probs(logits))
 
     def calibrator() -> ThresholdCalibrator:

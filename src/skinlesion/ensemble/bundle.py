@@ -44,7 +44,7 @@ from scipy.special import log_softmax
 
 from skinlesion._hashing import sha256_file
 from skinlesion._json import json_default
-from skinlesion.calibration.decision import DEFAULT_POLICY, PRIORITY_POLICY, decide, resolve_priority
+from skinlesion.calibration.decision import DEFAULT_POLICY, decide, resolve_priority
 from skinlesion.calibration.temperature import apply_temperature
 from skinlesion.data.table import LesionTable
 from skinlesion.ensemble.bundle_schema import (
@@ -89,8 +89,8 @@ __all__ = [  # FORMAT ... BundleError live in bundle_schema; existing code impor
 @dataclass
 class BundlePrediction:
     """Outputs for N images: calibrated probabilities, argmax, the priority-threshold rule's decisions
-    (``decision``, ``fired``), the diagnosis, member outputs. :meth:`Bundle.policy_decision` picks
-    what the bundle's policy reports as *the* decision."""
+    (``decision``, ``fired``), the diagnosis, member outputs (:attr:`Bundle.policy` says which of the
+    two rules is *the* decision)."""
 
     probs: np.ndarray  # (N, K) calibrated ensemble probabilities
     argmax: np.ndarray  # (N,)
@@ -209,13 +209,18 @@ class Bundle:
         return dict((point if point is not None else self.spec.decision).thresholds)
 
     def temperatures_for(self, operating_point: str = WITH_METADATA) -> dict[str, Any]:
-        """``{"mode", "ensemble", "members": {name: T}}`` of ``operating_point`` (the main ones when absent)."""
+        """``{"mode", "ensemble", "members": {name: T}, "bias": (K,) or None}`` of ``operating_point`` (the
+        main ones when absent; ``bias``: per-class biases after the ensemble temperature, mode ``ensemble``)."""
         point = self._point(operating_point)
         t = point.temperature if point is not None else None
         given = (t.members if t is not None else None) or {}
         members = {m.name: float(given.get(m.name, m.temperature)) for m in self.members}
         ensemble = float(t.ensemble) if t is not None and t.ensemble is not None else self.ensemble_temperature
-        return {"mode": self.temperature_mode, "ensemble": ensemble, "members": members}
+        bias = (t if t is not None else self.spec.temperature).bias
+        return {
+            "mode": self.temperature_mode, "ensemble": ensemble, "members": members,
+            "bias": None if bias is None else np.asarray([float(bias[c]) for c in self.classes]),
+        }
 
     @property
     def priority(self) -> list[str]:
@@ -254,10 +259,6 @@ class Bundle:
         """The malignancy referral of ``operating_point`` (None: not fitted)."""
         spec = self._part(operating_point, "referral")
         return spec if spec is not None and spec.threshold is not None else None
-
-    def policy_decision(self, pred: BundlePrediction) -> np.ndarray:
-        """The decision the bundle's :attr:`policy` reports: the diagnosis, or the priority-threshold rule's."""
-        return pred.decision if self.policy == PRIORITY_POLICY else pred.diagnosis  # type: ignore[return-value]
 
     @property
     def weights(self) -> np.ndarray:
@@ -299,7 +300,7 @@ class Bundle:
             member_lp.append(apply_temperature(z, temps["members"][m.name] if mode == "member" else 1.0, average))
         lp = combine_log_probs(member_lp, self.weights)
         if mode == "ensemble":
-            lp = log_softmax(lp / temps["ensemble"], axis=-1)
+            lp = log_softmax(lp / temps["ensemble"] + (0.0 if temps["bias"] is None else temps["bias"]), axis=-1)
         return lp
 
     def decide(self, probs: np.ndarray, *, operating_point: str = WITH_METADATA) -> tuple[np.ndarray, np.ndarray]:

@@ -170,6 +170,8 @@ class TemperatureSpec(_Open):
 
     mode: str
     ensemble: Number | None = None
+    #: per-class biases added after the ensemble temperature (mode ``ensemble`` only; absent: none)
+    bias: dict[str, float] | None = None
     members: dict[str, Number] | None = None
     fitted_on: str | None = None
 
@@ -190,6 +192,8 @@ class TemperatureSpec(_Open):
     def _values(self) -> TemperatureSpec:
         if self.mode == "ensemble" and not _positive(self.ensemble):
             raise ValueError(f".ensemble must be > 0 when mode is 'ensemble', got {self.ensemble!r}")
+        if self.bias is not None and self.mode != "ensemble":
+            raise ValueError(f".bias is only used with mode 'ensemble', got mode {self.mode!r}")
         for name, t in (self.members or {}).items():
             if not _positive(t):
                 raise ValueError(f".members.{name} must be > 0, got {t!r}")
@@ -468,6 +472,7 @@ class BundleMeta(_Open):
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise ValueError(f"member weights must sum to 1, they sum to {total:.6f}")
         _known_classes(self.decision.thresholds, self.classes, "decision.thresholds")
+        _bias_classes(self.temperature, self.classes, "temperature")
         if self.decision.without_metadata is not None:
             self._check_point(self.decision.without_metadata, "decision.without_metadata")
         try:
@@ -489,6 +494,12 @@ class BundleMeta(_Open):
             if unknown:
                 raise ValueError(f"{where}.temperature.members names unknown member(s) {unknown}; members are {names}")
         _known_classes(point.thresholds, self.classes, f"{where}.thresholds")
+        _bias_classes(t, self.classes, f"{where}.temperature")
+
+
+def _bias_classes(t: TemperatureSpec, classes: list[str], where: str) -> None:
+    if t.bias is not None and set(t.bias) != set(classes):
+        raise ValueError(f"{where}.bias must give one bias for exactly the classes {list(classes)}, got {sorted(t.bias)}")
 
 
 def _known_classes(thresholds: dict[str, ThresholdSpec], classes: list[str], where: str) -> None:

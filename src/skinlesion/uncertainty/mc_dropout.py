@@ -436,6 +436,7 @@ def ensemble_mc_predict(
     seed: int | None = None,
     chunk: int | None = 256,
     metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    bias: Any = None,
 ) -> MCResult:
     """MC dropout over an ensemble: the weighted mixture of every member's T samples.
 
@@ -446,7 +447,9 @@ def ensemble_mc_predict(
     between members as well as each member's dropout variability (Lakshminarayanan et al. 2017;
     Depeweg et al. 2018). The result holds ``M * T`` samples, member-major. ``metadata``: one record
     per image (``{"age": 55, "sex": "male", "site": "back"}``, None: missing) fed to metadata fusion
-    members with their images; image-only members ignore it.
+    members with their images; image-only members ignore it. ``bias``: per-class biases ``(K,)`` added
+    to every sample's tempered logits (a bundle calibrated with biases, see
+    :class:`~skinlesion.calibration.temperature.BiasedTemperatureScaler`).
     """
     members = list(members)
     if not members:
@@ -469,6 +472,8 @@ def ensemble_mc_predict(
                 member.model, member.backbone, x, n_samples, temperature, include_backbone, chunk,
                 _member_meta(member, metadata, int(x.shape[0])),
             )
+            if bias is not None:
+                log_p = torch.log_softmax(log_p + torch.as_tensor(np.asarray(bias), dtype=log_p.dtype), dim=-1)
             samples.append(log_p.exp().numpy())
             layers.extend(f"{member.name}:{a}" for a in active)
             stochastic = stochastic or (bool(active) and _varies(log_p))

@@ -74,9 +74,11 @@ def bundle_mc_predict(
     parts = []
     for point in np.unique(points) if n else [WITH_METADATA]:  # one group unless the batch mixes both
         rows = np.flatnonzero(points == point)
+        temps = bundle.temperatures_for(str(point))
         parts.append((rows, ensemble_mc_predict(
             _tempered_members(bundle, str(point)), [images[i] for i in rows],
-            metadata=[metadata[i] for i in rows] if metadata is not None else None, **kw,
+            metadata=[metadata[i] for i in rows] if metadata is not None else None,
+            bias=temps["bias"] if temps["mode"] == "ensemble" else None, **kw,
         )))
     if len(parts) == 1:
         return parts[0][1]
@@ -95,7 +97,8 @@ def review_fingerprint(spec: BundleMeta | dict[str, Any], operating_point: str =
     spec = spec if isinstance(spec, BundleMeta) else parse_meta(spec)
     out: dict[str, Any] = {
         "members": [[m.name, m.weights_sha256, float(m.weight), float(m.temperature)] for m in spec.members],
-        "temperature": {"mode": spec.temperature.mode, "ensemble": spec.temperature.ensemble},
+        "temperature": {"mode": spec.temperature.mode, "ensemble": spec.temperature.ensemble}
+        | ({"bias": spec.temperature.bias} if spec.temperature.bias is not None else {}),
     }
     if operating_point == WITHOUT_METADATA:
         point = spec.decision.without_metadata
