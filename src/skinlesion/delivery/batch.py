@@ -312,4 +312,5 @@ def run_predictions(
 def _render(predictor: Predictor, item: Mapping[str, Any], record: PredictionRecord, image_id: str, spacing: float | None) -> str:
     result, arrays = predictor.explain(item["image"], pixel_spacing_mm=spacing, record=record, metadata=item.get("metadata"))
     result["input"] = {"image": image_id, "path": item["path"], "sha256": item["sha256"], "shape": list(item["image"].shape)}
+    result["converted_from"] = record.get("converted_from")
     return html_report.render_report(result, item["image"], arrays, title=image_id)

@@ -29,17 +29,20 @@ REJECTION_STATUS = {
     "empty": 422, "too_small": 422, "truncated": 422, "missing": 422, "unreadable": 422,
 }
 _STATUS_REASON = {400: "bad_request", 401: "api_key_missing", 403: "api_key_invalid", 404: "not_found",
-                  405: "method_not_allowed", 413: "too_large", 500: "internal_error"}
+                  405: "method_not_allowed", 408: "request_timeout", 413: "too_large", 500: "internal_error", 503: "busy"}
 #: The error answers of the prediction routes, for ``/openapi.json``.
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
-        (401, "No API key (X-API-Key) although the service requires one."),
-        (403, "Unknown API key."),
+        (401, "No API key (X-API-Key) although the service requires one (answered before the upload is read)."),
+        (403, "Unknown API key (answered before the upload is read)."),
+        (408, "The upload did not arrive within the request time limit (request_timeout)."),
         (413, "File or request too large (too_large), or too many pixels (too_many_pixels)."),
-        (415, "Not an image (not_an_image) or not 8-bit RGB (unsupported_mode)."),
-        (422, "empty, too_small, truncated, missing_file, invalid_request, invalid_metadata or metadata_unsupported_by_engine."),
+        (415, "Not an image in an accepted format (not_an_image), or samples without a defined 8-bit scale (unsupported_mode)."),
+        (422, "empty, too_small, truncated, missing_file, invalid_request (e.g. a form field or file name over its length limit), "
+              "invalid_metadata or metadata_unsupported_by_engine."),
         (500, "Internal error (logged with the request id)."),
+        (503, "The service is full (busy): retry after the Retry-After seconds."),
     )
 }
 
@@ -112,7 +115,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    get_context(request).stats.add("errors" if exc.status_code >= 500 else "rejected")
+    if exc.status_code != 503:  # 503 busy is counted where it is decided
+        get_context(request).stats.add("errors" if exc.status_code >= 500 else "rejected")
     response = json_error(exc)
     log.info("%s %s -> %s %s", request.method, request.url.path, exc.status_code, response.body[:300].decode(errors="replace"))
     return response
