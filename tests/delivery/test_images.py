@@ -61,8 +61,11 @@ def _exif(orientation: int) -> bytes:
         (_tiff(Image.fromarray(_rgb()).convert("YCbCr")), "YCbCr", "YCbCr to RGB", np.asarray(Image.fromarray(_rgb()).convert("YCbCr").convert("RGB"))),
         (_encode(Image.fromarray(_rgb()).convert("CMYK"), "JPEG"), "CMYK", "naive formula (no ICC profile embedded)", None),
         (_encode(Image.fromarray(_rgb()).convert("RGBA")), "RGBA", "alpha channel fully opaque: dropped", _rgb()),
+        (_tiff(Image.fromarray(np.full((40, 50), 300.4, np.float32), "F")), "F", "clipped to 0-255", np.full((40, 50, 3), 255, np.uint8)),
+        (_encode(Image.fromarray(np.full((40, 50), 0.5, np.float32), "F"), "SPIDER"), "F", "in [0, 1] scaled", np.full((40, 50, 3), 128, np.uint8)),
+        (_encode(Image.fromarray(_rgb()).convert("L"), "TGA"), "L", "grayscale to RGB", None),
     ],
-    ids=["gray", "bilevel", "palette-gif", "16bit-png", "32bit-tiff", "ycbcr-tiff", "cmyk-jpeg", "opaque-rgba"],
+    ids=["gray", "bilevel", "palette-gif", "16bit-png", "32bit-tiff", "ycbcr-tiff", "cmyk-jpeg", "opaque-rgba", "float-tiff", "float-01-spider", "tga"],
 )
 def test_valid_images_of_other_modes_are_converted_and_say_how(data: bytes, mode: str, step: str, expected: np.ndarray | None) -> None:
     decoded = load_image(data, source="case")
@@ -144,13 +147,13 @@ def test_cielab_goes_to_srgb_through_an_icc_transform() -> None:
     [
         (b"", "empty", "is empty"),
         (b"patient notes, not an image\n" * 3, "not_an_image", "not an image file in an accepted format (JPEG, PNG"),
-        (_encode(Image.fromarray(_rgb()).convert("F"), "SPIDER"), "not_an_image", "accepted format"),
-        (_tiff(Image.fromarray(_rgb()).convert("F")), "unsupported_mode", "floating-point samples"),
+        (_encode(Image.fromarray(_rgb()), "EPS"), "not_an_image", "accepted format"),  # PostScript: never handed to Ghostscript
+        (_tiff(Image.fromarray(np.full((40, 50), np.nan, np.float32), "F")), "unsupported_mode", "NaN or infinite floating-point samples"),
         (_tiff(Image.fromarray(np.full((40, 50), 70_000, dtype=np.int32))), "unsupported_mode", "from 70000 to 70000"),
         (_encode(Image.fromarray(_rgb(8, 50))), "too_small", "each side must be at least 16"),
         (_encode(Image.fromarray(_rgb(400, 400)), "JPEG")[:600], "truncated", "truncated or corrupt"),
     ],
-    ids=["empty", "text", "other-format", "float", "beyond-16-bit", "tiny", "truncated"],
+    ids=["empty", "text", "postscript", "nan", "beyond-16-bit", "tiny", "truncated"],
 )
 def test_bad_inputs_are_rejected_with_a_reason(data: bytes, reason: str, words: str) -> None:
     with pytest.raises(ImageRejected) as e:

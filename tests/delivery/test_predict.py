@@ -121,7 +121,7 @@ def test_every_bad_file_kind_is_listed_and_the_run_goes_on(predictor: Predictor,
         "zero.jpg": (b"", "empty"),
         "text.jpg": (b"patient notes, not an image\n" * 4, "not_an_image"),
         "cut.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
-        "float.tif": (_encode(rgb.convert("F"), "TIFF"), "unsupported_mode"),
+        "nan.tif": (_encode(Image.fromarray(np.full((40, 50), np.inf, np.float32), "F"), "TIFF"), "unsupported_mode"),
         "deep.tif": (_encode(Image.fromarray(np.full((40, 50), 70_000, dtype=np.int32)), "TIFF"), "unsupported_mode"),
         "huge.png": (_encode(Image.new("RGB", (200, 200), (120, 80, 60)), "PNG"), "too_many_pixels"),
         "heavy.png": (_encode(noise, "PNG"), "too_large"),
@@ -133,7 +133,7 @@ def test_every_bad_file_kind_is_listed_and_the_run_goes_on(predictor: Predictor,
     s = run_predictions(predictor, [src], tmp_path / "out", limits=limits, batch_size=3)
     rej = {Path(r["path"]).name: r for r in rows(tmp_path / "out" / "rejected.csv")}
     assert {n: r["reason"] for n, r in rej.items()} == {n: reason for n, (_, reason) in bad.items()}
-    assert "floating-point" in rej["float.tif"]["detail"] and "0-65535" in rej["deep.tif"]["detail"]
+    assert "infinite floating-point" in rej["nan.tif"]["detail"] and "0-65535" in rej["deep.tif"]["detail"]
     assert len(rej["text.jpg"]["input_sha256"]) == 64 and rej["heavy.png"]["input_sha256"] == ""  # never read
     assert sorted(r["image"] for r in rows(tmp_path / "out" / "predictions.csv")) == ["good1", "good2"]
     assert s.done == 2 and len(s.rejected) == len(bad)

@@ -137,7 +137,7 @@ def _bad_inputs() -> list[tuple[str, bytes, int, str]]:
         ("empty", b"", 422, "empty"),
         ("text", b"patient notes, not an image\n" * 3, 415, "not_an_image"),
         ("truncated_jpeg", _encode(Image.fromarray(_noise(400, 400)), "JPEG")[:600], 422, "truncated"),
-        ("float", _encode(rgb.convert("F"), "TIFF"), 415, "unsupported_mode"),
+        ("nan", _encode(Image.fromarray(np.full((40, 50), np.nan, np.float32), "F"), "TIFF"), 415, "unsupported_mode"),
         ("postscript", _encode(rgb, "EPS"), 415, "not_an_image"),
         ("tiny", _encode(Image.fromarray(_noise(8, 50))), 422, "too_small"),
         ("too_many_pixels", _encode(Image.new("RGB", (250, 250), (180, 120, 90))), 413, "too_many_pixels"),

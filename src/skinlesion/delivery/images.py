@@ -10,15 +10,17 @@ the audit log and the report carry):
 * transparency (RGBA screenshots, LA, PA, a palette or colour key with transparency) is composited
   on :data:`ALPHA_BACKGROUND` (white);
 * 16-bit samples (and 32-bit integer samples within 0-65535) are scaled to 8-bit
-  (``round(v * 255 / 65535)``);
+  (``round(v * 255 / 65535)``); floating-point samples are read on Pillow's 0-255 scale (clipped),
+  or as 0-1 when every sample lies in [0, 1];
 * an animated or multi-page file gives its first frame.
 
-Only the raster formats of :data:`FORMATS` are opened (no PostScript, which Pillow hands to
-Ghostscript, nor rarely used decoders). What is not a usable image is rejected with a reason (:data:`REASONS`): empty, too large, not an
-image, truncated or corrupt, too small, too many pixels (a decompression bomb: the pixel count is
-read from the header before decoding), and samples with no defined brightness scale
-(``unsupported_mode``: floating point, or integers outside 0-65535). The byte size is checked
-before reading.
+Only the raster formats Pillow both reads and writes itself are opened (:data:`FORMATS`): not
+PostScript, which Pillow hands to Ghostscript, nor read-only decoders of rare formats. What is not
+a usable image is rejected with a reason (:data:`REASONS`): empty, too large, not an image (also a
+format not in :data:`FORMATS`), truncated or corrupt, too small, too many pixels (a decompression
+bomb: the pixel count is read from the header before decoding), and samples with no defined
+brightness scale (``unsupported_mode``: integers outside 0-65535, NaN or infinite floats). The
+byte size is checked before reading.
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ REASONS = (
     "missing", "unreadable", "empty", "too_large", "not_an_image", "too_many_pixels", "too_small",
     "unsupported_mode", "truncated",
 )
-#: The file formats opened (Pillow names; JPEG includes multi-picture MPO); anything else is ``not_an_image``.
-FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "BMP", "DIB", "WEBP", "JPEG2000", "AVIF", "PPM")
+#: The file formats opened (Pillow names; JPEG includes multi-picture MPO): those Pillow reads and
+#: writes by itself. Anything else is ``not_an_image``.
+FORMATS = (
+    "JPEG", "PNG", "GIF", "TIFF", "BMP", "DIB", "WEBP", "JPEG2000", "AVIF", "PPM", "TGA", "ICO", "ICNS", "PCX", "SGI", "QOI", "DDS",
+    "BLP", "IM", "MSP", "SPIDER", "XBM",
+)
 _ORIENTATION_TAG = 0x0112
 _ORIENTATIONS = {
     2: "mirrored left-right", 3: "rotated 180 degrees", 4: "mirrored top-bottom", 5: "transposed",
@@ -169,6 +175,18 @@ def _deep(im: Image.Image, steps: list[str], source: str) -> Image.Image:
     return Image.fromarray(gray, "L").convert("RGB")
 
 
+def _float(im: Image.Image, steps: list[str], source: str) -> Image.Image:
+    a = np.asarray(im, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise ImageRejected(source, "unsupported_mode", "has NaN or infinite floating-point samples (mode F); expected finite brightness values")
+    if a.size and a.min() >= 0 and a.max() <= 1:
+        steps.append("floating-point samples in [0, 1] scaled to 8-bit (v * 255) and to RGB")
+        a = a * 255
+    else:
+        steps.append("floating-point samples clipped to 0-255 (Pillow's scale) and to RGB")
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+
+
 def _to_rgb(im: Image.Image, steps: list[str], source: str) -> Image.Image:
     mode = im.mode
     if mode == "RGB" and "transparency" not in im.info:
@@ -187,10 +205,7 @@ def _to_rgb(im: Image.Image, steps: list[str], source: str) -> Image.Image:
         steps.append(_SIMPLE[mode])
         return im.convert("RGB")
     if mode == "F":
-        raise ImageRejected(
-            source, "unsupported_mode",
-            "has floating-point samples (mode F), which have no defined brightness scale; save it as an 8- or 16-bit image",
-        )
+        return _float(im, steps, source)
     raise ImageRejected(source, "unsupported_mode", f"has mode {mode}, which has no defined conversion to RGB")
 
 

@@ -26,7 +26,7 @@ and 403 ``api_key_invalid`` (from the headers, before the body is read), 408 ``r
 (the body did not arrive in time), 413 ``too_large`` (request body or file over the cap: stopped
 while streaming, before the rest is read) and ``too_many_pixels`` (from the image header, before
 decoding), 415 ``not_an_image`` (also a format not in :data:`~skinlesion.delivery.images.FORMATS`)
-and ``unsupported_mode`` (float samples, integers beyond 16 bits), 422 ``empty``, ``too_small``,
+and ``unsupported_mode`` (NaN or infinite float samples, integers beyond 16 bits), 422 ``empty``, ``too_small``,
 ``truncated``, ``missing_file``, ``invalid_request`` (also a field or name over its length),
 ``invalid_metadata`` (e.g. age ``abc``, sex ``x``) and ``metadata_unsupported_by_engine``
 (metadata for fusion members on the ONNX engine); 404/405 for unknown routes; 503 ``busy`` with

@@ -24,7 +24,8 @@ from skinlesion.records import Explanation, PredictionRecord, record_columns
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["prediction"])
 ImageFile = Annotated[UploadFile, File(
-    description="A dermoscopic image: JPEG, PNG, TIFF, BMP, WebP, GIF, JPEG 2000, AVIF or PPM; made 8-bit RGB (see converted_from).",
+    description="A dermoscopic image: JPEG, PNG, TIFF, BMP, WebP, GIF, JPEG 2000, AVIF or another raster format Pillow reads and "
+    "writes; made 8-bit RGB (see converted_from).",
 )]
 PixelSpacing = Annotated[
     float | None, Form(gt=0, allow_inf_nan=False, description="mm per pixel; without it ABCDE sizes stay in pixels.")
