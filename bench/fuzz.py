@@ -173,7 +173,7 @@ def _fuzz_summary(
                   and audited == {r["request_id"] for r in served}},
         "server": {"peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1), "rss_at_end_mib": round(memory.get("VmRSS", 0) / 1024, 1),
                    "max_sampled_rss_mib": round(max_rss_kib / 1024, 1), "alive_after": alive, "health_after": health.get("status"),
-                   "requests_after": health.get("requests"), "log": logs, "exit_code_on_sigterm": exit_code},
+                   "requests_after": health.get("requests"), "log": logs, "exit_status_after_sigterm": exit_code},
     }
 
 
@@ -285,23 +285,29 @@ def run_fault(args: argparse.Namespace) -> dict[str, Any]:
     rnd = random.Random(args.seed)
     kills: list[dict[str, Any]] = []
     starts = 0
+    expected = args.images - kinds.get("unreadable", 0)
+    batch_seconds = ref_seconds / max(1, -(-args.images // args.batch_size))
+    csv_path = work / "faulted" / "predictions.csv"
     t = time.monotonic()
     while True:
         starts += 1
         proc = subprocess.Popen(command("faulted"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        if len(kills) < args.kills:  # a random moment of what is left (model loading included)
-            left = 1 - _count_rows(work / "faulted" / "predictions.csv") / max(args.images, 1)
-            delay = rnd.uniform(0.5, max(1.0, ref_seconds * left))
-            try:
-                proc.wait(delay)
-            except subprocess.TimeoutExpired:
-                rows_before = _count_rows(work / "faulted" / "predictions.csv")
+        if len(kills) < args.kills:
+            # A random moment: once a random number of rows (from those on disk now: while the model
+            # loads) is on disk, and a random part of a batch's time later (mid-batch, mid-write).
+            start_rows = _count_rows(csv_path)
+            target = rnd.randint(start_rows, max(start_rows, expected - 1))
+            extra = rnd.uniform(0, batch_seconds)
+            while proc.poll() is None and _count_rows(csv_path) < target:
+                time.sleep(0.02)
+            time.sleep(extra)
+            if proc.poll() is None:
+                rows_before = _count_rows(csv_path)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                kills.append({"after_s": round(delay, 1), "rows_on_disk": rows_before})
+                kills.append({"rows_at_start": start_rows, "target_rows": target, "extra_s": round(extra, 2), "rows_on_disk_at_kill": rows_before})
                 continue
-        else:
-            proc.wait()
+        proc.wait()
         if proc.returncode == 0:
             break
         if starts > args.kills + 5:

@@ -17,9 +17,11 @@ Outputs in the out folder (the CSV files: :mod:`skinlesion.delivery.csv_io`):
 * ``audit-pending.jsonl`` while audit rows wait to be written (:mod:`skinlesion.delivery.audit_journal`).
 
 Images are read and decoded by a torch ``DataLoader`` (``workers`` processes, lists of images of
-any size per batch); every batch is predicted in one :meth:`Predictor.predict` call and its rows
-are appended, flushed and fsynced before the next one, so an interrupted run loses nothing it
-wrote. With an audit log, each row gets exactly one audit row, written after the CSV rows; an audit
+any size per batch); each image is predicted in its own :meth:`Predictor.predict` call (on a CPU no
+slower than a batched call, and its numbers never depend on which images shared its batch: a
+resumed run writes the rows an uninterrupted one would, and ``serve`` answers the same file with
+the same record), and a batch's rows are appended, flushed and fsynced before the next batch, so
+an interrupted run loses nothing it wrote. With an audit log, each row gets exactly one audit row, written after the CSV rows; an audit
 failure is logged and retried, never stops the run (:mod:`~skinlesion.delivery.audit_journal`).
 A re-run into the same folder skips every path already in ``predictions.csv`` (the key is
 the resolved path), drops a torn last line, tries rejected inputs again (they may have been
@@ -255,18 +257,14 @@ def run_predictions(
                 outputs.reject(bad)
                 summary.rejected.extend(bad)
                 good = [it for it in batch if it["image"] is not None]
-                tb = time.perf_counter()
-                metas = [it["metadata"] for it in good]
-                images = [it["image"] for it in good]
-                if not good:
-                    records = []
-                elif any(m is not None for m in metas):
-                    records = predictor.predict(images, metadata=metas)
-                else:
-                    records = predictor.predict(images)
-                ms = 1000.0 * (time.perf_counter() - tb) / max(len(good), 1)
+                records, ms = [], []
+                for it in good:  # one image per model call: a result never depends on its batch (see the module doc)
+                    tb = time.perf_counter()
+                    one = [it["image"]]
+                    records += predictor.predict(one) if it["metadata"] is None else predictor.predict(one, metadata=[it["metadata"]])
+                    ms.append(1000.0 * (time.perf_counter() - tb))
                 rows, entries, failed = [], [], []
-                for it, rec in zip(good, records, strict=True):
+                for it, rec, elapsed in zip(good, records, ms, strict=True):
                     rec["converted_from"] = it["converted_from"]
                     image_id = ids[Path(it["path"])]
                     rel = ""
@@ -281,7 +279,7 @@ def run_predictions(
                     rows.append(prediction_row(image_id, it["path"], it["sha256"], rec, classes, rel))
                     entries.append({
                         "source": "predict", "input_sha256": it["sha256"], "input_name": it["path"], "record": rec,
-                        "elapsed_ms": ms, "request_id": batch_request_id(out, it["path"], it["sha256"], bundle.bundle_id),
+                        "elapsed_ms": elapsed, "request_id": batch_request_id(out, it["path"], it["sha256"], bundle.bundle_id),
                     })
                 outputs.reject(failed)
                 summary.rejected.extend(failed)
