@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 #: First characters that make a spreadsheet cell a formula.
@@ -79,7 +79,3 @@ class DictWriter(csv.DictWriter):  # type: ignore[type-arg]
 def read_rows(rows: Iterable[Sequence[str]]) -> list[list[str]]:
     """Rows of :func:`csv.reader` with every cell restored by :func:`read_cell`."""
     return [read_row(r) for r in rows]
-
-
-def safe_mapping(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: safe_cell(v) for k, v in row.items()}

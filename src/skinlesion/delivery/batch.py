@@ -257,14 +257,11 @@ def run_predictions(
                 outputs.reject(bad)
                 summary.rejected.extend(bad)
                 good = [it for it in batch if it["image"] is not None]
-                records, ms = [], []
-                for it in good:  # one image per model call: a result never depends on its batch (see the module doc)
-                    tb = time.perf_counter()
-                    one = [it["image"]]
-                    records += predictor.predict(one) if it["metadata"] is None else predictor.predict(one, metadata=[it["metadata"]])
-                    ms.append(1000.0 * (time.perf_counter() - tb))
                 rows, entries, failed = [], [], []
-                for it, rec, elapsed in zip(good, records, ms, strict=True):
+                for it in good:  # one image per model call: a result never depends on its batch (see the module doc)
+                    tb, one = time.perf_counter(), [it["image"]]
+                    rec = (predictor.predict(one) if it["metadata"] is None else predictor.predict(one, metadata=[it["metadata"]]))[0]
+                    elapsed = 1000.0 * (time.perf_counter() - tb)
                     rec["converted_from"] = it["converted_from"]
                     image_id = ids[Path(it["path"])]
                     rel = ""
