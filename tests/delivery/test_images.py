@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,38 @@ def test_the_exif_orientation_is_applied(orientation: int, turn: object) -> None
     np.testing.assert_array_equal(decoded.array, turn(_rgb()))  # type: ignore[operator]
     assert decoded.converted_from == {"mode": "RGB", "format": "PNG", "steps": [decoded.converted_from["steps"][0]]}  # type: ignore[index]
     assert decoded.converted_from["steps"][0].startswith(f"EXIF orientation {orientation} applied")  # type: ignore[index]
+
+
+def _one_colour_cmyk_profile(lab: tuple[int, int, int]) -> bytes:
+    """A minimal ICC v2 output profile (CMYK -> Lab, lut8 A2B0 with a 2-point grid) that maps every
+    ink mix to one Lab colour (lut8 encoding: L * 255 / 100, a + 128, b + 128)."""
+
+    def s15(x: float) -> bytes:
+        return struct.pack(">i", round(x * 65536))
+
+    text = b"one-colour CMYK\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(8) + bytes(3) + bytes(67)
+    white = b"XYZ " + bytes(4) + s15(0.9642) + s15(1.0) + s15(0.8249)
+    ident = bytes(range(256))
+    a2b0 = b"mft1" + bytes(4) + bytes([4, 3, 2, 0]) + b"".join(s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1)) + ident * 4 + bytes(lab) * 16 + ident * 3
+    tags = [(b"desc", desc), (b"wtpt", white), (b"cprt", b"text" + bytes(4) + b"none\0"), (b"A2B0", a2b0)]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, body in tags:
+        data += bytes(-(offset + len(data)) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    header = (struct.pack(">I", offset + len(data)) + b"lcms" + struct.pack(">I", 0x02100000) + b"prtrCMYKLab " + bytes(12) + b"acspAPPL"
+              + bytes(24) + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(48))
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def test_cmyk_goes_to_srgb_through_its_embedded_icc_profile() -> None:
+    buf = io.BytesIO()
+    Image.fromarray(_rgb()).convert("CMYK").save(buf, format="JPEG", icc_profile=_one_colour_cmyk_profile((136, 208, 195)))
+    decoded = load_image(buf.getvalue())
+    colours = np.unique(decoded.array.reshape(-1, 3), axis=0)
+    assert len(colours) == 1 and colours[0][0] > 100 and colours[0][1] < 20  # the profile's one colour (a red), not the naive formula's
+    assert decoded.converted_from["steps"] == ["CMYK to sRGB through the embedded ICC profile"]  # type: ignore[index]
 
 
 def test_cmyk_with_an_unusable_icc_profile_falls_back_and_says_so() -> None:
