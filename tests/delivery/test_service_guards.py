@@ -23,6 +23,7 @@ from skinlesion.data.synthetic import generate_lesion
 from skinlesion.delivery.audit import AuditLog
 from skinlesion.delivery.engine import Predictor
 from skinlesion.delivery.service import create_app
+from skinlesion.delivery.service.errors import BodyCap
 from skinlesion.delivery.service.guards import KeyGate, WorkGate
 from skinlesion.delivery.service.settings import MAX_FIELD_CHARS, MAX_NAME_CHARS
 from skinlesion.ensemble.bundle import load_bundle
@@ -186,7 +187,7 @@ def test_a_request_that_gets_no_work_slot_in_time_is_a_503(
 
 
 def test_a_body_that_does_not_arrive_in_time_is_a_408() -> None:
-    """At the ASGI level: a client that stops sending holds its slot only until the deadline."""
+    """At the ASGI level: a client that stops sending holds its place only until the deadline."""
 
     async def stalled_receive() -> dict[str, Any]:
         await asyncio.sleep(30)
@@ -200,7 +201,7 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    gate = WorkGate(reading_app, max_in_flight=1, timeout_s=0.2, retry_after=lambda: 1)
+    gate = WorkGate(BodyCap(reading_app, max_bytes=1000), max_in_flight=1, timeout_s=0.2, retry_after=lambda waiting: 1)
     scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
     asyncio.run(asyncio.wait_for(gate(scope, stalled_receive, send), 10))
     assert sent[0]["status"] == 408 and b"request_timeout" in sent[1]["body"] and gate.in_flight == 0
@@ -227,3 +228,13 @@ def test_the_audit_failure_message_leaks_nothing(predictor: Predictor, lesion_im
     text = r.json()["audit_error"]
     assert r.json()["request_id"] in text and "secret-folder" not in r.text and "INSERT" not in r.text and "predictions" not in text
     assert any("INSERT" in str(rec.exc_info[1]) for rec in caplog.records if rec.exc_info)
+
+
+def test_retry_after_is_the_time_the_waiting_requests_need_in_the_work_slots() -> None:
+    from skinlesion.delivery.service.context import RequestStats
+
+    stats = RequestStats()
+    for _ in range(50):
+        stats.served("predict", 2.0)  # each request holds a work slot for 2 s
+    assert stats.retry_after(8, 2) == 8 and stats.retry_after(1, 2) == 1 and stats.retry_after(1000, 1) == 60
+    assert stats.counts["predict"] == 50

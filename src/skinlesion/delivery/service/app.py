@@ -58,7 +58,7 @@ def create_app(
     app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes, on_reject=lambda: context.stats.add("rejected"))
     app.add_middleware(
         WorkGate, max_in_flight=settings.max_in_flight, timeout_s=settings.request_timeout_s,
-        retry_after=lambda: context.stats.retry_after(settings.max_in_flight), on_busy=lambda: context.stats.add("busy"),
+        retry_after=lambda waiting: context.stats.retry_after(waiting, settings.max_active), on_busy=lambda: context.stats.add("busy"),
     )
     app.add_middleware(KeyGate, keys=settings.api_keys, on_reject=lambda: context.stats.add("rejected"))
     app.add_middleware(SecurityHeaders)

@@ -25,26 +25,26 @@ if TYPE_CHECKING:
 class RequestStats:
     """Requests served (``predict``, ``explain``), rejected (4xx), turned away because the service was
     full (``busy``: 503) and failed (5xx, ``errors``), the start time, and the mean seconds a served
-    request took (an exponential moving average, for ``Retry-After``)."""
+    request held its work slot (an exponential moving average, for ``Retry-After``)."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.counts = {"predict": 0, "explain": 0, "rejected": 0, "busy": 0, "errors": 0}
-        self.mean_s = 1.0
+        self.work_s = 1.0
         self._lock = threading.Lock()
 
     def add(self, key: str) -> None:
         with self._lock:
             self.counts[key] += 1
 
-    def served(self, kind: str, seconds: float) -> None:
+    def served(self, kind: str, work_seconds: float) -> None:
         with self._lock:
             self.counts[kind] += 1
-            self.mean_s = 0.8 * self.mean_s + 0.2 * seconds
+            self.work_s = 0.8 * self.work_s + 0.2 * work_seconds
 
-    def retry_after(self, waiting: int) -> int:
-        """Seconds until about ``waiting`` requests have been served (1 to 60)."""
-        return int(min(60, max(1, math.ceil(self.mean_s * waiting))))
+    def retry_after(self, waiting: int, slots: int) -> int:
+        """Seconds until about ``waiting`` requests have gone through ``slots`` work slots (1 to 60)."""
+        return int(min(60, max(1, math.ceil(self.work_s * waiting / slots))))
 
 
 @dataclass

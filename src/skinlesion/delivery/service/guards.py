@@ -5,22 +5,22 @@
 * :class:`KeyGate`: with API keys, ``/predict``, ``/explain`` and ``/model`` without a valid
   ``X-API-Key`` are answered 401/403 from the headers alone (the upload is never read).
 * :class:`WorkGate`: at most ``max_in_flight`` ``/predict`` and ``/explain`` requests are admitted at
-  once (more: 503 with ``Retry-After``), and an admitted request's body must arrive within its
-  deadline (``request_timeout_s`` from arrival; else 408). The deadline is left in
-  ``request.state.deadline`` for the route, which waits at most until then for one of
-  ``max_active`` work slots (:attr:`ServiceContext.work`; else 503) before it decodes and predicts.
+  once (more: 503 with ``Retry-After``), each with a deadline (``request_timeout_s`` from arrival,
+  in ``request.state.deadline``): its body must have arrived by then
+  (:class:`~skinlesion.delivery.service.errors.BodyCap`: else 408), and the route waits at most until
+  then for one of ``max_active`` work slots (:attr:`ServiceContext.work`; else 503) before it
+  decodes and predicts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
 from collections.abc import Callable, Collection
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from skinlesion.delivery.service.errors import json_error, reject
 from skinlesion.delivery.service.settings import API_KEY_HEADER
@@ -95,19 +95,14 @@ class KeyGate:
         await self.app(scope, receive, send)
 
 
-class _TooSlow(HTTPException):
-    def __init__(self, seconds: float) -> None:
-        super().__init__(408, {"reason": "request_timeout", "message": f"the request body did not arrive within {seconds:g} s"})
-
-
 class WorkGate:
-    """Admission of :data:`WORK_PATHS` requests and their body deadline (see the module doc).
+    """Admission of :data:`WORK_PATHS` requests and their deadline (see the module doc).
 
-    ``retry_after()`` gives the seconds a 503 tells the client to wait; ``on_busy`` is called per 503.
+    ``retry_after(waiting)`` gives the seconds a 503 tells the client to wait; ``on_busy`` is called per 503.
     """
 
     def __init__(
-        self, app: ASGIApp, max_in_flight: int, timeout_s: float, retry_after: Callable[[], int],
+        self, app: ASGIApp, max_in_flight: int, timeout_s: float, retry_after: Callable[[int], int],
         on_busy: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
@@ -125,29 +120,11 @@ class WorkGate:
             if self.on_busy is not None:
                 self.on_busy()
             why = f"{self.in_flight} requests are in progress, the most this service takes at once"
-            await json_error(busy(self.retry_after(), why))(scope, receive, send)
+            await json_error(busy(self.retry_after(self.in_flight), why))(scope, receive, send)
             return
-        deadline = time.monotonic() + self.timeout_s
-        scope.setdefault("state", {})["deadline"] = deadline
-        started = False
-
-        async def timed_receive() -> Message:
-            try:
-                return await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
-            except TimeoutError:
-                raise _TooSlow(self.timeout_s) from None
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        scope.setdefault("state", {})["deadline"] = time.monotonic() + self.timeout_s  # for BodyCap and the route
         self.in_flight += 1
         try:
-            await self.app(scope, timed_receive, tracked_send)
-        except _TooSlow as e:  # raised outside FastAPI's handlers (they answer it otherwise)
-            if started:
-                raise
-            await json_error(e)(scope, receive, send)
+            await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1

@@ -79,7 +79,8 @@ def _serve(
     deadline = getattr(request.state, "deadline", None)
     if not ctx.work.acquire(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0)):
         ctx.stats.add("busy")
-        raise busy(ctx.stats.retry_after(ctx.settings.max_in_flight), "no work slot became free in time")
+        raise busy(ctx.stats.retry_after(ctx.settings.max_in_flight, ctx.settings.max_active), "no work slot became free in time")
+    work_started = time.perf_counter()
     try:
         data, decoded, meta = accept_image(file, ctx)
         try:
@@ -89,6 +90,7 @@ def _serve(
             raise reject(500, "internal_error", f"the model failed on this image (request {request_id}); see the server log") from None
     finally:
         ctx.work.release()
+    work_s = time.perf_counter() - work_started
     record["converted_from"] = decoded.converted_from
     elapsed = round((time.perf_counter() - started) * 1000, 1)
     audit_id = audit_error = None
@@ -99,7 +101,7 @@ def _serve(
         except Exception:  # noqa: BLE001 - the result must not be lost to an audit failure
             log.exception("request %s: the audit write failed; the result is returned without an audit row", request_id)
             audit_error = f"the audit log could not be written (request {request_id}); the details are in the server log"
-    ctx.stats.served(kind, elapsed / 1000)
+    ctx.stats.served(kind, work_s)
     cols = record_columns(record)
     log.info("%s %s: %s, review %s, %.0f ms, sha256 %s", kind, request_id, cols["decision"], cols["review_flag"], elapsed, meta["sha256"][:12])
     response.headers["X-Request-ID"] = request_id
