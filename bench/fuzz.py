@@ -21,7 +21,7 @@ prediction has its audit row.
 
 ``fault`` writes ``--images`` synthetic lesion files (a few of them unreadable) and runs
 ``skinlesion predict`` over them twice: once uninterrupted, once killed with SIGKILL at random
-moments (``--kills`` times; the run is started again after each kill, resuming). It compares the
+moments spread over the run (``--kills`` times; the run is started again after each kill, resuming). It compares the
 final predictions.csv and rejected.csv with the uninterrupted run's and counts the audit rows.
 
 Every child process runs in its own process group and is stopped by its id. The numbers depend on
@@ -288,15 +288,17 @@ def run_fault(args: argparse.Namespace) -> dict[str, Any]:
     expected = args.images - kinds.get("unreadable", 0)
     batch_seconds = ref_seconds / max(1, -(-args.images // args.batch_size))
     csv_path = work / "faulted" / "predictions.csv"
+    # Random moments spread over the run: once a random number of rows is on disk (one each, drawn
+    # at once and sorted), and a random part of a batch's time later (mid-batch, mid-write); a target
+    # already reached kills the next start while it loads the model.
+    targets = sorted(rnd.randrange(expected) for _ in range(args.kills))
     t = time.monotonic()
     while True:
         starts += 1
         proc = subprocess.Popen(command("faulted"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         if len(kills) < args.kills:
-            # A random moment: once a random number of rows (from those on disk now: while the model
-            # loads) is on disk, and a random part of a batch's time later (mid-batch, mid-write).
             start_rows = _count_rows(csv_path)
-            target = rnd.randint(start_rows, max(start_rows, expected - 1))
+            target = targets[len(kills)]
             extra = rnd.uniform(0, batch_seconds)
             while proc.poll() is None and _count_rows(csv_path) < target:
                 time.sleep(0.02)
