@@ -64,8 +64,9 @@ def test_csv_has_isic_columns_and_follows_the_predictor(predictor: Predictor, tm
     got = rows(tmp_path / "out" / "predictions.csv")
     assert sorted(r["image"] for r in got) == ["a", "b", "c", "d", "e"]
     assert {r["path"] for r in got} == {str(p.resolve()) for p in files}  # recursive, extension case ignored
-    # The same batches (rows are in input order): MC-dropout masks depend on the batch's composition.
-    recs = [rec for i in range(0, 5, 2) for rec in predictor.predict([read_image(r["path"]) for r in got[i : i + 2]])]
+    recs = [predictor.predict([read_image(r["path"])])[0] for r in got]  # each image on its own, whatever the batch
+    for r, rec in zip(got, recs, strict=True):  # exactly: the batch does not change a result
+        assert r["decision"] == rec["prediction"]["decision"] and r["predictive_entropy"] == format(rec["uncertainty"]["predictive_entropy"], ".9g")
     for r, rec in zip(got, recs, strict=True):
         probs = np.array([float(r[c]) for c in classes])
         assert probs.sum() == pytest.approx(1.0, abs=1e-6)
@@ -125,9 +126,8 @@ def test_every_bad_file_kind_is_listed_and_the_run_goes_on(predictor: Predictor,
         "zero.jpg": (b"", "empty"),
         "text.jpg": (b"patient notes, not an image\n" * 4, "not_an_image"),
         "cut.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
-        "cmyk.jpg": (_encode(rgb.convert("CMYK"), "JPEG"), "unsupported_mode"),
-        "deep.png": (_encode(Image.fromarray(np.full((40, 50), 40000, dtype=np.uint16)), "PNG"), "unsupported_mode"),
-        "alpha.png": (_encode(rgb.convert("RGBA"), "PNG"), "unsupported_mode"),
+        "nan.tif": (_encode(Image.fromarray(np.full((40, 50), np.inf, np.float32), "F"), "TIFF"), "unsupported_mode"),
+        "deep.tif": (_encode(Image.fromarray(np.full((40, 50), 70_000, dtype=np.int32)), "TIFF"), "unsupported_mode"),
         "huge.png": (_encode(Image.new("RGB", (200, 200), (120, 80, 60)), "PNG"), "too_many_pixels"),
         "heavy.png": (_encode(noise, "PNG"), "too_large"),
     }
@@ -138,7 +138,7 @@ def test_every_bad_file_kind_is_listed_and_the_run_goes_on(predictor: Predictor,
     s = run_predictions(predictor, [src], tmp_path / "out", limits=limits, batch_size=3)
     rej = {Path(r["path"]).name: r for r in rows(tmp_path / "out" / "rejected.csv")}
     assert {n: r["reason"] for n, r in rej.items()} == {n: reason for n, (_, reason) in bad.items()}
-    assert "CMYK" in rej["cmyk.jpg"]["detail"] and "alpha" in rej["alpha.png"]["detail"] and "16" in rej["deep.png"]["detail"]
+    assert "infinite floating-point" in rej["nan.tif"]["detail"] and "0-65535" in rej["deep.tif"]["detail"]
     assert len(rej["text.jpg"]["input_sha256"]) == 64 and rej["heavy.png"]["input_sha256"] == ""  # never read
     assert sorted(r["image"] for r in rows(tmp_path / "out" / "predictions.csv")) == ["good1", "good2"]
     assert s.done == 2 and len(s.rejected) == len(bad)
@@ -170,7 +170,7 @@ def test_interrupted_run_keeps_finished_batches_and_resumes(predictor: Predictor
 
     def failing(images: list) -> list:
         calls.append(len(images))
-        if len(calls) == 2:
+        if len(calls) == 3:  # one image per model call: the first of the second batch
             raise RuntimeError("power cut")
         return original(images)
 
@@ -184,7 +184,7 @@ def test_interrupted_run_keeps_finished_batches_and_resumes(predictor: Predictor
     monkeypatch.setattr(predictor, "predict", lambda images: calls.append(len(images)) or original(images))
     calls.clear()
     s = run_predictions(predictor, [src], tmp_path / "out", batch_size=2)
-    assert calls == [2, 1] and s.skipped == 2 and s.done == 3
+    assert calls == [1, 1, 1] and s.skipped == 2 and s.done == 3
     final = rows(tmp_path / "out" / "predictions.csv")
     assert [r["image"] for r in final] == ["l0", "l1", "l2", "l3", "l4"] and final[:2] == first
 
@@ -236,7 +236,7 @@ def test_ids_stay_unique_and_duplicates_are_predicted_once(predictor: Predictor,
     assert len(set(same_folder.values())) == 2
 
 
-def test_reports_are_written_before_their_rows_and_escape_file_names(
+def test_reports_are_written_before_their_rows_and_a_failed_one_rejects_its_image_only(
     predictor: Predictor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import skinlesion.delivery.report as report
@@ -244,30 +244,37 @@ def test_reports_are_written_before_their_rows_and_escape_file_names(
     src = tmp_path / "in"
     lesion(src / "<script>.png", 1)
     lesion(src / "plain.jpg", 2, "NV")
+    lesion(src / "later.jpg", 3, "BCC")
     calls: list[int] = []
     original = report.render_report
 
     def render(*args: object, **kw: object) -> str:
         calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("disk full")
+        if len(calls) == 3:  # plain.jpg (inputs are sorted: <script>, later, plain)
+            raise OSError(28, "No space left on device")
         return original(*args, **kw)
 
     monkeypatch.setattr(report, "render_report", render)
-    with pytest.raises(RuntimeError, match="disk full"):
-        run_predictions(predictor, [src], tmp_path / "out", report=True, batch_size=1)
-    (r,) = rows(tmp_path / "out" / "predictions.csv")
-    assert r["image"] == "<script>" and r["report"] == "reports/<script>.html"
+    s = run_predictions(predictor, [src], tmp_path / "out", report=True, batch_size=1)
+    assert s.status == "complete" and s.done == 2
+    assert [r["image"] for r in rows(tmp_path / "out" / "predictions.csv")] == ["<script>", "later"]
+    (rej,) = rows(tmp_path / "out" / "rejected.csv")
+    assert Path(rej["path"]).name == "plain.jpg" and rej["reason"] == "report_failed"
+    assert "reports/plain.html could not be written" in rej["detail"] and "No space left on device" in rej["detail"]
+    assert not (tmp_path / "out" / "reports" / "plain.html").exists()
     monkeypatch.setattr(report, "render_report", original)
-    run_predictions(predictor, [src], tmp_path / "out", report=True, batch_size=1, pixel_spacing_mm=0.05)
+    s = run_predictions(predictor, [src], tmp_path / "out", report=True, batch_size=1, pixel_spacing_mm=0.05)
+    assert s.done == 1 and s.skipped == 2  # the rejected image is tried again
     got = rows(tmp_path / "out" / "predictions.csv")
-    assert len(got) == 2
+    assert len(got) == 3 and rows(tmp_path / "out" / "rejected.csv") == []
     for r in got:
         html = (tmp_path / "out" / r["report"]).read_text()
         assert NOTICE in html and f"Diagnosis: <strong>{r['diagnosis']}</strong>" in html
         assert html.count("data:image/png;base64,") >= 2 and 'id="abcde"' in html
         assert "<script" not in html
-    html = (tmp_path / "out" / "reports" / "<script>.html").read_text()
+    script = next(r for r in got if r["image"] == "<script>")
+    assert script["report"].startswith("reports/_script_~") and script["report"].endswith(".html")
+    html = (tmp_path / "out" / script["report"]).read_text()
     assert "<title>&lt;script&gt; &ndash;" in html and "spacing unknown" in html  # first run: no spacing given
     assert " mm (pixel spacing 0.0500 mm)" in (tmp_path / "out" / "reports" / "plain.html").read_text()
 

@@ -128,7 +128,7 @@ def test_upload_shows_probabilities_decision_overlay_and_notice(chromium: str, b
             page.on("request", lambda r: requests.append(r.url))
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(base_url + "/")
-            expect(page.locator("#service")).to_contain_text(expected["bundle"]["id"][:12])
+            expect(page.locator("#service")).to_contain_text("Model: shown once a valid API key is entered")  # /health names it to a key only
 
             # no key yet: the service's reason is shown
             page.set_input_files("#file", str(lesion))
@@ -138,6 +138,7 @@ def test_upload_shows_probabilities_decision_overlay_and_notice(chromium: str, b
             # with the key, dropped on the drop zone
             page.fill("#api-key", KEY)
             page.fill("#spacing", "0.02")
+            expect(page.locator("#service")).to_contain_text(expected["bundle"]["id"][:12])
             _drop(page, "#dropzone", lesion)
             page.wait_for_selector("#result[data-state=done]")
             expect(page.locator("#error")).to_be_hidden()
@@ -171,6 +172,7 @@ def test_upload_shows_probabilities_decision_overlay_and_notice(chromium: str, b
             expect(page.locator("#abcde")).to_contain_text("Total Dermoscopy Score")
             expect(page.locator("#abcde")).to_contain_text(" mm")
             expect(page.locator("#provenance")).to_contain_text(expected["bundle"]["id"])
+            expect(page.locator("#provenance")).to_contain_text("Convertedno (8-bit RGB, upright)")
 
             # a file that is not an image: its reason replaces the result
             page.set_input_files("#file", {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"patient notes, not an image"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -142,6 +143,16 @@ def test_members_from_different_splits_are_refused(members: list[Path], tmp_path
         build_bundle(members, tmp_path / "z", weighting="best")
 
 
+def _link_member_outside(bundle_dir: Path):  # noqa: ANN202
+    """An edit that replaces member 0's folder by a link to the original bundle's copy (outside)."""
+
+    def edit(m: dict, d: Path) -> None:
+        shutil.rmtree(d / m["members"][0]["dir"])
+        (d / m["members"][0]["dir"]).symlink_to(bundle_dir / m["members"][0]["dir"], target_is_directory=True)
+
+    return edit
+
+
 def test_load_bundle_names_what_is_wrong(bundle_dir: Path, tmp_path: Path) -> None:
     def broken(edit) -> Path:  # noqa: ANN001
         d = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
@@ -164,6 +175,12 @@ def test_load_bundle_names_what_is_wrong(bundle_dir: Path, tmp_path: Path) -> No
         (lambda m, d: shutil.rmtree(d / m["members"][1]["dir"]), r"members\[1\] \(m1-test_resnet\): folder .* is missing"),
         (lambda m, d: m["members"][0].__setitem__("weights_sha256", "f" * 64), "weights_sha256 differs"),
         (lambda m, d: m["members"][0].pop("temperature"), r"members\[0\] lacks \['temperature'\]"),
+        (lambda m, d: m["members"][0].__setitem__("weights_sha256", None), r"members\[0\] \(.*\): weights_sha256 is None; .* pinned"),
+        (lambda m, d: m["members"][1].__setitem__("dir", str(bundle_dir / m["members"][1]["dir"])),
+         r"members\[1\] \(.*\): dir .* leads outside the bundle folder"),
+        (lambda m, d: m["members"][0].__setitem__("dir", os.path.relpath(bundle_dir / m["members"][0]["dir"], d)),
+         r"members\[0\] \(.*\): dir '\.\./.*' leads outside the bundle folder"),
+        (_link_member_outside(bundle_dir), r"members\[0\] \(.*\): dir .* leads outside the bundle folder .*no links out of it"),
     ]
     for edit, message in cases:
         with pytest.raises(BundleError, match=message):

@@ -51,7 +51,7 @@ def predict_command(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="A checkpoint instead of a bundle."),
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder (a re-run resumes it)."),
     report: bool = typer.Option(False, "--report", help="Also write one HTML report per image (reports/)."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per model call."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images read, then written and fsynced, per step (each is predicted on its own)."),
     workers: int = typer.Option(_default_workers(), "--workers", min=0, help="Image-reading processes (0: in the main process)."),
     engine: str = typer.Option("torch", "--engine", help="torch or onnx (ONNX Runtime; see `skinlesion export onnx`)."),
     onnx_dir: Path | None = typer.Option(None, "--onnx-dir", help="ONNX files (default: <bundle>/onnx)."),

@@ -49,6 +49,16 @@ def serve_command(
     audit_store_images: bool = typer.Option(False, "--audit-store-images", help="Also store the uploaded image bytes in the audit log."),
     max_upload_mb: float = typer.Option(DEFAULT_MAX_BYTES / 2**20, "--max-upload-mb", min=0.001, help="Largest accepted upload, MiB."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Largest accepted image, pixels (checked before decoding)."),
+    max_in_flight: int | None = typer.Option(
+        None, "--max-in-flight", min=1, help="/predict and /explain requests taken at once; more are answered 503 (default 8)."
+    ),
+    max_active: int | None = typer.Option(
+        None, "--max-active", min=1, help="Of those, how many decode and predict at once: one full-size image each (default 2)."
+    ),
+    request_timeout: float | None = typer.Option(
+        None, "--request-timeout", min=0.001,
+        help="Seconds from arrival within which an upload must arrive (else 408) and get to work (else 503) (default 60).",
+    ),
 ) -> None:
     """Serve /predict, /explain, /model, /health and a web page; every prediction goes to the audit log."""
     import uvicorn
@@ -66,7 +76,10 @@ def serve_command(
         audit = AuditLog(audit_db, store_images=audit_store_images)
         model = load_model_source(bundle=bundle, checkpoint=checkpoint, use_default=True)
         predictor = Predictor(model, engine, mc_samples=mc_samples, onnx_dir=onnx_dir, precision=precision)
-        app = create_app(predictor, audit=audit, api_keys=keys, limits=limits, max_upload_bytes=max_bytes)
+        app = create_app(
+            predictor, audit=audit, api_keys=keys, limits=limits, max_upload_bytes=max_bytes, max_in_flight=max_in_flight,
+            max_active=max_active, request_timeout_s=request_timeout,
+        )
     info = predictor.bundle_info()
     log.info("model %s (id %s), engine %s, %d MC-dropout passes", info["name"], info["id"][:12], info["engine"], predictor.mc_samples)
     log.info("audit log: %s%s", audit.url_safe, " (with image bytes)" if audit_store_images else " (no image bytes)")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from skinlesion._csv import read_cell, safe_cell
 from skinlesion.data.table import LesionTable
 from skinlesion.errors import DataError
 
@@ -219,7 +220,7 @@ def _canonical_csv(df: pd.DataFrame) -> str:
     for c in cols:
         numeric_fold = c == "fold" and pd.api.types.is_numeric_dtype(canon[c])
         canon[c] = canon[c].astype(np.int64).astype(str) if numeric_fold else canon[c].astype(str)
-    canon = canon.sort_values("image_id", kind="stable")
+    canon = canon.sort_values("image_id", kind="stable").map(safe_cell)  # ids a spreadsheet would run as formulas escaped
     return canon.to_csv(index=False, lineterminator="\n")
 
 
@@ -373,7 +374,7 @@ def read_manifest(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not isinstance(info, dict) or "hash" not in info:
         raise DataError(f"Sidecar {side} has no 'hash' entry; expected the JSON written by write_manifest.")
     try:
-        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        df = pd.read_csv(p, dtype=str, keep_default_na=False).map(read_cell)
     except pd.errors.EmptyDataError:
         raise DataError(f"Split manifest {p} is empty.") from None
     where = f"Split manifest {p}"

@@ -7,17 +7,21 @@ uncertainty (columns of the record, :func:`skinlesion.records.record_columns`), 
 key) and the time taken. Image bytes are stored only when asked (``store_images=True``): an audit
 log normally must not become a second copy of patient images.
 
-``skinlesion audit export --db URL --out audit.csv`` writes the rows as CSV.
+A batch run writes its rows with :meth:`AuditLog.record_once`: each carries a request id derived
+from the run and the input, and a row whose request id the log already holds is not written again,
+so a resumed or retried run never duplicates one (:mod:`skinlesion.delivery.audit_journal`).
+
+``skinlesion audit export --db URL --out audit.csv`` writes the rows as CSV (cells a spreadsheet
+would run as formulas escaped: :mod:`skinlesion._csv`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import threading
 from datetime import datetime, timezone
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from skinlesion import _csv
 from skinlesion._json import json_default
 from skinlesion.errors import SkinLesionError
 from skinlesion.records import PredictionRecord, record_columns
@@ -75,7 +80,7 @@ class AuditRecord(_Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     time_utc: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     source: Mapped[str] = mapped_column(String(32))
-    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     user_id: Mapped[str] = mapped_column(String(64), index=True)
     input_name: Mapped[str | None] = mapped_column(Text, nullable=True)
     input_sha256: Mapped[str] = mapped_column(String(64), index=True)
@@ -131,6 +136,8 @@ class AuditLog:
             if self.url.startswith("sqlite"):
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             _Base.metadata.create_all(self.engine)
+            for index in AuditRecord.__table__.indexes:  # also on a log created before an index was declared
+                index.create(self.engine, checkfirst=True)
         except Exception as e:  # noqa: BLE001 - driver errors differ per backend
             raise AuditError(f"Cannot open the audit database {self.url_safe}: {e}") from None
         self._lock = threading.Lock()
@@ -154,22 +161,8 @@ class AuditLog:
     ) -> int:
         """Store one :class:`~skinlesion.records.PredictionRecord` (or a record read back as JSON).
         Returns its row id."""
-        if "decision" not in (record.get("prediction") or {}):
-            raise ValueError("The 'record' parameter must hold prediction.decision (a Predictor record).")
-        cols = record_columns(record)
-        row = AuditRecord(
-            time_utc=datetime.now(timezone.utc),
-            source=source,
-            request_id=request_id,
-            user_id=user_id or "anonymous",
-            input_name=input_name,
-            input_sha256=input_sha256,
-            bundle_id="unknown" if cols["bundle_id"] is None else str(cols["bundle_id"]),
-            **{c: cols[c] for c in RECORD_COLUMNS},
-            elapsed_ms=elapsed_ms,
-            outputs_json=json.dumps(record, default=json_default, sort_keys=True),
-            image=image_bytes if (self.store_images and image_bytes is not None) else None,
-        )
+        row = self._row(source=source, input_sha256=input_sha256, input_name=input_name, record=record, user_id=user_id,
+                        image_bytes=image_bytes, request_id=request_id, elapsed_ms=elapsed_ms)
         try:
             with self._lock, Session(self.engine) as s:
                 s.add(row)
@@ -177,6 +170,49 @@ class AuditLog:
                 return int(row.id)
         except Exception as e:  # noqa: BLE001
             raise AuditError(f"Cannot write to the audit database {self.url_safe}: {e}") from None
+
+    def record_once(self, entries: Sequence[Mapping[str, Any]]) -> int:
+        """Store each entry (the keyword arguments of :meth:`record`, ``request_id`` required) whose
+        ``request_id`` the log does not hold yet, in one transaction. Returns how many were new."""
+        ids = [e["request_id"] for e in entries]
+        if any(not isinstance(i, str) or not i for i in ids):
+            raise ValueError("The 'entries' parameter must give every entry a non-empty 'request_id'.")
+        rows = [self._row(**e) for e in entries]
+        try:
+            with self._lock, Session(self.engine) as s:
+                held = set(s.scalars(select(AuditRecord.request_id).where(AuditRecord.request_id.in_(set(ids)))))
+                new = []
+                for row in rows:
+                    if row.request_id not in held:
+                        held.add(row.request_id)
+                        new.append(row)
+                s.add_all(new)
+                s.commit()
+                return len(new)
+        except Exception as e:  # noqa: BLE001
+            raise AuditError(f"Cannot write to the audit database {self.url_safe}: {e}") from None
+
+    def _row(
+        self, *, source: str, input_sha256: str, input_name: str | None, record: PredictionRecord | Mapping[str, Any],
+        user_id: str | None = None, image_bytes: bytes | None = None, request_id: str | None = None,
+        elapsed_ms: float | None = None,
+    ) -> AuditRecord:
+        if "decision" not in (record.get("prediction") or {}):
+            raise ValueError("The 'record' parameter must hold prediction.decision (a Predictor record).")
+        cols = record_columns(record)
+        return AuditRecord(
+            time_utc=datetime.now(timezone.utc),
+            source=source,
+            request_id=request_id,
+            user_id=user_id or "anonymous",
+            input_name=None if input_name is None else _storable(input_name),
+            input_sha256=input_sha256,
+            bundle_id="unknown" if cols["bundle_id"] is None else str(cols["bundle_id"]),
+            **{c: cols[c] for c in RECORD_COLUMNS},
+            elapsed_ms=elapsed_ms,
+            outputs_json=json.dumps(record, default=json_default, sort_keys=True),
+            image=image_bytes if (self.store_images and image_bytes is not None) else None,
+        )
 
     def count(self) -> int:
         with Session(self.engine) as s:
@@ -208,7 +244,7 @@ class AuditLog:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(EXPORT_COLUMNS))
+            w = _csv.DictWriter(f, fieldnames=list(EXPORT_COLUMNS))
             w.writeheader()
             w.writerows(rows)
         tmp.replace(out)
@@ -225,6 +261,11 @@ def _derived(outputs_json: str) -> dict[str, Any]:
         return dict.fromkeys(DERIVED_COLUMNS)
     cols = record_columns(record)
     return {c: cols.get(c) for c in DERIVED_COLUMNS}
+
+
+def _storable(text: str) -> str:
+    """``text`` with any lone surrogate (a file name that is not UTF-8) written as ``\\udcxx``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _utc(t: datetime) -> datetime:

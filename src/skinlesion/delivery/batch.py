@@ -7,16 +7,23 @@ Outputs in the out folder (the CSV files: :mod:`skinlesion.delivery.csv_io`):
 
 * ``predictions.csv``: one row per predicted image, a serialisation of its
   :class:`~skinlesion.records.PredictionRecord`.
-* ``rejected.csv``: one row per input that is not a usable 8-bit RGB image, with the reason code of
-  :class:`~skinlesion.delivery.images.ImageRejected` (or ``invalid_metadata``).
-* ``reports/<image>.html`` with ``report=True`` (see :mod:`skinlesion.delivery.report`), written
-  *before* the image's CSV row, so a row implies its report.
-* ``run.json``: bundle id, engine, counts, seconds, images/s and the options of the last run.
+* ``rejected.csv``: one row per input that is not a usable image, with the reason code of
+  :class:`~skinlesion.delivery.images.ImageRejected` (or ``invalid_metadata``, or ``report_failed``
+  when its report could not be written: that image only is rejected, and tried again by a re-run).
+* ``reports/<name>.html`` with ``report=True`` (see :mod:`skinlesion.delivery.report`; the name is
+  :func:`report_name`, unique and bounded), written *before* the image's CSV row, so a row implies
+  its report.
+* ``run.json``: bundle id, engine, counts, seconds, images/s, audit rows and the options of the last run.
+* ``audit-pending.jsonl`` while audit rows wait to be written (:mod:`skinlesion.delivery.audit_journal`).
 
 Images are read and decoded by a torch ``DataLoader`` (``workers`` processes, lists of images of
-any size per batch); every batch is predicted in one :meth:`Predictor.predict` call and its rows
-are appended, flushed and fsynced before the next one, so an interrupted run loses nothing it
-wrote. A re-run into the same folder skips every path already in ``predictions.csv`` (the key is
+any size per batch); each image is predicted in its own :meth:`Predictor.predict` call (on a CPU no
+slower than a batched call, and its numbers never depend on which images shared its batch: a
+resumed run writes the rows an uninterrupted one would, and ``serve`` answers the same file with
+the same record), and a batch's rows are appended, flushed and fsynced before the next batch, so
+an interrupted run loses nothing it wrote. With an audit log, each row gets exactly one audit row, written after the CSV rows; an audit
+failure is logged and retried, never stops the run (:mod:`~skinlesion.delivery.audit_journal`).
+A re-run into the same folder skips every path already in ``predictions.csv`` (the key is
 the resolved path), drops a torn last line, tries rejected inputs again (they may have been
 fixed), and refuses a folder written by another bundle.
 """
@@ -25,7 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,8 +46,10 @@ from torch.utils.data import DataLoader, Dataset
 
 import skinlesion
 from skinlesion.delivery.csv_io import PREDICTIONS_CSV, OutFiles, fsync, prediction_columns, prediction_row, read_rows
-from skinlesion.delivery.images import ImageLimits, ImageRejected, decode_image, read_image_bytes
+from skinlesion.delivery.audit_journal import AuditJournal, batch_request_id
+from skinlesion.delivery.images import ImageLimits, ImageRejected, load_image, read_image_bytes
 from skinlesion.delivery.inputs import (
+    REPORT_FAILED,
     BatchError,
     InputFile,
     Rejection,
@@ -55,13 +66,17 @@ if TYPE_CHECKING:
     from skinlesion.delivery.audit import AuditLog
     from skinlesion.delivery.engine import Predictor
 
+log = logging.getLogger(__name__)
 RUN_JSON = "run.json"
 REPORTS_DIR = "reports"
+#: Longest report file stem kept from an image id (file systems allow 255 bytes per name).
+REPORT_STEM_MAX = 100
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,%d}" % REPORT_STEM_MAX)
 
 
 # -- reading (DataLoader workers) ---------------------------------------------------------------------
 class _InputDataset(Dataset):
-    """Items ``{index, path, sha256, image}`` or ``{index, path, sha256, reason, detail}``."""
+    """Items ``{index, path, sha256, image, converted_from}`` or ``{index, path, sha256, reason, detail}``."""
 
     def __init__(self, files: Sequence[InputFile], limits: ImageLimits) -> None:
         self.files = list(files)
@@ -76,7 +91,8 @@ class _InputDataset(Dataset):
         try:
             data = read_image_bytes(f.path, limits=self.limits)
             item["sha256"] = hashlib.sha256(data).hexdigest()
-            item["image"] = decode_image(data, source=str(f.path), limits=self.limits)
+            decoded = load_image(data, source=str(f.path), limits=self.limits)
+            item["image"], item["converted_from"] = decoded.array, decoded.converted_from
         except ImageRejected as e:
             item.update(reason=e.reason, detail=e.detail + (f" (listed in {f.origin})" if f.origin else ""))
         return item
@@ -104,6 +120,8 @@ class RunSummary:
     rejected: list[Rejection] = field(default_factory=list)
     duplicates: int = 0
     metadata_unmatched: list[str] = field(default_factory=list)
+    audit_rows: int = 0
+    audit_pending: int = 0
     seconds: float = 0.0
     images_per_s: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -142,13 +160,21 @@ def _check_bundle(out: Path, bundle_id: str, rows: Sequence[Mapping[str, str]] =
         )
 
 
-def _report_name(image_id: str) -> str:
-    return "".join("_" if ch in "/\\\0" else ch for ch in image_id) + ".html"
+def report_name(image_id: str) -> str:
+    """The report file of an image: ``<id>.html`` when the id is a short name of letters, digits and
+    ``._-``; otherwise those characters of the id (others as ``_``, at most :data:`REPORT_STEM_MAX`)
+    and ``~`` plus 12 hex digits of the id's sha256. Distinct ids never share a name: a plain name
+    has no ``~``, and a hashed one names its id's hash."""
+    if _PLAIN_NAME.fullmatch(image_id):
+        return image_id + ".html"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", image_id)[:REPORT_STEM_MAX]
+    digest = hashlib.sha256(image_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{stem}~{digest}.html"
 
 
 def _write_report(path: Path, html: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with tmp.open("w", encoding="utf-8", errors="backslashreplace") as f:
         f.write(html)
         fsync(f)
     os.replace(tmp, path)
@@ -212,9 +238,12 @@ def run_predictions(
         (out / REPORTS_DIR).mkdir(exist_ok=True)
     _write_run_json(out, summary)
     outputs = OutFiles(out, columns)
+    journal = AuditJournal(audit, out) if audit is not None else None
     t0 = time.perf_counter()
     try:
         with outputs:
+            if journal is not None:
+                journal.recover(set(done))
             outputs.reject(inputs.rejected)
             summary.rejected.extend(inputs.rejected)
             if progress:
@@ -228,28 +257,34 @@ def run_predictions(
                 outputs.reject(bad)
                 summary.rejected.extend(bad)
                 good = [it for it in batch if it["image"] is not None]
-                tb = time.perf_counter()
-                metas = [it["metadata"] for it in good]
-                images = [it["image"] for it in good]
-                if not good:
-                    records = []
-                elif any(m is not None for m in metas):
-                    records = predictor.predict(images, metadata=metas)
-                else:
-                    records = predictor.predict(images)
-                rows = []
-                for it, rec in zip(good, records, strict=True):
+                rows, entries, failed = [], [], []
+                for it in good:  # one image per model call: a result never depends on its batch (see the module doc)
+                    tb, one = time.perf_counter(), [it["image"]]
+                    rec = (predictor.predict(one) if it["metadata"] is None else predictor.predict(one, metadata=[it["metadata"]]))[0]
+                    elapsed = 1000.0 * (time.perf_counter() - tb)
+                    rec["converted_from"] = it["converted_from"]
                     image_id = ids[Path(it["path"])]
                     rel = ""
                     if report:  # the report first: a row implies its report
-                        rel = f"{REPORTS_DIR}/{_report_name(image_id)}"
-                        _write_report(out / rel, _render(predictor, it, rec, image_id, pixel_spacing_mm))
+                        rel = f"{REPORTS_DIR}/{report_name(image_id)}"
+                        try:
+                            _write_report(out / rel, _render(predictor, it, rec, image_id, pixel_spacing_mm))
+                        except Exception as e:  # noqa: BLE001 - one image's report must not stop the run
+                            log.warning("%s: report %s not written", it["path"], rel, exc_info=True)
+                            failed.append(Rejection(it["path"], REPORT_FAILED, f"its report {rel} could not be written ({type(e).__name__}: {e})", it["sha256"]))
+                            continue
                     rows.append(prediction_row(image_id, it["path"], it["sha256"], rec, classes, rel))
-                if audit is not None:
-                    ms = 1000.0 * (time.perf_counter() - tb) / max(len(good), 1)
-                    for it, rec in zip(good, records, strict=True):
-                        audit.record(source="predict", input_sha256=it["sha256"], input_name=it["path"], record=rec, elapsed_ms=ms)
+                    entries.append({
+                        "source": "predict", "input_sha256": it["sha256"], "input_name": it["path"], "record": rec,
+                        "elapsed_ms": elapsed, "request_id": batch_request_id(out, it["path"], it["sha256"], bundle.bundle_id),
+                    })
+                outputs.reject(failed)
+                summary.rejected.extend(failed)
+                if journal is not None:
+                    journal.stage(entries)  # staged before the rows: a row never lacks its audit row
                 outputs.append(rows)
+                if journal is not None:
+                    journal.flush()
                 done.update((r["path"], r["image"]) for r in rows)
                 summary.done += len(rows)
                 if progress:
@@ -260,6 +295,9 @@ def run_predictions(
         raise
     finally:
         outputs.tidy(set(done))
+        if journal is not None:
+            journal.flush()
+            summary.audit_rows, summary.audit_pending = journal.written, len(journal.pending)
         summary.seconds = round(time.perf_counter() - t0, 3)
         summary.images_per_s = round(summary.done / summary.seconds, 3) if summary.seconds > 0 and summary.done else None
         _write_run_json(out, summary)
@@ -269,4 +307,5 @@ def run_predictions(
 def _render(predictor: Predictor, item: Mapping[str, Any], record: PredictionRecord, image_id: str, spacing: float | None) -> str:
     result, arrays = predictor.explain(item["image"], pixel_spacing_mm=spacing, record=record, metadata=item.get("metadata"))
     result["input"] = {"image": image_id, "path": item["path"], "sha256": item["sha256"], "shape": list(item["image"].shape)}
+    result["converted_from"] = record.get("converted_from")
     return html_report.render_report(result, item["image"], arrays, title=image_id)

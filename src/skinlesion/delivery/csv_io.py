@@ -4,14 +4,17 @@
   class in the bundle's order) followed by :data:`DETAIL_COLUMNS`: the record's columns
   (:data:`skinlesion.records.COLUMNS`: decision, the rule that made it, the operating point whose
   temperature and thresholds were used, review flag, MC-dropout uncertainty in nats, the metadata
-  used (empty: missing)), then provenance (input path and sha256, bundle id, engine, report).
+  used (empty: missing)), then provenance (input path and sha256, what the file was converted from
+  (empty: it was upright 8-bit RGB; :func:`~skinlesion.delivery.images.conversion_text`), bundle id,
+  engine, report).
   A row is a serialisation of one :class:`~skinlesion.records.PredictionRecord`
   (:func:`prediction_row`).
 * ``rejected.csv``: :data:`~skinlesion.delivery.inputs.REJECTED_COLUMNS`, one current row per
   input that could not be predicted.
 
-:class:`OutFiles` appends rows and flushes and fsyncs them per call; :func:`read_rows` reads a
-file back, drops a torn last line (no final newline, or too few fields) and, with ``repair``,
+Cells that a spreadsheet would run as a formula are escaped (:mod:`skinlesion._csv`) and restored
+when read back. :class:`OutFiles` appends rows and flushes and fsyncs them per call; :func:`read_rows`
+reads a file back, drops a torn last line (no final newline, or too few fields) and, with ``repair``,
 rewrites the file without it; a header other than this run's is a
 :class:`~skinlesion.delivery.inputs.BatchError` ("choose a new --out").
 """
@@ -26,13 +29,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from skinlesion import _csv
+from skinlesion.delivery.images import conversion_text
 from skinlesion.delivery.inputs import REJECTED_COLUMNS, BatchError, Rejection
 from skinlesion.records import COLUMNS, PredictionRecord, record_columns
 
 PREDICTIONS_CSV = "predictions.csv"
 REJECTED_CSV = "rejected.csv"
 #: predictions.csv columns after ``image`` and the class probabilities.
-DETAIL_COLUMNS = (*COLUMNS, "path", "input_sha256", "bundle_id", "engine", "report")
+DETAIL_COLUMNS = (*COLUMNS, "path", "input_sha256", "converted_from", "bundle_id", "engine", "report")
 
 
 def prediction_columns(classes: Sequence[str]) -> list[str]:
@@ -48,8 +53,8 @@ def fsync(f: Any) -> None:
 
 def _rewrite(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
+    with tmp.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        w = _csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
         fsync(f)
@@ -57,15 +62,17 @@ def _rewrite(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, str
 
 
 def read_rows(path: Path, columns: Sequence[str], *, repair: bool = True) -> list[dict[str, str]]:
-    """Rows of a CSV this module wrote. A torn last row (no final newline, or too few fields) is
+    """Rows of a CSV this module wrote (cells restored by :func:`skinlesion._csv.read_cell`). A torn
+    last row (no final newline, also one cut inside a multi-byte character, or too few fields) is
     dropped, and with ``repair`` the file is rewritten without it; a header other than ``columns``
-    is a :class:`BatchError`."""
+    or damage before the last line is a :class:`BatchError`."""
     if not path.is_file():
         return []
-    text = path.read_text(encoding="utf-8")
-    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
-    records = list(csv.reader(io.StringIO(complete, newline="")))
-    torn = complete != text
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    torn = complete != data
+    text = complete.decode("utf-8", "surrogateescape")  # file names that are not UTF-8 come back as they were
+    records = _csv.read_rows(csv.reader(io.StringIO(text, newline="")))
     if not records:  # empty, or the header itself was torn
         if repair:
             _rewrite(path, columns, [])
@@ -101,7 +108,10 @@ def prediction_row(
     image_id: str, path: str, sha256: str, record: PredictionRecord, classes: Sequence[str], report: str = ""
 ) -> dict[str, str]:
     """One ``predictions.csv`` row: the record's probabilities and columns, and where the input came from."""
-    values = {**record_columns(record), "path": path, "input_sha256": sha256, "report": report}
+    values = {
+        **record_columns(record), "path": path, "input_sha256": sha256, "report": report,
+        "converted_from": conversion_text(record.get("converted_from")),
+    }
     probabilities = record["prediction"]["probabilities"]
     return {"image": image_id, **{c: _fmt(float(probabilities[c])) for c in classes}, **{c: _fmt(values[c]) for c in DETAIL_COLUMNS}}
 
@@ -121,10 +131,10 @@ class OutFiles:
         self.current: set[tuple[str, str, str]] = set()
 
     def __enter__(self) -> OutFiles:
-        self.pf = self.pred_path.open("a", newline="", encoding="utf-8")
-        self.rf = self.rej_path.open("a", newline="", encoding="utf-8")
-        self.pw = csv.DictWriter(self.pf, fieldnames=self.columns, lineterminator="\n")
-        self.rw = csv.DictWriter(self.rf, fieldnames=list(REJECTED_COLUMNS), lineterminator="\n")
+        self.pf = self.pred_path.open("a", newline="", encoding="utf-8", errors="surrogateescape")
+        self.rf = self.rej_path.open("a", newline="", encoding="utf-8", errors="surrogateescape")
+        self.pw = _csv.DictWriter(self.pf, fieldnames=self.columns, lineterminator="\n")
+        self.rw = _csv.DictWriter(self.rf, fieldnames=list(REJECTED_COLUMNS), lineterminator="\n")
         for f, w in ((self.pf, self.pw), (self.rf, self.rw)):
             if f.tell() == 0:
                 w.writeheader()

@@ -31,10 +31,16 @@ from skinlesion.delivery.metadata import MetadataFileError, MetadataRow
 from skinlesion.errors import SkinLesionError
 from skinlesion.records.metadata import FIELDS, MetadataError, normalise_metadata
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
+#: Extensions of the formats :mod:`skinlesion.delivery.images` opens (any case).
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".gif", ".tif", ".tiff", ".bmp", ".dib", ".webp",
+    ".jp2", ".j2k", ".avif", ".ppm", ".pgm", ".pbm", ".pnm",
+})
 PATH_COLUMNS = ("path", "image_path")
 #: rejected.csv reason of an image whose metadata is invalid (not an image check: not in images.REASONS).
 INVALID_METADATA = "invalid_metadata"
+#: rejected.csv reason of an image whose HTML report could not be written (that image only; a re-run tries it again).
+REPORT_FAILED = "report_failed"
 #: rejected.csv columns: the fields of a :class:`Rejection`.
 REJECTED_COLUMNS = ("path", "reason", "detail", "input_sha256")
 

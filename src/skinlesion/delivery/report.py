@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from skinlesion.delivery.images import conversion_text
 from skinlesion.records import NOTICE, Explanation, PredictionRecord
 
 MAX_SIDE = 512  # embedded images are downscaled to keep reports small
@@ -356,6 +357,8 @@ def _provenance(result: Mapping[str, Any]) -> str:
     for key, label in (("image", "Image id"), ("path", "Input file"), ("sha256", "Input sha256"), ("shape", "Image size (H, W, C)")):
         if inp.get(key) is not None:
             rows.append([label, _e(inp[key])])
+    if "converted_from" in result:
+        rows.append(["Converted to 8-bit RGB", _e(conversion_text(result["converted_from"]) or "no (the file was upright 8-bit RGB)")])
     return _table(["Field", "Value"], rows)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,8 @@ from skinlesion.ensemble.predict import images_view_logits, member_view_logits
 from skinlesion.ensemble.weighting import combine_log_probs
 from skinlesion.errors import CheckpointError
 from skinlesion.inference.tta import TTAPolicy
-from skinlesion.models.checkpoint import load_checkpoint
+from skinlesion.models.checkpoint import META as CHECKPOINT_META
+from skinlesion.models.checkpoint import WEIGHTS, load_checkpoint, resolve_checkpoint_dir
 
 MANIFEST = "split_manifest.csv"
 VALIDATION_CACHE = "validation.npz"
@@ -78,6 +80,7 @@ WITH_METADATA = "with_metadata"
 WITHOUT_METADATA = "without_metadata"
 OPERATING_POINTS = (WITH_METADATA, WITHOUT_METADATA)
 _POINT_DTYPE = f"U{max(len(p) for p in OPERATING_POINTS)}"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 __all__ = [  # FORMAT ... BundleError live in bundle_schema; existing code imports them from here
     "DEFAULT_BUNDLE", "FORMAT", "FORMAT_VERSION", "MANIFEST", "META", "OPERATING_POINTS", "REQUIRED", "REQUIRED_MEMBER",
     "TEMPERATURE_MODES", "VALIDATION_CACHE", "VALIDATION_NO_METADATA_CACHE", "WITHOUT_METADATA", "WITH_METADATA", "Bundle",
@@ -425,10 +428,28 @@ def load_bundle(path: str | Path, *, map_location: str = "cpu", verify: bool = T
         raise bundle_error(p, f"not valid JSON ({e})") from e
     spec = validate_meta(meta, p)
     members = []
+    root = p.resolve()
     for i, m in enumerate(spec.members):
+        where = f"members[{i}] ({m.name})"
+        if not isinstance(m.weights_sha256, str) or not _SHA256.fullmatch(m.weights_sha256):
+            raise bundle_error(
+                p, f"{where}: weights_sha256 is {m.weights_sha256!r}; every member's weights must be pinned by their "
+                "sha256 (64 hex digits), as `skinlesion ensemble build` writes it",
+            )
         d = p / m.dir
         if not d.is_dir():
-            raise bundle_error(p, f"members[{i}] ({m.name}): folder {d} is missing")
+            raise bundle_error(p, f"{where}: folder {d} is missing")
+        try:
+            files = [resolve_checkpoint_dir(d)]
+        except CheckpointError as e:
+            raise bundle_error(p, f"{where}: {e}") from None
+        files += [files[0] / CHECKPOINT_META, files[0] / WEIGHTS]
+        outside = [str(f) for f in files if not f.resolve().is_relative_to(root)]
+        if outside:
+            raise bundle_error(
+                p, f"{where}: dir {m.dir!r} leads outside the bundle folder ({outside[0]}); a member's files must sit "
+                "inside the bundle (members/<name>/, no links out of it)",
+            )
         try:
             ckpt = load_checkpoint(d, map_location=map_location, verify=verify)
         except CheckpointError as e:

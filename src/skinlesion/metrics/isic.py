@@ -15,7 +15,6 @@ when it is in the truth file (a known-bad 2019 test image); our own metrics do n
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import re
 import warnings
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from skinlesion import _csv
 from skinlesion.classes import ISIC2018_CLASSES, ISIC2019_COLUMNS, UnknownLabelError, canonical_label
 from skinlesion.metrics.inputs import check_labels
 
@@ -82,7 +82,7 @@ def _write(path: Any, header: list[str], cols: list[int | None], ids: list[str],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
+        writer = _csv.writer(fh, lineterminator="\n")  # ids a spreadsheet would run as formulas escaped
         writer.writerow(["image", *header])
         for i, row in zip(ids, values):
             writer.writerow([i, *(_fmt(float(row[c]), decimals) if c is not None else _fmt(0.0, decimals) for c in cols)])

@@ -138,11 +138,24 @@ class MetadataInfo(TypedDict):
     ignored: NotRequired[Annotated[dict[str, str], Field(description="Given but not used, and why (e.g. a site never seen in training).")]]
 
 
+class Conversion(TypedDict):
+    """How a file that was not upright 8-bit RGB became the RGB image the model saw
+    (:mod:`skinlesion.delivery.images`)."""
+
+    mode: Annotated[str, Field(description="The file's Pillow mode: CMYK, RGBA, P, L, I;16, ... (RGB: only oriented).")]
+    format: Annotated[str | None, Field(description="The file format: JPEG, PNG, GIF, TIFF, ...")]
+    steps: Annotated[list[str], Field(description="What was done, in order, in words (e.g. 'CMYK to sRGB through the embedded ICC profile').")]
+
+
 class PredictionRecord(TypedDict):
     """One image's prediction: what ``predict`` writes, ``serve`` answers and the audit log keeps."""
 
     notice: str
     bundle: BundleRef
+    converted_from: NotRequired[Annotated[Conversion | None, Field(
+        description="What the file was and how it was converted to 8-bit RGB (orientation, colour space, alpha, "
+        "bit depth); null: it was upright 8-bit RGB. Set by predict and serve, which decode files.",
+    )]]
     prediction: Prediction
     uncertainty: Annotated[Uncertainty | None, Field(description="MC-dropout uncertainty; None when the MC-dropout passes are 0.")]
     metadata: Annotated[MetadataInfo, Field(description="The patient metadata used (age, sex, site).")]

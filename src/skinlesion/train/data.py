@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from skinlesion import _csv
 from skinlesion.data.readers import load_dataset
 from skinlesion.data.splits import apply_manifest, make_split, read_manifest, write_manifest
 from skinlesion.data.table import LesionTable
@@ -61,7 +61,7 @@ def load_table(cfg: DataConfig, run_dir: Path) -> LesionTable:
 
 def _write_skipped(table: LesionTable, path: Path) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+        w = _csv.writer(f)
         w.writerow(["file", "row", "image_id", "reason"])
         for s in table.skipped:
             w.writerow([s.file, s.row, s.image_id, s.reason])

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from skinlesion import _csv
 from skinlesion.classes import CANONICAL, ISIC2018_CLASSES
 from skinlesion.data.synthetic._recipes import check_size, sample_spec, supported_label
 from skinlesion.data.synthetic._render import render_lesion, vary_spec
@@ -194,11 +195,11 @@ def write_synthetic_dataset(
         box = {"top": int(rows.min()), "bottom": int(rows.max()), "left": int(cols.min()), "right": int(cols.max())}
         truth_rows.append({"image_id": image_id, "lesion_id": person["lesion_id"], **truth.to_dict(), **box})
     with open(root / "HAM10000_metadata.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(METADATA_COLUMNS))
+        writer = _csv.DictWriter(f, fieldnames=list(METADATA_COLUMNS))
         writer.writeheader()
         writer.writerows(meta_rows)
     with open(root / "synthetic_truth.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(truth_rows[0]))
+        writer = _csv.DictWriter(f, fieldnames=list(truth_rows[0]))
         writer.writeheader()
         writer.writerows(truth_rows)
     logger.info("Wrote %d synthetic images of %d lesions to %s.", n_images, len(plans), root)

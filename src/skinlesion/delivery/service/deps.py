@@ -4,20 +4,19 @@ form and the uploaded image, each checked before any model runs."""
 from __future__ import annotations
 
 import hashlib
-import hmac
 from typing import Any
 
-import numpy as np
 from fastapi import Depends, Form, Security, UploadFile
 from fastapi.security import APIKeyHeader
 
 from skinlesion.delivery.audit import api_key_id
-from skinlesion.delivery.images import ImageRejected, decode_image
+from skinlesion.delivery.images import DecodedImage, ImageRejected, load_image
 from skinlesion.delivery.metadata import HAM10000_SITES
 from skinlesion.delivery.service.context import ServiceContext, get_context
 from skinlesion.delivery.service.errors import REJECTION_STATUS, reject
+from skinlesion.delivery.service.guards import key_error
 from skinlesion.delivery.service.schemas import InputInfo
-from skinlesion.delivery.service.settings import API_KEY_HEADER
+from skinlesion.delivery.service.settings import API_KEY_HEADER, MAX_FIELD_CHARS, MAX_NAME_CHARS
 from skinlesion.records.metadata import MetadataError, normalise_metadata
 
 _CHUNK = 1024 * 1024
@@ -29,21 +28,18 @@ key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="Re
 
 
 def user(key: str | None = Security(key_header), ctx: ServiceContext = Depends(get_context)) -> str:
-    """The caller's id: ``anonymous`` without API keys, else the key's id; 401/403 otherwise."""
-    keys = ctx.settings.api_keys
-    if not keys:
-        return "anonymous"
-    if not key:
-        raise reject(401, "api_key_missing", f"this service needs an API key in the {API_KEY_HEADER} header")
-    if not any(hmac.compare_digest(key.encode(), k.encode()) for k in keys):
-        raise reject(403, "api_key_invalid", "the API key is not one this service accepts")
-    return api_key_id(key)
+    """The caller's id: ``anonymous`` without API keys, else the key's id; 401/403 otherwise (already
+    answered by :class:`~skinlesion.delivery.service.guards.KeyGate` before the body was read)."""
+    error = key_error(key, ctx.settings.api_keys)
+    if error is not None:
+        raise error
+    return api_key_id(key) if ctx.settings.api_keys and key else "anonymous"
 
 
 def patient(
-    age: str | None = Form(None, description=AGE_HELP),
-    sex: str | None = Form(None, description=SEX_HELP),
-    site: str | None = Form(None, description=SITE_HELP),
+    age: str | None = Form(None, max_length=MAX_FIELD_CHARS, description=AGE_HELP),
+    sex: str | None = Form(None, max_length=MAX_FIELD_CHARS, description=SEX_HELP),
+    site: str | None = Form(None, max_length=MAX_FIELD_CHARS, description=SITE_HELP),
     ctx: ServiceContext = Depends(get_context),
 ) -> dict[str, Any] | None:
     """The form's metadata (a dependency of /predict and /explain), normalised (None: none given);
@@ -73,12 +69,15 @@ def read_upload(file: UploadFile, cap: int) -> bytes:
     return b"".join(parts)
 
 
-def accept_image(file: UploadFile, ctx: ServiceContext) -> tuple[bytes, np.ndarray, InputInfo]:
-    """The upload's bytes, its checked RGB image and what the response says about it (``input``)."""
+def accept_image(file: UploadFile, ctx: ServiceContext) -> tuple[bytes, DecodedImage, InputInfo]:
+    """The upload's bytes, its checked RGB image (with what was converted) and what the response says
+    about it (``input``)."""
+    if file.filename is not None and len(file.filename) > MAX_NAME_CHARS:
+        raise reject(422, "invalid_request", f"the file name is {len(file.filename):,} characters; the limit is {MAX_NAME_CHARS}")
     data = read_upload(file, ctx.settings.max_upload_bytes)
     try:
-        image = decode_image(data, source="upload", limits=ctx.settings.limits)
+        decoded = load_image(data, source="upload", limits=ctx.settings.limits)
     except ImageRejected as e:
         raise reject(REJECTION_STATUS.get(e.reason, 422), e.reason, f"the file {e.detail}") from None
-    h, w = image.shape[:2]
-    return data, image, InputInfo(name=file.filename, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), width=w, height=h)
+    h, w = decoded.array.shape[:2]
+    return data, decoded, InputInfo(name=file.filename, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), width=w, height=h)

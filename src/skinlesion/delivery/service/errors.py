@@ -2,12 +2,14 @@
 
 :func:`reject` makes one, :func:`add_error_handlers` answers every error (also FastAPI's own
 validation errors and crashes) in that form and counts it, and :class:`BodyCap` refuses a request
-body over the cap while it streams in.
+body over the cap while it streams in, or one that has not arrived by the request's deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,17 +31,20 @@ REJECTION_STATUS = {
     "empty": 422, "too_small": 422, "truncated": 422, "missing": 422, "unreadable": 422,
 }
 _STATUS_REASON = {400: "bad_request", 401: "api_key_missing", 403: "api_key_invalid", 404: "not_found",
-                  405: "method_not_allowed", 413: "too_large", 500: "internal_error"}
+                  405: "method_not_allowed", 408: "request_timeout", 413: "too_large", 500: "internal_error", 503: "busy"}
 #: The error answers of the prediction routes, for ``/openapi.json``.
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
-        (401, "No API key (X-API-Key) although the service requires one."),
-        (403, "Unknown API key."),
+        (401, "No API key (X-API-Key) although the service requires one (answered before the upload is read)."),
+        (403, "Unknown API key (answered before the upload is read)."),
+        (408, "The upload did not arrive within the request time limit (request_timeout)."),
         (413, "File or request too large (too_large), or too many pixels (too_many_pixels)."),
-        (415, "Not an image (not_an_image) or not 8-bit RGB (unsupported_mode)."),
-        (422, "empty, too_small, truncated, missing_file, invalid_request, invalid_metadata or metadata_unsupported_by_engine."),
+        (415, "Not an image in an accepted format (not_an_image), or samples without a defined 8-bit scale (unsupported_mode)."),
+        (422, "empty, too_small, truncated, missing_file, invalid_request (e.g. a form field or file name over its length limit), "
+              "invalid_metadata or metadata_unsupported_by_engine."),
         (500, "Internal error (logged with the request id)."),
+        (503, "The service is full (busy): retry after the Retry-After seconds."),
     )
 }
 
@@ -49,13 +54,22 @@ def reject(status: int, reason: str, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail={"reason": reason, "message": message})
 
 
-class _BodyTooLarge(HTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, {"reason": "too_large", "message": f"the request body is over the limit of {limit:,} bytes"})
+class _BodyRefused(HTTPException):
+    """Raised from ``receive`` by :class:`BodyCap`: the body is too large or late."""
+
+
+def _too_large(limit: int) -> _BodyRefused:
+    return _BodyRefused(413, {"reason": "too_large", "message": f"the request body is over the limit of {limit:,} bytes"})
+
+
+def _too_late(seconds: float) -> _BodyRefused:
+    return _BodyRefused(408, {"reason": "request_timeout", "message": f"the request body did not arrive within {seconds:g} s"})
 
 
 class BodyCap:
-    """ASGI middleware: 413 for POST bodies over ``max_bytes`` (by Content-Length, else while streaming)."""
+    """ASGI middleware: 413 for POST bodies over ``max_bytes`` (by Content-Length, else while streaming),
+    and 408 for a body that has not arrived by the request's deadline (``scope["state"]["deadline"]``,
+    a :func:`time.monotonic` time set by :class:`~skinlesion.delivery.service.guards.WorkGate`)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
         self.app = app
@@ -68,17 +82,21 @@ class BodyCap:
             return
         length = Headers(scope=scope).get("content-length", "")
         declared_too_large = length.isdigit() and int(length) > self.max_bytes
-        seen, started = 0, False
+        deadline = scope.get("state", {}).get("deadline")
+        seen, started, t0 = 0, False, time.monotonic()
 
         async def capped_receive() -> Message:
             nonlocal seen
             if declared_too_large:  # refused before a byte of the body is read
-                raise _BodyTooLarge(self.max_bytes)
-            message = await receive()
+                raise _too_large(self.max_bytes)
+            try:
+                message = await (receive() if deadline is None else asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0)))
+            except TimeoutError:
+                raise _too_late(round(deadline - t0, 3)) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)  # FastAPI re-raises HTTPExceptions from body parsing
+                    raise _too_large(self.max_bytes)  # FastAPI re-raises HTTPExceptions from body parsing
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -88,7 +106,7 @@ class BodyCap:
 
         try:
             await self.app(scope, capped_receive, tracked_send)
-        except _BodyTooLarge as e:  # raised outside FastAPI's handlers (they answer it otherwise)
+        except _BodyRefused as e:  # raised outside FastAPI's handlers (they answer it otherwise)
             if started:
                 raise
             if self.on_reject is not None:
@@ -112,7 +130,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    get_context(request).stats.add("errors" if exc.status_code >= 500 else "rejected")
+    if exc.status_code != 503:  # 503 busy is counted where it is decided
+        get_context(request).stats.add("errors" if exc.status_code >= 500 else "rejected")
     response = json_error(exc)
     log.info("%s %s -> %s %s", request.method, request.url.path, exc.status_code, response.body[:300].decode(errors="replace"))
     return response

@@ -69,13 +69,18 @@ class ModelResponse(_Open):
 
 
 class HealthResponse(_Open):
+    """Liveness. When the service has API keys, the model, version, uptime and request counts are
+    answered only to a request with a valid key."""
+
     status: str
-    bundle_id: str
-    bundle_name: str | None
-    engine: str
-    uptime_s: float
-    requests: dict[str, int] = Field(description="predict, explain (served), rejected (4xx), errors (5xx).")
     api_key_required: bool
     limits: dict[str, int]
-    version: str
     notice: str
+    bundle_id: str | None = None
+    bundle_name: str | None = None
+    engine: str | None = None
+    uptime_s: float | None = None
+    requests: dict[str, int] | None = Field(
+        None, description="predict, explain (served), rejected (4xx), busy (503: the service was full), errors (5xx)."
+    )
+    version: str | None = None

@@ -28,14 +28,17 @@ function apiKeyHeaders() {
 
 async function loadHealth() {
   try {
-    const r = await fetch("/health");
+    const r = await fetch("/health", { headers: apiKeyHeaders() });
     const h = await r.json();
     state.maxUpload = h.limits.max_upload_bytes;
     state.keyRequired = h.api_key_required;
-    $("service").textContent = `Model: ${h.bundle_name || "bundle"} (id ${h.bundle_id.slice(0, 12)}…), engine ${h.engine}, version ${h.version}`
+    // With API keys, /health names the model only to a valid key.
+    $("service").textContent = (h.bundle_id
+      ? `Model: ${h.bundle_name || "bundle"} (id ${h.bundle_id.slice(0, 12)}…), engine ${h.engine}, version ${h.version}`
+      : "Model: shown once a valid API key is entered")
       + (h.api_key_required ? "; an API key is required" : "");
-    $("service").title = `bundle id ${h.bundle_id}`;
-    $("limits").textContent = `8-bit RGB JPEG, PNG, TIFF, BMP or WebP; at most ${(h.limits.max_upload_bytes / 1048576).toFixed(1)} MiB `
+    $("service").title = h.bundle_id ? `bundle id ${h.bundle_id}` : "";
+    $("limits").textContent = `JPEG, PNG, TIFF, BMP, WebP or GIF (converted to 8-bit RGB); at most ${(h.limits.max_upload_bytes / 1048576).toFixed(1)} MiB `
       + `and ${(h.limits.max_pixels / 1e6).toFixed(1)} megapixels; each side at least ${h.limits.min_side} px.`;
     $("api-key-row").hidden = !h.api_key_required;
   } catch (e) {
@@ -255,6 +258,7 @@ async function render(res, file) {
     ["Members", (b.members || []).join(", ")],
     ["Engine", b.engine || ""],
     ["Input", `${res.input.name || "upload"}: ${res.input.width} × ${res.input.height} px, sha256 ${res.input.sha256}`],
+    ["Converted", res.converted_from ? `from ${res.converted_from.mode} ${res.converted_from.format || ""}: ${res.converted_from.steps.join("; ")}` : "no (8-bit RGB, upright)"],
     ["Request", `${res.request_id}; ${fmt(res.elapsed_ms, 0)} ms`],
     ["Audit", res.audit_error ? `NOT recorded: ${res.audit_error}` : res.audit_id !== null ? `recorded (row ${res.audit_id})` : "no audit log"],
   ]).children);
@@ -277,6 +281,7 @@ function setup() {
     zone.classList.remove("over");
     if (e.dataTransfer && e.dataTransfer.files.length) upload(e.dataTransfer.files[0]);
   });
+  $("api-key").addEventListener("change", loadHealth);
   loadHealth();
 }
 

@@ -14,7 +14,9 @@ import skinlesion
 from skinlesion.delivery.service.context import ServiceContext, get_context
 from skinlesion.delivery.service.deps import user
 from skinlesion.delivery.service.errors import ERRORS
+from skinlesion.delivery.service.guards import key_error
 from skinlesion.delivery.service.schemas import HealthResponse, ModelResponse
+from skinlesion.delivery.service.settings import API_KEY_HEADER
 from skinlesion.records import NOTICE
 
 #: The web page: offline, no external resources.
@@ -35,16 +37,22 @@ def docs(request: Request) -> HTMLResponse:
     )
 
 
-@router.get("/health", response_model=HealthResponse)
-def health(ctx: ServiceContext = Depends(get_context)) -> dict[str, Any]:
-    """Liveness and what is loaded (no API key needed)."""
+@router.get("/health", response_model=HealthResponse, response_model_exclude_unset=True)
+def health(request: Request, ctx: ServiceContext = Depends(get_context)) -> dict[str, Any]:
+    """Liveness and the upload limits (no API key needed); with API keys, what is loaded and the
+    request counts only for a valid key in X-API-Key."""
     info, settings, limits = ctx.info, ctx.settings, ctx.settings.limits
-    return {
-        "status": "ok", "bundle_id": info["id"], "bundle_name": info["name"], "engine": info["engine"],
-        "uptime_s": round(time.monotonic() - ctx.stats.started, 1), "requests": dict(ctx.stats.counts),
-        "api_key_required": bool(settings.api_keys),
+    answer: dict[str, Any] = {
+        "status": "ok", "api_key_required": bool(settings.api_keys),
         "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": limits.max_pixels, "min_side": limits.min_side},
-        "version": skinlesion.__version__, "notice": NOTICE,
+        "notice": NOTICE,
+    }
+    if key_error(request.headers.get(API_KEY_HEADER), settings.api_keys) is not None:
+        return answer
+    return {
+        **answer, "bundle_id": info["id"], "bundle_name": info["name"], "engine": info["engine"],
+        "uptime_s": round(time.monotonic() - ctx.stats.started, 1), "requests": dict(ctx.stats.counts),
+        "version": skinlesion.__version__,
     }
 
 
@@ -60,7 +68,10 @@ def page() -> HTMLResponse:
     return HTMLResponse(
         (STATIC_DIR / "index.html").read_text(encoding="utf-8"),
         headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; object-src 'none'",
+            "Content-Security-Policy": (
+                "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; object-src 'none'; "
+                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+            ),
             "X-Content-Type-Options": "nosniff",
         },
     )
