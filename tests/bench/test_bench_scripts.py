@@ -71,6 +71,23 @@ def test_speed_training_predict_and_explain(calibrated_bundle: Path, capsys) -> 
     assert res["image_shape"] == [96, 128, 3]
 
 
+def test_calibration_transfer_refits_on_validation_and_measures_on_test(calibrated_bundle: Path, tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    from skinlesion.evaluation import evaluate_bundle
+
+    ev = tmp_path / "eval"
+    res_eval = evaluate_bundle(calibrated_bundle, split="test", out_dir=ev, n_boot=0)
+    rc, res, _ = _run("calibration_transfer", ["--bundle", str(calibrated_bundle), "--eval-dir", str(ev), "--n-boot", "20"], capsys)
+    assert rc == 0
+    today = res["calibration"]["temperature"]
+    assert today["test_argmax_bacc"] == pytest.approx(res_eval["argmax"]["metrics"]["bacc"])  # the evaluation's own probabilities
+    assert today["test_ece"] == pytest.approx(res_eval["calibration"]["ece_after"], abs=1e-6)
+    assert res["calibration"]["temperature+bias"]["val_ece"] >= 0 and set(res["fitted"]["bias"]) == set(res_eval["argmax"]["metrics"]["per_class"])
+    assert res["flags_test"]["MEL"]["today"]["threshold"] == res_eval["flags"][0]["threshold"]
+    assert res["diagnosis_test_bacc"]["today (temperature, shipped rule)"] == res_eval["diagnosis"]["metrics"]["bacc"]
+    rc, _, err = _run("calibration_transfer", ["--bundle", str(tiny_bundle), "--eval-dir", str(ev)], capsys)
+    assert rc == 2 and "evaluated bundle" in err  # another bundle's evaluation is refused
+
+
 def test_a_bench_runs_as_a_file_from_anywhere(tmp_path: Path) -> None:
     """``python bench/NAME.py`` (the tests above import the benches as the package, as ``python -m bench.NAME`` does)."""
     script = Path(__file__).resolve().parents[2] / "bench" / "tta_speed.py"
