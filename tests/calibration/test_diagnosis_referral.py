@@ -49,6 +49,30 @@ def test_selection_keeps_argmax_when_weights_do_not_help() -> None:
         assert max(t["gain"] for t in report["trials"]) > 0
 
 
+def _calibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact posteriors of an imbalanced problem: z ~ N(2 e_y, I), p(y | z) = softmax(2 z + log pi)."""
+    rng = np.random.default_rng(seed)
+    freq = np.array([0.11, 0.67, 0.05, 0.03, 0.11, 0.015, 0.015])
+    y = rng.choice(7, size=n, p=freq)
+    z = rng.normal(0, 1, (n, 7))
+    z[np.arange(n), y] += 2.0
+    logits = 2 * z + np.log(freq)
+    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True), y
+
+
+def test_calibrated_probabilities_need_the_prior_start() -> None:
+    p, y = _calibrated(4000, 0)
+    p2, y2 = _calibrated(4000, 1)
+    from_prior = BalancedDiagnosis(limit=0.25, start="prior").fit(p, y)
+    from_argmax = BalancedDiagnosis(limit=0.25).fit(p, y)
+    assert balanced_accuracy(y2, from_prior.predict(p2), 7) > balanced_accuracy(y2, from_argmax.predict(p2), 7) + 0.05
+    rule, report = select_diagnosis_rule(p, y, np.arange(4000), limits=(0.25,))
+    assert rule.start == "prior" and report["why"].startswith("start prior")
+    assert BalancedDiagnosis.from_dict(rule.to_dict(CLASSES), CLASSES).start == "prior"
+    with pytest.raises(ValueError, match=r"'start' parameter must be one of \('argmax', 'prior'\)"):
+        BalancedDiagnosis(start="uniform").fit(p, y)
+
+
 def test_too_few_held_out_lesions_give_argmax_with_the_reason() -> None:
     p, y, _ = _shifted(n=40)
     rule, report = select_diagnosis_rule(p, y, np.arange(40) // 8)  # 5 lesions: under 2 per fold

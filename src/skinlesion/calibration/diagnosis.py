@@ -26,6 +26,10 @@ from skinlesion.metrics.classification import balanced_accuracy
 
 STEP = 0.05
 LIMITS = (0.25, 0.5, 1.0, 2.0)
+#: Where the coordinate ascent starts: the argmax (weights 0), or the prior shift ``-log pi_k`` (pi:
+#: the fitting rows' class frequencies), right for probabilities calibrated to the data's priors
+#: (e.g. with class biases) rather than to a class-weighted training loss.
+STARTS = ("argmax", "prior")
 
 
 def weight_grid(limit: float) -> np.ndarray:
@@ -63,25 +67,31 @@ class BalancedDiagnosis:
     ``n_passes_``.
     """
 
-    def __init__(self, max_passes: int = 10, limit: float = 1.0) -> None:
+    def __init__(self, max_passes: int = 10, limit: float = 1.0, start: str = "argmax") -> None:
         self.max_passes = max_passes
         self.limit = limit
+        self.start = start
 
     def fit(self, probs: Any, y: Any) -> BalancedDiagnosis:
         p, t = _check(probs, y)
         assert t is not None
         if not isinstance(self.max_passes, int) or self.max_passes < 1:
             raise ValueError(f"The 'max_passes' parameter must be an int >= 1. Got {self.max_passes!r} instead.")
+        if self.start not in STARTS:
+            raise ValueError(f"The 'start' parameter must be one of {STARTS}. Got {self.start!r} instead.")
         k = p.shape[1]
         grid = weight_grid(self.limit)
         logp = np.log(np.clip(p, 1e-12, None))
-        b = np.zeros(k)
+        # "prior": start from the Bayes shift to uniform priors, -log of the fitting rows' class frequencies
+        b0 = -np.log(np.bincount(t, minlength=k).clip(1) / max(len(t), 1)) if self.start == "prior" else np.zeros(k)
+        b0 = b0 - b0.mean()
+        b = b0.copy()
 
         def score(bb: np.ndarray) -> float:
             return balanced_accuracy(t, (logp + bb).argmax(1), k)
 
+        self.bacc_argmax_ = score(np.zeros(k))
         best = score(b)
-        self.bacc_argmax_ = best
         passes = 0
         for passes in range(1, self.max_passes + 1):
             changed = False
@@ -89,7 +99,7 @@ class BalancedDiagnosis:
                 trial = b.copy()
                 scores = np.empty(grid.size)
                 for i, g in enumerate(grid):
-                    trial[c] = g
+                    trial[c] = b0[c] + g
                     scores[i] = score(trial)
                 top = scores.max()
                 if top <= best + 1e-12:
@@ -98,7 +108,7 @@ class BalancedDiagnosis:
                 hits = np.flatnonzero(scores >= top - 1e-12)
                 runs = np.split(hits, np.flatnonzero(np.diff(hits) > 1) + 1)
                 run = max(runs, key=len)
-                b[c] = grid[run[len(run) // 2]]
+                b[c] = b0[c] + grid[run[len(run) // 2]]
                 best = score(b)
                 changed = True
             if not changed:
@@ -128,8 +138,9 @@ class BalancedDiagnosis:
             "rule": "balanced",
             "log_weights": {c: round(float(w), 6) for c, w in zip(classes, b, strict=True)},
             "formula": "argmax_k log p_k + log_weights_k (p: calibrated probabilities)",
-            "fitted_for": "balanced accuracy (mean per-class sensitivity), coordinate ascent from argmax",
+            "fitted_for": f"balanced accuracy (mean per-class sensitivity), coordinate ascent from {self.start}",
             "limit": self.limit,
+            "start": self.start,
             "bacc_argmax": round(float(self.bacc_argmax_), 6),
             "bacc": round(float(self.bacc_), 6),
         }
@@ -142,7 +153,7 @@ class BalancedDiagnosis:
             raise ValueError(
                 f"The diagnosis rule must give log_weights for exactly the classes {list(classes)}. Got {weights!r}."
             )
-        out = cls(limit=float(spec.get("limit", 1.0)))
+        out = cls(limit=float(spec.get("limit", 1.0)), start=str(spec.get("start", "argmax")))
         out.log_weights_ = np.asarray([float(weights[c]) for c in classes])
         out.bacc_argmax_ = float(spec.get("bacc_argmax", float("nan")))
         out.bacc_ = float(spec.get("bacc", float("nan")))
@@ -152,7 +163,7 @@ class BalancedDiagnosis:
 
 def cross_validated_gain(
     probs: Any, y: Any, groups: Any, *, limit: float = 1.0, n_splits: int = 5, seeds: Sequence[int] = (0, 1, 2),
-    max_passes: int = 10,
+    max_passes: int = 10, start: str = "argmax",
 ) -> dict[str, Any]:
     """BACC of argmax and of the fitted rule on rows the rule was not fitted on: the rows are cut into
     ``n_splits`` lesion-grouped folds; the rule is fitted on the others and applied to each fold;
@@ -171,21 +182,23 @@ def cross_validated_gain(
     for seed in seeds:
         pred = np.empty_like(t)
         for fit_rows, held in GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(p, t, g):
-            pred[held] = BalancedDiagnosis(max_passes=max_passes, limit=limit).fit(p[fit_rows], t[fit_rows]).predict(p[held])
+            rule = BalancedDiagnosis(max_passes=max_passes, limit=limit, start=start).fit(p[fit_rows], t[fit_rows])
+            pred[held] = rule.predict(p[held])
         scores.append(balanced_accuracy(t, pred, k))
     argmax = float(balanced_accuracy(t, p.argmax(1), k))
     balanced = float(np.mean(scores))
     return {
-        "limit": limit, "bacc_argmax": argmax, "bacc_balanced": balanced, "gain": balanced - argmax,
+        "limit": limit, "start": start, "bacc_argmax": argmax, "bacc_balanced": balanced, "gain": balanced - argmax,
         "n_splits": n_splits, "seeds": list(seeds),
     }
 
 
 def select_diagnosis_rule(
-    probs: Any, y: Any, groups: Any, *, limits: Sequence[float] = LIMITS, n_splits: int = 5
+    probs: Any, y: Any, groups: Any, *, limits: Sequence[float] = LIMITS, n_splits: int = 5, starts: Sequence[str] = STARTS,
 ) -> tuple[BalancedDiagnosis, dict[str, Any]]:
-    """Choose the weight limit by lesion-grouped cross-validation on the held-out predictions and fit
-    it on all of them; when no limit beats argmax out of sample, the rule is argmax (all weights 0).
+    """Choose the start (:data:`STARTS`) and weight limit by lesion-grouped cross-validation on the
+    held-out predictions and fit them on all of them; when none beats argmax out of sample, the rule
+    is argmax (all weights 0).
 
     Returns the rule and a report (each limit's cross-validated BACC, the choice and why)."""
     p, t = _check(probs, y)
@@ -198,11 +211,15 @@ def select_diagnosis_rule(
         rule.n_passes_ = 0
         why = f"only {n_groups} lesions held out (fewer than {2 * n_splits}): too few to fit class weights; the diagnosis is argmax"
         return rule, {"trials": [], "chosen_limit": None, "why": why}
-    trials = [cross_validated_gain(p, t, groups, limit=lim, n_splits=n_splits) for lim in limits]
+    trials = [
+        cross_validated_gain(p, t, groups, limit=lim, n_splits=n_splits, start=start) for start in starts for lim in limits
+    ]
     best = max(trials, key=lambda r: r["gain"])
     if best["gain"] > 0:
-        rule = BalancedDiagnosis(limit=best["limit"]).fit(p, t)
-        why = f"limit {best['limit']} raised cross-validated BACC by {best['gain']:+.4f} over argmax"
+        rule = BalancedDiagnosis(limit=best["limit"], start=best["start"]).fit(p, t)
+        why = (
+            f"start {best['start']}, limit {best['limit']} raised cross-validated BACC by {best['gain']:+.4f} over argmax"
+        )
     else:
         rule = BalancedDiagnosis(limit=min(limits)).fit(p, t)
         rule.log_weights_ = np.zeros(p.shape[1])

@@ -39,7 +39,7 @@ def fit_diagnosis_and_referral(
     (``referral`` None when the classes have no malignant one)."""
     rule, report = select_diagnosis_rule(probs, y, groups)
     trials = [
-        {k: round(float(r[k]), 6) if isinstance(r[k], float) else r[k] for k in ("limit", "bacc_argmax", "bacc_balanced", "gain")}
+        {k: round(float(r[k]), 6) if isinstance(r[k], float) else r[k] for k in ("start", "limit", "bacc_argmax", "bacc_balanced", "gain")}
         for r in report["trials"]
     ]
     diagnosis = {
