@@ -124,8 +124,10 @@ def test_graphs_are_the_network_with_a_dynamic_batch(exported: Bundle) -> None:
 
 def test_int8_probabilities_stay_close_to_fp32(exported: Bundle, fp32_engine: OnnxEngine, test_images: list) -> None:
     int8 = OnnxEngine(exported, precision="int8")
-    p32 = exported.predict_from_logits(fp32_engine.view_logits(test_images)).probs
-    p8 = exported.predict_from_logits(int8.view_logits(test_images)).probs
+    # the graphs' own outputs (uncalibrated: the bundle's temperature, fitted on tiny flat outputs,
+    # may sharpen them many times and so magnify any difference)
+    p32 = np.exp(exported.log_probs(fp32_engine.view_logits(test_images), calibrated=False))
+    p8 = np.exp(exported.log_probs(int8.view_logits(test_images), calibrated=False))
     diff = np.abs(p8 - p32)
     # measured on these 24 images: max |dp| 1.5e-4 (the tiny members' outputs are nearly flat, so
     # near-ties flip: argmax agreement 23/24). Not bit-exact (> 0): the graphs really are int8.

@@ -10,7 +10,8 @@ import pytest
 
 from skinlesion.ensemble.bundle import load_bundle
 from skinlesion.evaluation import load_bundle_split
-from skinlesion.ood import OODGate, fit_ood_gate, table_features
+from skinlesion.ensemble.triage import fit_ood_gate
+from skinlesion.ood import OODGate, table_features
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 

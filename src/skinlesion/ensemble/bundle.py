@@ -212,7 +212,7 @@ class Bundle:
         return dict((point if point is not None else self.spec.decision).thresholds)
 
     def temperatures_for(self, operating_point: str = WITH_METADATA) -> dict[str, Any]:
-        """``{"mode", "ensemble", "members": {name: T}, "bias": (K,) or None}`` of ``operating_point`` (the
+        """``{"mode", "ensemble", "members": {name: T}, "bias": {class: b} or None}`` of ``operating_point`` (the
         main ones when absent; ``bias``: per-class biases after the ensemble temperature, mode ``ensemble``)."""
         point = self._point(operating_point)
         t = point.temperature if point is not None else None
@@ -222,7 +222,7 @@ class Bundle:
         bias = (t if t is not None else self.spec.temperature).bias
         return {
             "mode": self.temperature_mode, "ensemble": ensemble, "members": members,
-            "bias": None if bias is None else np.asarray([float(bias[c]) for c in self.classes]),
+            "bias": None if bias is None else {c: float(bias[c]) for c in self.classes},
         }
 
     @property
@@ -303,7 +303,8 @@ class Bundle:
             member_lp.append(apply_temperature(z, temps["members"][m.name] if mode == "member" else 1.0, average))
         lp = combine_log_probs(member_lp, self.weights)
         if mode == "ensemble":
-            lp = log_softmax(lp / temps["ensemble"] + (0.0 if temps["bias"] is None else temps["bias"]), axis=-1)
+            bias = 0.0 if temps["bias"] is None else np.asarray([temps["bias"][c] for c in self.classes])
+            lp = log_softmax(lp / temps["ensemble"] + bias, axis=-1)
         return lp
 
     def decide(self, probs: np.ndarray, *, operating_point: str = WITH_METADATA) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,9 @@ import numpy as np
 from skinlesion.calibration.diagnosis import select_diagnosis_rule
 from skinlesion.calibration.referral import fit_referral
 from skinlesion.classes import malignant_indices
-from skinlesion.ensemble.bundle import Bundle
+from skinlesion.ensemble.bundle import Bundle, load_bundle
+from skinlesion.ensemble.split import load_bundle_split
+from skinlesion.ood.gate import OODGate
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,54 @@ def fit_diagnosis_and_referral(
     return {"diagnosis": diagnosis, "referral": referral}
 
 
+def fit_ood_gate(
+    bundle: Any,
+    data_root: str | None = None,
+    *,
+    score: str = "knn",
+    quantile: float = 0.95,
+    max_train_images: int | None = 2000,
+    max_heldout_images: int | None = None,
+    members: Sequence[str] | None = None,
+    params: dict[str, Any] | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str | None = None,
+    fold: int | None = None,
+) -> OODGate:
+    """Fit an :class:`OODGate` for a bundle (a :class:`~skinlesion.ensemble.bundle.Bundle` or its folder):
+    scores on (a random ``max_train_images`` subset of) the ``train`` split the members were trained
+    on, the threshold on (``max_heldout_images`` of) the ``val`` split. ``fold`` (a cross-fitted bundle,
+    with ``members`` naming the member that held that fold out): "train" is the other folds and "val"
+    fold ``fold``."""
+    from skinlesion.ood.features import table_features
+
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    used = [m for m in b.members if members is None or m.name in members]
+    rng = np.random.default_rng(seed)
+
+    def rows(n: int, cap: int | None) -> np.ndarray:
+        return np.arange(n) if cap is None or cap >= n else np.sort(rng.choice(n, cap, replace=False))
+
+    train = load_bundle_split(b, "train", data_root, fold=fold)
+    val = load_bundle_split(b, "val", data_root, fold=fold)
+    r_train, r_val = rows(len(train), max_train_images), rows(len(val), max_heldout_images)
+    log.info("OOD gate (%s): features of %d training and %d validation images", score, len(r_train), len(r_val))
+    if score == "knn" and params is None:  # k = 50 (the measured default), fewer on small training sets
+        params = {"k": min(50, max(1, len(r_train) // 10))}
+    f_train = table_features(used, train, rows=r_train, batch_size=batch_size, device=device)
+    f_val = table_features(used, val, rows=r_val, batch_size=batch_size, device=device)
+    gate = OODGate(score, quantile=quantile, members=members, params=params).fit(f_train, f_val, train.labels()[r_train])
+    gate.provenance_ = {
+        "fitted_on": "train (scores), val (threshold)" if fold is None else f"train folds (scores), fold {fold} held out (threshold)",
+        "train_images": len(r_train),
+        "heldout_images": len(r_val),
+        "seed": seed,
+        "split_hash": b.spec.provenance.split_hash,
+    }
+    return gate
+
+
 def fit_bundle_ood(
     bundle: Bundle, data_root: str | None = None, *, score: str = "knn", quantile: float = 0.95,
     max_train_images: int | None = 2000, batch_size: int = 32, device: str | None = None,
@@ -65,8 +115,6 @@ def fit_bundle_ood(
 
     A cross-fitted bundle's gate uses its first member only: its scores on the rows it trained on,
     its threshold on its own held-out fold (the other members' training rows include that fold)."""
-    from skinlesion.ood.gate import fit_ood_gate
-
     if bundle.path is None:
         raise ValueError("An unsaved bundle (a bare checkpoint) has nowhere to keep an OOD gate: build a bundle first.")
     folds = bundle.member_folds

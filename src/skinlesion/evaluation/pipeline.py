@@ -194,9 +194,9 @@ def without_metadata(sp: SplitPredictions, n_boot: int, seed: int, batch_size: i
 def ood_outcomes(sp: SplitPredictions, batch_size: int) -> dict[str, Any] | None:
     """The out-of-distribution gate on the split's images: how many it gates (None: no gate)."""
     from skinlesion.ood.features import table_features
-    from skinlesion.records.ood import ood_gate
+    from skinlesion.ood.gate import bundle_gate
 
-    gate = ood_gate(sp.bundle)
+    gate = bundle_gate(sp.bundle)
     if gate is None:
         return None
     used = [m for m in sp.bundle.members if m.name in gate.members_]

@@ -7,7 +7,7 @@ on (:mod:`~skinlesion.ood.sets`). ``bench/ood.py`` compares the scores.
 """
 
 from skinlesion.ood.features import MemberFeatures, features_and_logits, image_features, table_features
-from skinlesion.ood.gate import OODGate, fit_ood_gate
+from skinlesion.ood.gate import OODGate, bundle_gate
 from skinlesion.ood.scores import (
     SCORES,
     EnergyScore,
@@ -31,7 +31,7 @@ __all__ = [
     "OODScore",
     "OODSet",
     "features_and_logits",
-    "fit_ood_gate",
+    "bundle_gate",
     "generated_sets",
     "image_features",
     "make_score",

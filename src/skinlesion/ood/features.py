@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,9 +22,17 @@ from torch import nn
 from skinlesion._params import positive_int
 from skinlesion.data.table import LesionTable
 from skinlesion.data.transforms import images_to_batch, preprocessing_transform
-from skinlesion.ensemble.members import Member
 from skinlesion.inference import default_device
 from skinlesion.models.fusion import MetadataFusionNet
+
+
+class Member(Protocol):
+    """What a member must have here (:class:`skinlesion.ensemble.members.Member` has it): a name, an
+    eval-mode model with timm's ``forward_features``/``forward_head``, and its preprocessing."""
+
+    name: str
+    model: nn.Module
+    preprocessing: Any
 
 
 @dataclass
@@ -105,7 +114,7 @@ def image_features(
     device: str | torch.device | None = None,
 ) -> list[MemberFeatures]:
     """Features and logits of in-memory RGB uint8 images ``(H, W, 3)`` (any size), one entry per member."""
-    members = [members] if isinstance(members, Member) else list(members)
+    members = [members] if hasattr(members, "model") else list(members)  # type: ignore[arg-type]
     if len(images) == 0:
         raise ValueError("The 'images' parameter holds no image.")
     return _run(members, len(images), lambda i: np.asarray(images[i]), batch_size, device)
@@ -121,7 +130,7 @@ def table_features(
 ) -> list[MemberFeatures]:
     """Features and logits of the images of ``table`` (``rows``: these row positions only, in that
     order), one entry per member; images are read with :meth:`LesionTable.load_image`."""
-    members = [members] if isinstance(members, Member) else list(members)
+    members = [members] if hasattr(members, "model") else list(members)  # type: ignore[arg-type]
     idx = np.arange(len(table)) if rows is None else np.asarray(rows, dtype=np.int64)
     if idx.size and (idx.min() < 0 or idx.max() >= len(table)):
         raise ValueError(f"The 'rows' parameter must hold row positions in [0, {len(table)}). Got {idx.min()}..{idx.max()} instead.")

@@ -1,6 +1,7 @@
 """The out-of-distribution gate: "this image does not look like the dermoscopic images the model was trained on".
 
-A score from :mod:`skinlesion.ood.scores` is fitted on the members' TRAINING images; its threshold
+A score from :mod:`skinlesion.ood.scores` is fitted on the members' TRAINING images
+(:func:`skinlesion.ensemble.triage.fit_ood_gate` for a bundle); its threshold
 is the ``quantile`` of the scores of held-out in-distribution images (the validation split, never
 test), so that at most ``1 - quantile`` of them are gated (``score > threshold_``). A gated image
 still gets probabilities, but no diagnosis without the warning.
@@ -63,7 +64,7 @@ class OODGate:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "threshold_"):
-            raise RuntimeError("This OODGate is not fitted yet: call fit first (or fit_ood_gate for a bundle).")
+            raise RuntimeError("This OODGate is not fitted yet: call fit first (or skinlesion.ensemble.triage.fit_ood_gate for a bundle).")
 
     def _components(self) -> list[tuple[str, dict[str, Any]]]:
         """``[(score name, its params)]`` from ``score`` and ``params``."""
@@ -229,62 +230,24 @@ class OODGate:
         if info:
             path = Path(folder) / info["file"]
             if not path.is_file():
-                raise FileNotFoundError(f"The OOD gate's arrays {path} are missing; refit the gate (fit_ood_gate).")
+                raise FileNotFoundError(f"The OOD gate's arrays {path} are missing; refit the gate (skinlesion calibrate BUNDLE).")
             if info.get("sha256") and sha256_file(path) != info["sha256"]:
-                raise ValueError(f"{path} does not match the sha256 recorded for the OOD gate; refit the gate (fit_ood_gate).")
+                raise ValueError(f"{path} does not match the sha256 recorded for the OOD gate; refit the gate (skinlesion calibrate BUNDLE).")
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         return cls.from_dict(d, arrays)
 
 
-def fit_ood_gate(
-    bundle: Any,
-    data_root: str | None = None,
-    *,
-    score: str = "knn",
-    quantile: float = 0.95,
-    max_train_images: int | None = 2000,
-    max_heldout_images: int | None = None,
-    members: Sequence[str] | None = None,
-    params: dict[str, Any] | None = None,
-    seed: int = 0,
-    batch_size: int = 32,
-    device: str | None = None,
-    fold: int | None = None,
-) -> OODGate:
-    """Fit an :class:`OODGate` for a bundle (a :class:`~skinlesion.ensemble.bundle.Bundle` or its folder):
-    scores on (a random ``max_train_images`` subset of) the ``train`` split the members were trained
-    on, the threshold on (``max_heldout_images`` of) the ``val`` split. ``fold`` (a cross-fitted bundle,
-    with ``members`` naming the member that held that fold out): "train" is the other folds and "val"
-    fold ``fold``."""
-    from skinlesion.ensemble.bundle import Bundle, load_bundle
-    from skinlesion.ensemble.split import load_bundle_split
-    from skinlesion.ood.features import table_features
-
-    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    used = [m for m in b.members if members is None or m.name in members]
-    rng = np.random.default_rng(seed)
-
-    def rows(n: int, cap: int | None) -> np.ndarray:
-        return np.arange(n) if cap is None or cap >= n else np.sort(rng.choice(n, cap, replace=False))
-
-    train = load_bundle_split(b, "train", data_root, fold=fold)
-    val = load_bundle_split(b, "val", data_root, fold=fold)
-    r_train, r_val = rows(len(train), max_train_images), rows(len(val), max_heldout_images)
-    log.info("OOD gate (%s): features of %d training and %d validation images", score, len(r_train), len(r_val))
-    if score == "knn" and params is None:  # k = 50 (the measured default), fewer on small training sets
-        params = {"k": min(50, max(1, len(r_train) // 10))}
-    f_train = table_features(used, train, rows=r_train, batch_size=batch_size, device=device)
-    f_val = table_features(used, val, rows=r_val, batch_size=batch_size, device=device)
-    gate = OODGate(score, quantile=quantile, members=members, params=params).fit(f_train, f_val, train.labels()[r_train])
-    gate.provenance_ = {
-        "fitted_on": "train (scores), val (threshold)" if fold is None else f"train folds (scores), fold {fold} held out (threshold)",
-        "train_images": len(r_train),
-        "heldout_images": len(r_val),
-        "seed": seed,
-        "split_hash": b.spec.provenance.split_hash,
-    }
-    return gate
+def bundle_gate(bundle: Any) -> OODGate | None:
+    """The gate a saved bundle carries (bundle.json ``decision.ood``, arrays beside it, sha256 checked),
+    loaded once and kept in ``bundle.cache``; None when the bundle has none. ``bundle``: a
+    :class:`~skinlesion.ensemble.bundle.Bundle` (only its ``meta``, ``path`` and ``cache`` are read)."""
+    spec = (bundle.meta.get("decision") or {}).get("ood")
+    if not spec or bundle.path is None:
+        return None
+    if "ood_gate" not in bundle.cache:
+        bundle.cache["ood_gate"] = OODGate.load(spec, bundle.path)
+    return bundle.cache["ood_gate"]
 
 
-__all__ = ["ARRAYS_FILE", "OODGate", "fit_ood_gate"]
+__all__ = ["ARRAYS_FILE", "OODGate", "bundle_gate"]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from skinlesion.ensemble.bundle import Bundle
+from skinlesion.ood.gate import OODGate, bundle_gate
 from skinlesion.records.schema import OutOfDistribution
 
 WARNING = (
@@ -21,16 +22,9 @@ WARNING = (
 )
 
 
-def ood_gate(bundle: Bundle):  # type: ignore[no-untyped-def]  # -> OODGate | None
-    """The bundle's fitted gate (loaded once, arrays checked against their sha256), or None."""
-    from skinlesion.ood.gate import OODGate
-
-    spec = bundle.meta.get("decision", {}).get("ood")
-    if not spec or bundle.path is None:
-        return None
-    if "ood_gate" not in bundle.cache:
-        bundle.cache["ood_gate"] = OODGate.load(spec, bundle.path)
-    return bundle.cache["ood_gate"]
+def ood_gate(bundle: Bundle) -> OODGate | None:
+    """The bundle's fitted gate (:func:`skinlesion.ood.gate.bundle_gate`), or None."""
+    return bundle_gate(bundle)
 
 
 def gate_method_text(spec: dict) -> str:  # type: ignore[type-arg]

@@ -78,7 +78,7 @@ def bundle_mc_predict(
         parts.append((rows, ensemble_mc_predict(
             _tempered_members(bundle, str(point)), [images[i] for i in rows],
             metadata=[metadata[i] for i in rows] if metadata is not None else None,
-            bias=temps["bias"] if temps["mode"] == "ensemble" else None, **kw,
+            bias=[temps["bias"][c] for c in bundle.classes] if temps["mode"] == "ensemble" and temps["bias"] else None, **kw,
         )))
     if len(parts) == 1:
         return parts[0][1]
