@@ -248,9 +248,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         d = gates[chosen].save(out)
         (out / "ood_gate.json").write_text(json.dumps(d, indent=1))
 
-    from skinlesion.records.ood import ood_gate
+    from skinlesion.ood.gate import bundle_gate
 
-    shipped = ood_gate(bundle)  # the gate `skinlesion calibrate` stored in the bundle, if any
+    shipped = bundle_gate(bundle)  # the gate `skinlesion calibrate` stored in the bundle, if any
     return {
         "bundle": {"path": _shown(bundle.path), "bundle_id": bundle.bundle_id, "members": names, "classes": list(bundle.classes)},
         "bundle_gate": None if shipped is None else {

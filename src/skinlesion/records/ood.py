@@ -13,18 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from skinlesion.ensemble.bundle import Bundle
-from skinlesion.ood.gate import OODGate, bundle_gate
+from skinlesion.ood.gate import bundle_gate
 from skinlesion.records.schema import OutOfDistribution
 
 WARNING = (
     "This image does not look like the dermoscopic images the model was trained on: "
     "do not rely on its probabilities, diagnosis, flags or referral."
 )
-
-
-def ood_gate(bundle: Bundle) -> OODGate | None:
-    """The bundle's fitted gate (:func:`skinlesion.ood.gate.bundle_gate`), or None."""
-    return bundle_gate(bundle)
 
 
 def gate_method_text(spec: dict) -> str:  # type: ignore[type-arg]
@@ -37,7 +32,7 @@ def gate_method_text(spec: dict) -> str:  # type: ignore[type-arg]
 
 def ood_records(bundle: Bundle, images: Sequence[np.ndarray], device: str | None = None) -> list[OutOfDistribution] | None:
     """One gate result per RGB uint8 image, or None when the bundle has no gate."""
-    gate = ood_gate(bundle)
+    gate = bundle_gate(bundle)
     if gate is None:
         return None
     from skinlesion.ood.features import image_features
