@@ -4,13 +4,20 @@ A recipe (YAML, see ``configs/recipes/ham10000-cpu.yaml``) names the ensemble me
 training preset plus overrides), an image-only baseline trained the same way (the reference that
 every added choice is measured against), and the decision-layer steps. ``run_recipe`` executes
 
-    train:<member>... -> train:baseline -> build -> calibrate -> review -> evaluate -> card
+    train:<member>... -> train:baseline -> build -> calibrate -> review -> evaluate
+        -> official-test -> concepts -> explain -> export -> card
 
-in ``OUT`` and records each finished step with its wall time in ``OUT/recipe_state.json``. A
+(steps whose section is absent are left out) in ``OUT`` and records each finished step with its wall time in ``OUT/recipe_state.json``. A
 re-run skips finished steps and resumes an interrupted training from its last Lightning state, so
 a run cut off by the end of a session continues where it stopped. Thresholds, temperature, member
 weights and the review flag are fitted on the validation split only; the test split is touched
 once, by ``evaluate``, for the model card.
+
+With ``seeds`` the whole pipeline runs once per seed, each in ``OUT/seed-<s>`` with its own bundle,
+and a last step ``seeds`` writes the mean ± std of the test metrics over the seeds
+(``OUT/seeds.json``, ``OUT/seeds.md``). With ``--smoke`` (``smoke`` section) the same steps run on
+tiny generated data in the recipe's official file layout with tiny backbones, on a CPU in minutes
+(:mod:`skinlesion.recipe_smoke`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -76,17 +83,71 @@ class EvaluateSpec(_Strict):
     n_boot: int = Field(1000, ge=0)
 
 
+class OfficialTestSpec(_Strict):
+    """An official challenge test set scored as ``isic-challenge-scoring`` scores it (UNK included)."""
+
+    ground_truth: str = Field(..., description="Official test ground-truth CSV (e.g. ISIC_2019_Test_GroundTruth.csv).")
+    images: str = Field(..., description="Its image folder (e.g. ISIC_2019_Test_Input).")
+    metadata: str | None = Field(None, description="Its metadata CSV (age/sex/site for fusion members).")
+    required: bool = Field(False, description="Fail when the files are missing (default: the step notes it and passes).")
+
+
+class ExplainSpec(_Strict):
+    method: Literal["gradcam", "gradcam++"] = "gradcam++"
+    n_images: int = Field(8, ge=1, description="Test images explained, the classes in turn.")
+    mc_samples: int | None = Field(None, ge=0, description="MC-dropout passes (null: the review flag's).")
+    concepts: bool = Field(False, description="Learn a TCAV concept bank (ABCDE concepts) before explaining.")
+    concept_split: str = "train"
+    concept_n_per_class: int = Field(40, ge=1)
+    concept_runs: int = Field(10, ge=2)
+    concept_random_pool: int = Field(100, ge=4)
+    concept_min_examples: int = Field(5, ge=2)
+
+
+class ExportSpec(_Strict):
+    onnx: bool = True
+    int8: bool = False
+    n_parity: int = Field(4, ge=1)
+
+
+class SmokeSpec(_Strict):
+    """How ``--smoke`` shrinks the recipe: generated data, tiny backbones, a few steps."""
+
+    dataset: Literal["isic2018", "isic2019"]
+    lesions_per_class: int = Field(4, ge=3)
+    image_size: tuple[int, int] = (64, 80)
+    test_images_per_class: int = Field(1, ge=0, description="isic2019: official-test images per class (plus UNK ones).")
+    test_unknown: int = Field(3, ge=0, description="isic2019: official-test images whose ground truth is UNK.")
+    seeds: list[int] | None = Field(None, description="Seeds in smoke mode (default: the recipe's).")
+    set: list[str] = Field(default_factory=list, description="Overrides of every member, after its own.")
+    members: dict[str, list[str]] = Field(default_factory=dict, description="Overrides of one member, after `set`.")
+    recipe: dict[str, Any] = Field(default_factory=dict, description="Recipe sections replaced in smoke mode (merged).")
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
     data_root: str | None = Field(None, description="Overrides data.root of every member (default: the presets').")
+    set: list[str] = Field(default_factory=list, description="Overrides of every member, before its own.")
+    seeds: list[int] | None = Field(None, min_length=1, description="One bundle per seed, then mean ± std over them.")
     members: list[MemberSpec] = Field(..., min_length=1)
     baseline: MemberSpec | None = None
     ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
     calibrate: CalibrateSpec = Field(default_factory=CalibrateSpec)
     review: ReviewSpec | None = Field(default_factory=ReviewSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    official_test: OfficialTestSpec | None = None
+    explain: ExplainSpec | None = None
+    export: ExportSpec | None = None
+    smoke: SmokeSpec | None = None
     budget_minutes: float = Field(120.0, gt=0)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v
 
     @field_validator("members")
     @classmethod
@@ -106,8 +167,22 @@ class Recipe(_Strict):
         s = [f"train:{m.name}" for m in self.members]
         if self.baseline is not None:
             s.append(f"train:{self.baseline.name}")
-        s += ["build", "calibrate"] + (["review"] if self.review is not None else []) + ["evaluate", "card"]
-        return s
+        s += ["build", "calibrate"] + (["review"] if self.review is not None else []) + ["evaluate"]
+        s += ["official-test"] if self.official_test is not None else []
+        s += ["concepts"] if self.explain is not None and self.explain.concepts else []
+        s += ["explain"] if self.explain is not None else []
+        s += ["export"] if self.export is not None and self.export.onnx else []
+        return s + ["card"]
+
+    def for_seed(self, seed: int) -> Recipe:
+        """This recipe with every member (and the baseline) trained with ``seed``, no seed list."""
+        def seeded(m: MemberSpec) -> MemberSpec:
+            return m.model_copy(update={"set": [*m.set, f"seed={seed}"]})
+
+        return self.model_copy(update={
+            "seeds": None, "members": [seeded(m) for m in self.members],
+            "baseline": seeded(self.baseline) if self.baseline is not None else None,
+        })
 
 
 def load_recipe(path_or_name: str | Path) -> tuple[Recipe, Path]:
@@ -158,7 +233,7 @@ def _train(recipe: Recipe, spec: MemberSpec, out: Path, threads: int | None = No
     from skinlesion.train.config import load_config
     from skinlesion.train.run import train
 
-    overrides = [f"name={recipe.name}-{spec.name}", *spec.set]
+    overrides = [f"name={recipe.name}-{spec.name}", *recipe.set, *spec.set]
     if recipe.data_root is not None:
         overrides.append(f"data.root={recipe.data_root}")
     if threads is not None:  # a property of the machine, not of the model
@@ -214,7 +289,8 @@ def _review(recipe: Recipe, out: Path) -> dict[str, Any]:
     from skinlesion.uncertainty.review_fit import fit_review_flag
 
     r = recipe.review
-    assert r is not None
+    if r is None:
+        raise ConfigError(f"recipe {recipe.name!r} has no review section")
     res = fit_review_flag(
         out / BUNDLE_DIR, n_samples=r.n_samples, score=r.score, goal=r.goal, target=r.target, data_root=recipe.data_root,
         test=r.test,
@@ -238,11 +314,23 @@ def _card(recipe: Recipe, out: Path, recipe_path: Path) -> dict[str, Any]:
 
 def run_recipe(
     recipe: Recipe, recipe_path: Path, out: str | Path, *, only: list[str] | None = None,
-    on_step: Callable[[str, dict[str, Any]], None] | None = None, threads: int | None = None,
+    on_step: Callable[[str, dict[str, Any]], None] | None = None, threads: int | None = None, smoke: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) every step not yet finished in ``out``; returns the state. ``threads``
-    overrides the members' ``trainer.threads`` (e.g. 1 while other work shares a 2-core machine)."""
+    overrides the members' ``trainer.threads`` (e.g. 1 while other work shares a 2-core machine).
+    ``smoke``: run the recipe's smoke version on generated data (:func:`skinlesion.recipe_smoke.smoke_recipe`).
+    With ``recipe.seeds`` each seed is a whole run in ``out/seed-<s>`` (``only`` applies inside each)."""
     out = Path(out)
+    if smoke:
+        from skinlesion.recipe_smoke import smoke_recipe
+
+        recipe = smoke_recipe(recipe, out)
+    if recipe.seeds:
+        return _run_seeds(recipe, recipe_path, out, only=only, on_step=on_step, threads=threads)
+    return _run_one(recipe, recipe_path, out, only=only, on_step=on_step, threads=threads)
+
+
+def _claim(out: Path, recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     state = read_state(out)
     if state.get("recipe") not in (None, recipe.name):
@@ -250,6 +338,48 @@ def run_recipe(
     state["recipe"] = recipe.name
     state["recipe_file"] = str(recipe_path)
     state.setdefault("steps", {})
+    return state
+
+
+def _run_seeds(
+    recipe: Recipe, recipe_path: Path, out: Path, *, only: list[str] | None,
+    on_step: Callable[[str, dict[str, Any]], None] | None, threads: int | None,
+) -> dict[str, Any]:
+    from skinlesion.recipe_steps import seeds_summary
+
+    state = _claim(out, recipe, recipe_path)
+    state["seeds"] = list(recipe.seeds or [])
+    for seed in recipe.seeds or []:
+        sub = out / f"seed-{seed}"
+        prefix = f"seed-{seed}/"
+
+        def report(step: str, sub_state: dict[str, Any], prefix: str = prefix) -> None:
+            if on_step is not None:
+                on_step(prefix + step, {"steps": {prefix + k: v for k, v in sub_state["steps"].items()}})
+
+        sub_state = _run_one(recipe.for_seed(seed), recipe_path, sub, only=only, on_step=report, threads=threads)
+        state["steps"][f"seed-{seed}"] = {
+            "status": "done", "seconds": round(total_minutes(sub_state) * 60, 1), "folder": str(sub),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        _write_state(out, state)
+    t0 = time.time()
+    info = seeds_summary(recipe, out)
+    state["steps"]["seeds"] = {"status": "done", "seconds": round(time.time() - t0, 1), **info,
+                               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if on_step is not None:
+        on_step("seeds", state)
+    state["total_minutes"] = round(total_minutes(state), 1)
+    state["within_budget"] = state["total_minutes"] <= recipe.budget_minutes
+    _write_state(out, state)
+    return state
+
+
+def _run_one(
+    recipe: Recipe, recipe_path: Path, out: Path, *, only: list[str] | None,
+    on_step: Callable[[str, dict[str, Any]], None] | None, threads: int | None,
+) -> dict[str, Any]:
+    state = _claim(out, recipe, recipe_path)
     specs = {m.name: m for m in recipe.members}
     if recipe.baseline is not None:
         specs[recipe.baseline.name] = recipe.baseline
@@ -266,11 +396,17 @@ def run_recipe(
             info = _train(recipe, specs[step.split(":", 1)[1]], out, threads)
             seconds = float(info.get("training_seconds") or (time.time() - t0))  # the training's own wall time
         else:
+            from skinlesion import recipe_steps
+
             info = {
                 "build": lambda: _build(recipe, out),
                 "calibrate": lambda: _calibrate(recipe, out),
                 "review": lambda: _review(recipe, out),
                 "evaluate": lambda: _evaluate(recipe, out),
+                "official-test": lambda: recipe_steps.official_test(recipe, out),
+                "concepts": lambda: recipe_steps.concepts(recipe, out),
+                "explain": lambda: recipe_steps.explain(recipe, out),
+                "export": lambda: recipe_steps.export(recipe, out),
                 "card": lambda: _card(recipe, out, recipe_path),
             }[step]()
             seconds = time.time() - t0
@@ -279,7 +415,7 @@ def run_recipe(
             **info,
         }
         if step == "build":  # later steps refer to the old bundle
-            for later in ("calibrate", "review", "evaluate", "card"):
+            for later in steps[steps.index("build") + 1:]:
                 state["steps"].pop(later, None)
         _write_state(out, state)
         if on_step is not None:

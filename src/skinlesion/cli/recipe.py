@@ -20,6 +20,9 @@ def run_command(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Torch threads of each training (default: the presets'); 1 leaves a core free."
     ),
+    smoke: bool = typer.Option(
+        False, "--smoke", help="Every step on tiny generated data in the recipe's official file layout (CPU, minutes)."
+    ),
 ) -> None:
     """Train the members and the baseline, build, calibrate, fit the review flag, evaluate on test, write the model card."""
     from skinlesion.recipe import load_recipe, run_recipe
@@ -27,12 +30,17 @@ def run_command(
     def report(step: str, state: dict) -> None:
         s = state["steps"][step]
         extra = f"; val BACC {s['val_bacc']:.4f}" if s.get("val_bacc") is not None else ""
-        console.print(f"step {step} done in {s['seconds'] / 60:.1f} min{extra}", highlight=False)
+        console.print(f"step {escape(step)} done in {s['seconds'] / 60:.1f} min{extra}", highlight=False)
 
     with user_errors():
         r, path = load_recipe(recipe)
-        state = run_recipe(r, path, out, only=only or None, on_step=report, threads=threads)
+        state = run_recipe(r, path, out, only=only or None, on_step=report, threads=threads, smoke=smoke)
     budget = "within" if state["within_budget"] else "OVER"
+    if state.get("seeds"):
+        s = state["steps"]["seeds"]
+        console.print(f"seeds {state['seeds']}: test BACC {s['bacc']} (argmax), {s['diagnosis_bacc']} (diagnosis); "
+                      f"{escape(str(out / 'seeds.md'))}; one bundle per seed in {escape(str(out))}/seed-<s>/bundle",
+                      highlight=False)
     console.print(
         f"recipe {escape(r.name)}: {state['total_minutes']:.1f} min recorded ({budget} the {r.budget_minutes:.0f}-min budget); "
         f"bundle in {escape(str(out / 'bundle'))}, model card {escape(str(out / 'bundle' / 'MODEL_CARD.md'))}",

@@ -55,6 +55,7 @@ from skinlesion.data.synthetic._shape import (
     shape_asymmetry,
 )
 from skinlesion.data.synthetic._spec import COLOUR_RGB, DERMOSCOPIC_COLOURS, ColourLayer, LesionSpec
+from skinlesion.data.synthetic._official import write_isic2018_layout, write_isic2019_layout
 from skinlesion.data.synthetic._writer import HAM_DX, write_synthetic_dataset
 
 __all__ = [
@@ -79,5 +80,7 @@ __all__ = [
     "sample_spec",
     "shape_asymmetry",
     "vary_spec",
+    "write_isic2018_layout",
+    "write_isic2019_layout",
     "write_synthetic_dataset",
 ]
