@@ -39,6 +39,25 @@ def _delta(a: Any, b: Any) -> str:
     return "n/a" if a is None or b is None else f"{float(a) - float(b):+.3f}"
 
 
+_DATA_TEXT = {
+    "isic2018": "ISIC 2018 Task 3 training set: the HAM10000 images (Tschandl, Rosendahl & Kittler, Sci. Data 2018; "
+    "Codella et al., arXiv:1902.03368), licensed **CC BY-NC 4.0**: the weights are derived from it, so non-commercial "
+    "use only. Lesion ids from HAM10000_metadata.csv (the official lesion groupings).",
+    "isic2019": "ISIC 2019 training set: HAM10000 (Tschandl et al. 2018), BCN20000 (Combalia et al., arXiv:1908.02288) "
+    "and MSK (Codella et al. 2017) images, licensed **CC BY-NC 4.0**: the weights are derived from it, so "
+    "non-commercial use only. Lesion ids from ISIC_2019_Training_Metadata.csv; images without one are their own group.",
+}
+
+
+def _training_data(out: Path) -> tuple[str, bool]:
+    """The dataset format of the bundle's first member, and whether it is a smoke run's generated data."""
+    for f in sorted((out / "bundle" / "members").glob("*/checkpoint.json")):
+        data = (json.loads(f.read_text()).get("config") or {}).get("data") or {}
+        paths = " ".join(str(data.get(k) or "") for k in ("root", "ground_truth", "images"))
+        return str(data.get("format", "ham10000")), "smoke-data" in paths
+    return "ham10000", False
+
+
 def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
     """Write ``out/bundle/MODEL_CARD.md``; returns its path."""
     out = Path(out)
@@ -80,9 +99,17 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
 
     add("\n## Training data and licence\n")
     prov = bundle.get("provenance", {})
-    add("HAM10000 (Tschandl, Rosendahl & Kittler, Sci. Data 2018), licensed **CC BY-NC 4.0**: the weights are "
-        "derived from it, so non-commercial use only. Copy used: 8,511 images at 200x150 px with metadata "
-        "(age, sex, anatomical site).")
+    fmt, smoke = _training_data(out)
+    classes = list(bundle.get("classes") or [])
+    if smoke:
+        add(f"**SMOKE RUN**: tiny generated images in the official {fmt} file layout and tiny random-init networks. "
+            "It proves that every step runs; its numbers mean nothing.")
+    elif fmt in _DATA_TEXT:
+        add(_DATA_TEXT[fmt])
+    else:
+        add("HAM10000 (Tschandl, Rosendahl & Kittler, Sci. Data 2018), licensed **CC BY-NC 4.0**: the weights are "
+            "derived from it, so non-commercial use only. Copy used: 8,511 images at 200x150 px with metadata "
+            "(age, sex, anatomical site).")
     add(f"Lesion-disjoint split (no lesion has images on two sides), split hash `{prov.get('split_hash')}`; "
         f"validation {prov.get('n_val')} images / {prov.get('n_val_groups')} lesions"
         + (f"; {split} {metrics['provenance']['n_images']} images / {metrics['provenance']['n_groups']} lesions" if metrics else "")
@@ -167,14 +194,24 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
         _quality_table(add, json.loads(quality.read_text()))
 
     add("## Intended use\n")
-    add("Research and decision support for clinicians reading dermoscopic images of the seven HAM10000 diagnoses "
-        "(MEL, NV, BCC, AKIEC, BKL, DF, VASC): a second opinion with its uncertainty, attention map and ABCDE "
+    n_words = {7: "seven", 8: "eight"}.get(len(classes), str(len(classes)))
+    add(f"Research and decision support for clinicians reading dermoscopic images of the {n_words} diagnoses "
+        f"({', '.join(classes)}): a second opinion with its uncertainty, attention map and ABCDE "
         "measurements, never a diagnosis and never without a clinician.\n")
     add("## Limitations\n")
-    add("- Single source: HAM10000 (two sites, Vienna and Queensland), mostly fair skin; no external validation.")
-    add("- Trained and evaluated on 200x150 px copies and a small CPU-trained network: BACC is far below the "
-        "ISIC 2018 leaderboard; small classes (DF, VASC, AKIEC) have wide intervals.")
-    add("- Classes outside the seven (e.g. SCC, unknown lesions) are forced into one of them.")
+    if fmt == "isic2019":
+        add("- Three sources (Vienna, Barcelona, New York), mostly fair skin; no external validation beyond the "
+            "official test set, if it was scored.")
+    else:
+        add("- Single source: HAM10000 (two sites, Vienna and Queensland), mostly fair skin; no external validation.")
+    if fmt == "ham10000":
+        add("- Trained and evaluated on 200x150 px copies and a small CPU-trained network: BACC is far below the "
+            "ISIC 2018 leaderboard; small classes (DF, VASC, AKIEC) have wide intervals.")
+    else:
+        add("- Lesion-disjoint split: not comparable with results on image-level splits or the challenge leaderboards.")
+    outside = "unknown lesions (UNK)" if "SCC" in classes else "e.g. SCC, unknown lesions"
+    add(f"- Lesions outside the {n_words} classes ({outside}) are forced into one of them; the out-of-distribution "
+        "gate catches only some.")
     if dec.get("without_metadata"):
         add("- Metadata (age, sex, site) helps only if entered correctly; without it the model uses its 'missing' "
             "input (trained with metadata dropout) and the separate operating point fitted with the metadata hidden "

@@ -36,14 +36,15 @@ def run_command(
         r, path = load_recipe(recipe)
         state = run_recipe(r, path, out, only=only or None, on_step=report, threads=threads, smoke=smoke)
     budget = "within" if state["within_budget"] else "OVER"
+    where = f"bundle in {escape(str(out / 'bundle'))}, model card {escape(str(out / 'bundle' / 'MODEL_CARD.md'))}"
     if state.get("seeds"):
         s = state["steps"]["seeds"]
         console.print(f"seeds {state['seeds']}: test BACC {s['bacc']} (argmax), {s['diagnosis_bacc']} (diagnosis); "
-                      f"{escape(str(out / 'seeds.md'))}; one bundle per seed in {escape(str(out))}/seed-<s>/bundle",
-                      highlight=False)
+                      f"{escape(str(out / 'seeds.md'))}", highlight=False)
+        where = f"one bundle (and model card) per seed in {escape(str(out))}/seed-<s>/bundle"
     console.print(
-        f"recipe {escape(r.name)}: {state['total_minutes']:.1f} min recorded ({budget} the {r.budget_minutes:.0f}-min budget); "
-        f"bundle in {escape(str(out / 'bundle'))}, model card {escape(str(out / 'bundle' / 'MODEL_CARD.md'))}",
+        f"recipe {escape(r.name)}{' (smoke)' if smoke else ''}: {state['total_minutes']:.1f} min recorded "
+        f"({budget} the {r.budget_minutes:.0f}-min budget); {where}",
         highlight=False,
     )
 
