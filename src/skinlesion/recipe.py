@@ -229,15 +229,25 @@ def member_dir(out: Path, name: str) -> Path:
     return out / "members" / name
 
 
-def _train(recipe: Recipe, spec: MemberSpec, out: Path, threads: int | None = None) -> dict[str, Any]:
+def distributed_rank() -> int:
+    """This process's global rank under torchrun, SLURM or Lightning's DDP launcher (0 when alone)."""
+    import os
+
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 0
+
+
+def _train(recipe: Recipe, spec: MemberSpec, out: Path, machine: list[str] | None = None) -> dict[str, Any] | None:
     from skinlesion.train.config import load_config
     from skinlesion.train.run import train
 
     overrides = [f"name={recipe.name}-{spec.name}", *recipe.set, *spec.set]
     if recipe.data_root is not None:
         overrides.append(f"data.root={recipe.data_root}")
-    if threads is not None:  # a property of the machine, not of the model
-        overrides.append(f"trainer.threads={threads}")
+    overrides += machine or []  # properties of the machine, not of the model (threads, devices, nodes)
     cfg = load_config(spec.preset, overrides)
     run_dir = member_dir(out, spec.name)
     finished = (run_dir / "checkpoint" / "checkpoint.json").is_file()
@@ -245,6 +255,8 @@ def _train(recipe: Recipe, spec: MemberSpec, out: Path, threads: int | None = No
         resume = (run_dir / "lightning" / "last.ckpt").is_file()
         log.info("training %s (%s%s)", spec.name, spec.preset, ", resuming" if resume else "")
         train(cfg, run_dir=run_dir, resume=resume)
+    if distributed_rank() > 0:  # a DDP worker joins the training; rank 0 records it
+        return None
     meta = json.loads((run_dir / "checkpoint" / "checkpoint.json").read_text())
     return {
         "checkpoint": str(run_dir / "checkpoint"),
@@ -315,19 +327,25 @@ def _card(recipe: Recipe, out: Path, recipe_path: Path) -> dict[str, Any]:
 def run_recipe(
     recipe: Recipe, recipe_path: Path, out: str | Path, *, only: list[str] | None = None,
     on_step: Callable[[str, dict[str, Any]], None] | None = None, threads: int | None = None, smoke: bool = False,
+    machine: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every step not yet finished in ``out``; returns the state. ``threads``
     overrides the members' ``trainer.threads`` (e.g. 1 while other work shares a 2-core machine).
     ``smoke``: run the recipe's smoke version on generated data (:func:`skinlesion.recipe_smoke.smoke_recipe`).
+    ``machine``: training overrides applied after every member's own, for the machine it runs on
+    (``trainer.devices=4``, ``trainer.strategy=ddp``, ``trainer.num_nodes=2``...). Under DDP every
+    rank runs this function: ranks > 0 (:func:`distributed_rank`) only join the trainings, and rank 0
+    alone writes the state and runs the steps after training.
     With ``recipe.seeds`` each seed is a whole run in ``out/seed-<s>`` (``only`` applies inside each)."""
     out = Path(out)
+    machine = [*(machine or []), *([f"trainer.threads={threads}"] if threads is not None else [])]
     if smoke:
         from skinlesion.recipe_smoke import smoke_recipe
 
         recipe = smoke_recipe(recipe, out)
     if recipe.seeds:
-        return _run_seeds(recipe, recipe_path, out, only=only, on_step=on_step, threads=threads)
-    return _run_one(recipe, recipe_path, out, only=only, on_step=on_step, threads=threads)
+        return _run_seeds(recipe, recipe_path, out, only=only, on_step=on_step, machine=machine)
+    return _run_one(recipe, recipe_path, out, only=only, on_step=on_step, machine=machine)
 
 
 def _claim(out: Path, recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
@@ -343,7 +361,7 @@ def _claim(out: Path, recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
 
 def _run_seeds(
     recipe: Recipe, recipe_path: Path, out: Path, *, only: list[str] | None,
-    on_step: Callable[[str, dict[str, Any]], None] | None, threads: int | None,
+    on_step: Callable[[str, dict[str, Any]], None] | None, machine: list[str],
 ) -> dict[str, Any]:
     from skinlesion.recipe_steps import seeds_summary
 
@@ -357,12 +375,16 @@ def _run_seeds(
             if on_step is not None:
                 on_step(prefix + step, {"steps": {prefix + k: v for k, v in sub_state["steps"].items()}})
 
-        sub_state = _run_one(recipe.for_seed(seed), recipe_path, sub, only=only, on_step=report, threads=threads)
+        sub_state = _run_one(recipe.for_seed(seed), recipe_path, sub, only=only, on_step=report, machine=machine)
+        if distributed_rank() > 0:
+            continue
         state["steps"][f"seed-{seed}"] = {
             "status": "done", "seconds": round(total_minutes(sub_state) * 60, 1), "folder": str(sub),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         _write_state(out, state)
+    if distributed_rank() > 0:
+        return state
     t0 = time.time()
     info = seeds_summary(recipe, out)
     state["steps"]["seeds"] = {"status": "done", "seconds": round(time.time() - t0, 1), **info,
@@ -377,9 +399,10 @@ def _run_seeds(
 
 def _run_one(
     recipe: Recipe, recipe_path: Path, out: Path, *, only: list[str] | None,
-    on_step: Callable[[str, dict[str, Any]], None] | None, threads: int | None,
+    on_step: Callable[[str, dict[str, Any]], None] | None, machine: list[str],
 ) -> dict[str, Any]:
     state = _claim(out, recipe, recipe_path)
+    worker = distributed_rank() > 0
     specs = {m.name: m for m in recipe.members}
     if recipe.baseline is not None:
         specs[recipe.baseline.name] = recipe.baseline
@@ -391,9 +414,14 @@ def _run_one(
         done = state["steps"].get(step, {}).get("status") == "done"
         if (only and step not in only) or (done and not only):
             continue
+        if worker and not step.startswith("train:"):
+            continue  # rank 0 builds, calibrates and evaluates alone
         t0 = time.time()
         if step.startswith("train:"):
-            info = _train(recipe, specs[step.split(":", 1)[1]], out, threads)
+            trained = _train(recipe, specs[step.split(":", 1)[1]], out, machine)
+            if trained is None:  # a DDP worker: nothing to record
+                continue
+            info = trained
             seconds = float(info.get("training_seconds") or (time.time() - t0))  # the training's own wall time
         else:
             from skinlesion import recipe_steps
@@ -420,6 +448,8 @@ def _run_one(
         _write_state(out, state)
         if on_step is not None:
             on_step(step, state)
+    if worker:
+        return state
     state["total_minutes"] = round(total_minutes(state), 1)
     state["within_budget"] = state["total_minutes"] <= recipe.budget_minutes
     _write_state(out, state)

@@ -20,6 +20,10 @@ def run_command(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Torch threads of each training (default: the presets'); 1 leaves a core free."
     ),
+    machine: list[str] = typer.Option(
+        [], "--set", help="Training override for every member, after its own: the machine, e.g. --set trainer.devices=4 "
+        "--set trainer.strategy=ddp --set trainer.num_nodes=2.",
+    ),
     smoke: bool = typer.Option(
         False, "--smoke", help="Every step on tiny generated data in the recipe's official file layout (CPU, minutes)."
     ),
@@ -34,7 +38,11 @@ def run_command(
 
     with user_errors():
         r, path = load_recipe(recipe)
-        state = run_recipe(r, path, out, only=only or None, on_step=report, threads=threads, smoke=smoke)
+        state = run_recipe(r, path, out, only=only or None, on_step=report, threads=threads, smoke=smoke, machine=machine)
+    from skinlesion.recipe import distributed_rank
+
+    if distributed_rank() > 0:  # a DDP worker: rank 0 reports
+        return
     budget = "within" if state["within_budget"] else "OVER"
     where = f"bundle in {escape(str(out / 'bundle'))}, model card {escape(str(out / 'bundle' / 'MODEL_CARD.md'))}"
     if state.get("seeds"):
