@@ -225,7 +225,7 @@ def test_recipe_rejects_repeated_seeds(tmp_path: Path) -> None:
 
 
 def test_missing_official_test_set_is_noted_or_an_error(m19: Path, tmp_path: Path) -> None:
-    from skinlesion import recipe_steps
+    from skinlesion.recipe import steps as recipe_steps
 
     work = tmp_path / "run"
     shutil.copytree(m19 / "bundle", work / "bundle")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from skinlesion.errors import ConfigError
-from skinlesion.recipe import Recipe
+from skinlesion.recipe.spec import Recipe
 
 DATA_DIR = "smoke-data"
 _DONE = "SMOKE_DATA_DONE"
@@ -48,7 +48,7 @@ def smoke_data(recipe: Recipe, out: Path) -> dict[str, Path]:
             paths["test_ground_truth"] = root / ISIC2019_TEST_FILES["ground_truth"]
             paths["test_images"] = root / ISIC2019_TEST_FILES["images"]
         return paths
-    from skinlesion.recipe import distributed_rank
+    from skinlesion.recipe.spec import distributed_rank
 
     if distributed_rank() > 0:  # under torchrun every rank starts at once: rank 0 writes the data
         import time

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from skinlesion.errors import ConfigError
-from skinlesion.recipe import BUNDLE_DIR, Recipe
+from skinlesion.recipe.spec import BUNDLE_DIR, Recipe
 
 log = logging.getLogger(__name__)
 

@@ -1,24 +1,4 @@
-"""A training recipe: one command that builds a whole decision bundle from scratch, resumably.
-
-A recipe (YAML, see ``configs/recipes/ham10000-cpu.yaml``) names the ensemble members (each a
-training preset plus overrides), an image-only baseline trained the same way (the reference that
-every added choice is measured against), and the decision-layer steps. ``run_recipe`` executes
-
-    train:<member>... -> train:baseline -> build -> calibrate -> review -> evaluate
-        -> official-test -> concepts -> explain -> export -> card
-
-(steps whose section is absent are left out) in ``OUT`` and records each finished step with its wall time in ``OUT/recipe_state.json``. A
-re-run skips finished steps and resumes an interrupted training from its last Lightning state, so
-a run cut off by the end of a session continues where it stopped. Thresholds, temperature, member
-weights and the review flag are fitted on the validation split only; the test split is touched
-once, by ``evaluate``, for the model card.
-
-With ``seeds`` the whole pipeline runs once per seed, each in ``OUT/seed-<s>`` with its own bundle,
-and a last step ``seeds`` writes the mean ± std of the test metrics over the seeds
-(``OUT/seeds.json``, ``OUT/seeds.md``). With ``--smoke`` (``smoke`` section) the same steps run on
-tiny generated data in the recipe's official file layout with tiny backbones, on a CPU in minutes
-(:mod:`skinlesion.recipe_smoke`).
-"""
+"""Running a recipe: its steps in order, resumably, recorded in ``recipe_state.json``."""
 
 from __future__ import annotations
 
@@ -28,179 +8,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Any
 
 from skinlesion.errors import ConfigError
+from skinlesion.recipe.spec import BUNDLE_DIR, STATE, MemberSpec, Recipe, distributed_rank, member_dir
 
 log = logging.getLogger(__name__)
-RECIPE_DIR = Path(__file__).resolve().parent / "configs" / "recipes"
-STATE = "recipe_state.json"
-BUNDLE_DIR = "bundle"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class MemberSpec(_Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    preset: str = "cpu"
-    set: list[str] = Field(default_factory=list, description="Training overrides, as `skinlesion train --set`.")
-
-
-class EnsembleSpec(_Strict):
-    weights: str = "bacc"
-    tta: str = "d4"
-    average: str = "prob"
-    temperature: str = "ensemble"
-
-
-class CalibrateSpec(_Strict):
-    targets: str = "MEL:sens=0.85,spec=0.85 AKIEC:sens=0.75,spec=0.70"
-    confidence: float = Field(0.95, ge=0.0, lt=1.0)
-    bound: str = "clopper-pearson"
-    prefer: str = "balanced"
-    fallback: str = "keep_sensitivity"
-    conflict: str = "priority"
-    policy: str = "diagnosis"  # or "priority-threshold", the reference system's rule
-    ood: bool = True  # fit the out-of-distribution gate
-    ood_score: str = "knn"
-
-
-class ReviewSpec(_Strict):
-    n_samples: int = Field(10, gt=0)
-    score: str = "mutual_information"
-    goal: str = "error_fraction"
-    target: float = 0.5
-    test: bool = True  # also report the flag on the test split (a report only; nothing fitted uses it)
-
-
-class EvaluateSpec(_Strict):
-    split: str = "test"
-    n_boot: int = Field(1000, ge=0)
-
-
-class OfficialTestSpec(_Strict):
-    """An official challenge test set scored as ``isic-challenge-scoring`` scores it (UNK included)."""
-
-    ground_truth: str = Field(..., description="Official test ground-truth CSV (e.g. ISIC_2019_Test_GroundTruth.csv).")
-    images: str = Field(..., description="Its image folder (e.g. ISIC_2019_Test_Input).")
-    metadata: str | None = Field(None, description="Its metadata CSV (age/sex/site for fusion members).")
-    required: bool = Field(False, description="Fail when the files are missing (default: the step notes it and passes).")
-
-
-class ExplainSpec(_Strict):
-    method: Literal["gradcam", "gradcam++"] = "gradcam++"
-    n_images: int = Field(8, ge=1, description="Test images explained, the classes in turn.")
-    mc_samples: int | None = Field(None, ge=0, description="MC-dropout passes (null: the review flag's).")
-    concepts: bool = Field(False, description="Learn a TCAV concept bank (ABCDE concepts) before explaining.")
-    concept_split: str = "train"
-    concept_n_per_class: int = Field(40, ge=1)
-    concept_runs: int = Field(10, ge=2)
-    concept_random_pool: int = Field(100, ge=4)
-    concept_min_examples: int = Field(5, ge=2)
-
-
-class ExportSpec(_Strict):
-    onnx: bool = True
-    int8: bool = False
-    n_parity: int = Field(4, ge=1)
-
-
-class SmokeSpec(_Strict):
-    """How ``--smoke`` shrinks the recipe: generated data, tiny backbones, a few steps."""
-
-    dataset: Literal["isic2018", "isic2019"]
-    lesions_per_class: int = Field(4, ge=3)
-    image_size: tuple[int, int] = (64, 80)
-    test_images_per_class: int = Field(1, ge=0, description="isic2019: official-test images per class (plus UNK ones).")
-    test_unknown: int = Field(3, ge=0, description="isic2019: official-test images whose ground truth is UNK.")
-    seeds: list[int] | None = Field(None, description="Seeds in smoke mode (default: the recipe's).")
-    set: list[str] = Field(default_factory=list, description="Overrides of every member, after its own.")
-    members: dict[str, list[str]] = Field(default_factory=dict, description="Overrides of one member, after `set`.")
-    recipe: dict[str, Any] = Field(default_factory=dict, description="Recipe sections replaced in smoke mode (merged).")
-
-
-class Recipe(_Strict):
-    name: str
-    description: str = ""
-    data_root: str | None = Field(None, description="Overrides data.root of every member (default: the presets').")
-    set: list[str] = Field(default_factory=list, description="Overrides of every member, before its own.")
-    seeds: list[int] | None = Field(None, min_length=1, description="One bundle per seed, then mean ± std over them.")
-    members: list[MemberSpec] = Field(..., min_length=1)
-    baseline: MemberSpec | None = None
-    ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
-    calibrate: CalibrateSpec = Field(default_factory=CalibrateSpec)
-    review: ReviewSpec | None = Field(default_factory=ReviewSpec)
-    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
-    official_test: OfficialTestSpec | None = None
-    explain: ExplainSpec | None = None
-    export: ExportSpec | None = None
-    smoke: SmokeSpec | None = None
-    budget_minutes: float = Field(120.0, gt=0)
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError(f"seeds must be distinct, got {v}")
-        return v
-
-    @field_validator("members")
-    @classmethod
-    def _unique(cls, v: list[MemberSpec]) -> list[MemberSpec]:
-        names = [m.name for m in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"member names must be distinct, got {names}")
-        return v
-
-    @model_validator(mode="after")
-    def _baseline_name(self) -> Recipe:
-        if self.baseline is not None and self.baseline.name in {m.name for m in self.members}:
-            raise ValueError(f"baseline name {self.baseline.name!r} is also a member name")
-        return self
-
-    def steps(self) -> list[str]:
-        s = [f"train:{m.name}" for m in self.members]
-        if self.baseline is not None:
-            s.append(f"train:{self.baseline.name}")
-        s += ["build", "calibrate"] + (["review"] if self.review is not None else []) + ["evaluate"]
-        s += ["official-test"] if self.official_test is not None else []
-        s += ["concepts"] if self.explain is not None and self.explain.concepts else []
-        s += ["explain"] if self.explain is not None else []
-        s += ["export"] if self.export is not None and self.export.onnx else []
-        return s + ["card"]
-
-    def for_seed(self, seed: int) -> Recipe:
-        """This recipe with every member (and the baseline) trained with ``seed``, no seed list."""
-        def seeded(m: MemberSpec) -> MemberSpec:
-            return m.model_copy(update={"set": [*m.set, f"seed={seed}"]})
-
-        return self.model_copy(update={
-            "seeds": None, "members": [seeded(m) for m in self.members],
-            "baseline": seeded(self.baseline) if self.baseline is not None else None,
-        })
-
-
-def load_recipe(path_or_name: str | Path) -> tuple[Recipe, Path]:
-    """A recipe from a YAML file or a packaged name (``configs/recipes/<name>.yaml``)."""
-    p = Path(path_or_name)
-    if not p.is_file():
-        p = RECIPE_DIR / f"{path_or_name}.yaml"
-    if not p.is_file():
-        have = sorted(q.stem for q in RECIPE_DIR.glob("*.yaml"))
-        raise ConfigError(f"Recipe {str(path_or_name)!r} is neither a file nor a packaged recipe; packaged: {have}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
-    try:
-        return Recipe.model_validate(raw), p
-    except Exception as e:  # pydantic ValidationError: name the field
-        raise ConfigError(f"{p}: {e}") from None
 
 
 # -- state ----------------------------------------------------------------------------------------
@@ -225,21 +38,6 @@ def total_minutes(state: dict[str, Any]) -> float:
 
 
 # -- steps ----------------------------------------------------------------------------------------
-def member_dir(out: Path, name: str) -> Path:
-    return out / "members" / name
-
-
-def distributed_rank() -> int:
-    """This process's global rank under torchrun, SLURM or Lightning's DDP launcher (0 when alone)."""
-    import os
-
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
-        value = os.environ.get(var, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return 0
-
-
 def _train(recipe: Recipe, spec: MemberSpec, out: Path, machine: list[str] | None = None) -> dict[str, Any] | None:
     from skinlesion.train.config import load_config
     from skinlesion.train.run import train
@@ -340,7 +138,7 @@ def run_recipe(
     out = Path(out)
     machine = [*(machine or []), *([f"trainer.threads={threads}"] if threads is not None else [])]
     if smoke:
-        from skinlesion.recipe_smoke import smoke_recipe
+        from skinlesion.recipe.smoke import smoke_recipe
 
         recipe = smoke_recipe(recipe, out)
     if recipe.seeds:
@@ -363,7 +161,7 @@ def _run_seeds(
     recipe: Recipe, recipe_path: Path, out: Path, *, only: list[str] | None,
     on_step: Callable[[str, dict[str, Any]], None] | None, machine: list[str],
 ) -> dict[str, Any]:
-    from skinlesion.recipe_steps import seeds_summary
+    from skinlesion.recipe.steps import seeds_summary
 
     state = _claim(out, recipe, recipe_path)
     state["seeds"] = list(recipe.seeds or [])
@@ -424,7 +222,7 @@ def _run_one(
             info = trained
             seconds = float(info.get("training_seconds") or (time.time() - t0))  # the training's own wall time
         else:
-            from skinlesion import recipe_steps
+            from skinlesion.recipe import steps as recipe_steps
 
             info = {
                 "build": lambda: _build(recipe, out),
