@@ -5,7 +5,10 @@ scorer's treatment of UNK, seeds as separate bundles with mean ± std, DDP-safe 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +144,9 @@ def test_isic2018_smoke_gives_one_bundle_per_seed_and_their_mean_and_std(p18: tu
         assert list(b.classes) == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"] and len(b.members) == 3
         assert b.meta["weighting"]["method"] == "bacc" and set(b.thresholds) == {"MEL", "AKIEC"}
         assert json.loads((out / f"seed-{seed}" / "explain" / "summary.json").read_text())[0]["cam"] == "gradcam"
+    subs = [json.loads((out / f"seed-{s}" / "recipe_state.json").read_text())["steps"] for s in (42, 7, 123)]
+    trained = max(v["finished"] for st in subs for k, v in st.items() if k.startswith("train:"))
+    assert trained <= min(st["build"]["finished"] for st in subs)  # every seed's trainings first (DDP-safe)
     summary = json.loads((out / "seeds.json").read_text())
     values = [r["argmax_bacc"] for r in summary["seeds"]]
     assert [r["seed"] for r in summary["seeds"]] == [42, 7, 123] and len(values) == 3
@@ -256,3 +262,24 @@ def test_a_ddp_worker_only_joins_the_trainings(m19: Path, tmp_path: Path, monkey
     assert trained == ["melanomanet-isic2019-smoke-v2s"]
     assert (work / "recipe_state.json").read_text() == before
     assert not (work / "members" / "v2s" / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_recipe_smoke_on_two_ddp_processes_gloo(tmp_path: Path) -> None:
+    """A real 2-process DDP recipe run on the CPU (gloo), launched as users launch it: rank 1 joins the
+    training and leaves; rank 0 alone builds, calibrates, evaluates, explains, exports and reports."""
+    out = tmp_path / "ddp"
+    import skinlesion
+
+    src = str(Path(skinlesion.__file__).resolve().parents[1])  # this checkout, whatever the cwd
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    cmd = [sys.executable, "-m", "skinlesion", "recipe", "run", "melanomanet-isic2019", "--smoke", "--out", str(out),
+           "--set", "trainer.devices=2", "--set", "trainer.strategy=ddp"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    meta = json.loads((out / "members" / "v2s" / "checkpoint" / "checkpoint.json").read_text())
+    assert (meta["training"]["devices"], meta["training"]["strategy"]) == (2, "DDPStrategy")
+    assert proc.stdout.count("step card done") == 1  # one rank reports
+    state = json.loads((out / "recipe_state.json").read_text())
+    assert list(state["steps"])[-1] == "card" and load_bundle(out / "bundle").classes[-1] == "SCC"

@@ -165,22 +165,29 @@ def _run_seeds(
 
     state = _claim(out, recipe, recipe_path)
     state["seeds"] = list(recipe.seeds or [])
-    for seed in recipe.seeds or []:
-        sub = out / f"seed-{seed}"
-        prefix = f"seed-{seed}/"
+    # Every seed's trainings first, then the steps after training: under DDP the ranks > 0 take part
+    # in the trainings only, and must not wait (past a collective's timeout) while rank 0 builds,
+    # calibrates and evaluates a seed's bundle.
+    for phase in ("train", "all"):
+        if phase == "all" and distributed_rank() > 0:
+            break
+        for seed in recipe.seeds or []:
+            sub = out / f"seed-{seed}"
+            prefix = f"seed-{seed}/"
 
-        def report(step: str, sub_state: dict[str, Any], prefix: str = prefix) -> None:
-            if on_step is not None:
-                on_step(prefix + step, {"steps": {prefix + k: v for k, v in sub_state["steps"].items()}})
+            def report(step: str, sub_state: dict[str, Any], prefix: str = prefix) -> None:
+                if on_step is not None:
+                    on_step(prefix + step, {"steps": {prefix + k: v for k, v in sub_state["steps"].items()}})
 
-        sub_state = _run_one(recipe.for_seed(seed), recipe_path, sub, only=only, on_step=report, machine=machine)
-        if distributed_rank() > 0:
-            continue
-        state["steps"][f"seed-{seed}"] = {
-            "status": "done", "seconds": round(total_minutes(sub_state) * 60, 1), "folder": str(sub),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        _write_state(out, state)
+            sub_state = _run_one(recipe.for_seed(seed), recipe_path, sub, only=only, on_step=report, machine=machine,
+                                 trainings_only=phase == "train")
+            if phase == "train" or distributed_rank() > 0:
+                continue
+            state["steps"][f"seed-{seed}"] = {
+                "status": "done", "seconds": round(total_minutes(sub_state) * 60, 1), "folder": str(sub),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            _write_state(out, state)
     if distributed_rank() > 0:
         return state
     t0 = time.time()
@@ -197,7 +204,7 @@ def _run_seeds(
 
 def _run_one(
     recipe: Recipe, recipe_path: Path, out: Path, *, only: list[str] | None,
-    on_step: Callable[[str, dict[str, Any]], None] | None, machine: list[str],
+    on_step: Callable[[str, dict[str, Any]], None] | None, machine: list[str], trainings_only: bool = False,
 ) -> dict[str, Any]:
     state = _claim(out, recipe, recipe_path)
     worker = distributed_rank() > 0
@@ -212,7 +219,7 @@ def _run_one(
         done = state["steps"].get(step, {}).get("status") == "done"
         if (only and step not in only) or (done and not only):
             continue
-        if worker and not step.startswith("train:"):
+        if (worker or trainings_only) and not step.startswith("train:"):
             continue  # rank 0 builds, calibrates and evaluates alone
         t0 = time.time()
         if step.startswith("train:"):
@@ -246,7 +253,7 @@ def _run_one(
         _write_state(out, state)
         if on_step is not None:
             on_step(step, state)
-    if worker:
+    if worker or trainings_only:
         return state
     state["total_minutes"] = round(total_minutes(state), 1)
     state["within_budget"] = state["total_minutes"] <= recipe.budget_minutes
