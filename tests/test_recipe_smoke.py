@@ -283,3 +283,20 @@ def test_recipe_smoke_on_two_ddp_processes_gloo(tmp_path: Path) -> None:
     assert proc.stdout.count("step card done") == 1  # one rank reports
     state = json.loads((out / "recipe_state.json").read_text())
     assert list(state["steps"])[-1] == "card" and load_bundle(out / "bundle").classes[-1] == "SCC"
+
+
+@pytest.mark.parametrize("name", ["paper-isic2018", "melanomanet-isic2019"])
+def test_the_gpu_recipes_members_are_valid_configs_of_registered_backbones(name: str) -> None:
+    from skinlesion.models.registry import get_spec
+    from skinlesion.train.config import load_config
+
+    recipe, _ = load_recipe(name)
+    for m in recipe.members:
+        cfg = load_config(m.preset, [*recipe.set, *m.set])
+        get_spec(cfg.model.backbone)  # raises for an unknown backbone
+        assert cfg.model.pretrained == "hub" and cfg.trainer.precision == "16-mixed"
+        assert cfg.data.format == name.rsplit("-", 1)[1] and cfg.data.metadata  # lesion ids: split by lesion
+        assert cfg.data.split.seed == 42
+    backbones = {load_config(m.preset, [*recipe.set, *m.set]).model.backbone for m in recipe.members}
+    expected = {"resnet50", "densenet121", "efficientnet_b3"} if name == "paper-isic2018" else {"tf_efficientnetv2_s"}
+    assert backbones == expected
