@@ -105,10 +105,11 @@ def _about_centres(theta_deg: float, scale: float, src_centre: np.ndarray, dst_c
 
 
 class _View:
-    """A registration channel and where it is valid (inside the image and the field of view)."""
+    """A registration channel, NaN where it is not valid (outside the image or the field of view)."""
 
-    def __init__(self, values: np.ndarray, valid: np.ndarray) -> None:
-        self.values, self.valid = values, valid
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+        self.valid = np.isfinite(values)
         self.shape: tuple[int, int] = values.shape  # type: ignore[assignment]
 
     @classmethod
@@ -125,7 +126,8 @@ class _View:
         side = max(light.shape)
         band = ndimage.gaussian_filter(light, side / 200.0) - ndimage.gaussian_filter(light, side / BAND_HIGH)
         inside = band[fov] if fov.sum() > 16 else band.ravel()
-        return cls(((band - inside.mean()) / (inside.std() + 1e-6)).astype(np.float32), fov)
+        band = (band - inside.mean()) / (inside.std() + 1e-6)
+        return cls(np.where(fov, band, np.nan).astype(np.float32))
 
     def resampled(self, factor: float) -> _View:
         if abs(factor - 1.0) < 1e-9:
@@ -133,30 +135,38 @@ class _View:
         shape = tuple(max(8, round(n * factor)) for n in self.shape)
         zoom = (shape[0] / self.shape[0], shape[1] / self.shape[1])
         sigma = max(0.0, (1.0 / factor - 1.0) / 2.0)  # anti-aliasing before shrinking
-        smooth = ndimage.gaussian_filter(self.values, sigma) if sigma > 0 else self.values
+        filled = np.where(self.valid, self.values, 0.0)
+        smooth = ndimage.gaussian_filter(filled, sigma) if sigma > 0 else filled
         values = ndimage.zoom(smooth, zoom, order=1, grid_mode=True, mode="nearest")
         valid = ndimage.zoom(self.valid.astype(np.float32), zoom, order=1, grid_mode=True, mode="nearest") > 0.99
-        return _View(values, valid)
+        return _View(np.where(valid, values, np.nan).astype(np.float32))
 
-    def warped(self, matrix: np.ndarray, shape: tuple[int, int]) -> _View:
-        return _View(_warp(self.values, matrix, shape, 1), _warp(self.valid.astype(np.float32), matrix, shape, 0) > 0.5)
+    def warped(self, matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """The values on a grid of ``shape`` through ``matrix``, NaN where not valid."""
+        return _warp(self.values, matrix, shape, 1, cval=np.nan)
+
+    def ncc(self, other: np.ndarray) -> tuple[float, int]:
+        """NCC with ``other`` (same shape, NaN where not valid) over both valid regions, and its size."""
+        both = self.valid & np.isfinite(other)
+        return _ncc(self.values, other, both)[0], int(both.sum())
 
     def score(self, moving: _View, matrix: np.ndarray) -> tuple[float, float]:
         """NCC of ``moving`` registered by ``matrix`` with this view over both valid regions, and the
         shared area as a fraction of the smaller view (``moving``'s area scaled by ``matrix``)."""
-        w = moving.warped(matrix, self.shape)
-        both = self.valid & w.valid
+        ncc, n = self.ncc(moving.warped(matrix, self.shape))
+        return ncc, self._overlap(n, moving, matrix)
+
+    def _overlap(self, n: int, moving: _View, matrix: np.ndarray) -> float:
         smaller = min(float(self.valid.sum()), float(moving.valid.sum()) * abs(np.linalg.det(matrix[:2, :2])))
-        ncc, _ = _ncc(self.values, w.values, both)
-        return ncc, min(1.0, float(both.sum()) / max(smaller, 1.0))
+        return min(1.0, n / max(smaller, 1.0))
 
 
-def _warp(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.ndarray:
+def _warp(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], order: int = 1, cval: float = 0.0) -> np.ndarray:
     """``image`` (after) resampled on the before grid of ``shape`` through ``matrix`` (after -> before),
-    0 outside it."""
+    ``cval`` outside it."""
     inv = np.linalg.inv(matrix)
     a, offset = inv[:2, :2][::-1, ::-1], inv[:2, 2][::-1]  # ndimage works in (row, col)
-    return ndimage.affine_transform(image, a, offset=offset, output_shape=shape, order=order, mode="constant", cval=0.0)
+    return ndimage.affine_transform(image, a, offset=offset, output_shape=shape, order=order, mode="constant", cval=cval)
 
 
 def _ncc(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
@@ -168,6 +178,15 @@ def _ncc(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> tuple[float, float]
     y = y - y.mean()
     den = math.sqrt(float((x * x).sum() * (y * y).sum()))
     return (float((x * y).sum() / den) if den > 0 else 0.0), overlap
+
+
+def _shifted(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``image`` moved by whole pixels (dx right, dy down), NaN where nothing moved in."""
+    out = np.full_like(image, np.nan)
+    h, w = image.shape
+    src = image[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
+    out[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
+    return out
 
 
 def _best_shift(ref_fft: np.ndarray, moving: np.ndarray, pad: tuple[int, int]) -> tuple[float, float]:
@@ -187,16 +206,18 @@ def _centre(shape: tuple[int, ...]) -> np.ndarray:
 def _coarse(ref: _View, mov: _View, scales: list[float]) -> list[tuple[float, np.ndarray]]:
     """(NCC, matrix) of the best translation for every rotation and scale, best first."""
     pad = (2 * ref.shape[0], 2 * ref.shape[1])
-    ref_fft = np.fft.rfft2(np.where(ref.valid, ref.values, 0.0), s=pad)
+    ref_fft = np.fft.rfft2(np.nan_to_num(ref.values), s=pad)
     scored = []
     for scale in scales:
         for theta in np.arange(0.0, 360.0, COARSE_STEP_DEG):
             m = _about_centres(float(theta), scale, _centre(mov.shape), _centre(ref.shape))
-            w = mov.warped(m, ref.shape)
-            dx, dy = _best_shift(ref_fft, np.where(w.valid, w.values, 0.0), pad)
+            warped = mov.warped(m, ref.shape)
+            dx, dy = _best_shift(ref_fft, np.nan_to_num(warped), pad)
+            if max(abs(dx), abs(dy)) >= max(ref.shape):
+                continue
+            ncc, n = ref.ncc(_shifted(warped, int(dx), int(dy)))
             m = _similarity(0.0, 1.0, dx, dy) @ m
-            ncc, overlap = ref.score(mov, m)
-            if overlap >= MIN_OVERLAP:
+            if ref._overlap(n, mov, m) >= MIN_OVERLAP:
                 scored.append((ncc, m))
     scored.sort(key=lambda t: -t[0])
     return scored
@@ -207,7 +228,7 @@ def _params(m: np.ndarray) -> tuple[float, float, float, float]:
     return math.degrees(math.atan2(m[1, 0], m[0, 0])), scale, float(m[0, 2]), float(m[1, 2])
 
 
-def _refine(ref: _View, mov: _View, m0: np.ndarray, fixed_scale: bool) -> tuple[float, np.ndarray]:
+def _refine(ref: _View, mov: _View, m0: np.ndarray, fixed_scale: bool, xtol: float) -> tuple[float, np.ndarray]:
     """Powell's method on rotation (5-degree units), translation (1/20 of the side) and log scale."""
     theta0, scale0, tx0, ty0 = _params(m0)
     side = max(ref.shape)
@@ -221,9 +242,14 @@ def _refine(ref: _View, mov: _View, m0: np.ndarray, fixed_scale: bool) -> tuple[
         return -ncc if overlap >= MIN_OVERLAP else 1.0
 
     x0 = np.zeros(3 if fixed_scale else 4)
-    res = optimize.minimize(loss, x0, method="Powell", options={"xtol": 1e-2, "ftol": 1e-4, "maxfev": 400})
+    res = optimize.minimize(loss, x0, method="Powell", options={"xtol": xtol, "ftol": 1e-4, "maxfev": 400})
     best = res.x if res.fun <= loss(x0) else x0
     return -float(loss(best)), matrix(best)
+
+
+def _regrid(m: np.ndarray, old: tuple[_View, _View], new: tuple[_View, _View]) -> np.ndarray:
+    """A transform between the ``old`` copies (after -> before) as one between the ``new`` copies."""
+    return np.linalg.inv(_grid(old[0].shape, new[0].shape)) @ m @ _grid(old[1].shape, new[1].shape)
 
 
 def _grid(small: tuple[int, ...], full: tuple[int, ...]) -> np.ndarray:
@@ -267,18 +293,19 @@ def register_pair(
     ref_c, mov_c, fb_c, fa_c = copies(COARSE_SIDE)
     base = fb_c / fa_c
     scales = [scale * base] if scale is not None else [base * s for s in np.geomspace(*SCALE_RANGE, _SCALE_STEPS)]
-    candidates = _coarse(ref_c, mov_c, scales)[:_CANDIDATES] or [
-        (0.0, _about_centres(0.0, scales[len(scales) // 2], _centre(mov_c.shape), _centre(ref_c.shape)))
+    candidates = [m for _, m in _coarse(ref_c, mov_c, scales)[:_CANDIDATES]] or [
+        _about_centres(0.0, scales[len(scales) // 2], _centre(mov_c.shape), _centre(ref_c.shape))
     ]
-    ref_w, mov_w, _, _ = copies(WORK_SIDE)
+    # refine every candidate at half the working resolution, then the best one at the working resolution
+    ref_m, mov_m, _, _ = copies(WORK_SIDE // 2)
     best: tuple[float, np.ndarray] | None = None
-    for _, m_c in candidates:  # coarse (after_c -> before_c) to work resolution (after_w -> before_w)
-        m_w = np.linalg.inv(_grid(ref_c.shape, ref_w.shape)) @ m_c @ _grid(mov_c.shape, mov_w.shape)
-        found = _refine(ref_w, mov_w, m_w, fixed_scale=scale is not None)
+    for m_c in candidates:  # coarse (after_c -> before_c) to after_m -> before_m
+        found = _refine(ref_m, mov_m, _regrid(m_c, (ref_c, mov_c), (ref_m, mov_m)), scale is not None, xtol=0.05)
         if best is None or found[0] > best[0]:
             best = found
     assert best is not None  # noqa: S101 - candidates is never empty
-    _, m_w = best
+    ref_w, mov_w, _, _ = copies(WORK_SIDE)
+    _, m_w = _refine(ref_w, mov_w, _regrid(best[1], (ref_m, mov_m), (ref_w, mov_w)), scale is not None, xtol=0.02)
     ncc, overlap = ref_w.score(mov_w, m_w)
     matrix = np.linalg.inv(_grid(ref_w.shape, before.shape[:2])) @ m_w @ _grid(mov_w.shape, after.shape[:2])
     if scale is not None:  # the exact scale, not the one rounded by resampling the copies
@@ -287,7 +314,8 @@ def register_pair(
         matrix = _about_centres(theta, scale, centre, matrix[:2, :2] @ centre + matrix[:2, 2])
     unregistered = None
     if before.shape == after.shape:
-        unregistered = ref_w.score(mov_full.resampled(ref_w.shape[0] / before.shape[0]), np.eye(3))[0]
+        same = mov_full.resampled(ref_w.shape[0] / before.shape[0])
+        unregistered = ref_w.ncc(same.values)[0] if same.shape == ref_w.shape else None
     theta, s, tx, ty = _params(matrix)
     return Registration(matrix, theta, s, (tx, ty), source, ncc, unregistered, overlap)
 
