@@ -80,7 +80,7 @@ def test_health_is_open_and_names_the_model(client: TestClient, predictor: Predi
     h = r.json()
     assert h["status"] == "ok" and h["bundle_id"] == predictor.bundle.bundle_id and h["engine"] == "torch"
     assert h["api_key_required"] is True and h["limits"] == {"max_upload_bytes": CAP, "max_pixels": MAX_PIXELS, "min_side": 16}
-    assert set(h["requests"]) == {"predict", "explain", "rejected", "errors"} and h["uptime_s"] >= 0
+    assert set(h["requests"]) == {"predict", "explain", "compare", "rejected", "errors"} and h["uptime_s"] >= 0
     assert "not a diagnosis" in h["notice"]
 
 

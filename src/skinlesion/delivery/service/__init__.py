@@ -10,6 +10,8 @@ route              key   answers
                          uncertainty, review flag
 ``POST /explain``  yes   200: the same plus Grad-CAM++ overlay and segmentation outline (base64 PNG),
                          attention, ABCDE and Total Dermoscopy Score
+``POST /compare``  yes   200: two visits of one lesion (files ``before``, ``after``): registration,
+                         both segmentations, ABCDE change, model change, significant change or not
 ``GET /``          no    the web page (``delivery/static/``: offline, no external resources)
 ``/docs``          no    OpenAPI (``/openapi.json``; Swagger UI served from the package, offline)
 =================  ====  =============================================================================

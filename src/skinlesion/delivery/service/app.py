@@ -13,7 +13,7 @@ import skinlesion
 from skinlesion.delivery.images import ImageLimits
 from skinlesion.delivery.service.context import ServiceContext
 from skinlesion.delivery.service.errors import BodyCap, add_error_handlers
-from skinlesion.delivery.service.routes import prediction, service
+from skinlesion.delivery.service.routes import compare, prediction, service
 from skinlesion.delivery.service.settings import ServiceSettings
 from skinlesion.records import NOTICE
 
@@ -52,6 +52,7 @@ def create_app(
     app.mount(service.DOCS_STATIC, StaticFiles(directory=str(_swagger_ui_dir())), name="docs-static")
     app.include_router(service.router)
     app.include_router(prediction.router)
+    app.include_router(compare.router)
     return app
 
 

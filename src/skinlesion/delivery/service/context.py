@@ -22,11 +22,11 @@ if TYPE_CHECKING:
 
 
 class RequestStats:
-    """Requests served (``predict``, ``explain``), rejected (4xx) and failed (5xx), and the start time."""
+    """Requests served (``predict``, ``explain``, ``compare``), rejected (4xx) and failed (5xx), and the start time."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
-        self.counts = {"predict": 0, "explain": 0, "rejected": 0, "errors": 0}
+        self.counts = {"predict": 0, "explain": 0, "compare": 0, "rejected": 0, "errors": 0}
         self._lock = threading.Lock()
 
     def add(self, key: str) -> None:

@@ -74,7 +74,7 @@ class HealthResponse(_Open):
     bundle_name: str | None
     engine: str
     uptime_s: float
-    requests: dict[str, int] = Field(description="predict, explain (served), rejected (4xx), errors (5xx).")
+    requests: dict[str, int] = Field(description="predict, explain, compare (served), rejected (4xx), errors (5xx).")
     api_key_required: bool
     limits: dict[str, int]
     version: str

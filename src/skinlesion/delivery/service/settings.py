@@ -38,5 +38,6 @@ class ServiceSettings:
 
     @property
     def max_body_bytes(self) -> int:
-        """The cap of a whole request body: the file cap plus :data:`MULTIPART_OVERHEAD`."""
-        return self.max_upload_bytes + MULTIPART_OVERHEAD
+        """The cap of a whole request body: twice the file cap (``/compare`` takes two files, each
+        checked against the file cap) plus :data:`MULTIPART_OVERHEAD`."""
+        return 2 * self.max_upload_bytes + MULTIPART_OVERHEAD
