@@ -76,20 +76,36 @@ def wilson(k: int, n: int) -> dict[str, Any]:
 
 
 def _stats(comparison: Any) -> dict[str, Any]:
+    """What a pair's row keeps: registration, segmentation qualities and both ABCDE results (the
+    rule's statistics are computed from them at summary time, by the library)."""
+    r = comparison.result
+    return {
+        "registration": {k: r["registration"][k] for k in ("rotation_deg", "scale", "ncc", "ncc_unregistered", "overlap", "mask_dice")},
+        "segmentation": {k: v["quality"] for k, v in r["segmentation"].items()},
+        "matrix": np.asarray(comparison.registration.matrix).tolist(),
+        "abcde": r["abcde"],
+    }
+
+
+def _abcde(d: dict[str, Any]) -> Any:
+    from skinlesion.explain.abcde import ABCDEResult
+
+    return ABCDEResult(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def statistics(row: dict[str, Any]) -> dict[str, float | None] | None:
+    """The rule's statistics of a pair (:func:`skinlesion.explain.evolution.change_statistics`); None
+    when a lesion was not found."""
     from skinlesion.explain.evolution import change_statistics
 
-    before, after, reg = comparison.before, comparison.after, comparison.registration
-    out: dict[str, Any] = {
-        "registration": {k: comparison.result["registration"][k] for k in ("rotation_deg", "scale", "ncc", "ncc_unregistered", "overlap", "mask_dice")},
-        "segmentation": {k: v["quality"] for k, v in comparison.result["segmentation"].items()},
-        "matrix": np.asarray(reg.matrix).tolist(),
-    }
-    if before is None or after is None:
-        out["stats"] = None
-        return out
-    out["stats"] = change_statistics(before, after, sizes_comparable=before.spacing_known and after.spacing_known)
-    out["area_px"] = [before.area_px, after.area_px]
-    return out
+    if "stats" not in row:
+        a = row["abcde"]
+        if a["before"] is None or a["after"] is None:
+            row["stats"] = None
+        else:
+            before, after = _abcde(a["before"]), _abcde(a["after"])
+            row["stats"] = change_statistics(before, after, sizes_comparable=before.spacing_known and after.spacing_known)
+    return row["stats"]
 
 
 class _Cache:
@@ -158,11 +174,16 @@ def run_ham(root: Path, pairs: list[dict[str, Any]], cache: _Cache) -> list[dict
 
 def _equalised_growth(row: dict[str, Any]) -> float | None:
     """Relative area change once the registration's scale puts both images at one magnification."""
-    if row.get("stats") is None:
+    if statistics(row) is None:
         return None
-    area_b, area_a = row["area_px"]
+    area_b, area_a = row["abcde"]["before"]["area_px"], row["abcde"]["after"]["area_px"]
     ratio = area_a * row["registration"]["scale"] ** 2 / area_b
     return max(ratio, 1.0 / ratio) - 1.0
+
+
+def _area_ratio(row: dict[str, Any]) -> float:
+    ratio = row["abcde"]["after"]["area_px"] / row["abcde"]["before"]["area_px"]
+    return max(ratio, 1.0 / ratio)
 
 
 # -- synthetic ---------------------------------------------------------------------------------------------------
@@ -238,11 +259,11 @@ def _quantiles(values: Sequence[float]) -> dict[str, float | None]:
 def fit_rule(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
     """Thresholds: the ``1 - target/3`` quantile of each statistic on unchanged pairs."""
     q = 1.0 - target / 3.0
-    usable = [r for r in rows if r.get("stats") is not None]
+    usable = [r for r in rows if statistics(r) is not None]
     values = {
         "growth": [_equalised_growth(r) for r in usable],
-        "new_colour": [r["stats"]["new_colour"] for r in usable],
-        "asymmetry": [r["stats"]["asymmetry"] for r in usable],
+        "new_colour": [statistics(r)["new_colour"] for r in usable],
+        "asymmetry": [statistics(r)["asymmetry"] for r in usable],
     }
     return {
         "quantile": round(q, 5),
@@ -262,12 +283,12 @@ def _fired(stats: dict[str, float | None] | None, rule: Any, growth: float | Non
 
 
 def false_alarms(rows: list[dict[str, Any]], rule: Any) -> dict[str, Any]:
-    usable = [r for r in rows if r.get("stats") is not None]
-    deployed = [_fired(r["stats"], rule) for r in usable]
-    equalised = [_fired(r["stats"], rule, _equalised_growth(r)) for r in usable]
+    usable = [r for r in rows if statistics(r) is not None]
+    deployed = [_fired(statistics(r), rule) for r in usable]
+    equalised = [_fired(statistics(r), rule, _equalised_growth(r)) for r in usable]
     per_criterion = {}
     for name in ("new_colour", "asymmetry"):
-        per_criterion[name] = wilson(sum(bool(rule.fires(r["stats"])[name]) for r in usable), len(usable))
+        per_criterion[name] = wilson(sum(bool(rule.fires(statistics(r))[name]) for r in usable), len(usable))
     per_criterion["growth_equalised"] = wilson(sum(bool((_equalised_growth(r) or 0) >= rule.growth) for r in usable), len(usable))
     by_dx_type: dict[str, list[bool]] = {}
     for r, f in zip(usable, deployed, strict=True):
@@ -288,8 +309,8 @@ def detection(rows: list[dict[str, Any]], rule: Any) -> dict[str, Any]:
         cells.setdefault((r["kind"], r["amount"]), []).append(r)
     per_kind: dict[str, Any] = {}
     for (kind, amount), rs in sorted(cells.items()):
-        fired = [bool(_fired(r["stats"], rule)) for r in rs]  # no lesion found: not called changed
-        by_criterion = {name: sum(bool(r["stats"] and rule.fires(r["stats"])[name]) for r in rs) for name in ("growth", "new_colour", "asymmetry")}
+        fired = [bool(_fired(statistics(r), rule)) for r in rs]  # no lesion found: not called changed
+        by_criterion = {name: sum(bool(statistics(r) and rule.fires(statistics(r))[name]) for r in rs) for name in ("growth", "new_colour", "asymmetry")}
         truth = [r["truth"] for r in rs]
         per_kind.setdefault(kind, {"amounts": []})["amounts"].append({
             "amount": amount,
@@ -365,11 +386,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "dx": {k: sum(r["dx"] == k for r in ham_rows) for k in sorted({r["dx"] for r in ham_rows})},
             "fitted_rule": fit_rule(calibration, CHANGE_RULE.target_false_alarm),
             "statistics_calibration_half": {
-                "new_colour": _quantiles([r["stats"]["new_colour"] for r in calibration if r["stats"]]),
-                "asymmetry": _quantiles([r["stats"]["asymmetry"] for r in calibration if r["stats"]]),
+                "new_colour": _quantiles([statistics(r)["new_colour"] for r in calibration if statistics(r)]),
+                "asymmetry": _quantiles([statistics(r)["asymmetry"] for r in calibration if statistics(r)]),
                 "growth_equalised": _quantiles([_equalised_growth(r) for r in calibration]),
-                "area_ratio_unequalised": _quantiles([max(r["area_px"][1] / r["area_px"][0], r["area_px"][0] / r["area_px"][1])
-                                                      for r in calibration if r["stats"]]),  # fmt: skip
+                "area_ratio_unequalised": _quantiles([_area_ratio(r) for r in calibration if statistics(r)]),
             },
             "false_alarms_evaluation_half": false_alarms(evaluation, CHANGE_RULE),
             "false_alarms_calibration_half": false_alarms(calibration, CHANGE_RULE),

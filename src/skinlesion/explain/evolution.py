@@ -90,6 +90,11 @@ CHANGE_RULE = ChangeRule(
     target_false_alarm=0.05,
     chosen="provisional",
 )
+#: Registered segmentations overlapping less than this (Dice) get a caveat (a lesion that doubled in
+#: area still overlaps its earlier outline by 0.67).
+MIN_MASK_DICE = 0.5
+#: The colour normalisation of the after image changes no channel by more than this factor.
+MAX_GAIN = 1.5
 #: Below this normalised cross-correlation the registered images are said not to fit (see ``bench/evolution.py``).
 REGISTRATION_MIN_NCC = 0.6
 
@@ -207,11 +212,19 @@ def assess_change(
     return {"verdict": verdict, "significant": bool(fired), "criteria": criteria, **base, "caveats": caveats, "text": text}
 
 
-def _segment(image: np.ndarray, name: str, spacing: float | None) -> tuple[Any, ABCDEResult | None, str | None]:
-    seg = segment_lesion(image)
+def skin_gain(before_skin: tuple[float, ...], after_skin: tuple[float, ...]) -> np.ndarray | None:
+    """Per-channel gain that gives the after image's skin the before image's skin colour (clipped to
+    :data:`MAX_GAIN` either way), or None when a skin colour is unknown (all zero)."""
+    b, a = np.asarray(before_skin, float), np.asarray(after_skin, float)
+    if not (b.any() and a.any()):
+        return None
+    return np.clip(b / np.maximum(a, 1.0), 1.0 / MAX_GAIN, MAX_GAIN)
+
+
+def _measure(image: np.ndarray, seg: Any, name: str, spacing: float | None) -> tuple[ABCDEResult | None, str | None]:
     if seg.quality == "not_found" or not seg.mask.any():
-        return seg, None, f"no lesion was found in the {name} image by the automatic segmentation"
-    return seg, measure_abcde(image, seg.mask, spacing), None
+        return None, f"no lesion was found in the {name} image by the automatic segmentation"
+    return measure_abcde(image, seg.mask, spacing), None
 
 
 def compare_lesions(
@@ -236,8 +249,12 @@ def compare_lesions(
     after = check_image(after, "after")
     sb, sa = check_spacings(before_spacing_mm, after_spacing_mm)
     known = sb is not None and sa is not None
-    seg_b, abcde_b, why_b = _segment(before, "before", sb)
-    seg_a, abcde_a, why_a = _segment(after, "after", sa)
+    seg_b, seg_a = segment_lesion(before), segment_lesion(after)
+    # the same skin under another light: colours are classified after matching the after image's skin to the before image's
+    gain = skin_gain(seg_b.skin_rgb, seg_a.skin_rgb)
+    after_colour = after if gain is None else np.clip(np.rint(after * gain), 0, 255).astype(np.uint8)
+    abcde_b, why_b = _measure(before, seg_b, "before", sb)
+    abcde_a, why_a = _measure(after_colour, seg_a, "after", sa)
     if known:
         registration = register_pair(before, after, scale=sa / sb, scale_source="pixel spacings")  # type: ignore[operator]
         spacing_note = None
@@ -277,6 +294,8 @@ def compare_lesions(
                 if same_px_grid else "sizes not compared: the images differ in size and their pixel spacings are unknown"
             )
     caveats = []
+    if dice is not None and dice < MIN_MASK_DICE:
+        caveats.append(f"the two segmentations overlap little once registered (Dice {dice:.2f}): they may outline different regions")
     if not fits:
         caveats.append(f"the registered images fit poorly (NCC {registration.ncc:.2f}): check that both show the same lesion")
     for name, seg in (("before", seg_b), ("after", seg_a)):
@@ -287,6 +306,11 @@ def compare_lesions(
     result = {
         "notice": NOTICE,
         "pixel_spacing_mm": {"before": sb, "after": sa},
+        "colour_normalisation": {
+            "after_gain_rgb": None if gain is None else [round(float(g), 4) for g in gain],
+            "note": "the after image's colours are measured after scaling each channel so that its skin matches the before "
+            "image's skin (the same skin under another light); segmentation and sizes use the image as given",
+        },
         "segmentation": {name: {"quality": s.quality, "method": s.method, "bbox_top_bottom_left_right": list(s.bbox)}
                          for name, s in (("before", seg_b), ("after", seg_a))},  # fmt: skip
         "abcde": {"before": None if abcde_b is None else abcde_b.to_dict(), "after": None if abcde_a is None else abcde_a.to_dict()},
