@@ -187,11 +187,12 @@ def _area_ratio(row: dict[str, Any]) -> float:
 
 
 # -- synthetic ---------------------------------------------------------------------------------------------------
-def synthetic_cells(n: int, kinds: Sequence[str]) -> list[tuple[str, float, int]]:
+def synthetic_cells(n: int, kinds: Sequence[str], amounts: Sequence[float] | None = None) -> list[tuple[str, float, int]]:
+    """(kind, amount, index) of every synthetic pair: ``n`` per kind and amount, ``3 n`` unchanged."""
     cells = [("none", 0.0, i) for i in range(n * 3)] if "none" in kinds else []
     for kind in kinds:
         if kind != "none":
-            cells += [(kind, amount, i) for amount in AMOUNTS[kind] for i in range(n)]
+            cells += [(kind, amount, i) for amount in (amounts or AMOUNTS[kind]) for i in range(n)]
     return cells
 
 
@@ -394,7 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "false_alarms_evaluation_half": false_alarms(evaluation, CHANGE_RULE),
             "false_alarms_calibration_half": false_alarms(calibration, CHANGE_RULE),
         }
-    syn_rows = run_synthetic(synthetic_cells(args.n_synthetic, args.kinds), args.seed, _Cache(cache_dir / "synthetic.jsonl", args.reuse)) if args.n_synthetic else []
+    syn_rows = run_synthetic(synthetic_cells(args.n_synthetic, args.kinds, args.amounts), args.seed, _Cache(cache_dir / "synthetic.jsonl", args.reuse)) if args.n_synthetic else []
     if syn_rows:
         out["synthetic"] = {"n_per_cell": args.n_synthetic, "detection": detection(syn_rows, CHANGE_RULE)}
     out["registration"] = registration_quality(ham_rows, syn_rows, REGISTRATION_MIN_NCC)
@@ -408,6 +409,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-ham-pairs", type=int, default=None, help="Use this many lesions' pairs (seeded sample; 0: none).")
     ap.add_argument("--n-synthetic", type=int, default=30, help="Synthetic pairs per kind and amount (3x for 'none'; 0: none).")
     ap.add_argument("--kinds", nargs="+", default=["none", *AMOUNTS], choices=["none", *AMOUNTS], help="Synthetic change kinds.")
+    ap.add_argument("--amounts", type=float, nargs="+", default=None, help="Change amounts for every kind (default: each kind's grid).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=str(REPO / "runs" / "bench-evolution"), help="Per-pair statistics (JSON lines).")
     ap.add_argument("--reuse", action="store_true", help="Read the cached per-pair statistics instead of recomputing them.")
