@@ -5,7 +5,6 @@
 ABCDE, registration, the change rule) and, with a :class:`~skinlesion.delivery.engine.Predictor`,
 the model on both images (one call, the same patient metadata for both), and puts the change of the
 model's probabilities and flags beside it (:func:`~skinlesion.records.model_change`).
-:func:`aligned_panels` draws both images on the first one's grid with both outlines,
 :func:`write_comparison` writes ``comparison.json``, ``aligned.png`` and ``report.html``, and
 :func:`audit_comparison` logs one audit row per image (``source`` ``<source>:compare``, one request
 id, the comparison's summary in each row's JSON).
@@ -23,6 +22,7 @@ import numpy as np
 
 import skinlesion
 from skinlesion._json import json_default
+from skinlesion.delivery.compare_report import render_comparison_report, side_by_side
 from skinlesion.explain.evolution import check_spacings, compare_lesions
 from skinlesion.metrics.classification import to_jsonable
 from skinlesion.records import NOTICE, Comparison, model_change
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
     from skinlesion.delivery.audit import AuditLog
     from skinlesion.delivery.engine import Predictor
 
-BEFORE_OUTLINE = (0, 255, 255)  # cyan, as the single-image outline
-AFTER_OUTLINE = (255, 0, 255)  # magenta
-OUTSIDE = (128, 128, 128)  # where the registered after image has no pixels
 COMPARISON_JSON = "comparison.json"
 ALIGNED_PNG = "aligned.png"
 REPORT_HTML = "report.html"
@@ -98,42 +95,12 @@ def compare_visits(
     return cast(Comparison, to_jsonable(comparison)), found.arrays
 
 
-def _edge(mask: np.ndarray, width: int) -> np.ndarray:
-    from scipy import ndimage
-
-    return mask & ~ndimage.binary_erosion(mask, iterations=width)
-
-
-def aligned_panels(before: np.ndarray, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The before image with its outline (cyan), and the after image registered onto the before
-    image's grid with its outline (magenta) and the before outline for reference (grey outside the
-    after image)."""
-    width = max(1, round(max(before.shape[:2]) / 300))
-    mask_b = np.asarray(arrays["before_mask"], bool)
-    left = before.copy()
-    left[_edge(mask_b, width)] = BEFORE_OUTLINE
-    right = np.where(np.asarray(arrays["aligned_valid"], bool)[..., None], arrays["after_aligned"], np.array(OUTSIDE, np.uint8))
-    right = right.astype(np.uint8)
-    right[_edge(mask_b, 1)] = BEFORE_OUTLINE
-    right[_edge(np.asarray(arrays["after_mask_aligned"], bool), width)] = AFTER_OUTLINE
-    return left, right
-
-
-def side_by_side(before: np.ndarray, arrays: Mapping[str, np.ndarray], gap: int = 6) -> np.ndarray:
-    """Both panels of :func:`aligned_panels` in one image, a white gap between them."""
-    left, right = aligned_panels(before, arrays)
-    spacer = np.full((left.shape[0], gap, 3), 255, np.uint8)
-    return np.concatenate([left, spacer, right], axis=1)
-
-
 def write_comparison(
     comparison: Comparison, before: np.ndarray, after: np.ndarray, arrays: Mapping[str, np.ndarray], out_dir: str | Path
 ) -> dict[str, Path]:
     """Write ``comparison.json``, ``aligned.png`` (both images side by side on the first one's grid)
     and ``report.html`` into ``out_dir``. Returns their paths."""
     from PIL import Image
-
-    from skinlesion.delivery.compare_report import render_comparison_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

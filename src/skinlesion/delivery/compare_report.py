@@ -1,7 +1,8 @@
 """One self-contained HTML report of a follow-up comparison (``skinlesion compare``; see ``delivery/report.py``
 for the single-image report it mirrors: inline CSS, images as base64 PNG, no JavaScript, everything escaped).
 
-Sections: header with the notice; ``#summary`` (verdict, the rule, what fired, caveats);
+:func:`aligned_panels` draws both images on the first one's grid with both outlines (also for
+``aligned.png`` and ``POST /compare``). Sections: header with the notice; ``#summary`` (verdict, the rule, what fired, caveats);
 ``#images`` (both images on the first one's grid with both outlines, how well the registration
 fits); ``#changes`` (diameter, area, asymmetry, border, colours before and after, new colours
 named); ``#model`` (probabilities before, after and their change, decision, review flag and every
@@ -18,11 +19,42 @@ import numpy as np
 from skinlesion.delivery.report import _CSS, _e, _figure, _num, _small, _table
 from skinlesion.records import Comparison
 
+BEFORE_OUTLINE = (0, 255, 255)  # cyan, as the single-image outline
+AFTER_OUTLINE = (255, 0, 255)  # magenta
+OUTSIDE = (128, 128, 128)  # where the registered after image has no pixels
 _EXTRA_CSS = """
 .verdict{font-size:1.35em;padding:.6em 1em;border-radius:4px;border:3px solid #999}
 .verdict.changed{border-color:#b91c1c;background:#fef2f2;color:#7f1d1d}.verdict.unchanged{border-color:#15803d;background:#f0fdf4}
 .fired{font-weight:bold;color:#b91c1c}
 """
+
+
+def _edge(mask: np.ndarray, width: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, iterations=width)
+
+
+def aligned_panels(before: np.ndarray, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The before image with its outline (cyan), and the after image registered onto the before
+    image's grid with its outline (magenta) and the before outline for reference (grey outside the
+    after image)."""
+    width = max(1, round(max(before.shape[:2]) / 300))
+    mask_b = np.asarray(arrays["before_mask"], bool)
+    left = before.copy()
+    left[_edge(mask_b, width)] = BEFORE_OUTLINE
+    right = np.where(np.asarray(arrays["aligned_valid"], bool)[..., None], arrays["after_aligned"], np.array(OUTSIDE, np.uint8))
+    right = right.astype(np.uint8)
+    right[_edge(mask_b, 1)] = BEFORE_OUTLINE
+    right[_edge(np.asarray(arrays["after_mask_aligned"], bool), width)] = AFTER_OUTLINE
+    return left, right
+
+
+def side_by_side(before: np.ndarray, arrays: Mapping[str, np.ndarray], gap: int = 6) -> np.ndarray:
+    """Both panels of :func:`aligned_panels` in one image, a white gap between them."""
+    left, right = aligned_panels(before, arrays)
+    spacer = np.full((left.shape[0], gap, 3), 255, np.uint8)
+    return np.concatenate([left, spacer, right], axis=1)
 
 
 def _label(name: Any) -> str:
@@ -53,8 +85,6 @@ def _summary(c: Mapping[str, Any]) -> str:
 
 
 def _images(c: Mapping[str, Any], before: np.ndarray, arrays: Mapping[str, np.ndarray]) -> str:
-    from skinlesion.delivery.compare import aligned_panels
-
     left, right = aligned_panels(before, arrays)
     left, _ = _small(left, None)
     right, _ = _small(right, None)

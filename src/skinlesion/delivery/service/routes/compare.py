@@ -72,7 +72,8 @@ def compare(
     """Register the later image onto the earlier one, segment both, and report the change of diameter,
     area, asymmetry, border and colours, of the model's probabilities and flags, and whether the change
     is significant by the measured rule."""
-    from skinlesion.delivery.compare import aligned_panels, audit_comparison, compare_visits
+    from skinlesion.delivery.compare import audit_comparison, compare_visits
+    from skinlesion.delivery.compare_report import aligned_panels
     from skinlesion.explain.evolution import check_spacings
 
     started, request_id = time.perf_counter(), uuid.uuid4().hex
