@@ -257,10 +257,15 @@ def _quantiles(values: Sequence[float]) -> dict[str, float | None]:
             "p95": round(float(np.quantile(v, 0.95)), 4), "max": round(float(v.max()), 4)}  # fmt: skip
 
 
-def fit_rule(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    """Thresholds: the ``1 - target/3`` quantile of each statistic on unchanged pairs."""
-    q = 1.0 - target / 3.0
-    usable = [r for r in rows if statistics(r) is not None]
+def _assessable(rows: list[dict[str, Any]], rule: Any) -> list[dict[str, Any]]:
+    """Pairs the rule assesses: a lesion found in both images, registered segmentations overlapping."""
+    return [r for r in rows if statistics(r) is not None and rule.assessable(r["registration"]["mask_dice"])]
+
+
+def fit_rule(rows: list[dict[str, Any]], rule: Any) -> dict[str, Any]:
+    """Thresholds: the ``1 - target/3`` quantile of each statistic on the unchanged pairs the rule assesses."""
+    q = 1.0 - rule.target_false_alarm / 3.0
+    usable = _assessable(rows, rule)
     values = {
         "growth": [_equalised_growth(r) for r in usable],
         "new_colour": [statistics(r)["new_colour"] for r in usable],
@@ -274,8 +279,10 @@ def fit_rule(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
     }
 
 
-def _fired(stats: dict[str, float | None] | None, rule: Any, growth: float | None = None) -> bool | None:
-    if stats is None:
+def _call(row: dict[str, Any], rule: Any, growth: float | None = None) -> bool | None:
+    """True: significant change; False: no significant change; None: not assessed."""
+    stats = statistics(row)
+    if stats is None or not rule.assessable(row["registration"]["mask_dice"]):
         return None
     s = dict(stats)
     if growth is not None:
@@ -284,38 +291,45 @@ def _fired(stats: dict[str, float | None] | None, rule: Any, growth: float | Non
 
 
 def false_alarms(rows: list[dict[str, Any]], rule: Any) -> dict[str, Any]:
-    usable = [r for r in rows if statistics(r) is not None]
-    deployed = [_fired(statistics(r), rule) for r in usable]
-    equalised = [_fired(statistics(r), rule, _equalised_growth(r)) for r in usable]
-    per_criterion = {}
-    for name in ("new_colour", "asymmetry"):
-        per_criterion[name] = wilson(sum(bool(rule.fires(statistics(r))[name]) for r in usable), len(usable))
-    per_criterion["growth_equalised"] = wilson(sum(bool((_equalised_growth(r) or 0) >= rule.growth) for r in usable), len(usable))
+    """Unchanged pairs called changed, among all pairs (a pair not assessed is no false alarm)."""
+    n = len(rows)
+    deployed = [_call(r, rule) for r in rows]
+    equalised = [_call(r, rule, _equalised_growth(r)) for r in rows]
+    usable = _assessable(rows, rule)
+    per_criterion = {name: wilson(sum(bool(rule.fires(statistics(r))[name]) for r in usable), n) for name in ("new_colour", "asymmetry")}
+    per_criterion["growth_equalised"] = wilson(sum(bool((_equalised_growth(r) or 0) >= rule.growth) for r in usable), n)
     by_dx_type: dict[str, list[bool]] = {}
-    for r, f in zip(usable, deployed, strict=True):
-        by_dx_type.setdefault(r["dx_type"], []).append(bool(f))
+    for r, f in zip(rows, deployed, strict=True):
+        by_dx_type.setdefault(r["dx_type"], []).append(f is True)
     return {
-        "pairs": len(rows),
-        "not_assessed_no_lesion": len(rows) - len(usable),
-        "as_deployed_without_spacings": wilson(sum(bool(f) for f in deployed), len(usable)),
-        "with_magnification_equalised": wilson(sum(bool(f) for f in equalised), len(usable)),
+        "pairs": n,
+        "not_assessed": {
+            "no_lesion_found": sum(statistics(r) is None for r in rows),
+            "segmentations_overlap_too_little": sum(statistics(r) is not None and not rule.assessable(r["registration"]["mask_dice"]) for r in rows),
+            **{k: v for k, v in wilson(sum(f is None for f in deployed), n).items() if k in ("rate", "ci95")},
+        },
+        "as_deployed_without_spacings": wilson(sum(f is True for f in deployed), n),
+        "with_magnification_equalised": wilson(sum(f is True for f in equalised), n),
         "per_criterion": per_criterion,
         "as_deployed_by_dx_type": {k: wilson(sum(v), len(v)) for k, v in sorted(by_dx_type.items())},
     }
 
 
 def detection(rows: list[dict[str, Any]], rule: Any) -> dict[str, Any]:
+    """Pairs called changed per kind and amount (a pair not assessed is not detected)."""
     cells: dict[tuple[str, float], list[dict]] = {}
     for r in rows:
         cells.setdefault((r["kind"], r["amount"]), []).append(r)
     per_kind: dict[str, Any] = {}
     for (kind, amount), rs in sorted(cells.items()):
-        fired = [bool(_fired(statistics(r), rule)) for r in rs]  # no lesion found: not called changed
-        by_criterion = {name: sum(bool(statistics(r) and rule.fires(statistics(r))[name]) for r in rs) for name in ("growth", "new_colour", "asymmetry")}
+        calls = [_call(r, rule) for r in rs]
+        by_criterion = {name: sum(bool(c is not None and rule.fires(statistics(r))[name]) for r, c in zip(rs, calls, strict=True))
+                        for name in ("growth", "new_colour", "asymmetry")}  # fmt: skip
         truth = [r["truth"] for r in rs]
         per_kind.setdefault(kind, {"amounts": []})["amounts"].append({
             "amount": amount,
-            **wilson(sum(fired), len(fired)),
+            **wilson(sum(c is True for c in calls), len(calls)),
+            "not_assessed": sum(c is None for c in calls),
             "fired_by_criterion": by_criterion,
             "true_area_ratio_mean": round(float(np.mean([t["area_ratio"] for t in truth])), 4),
             "true_asymmetry_change_mean": round(float(np.mean([t["asymmetry_change"] for t in truth])), 4),
@@ -326,9 +340,6 @@ def detection(rows: list[dict[str, Any]], rule: Any) -> dict[str, Any]:
             continue
         hit = [a for a in d["amounts"] if a["rate"] is not None and a["rate"] >= DETECTED]
         d[f"smallest_amount_detected_{int(100 * DETECTED)}pct"] = hit[0]["amount"] if hit else None
-        # also: every larger amount detected as well (a monotone reading)
-        ok = [a["amount"] for k, a in enumerate(d["amounts"]) if all(b["rate"] >= DETECTED for b in d["amounts"][k:])]
-        d[f"smallest_amount_from_which_all_detected_{int(100 * DETECTED)}pct"] = ok[0] if ok else None
     return per_kind
 
 
@@ -373,7 +384,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     cache_dir = Path(args.cache_dir)
     started = time.perf_counter()
-    out: dict[str, Any] = {"shipped_rule": {k: getattr(CHANGE_RULE, k) for k in ("growth", "new_colour", "asymmetry", "target_false_alarm")}}
+    out: dict[str, Any] = {"shipped_rule": {k: getattr(CHANGE_RULE, k) for k in ("growth", "new_colour", "asymmetry", "min_mask_dice", "target_false_alarm")}}
     ham_rows: list[dict] = []
     if args.max_ham_pairs != 0:
         root = Path(args.ham_root)
@@ -385,12 +396,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "root": str(root),
             "pairs": len(ham_rows),
             "dx": {k: sum(r["dx"] == k for r in ham_rows) for k in sorted({r["dx"] for r in ham_rows})},
-            "fitted_rule": fit_rule(calibration, CHANGE_RULE.target_false_alarm),
-            "statistics_calibration_half": {
-                "new_colour": _quantiles([statistics(r)["new_colour"] for r in calibration if statistics(r)]),
-                "asymmetry": _quantiles([statistics(r)["asymmetry"] for r in calibration if statistics(r)]),
-                "growth_equalised": _quantiles([_equalised_growth(r) for r in calibration]),
-                "area_ratio_unequalised": _quantiles([_area_ratio(r) for r in calibration if statistics(r)]),
+            "fitted_rule": fit_rule(calibration, CHANGE_RULE),
+            "statistics_calibration_half_assessed": {
+                "new_colour": _quantiles([statistics(r)["new_colour"] for r in _assessable(calibration, CHANGE_RULE)]),
+                "asymmetry": _quantiles([statistics(r)["asymmetry"] for r in _assessable(calibration, CHANGE_RULE)]),
+                "growth_equalised": _quantiles([_equalised_growth(r) for r in _assessable(calibration, CHANGE_RULE)]),
+                "area_ratio_unequalised": _quantiles([_area_ratio(r) for r in _assessable(calibration, CHANGE_RULE)]),
             },
             "false_alarms_evaluation_half": false_alarms(evaluation, CHANGE_RULE),
             "false_alarms_calibration_half": false_alarms(calibration, CHANGE_RULE),

@@ -102,3 +102,42 @@ def test_the_rule_fires_on_reaching_a_threshold_and_skips_what_is_not_assessed()
     assert rule.fires({"growth": 0.2, "new_colour": 0.0, "asymmetry": 0.049}) == {"growth": True, "new_colour": False, "asymmetry": False}
     assert rule.fires({"growth": None, "new_colour": 0.1, "asymmetry": -0.3}) == {"growth": None, "new_colour": True, "asymmetry": False}
     assert "20% or more" in rule.describe() and isinstance(CHANGE_RULE, ChangeRule) and CHANGE_RULE.chosen
+
+
+def _abcde(*layers: ColourLayer):  # noqa: ANN202
+    from skinlesion.data.synthetic import render_lesion
+    from skinlesion.explain.abcde import measure_abcde
+
+    image, mask, _ = render_lesion(replace(_spec(), layers=layers), 0, size=SIZE, noise=0.0)
+    return measure_abcde(image, mask, SPACING)
+
+
+def test_a_brown_shade_shift_is_not_a_new_colour_but_blue_grey_is() -> None:
+    from skinlesion.explain.evolution import assess_change, change_statistics, new_colours
+
+    light = _abcde(ColourLayer("light_brown"))
+    shifted = _abcde(ColourLayer("light_brown"), ColourLayer("dark_brown", "blotch", 0.4, 6.0))
+    blue = _abcde(ColourLayer("light_brown"), ColourLayer("blue_grey", "blotch", 0.4, 6.0))
+    assert "dark_brown" in shifted.colours and new_colours(light, shifted) == []
+    assert change_statistics(light, shifted, sizes_comparable=True)["new_colour"] == 0.0
+    assert new_colours(light, blue) == ["blue_grey"]
+    assert change_statistics(light, blue, sizes_comparable=True)["new_colour"] == pytest.approx(blue.colour_fractions["blue_grey"])
+    # the reported detail names what was and was not counted
+    from skinlesion.explain.abcde import compare_evolution
+
+    evolution = {**compare_evolution(light, shifted), "new_colours_counted": new_colours(light, shifted)}
+    detail = {c["name"]: c for c in assess_change(light, shifted, evolution)["criteria"]}["new_colour"]["detail"]
+    assert "no new colour" in detail and "shift between light and dark brown is not counted: dark brown" in detail
+
+
+def test_segmentations_that_do_not_overlap_once_registered_are_not_assessed() -> None:
+    from skinlesion.explain.abcde import compare_evolution
+    from skinlesion.explain.evolution import assess_change
+
+    a = _abcde(ColourLayer("light_brown"))
+    evolution = {**compare_evolution(a, a), "new_colours_counted": []}
+    low = assess_change(a, a, evolution, mask_dice=CHANGE_RULE.min_mask_dice - 0.01)
+    assert low["verdict"] == "not assessed" and low["significant"] is None and "overlap little" in low["text"]
+    assert [c["name"] for c in low["criteria"]] == ["growth", "new_colour", "asymmetry"]  # still shown
+    assert assess_change(a, a, evolution, mask_dice=CHANGE_RULE.min_mask_dice)["verdict"] == "no significant change"
+    assert CHANGE_RULE.assessable(None) and not CHANGE_RULE.assessable(0.1)

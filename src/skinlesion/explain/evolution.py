@@ -50,6 +50,8 @@ __all__ = [
     "compare_lesions",
 ]
 
+#: A brown that appears where the other brown was is a shade shift, not a new colour.
+SHADE_OF = {"light_brown": "dark_brown", "dark_brown": "light_brown"}
 #: The rule's criteria, in the order they are reported.
 CRITERIA: tuple[str, ...] = ("growth", "new_colour", "asymmetry")
 SIGNIFICANT = "significant change"
@@ -66,19 +68,26 @@ class ChangeRule:
     asymmetry: float  # rise of the mean shape asymmetry index
     target_false_alarm: float  # the share of unchanged lesions the thresholds were fitted to call changed
     chosen: str  # how the thresholds were chosen
+    min_mask_dice: float = 0.5  # below: the segmentations outline different regions, no change is called
 
     def fires(self, stats: dict[str, float | None]) -> dict[str, bool | None]:
         """Whether each criterion reaches its threshold (None: not assessed) for the statistics of
         :func:`change_statistics`."""
         return {name: None if stats.get(name) is None else bool(stats[name] >= getattr(self, name)) for name in CRITERIA}
 
+    def assessable(self, mask_dice: float | None) -> bool:
+        """Whether the two segmentations, registered, overlap enough to compare what they outline
+        (None: not checked)."""
+        return mask_dice is None or mask_dice >= self.min_mask_dice
+
     def describe(self) -> str:
         """The rule in words."""
         return (
             "significant change when any assessed criterion reaches its threshold: the area changed by "
             f"{100 * self.growth:.0f}% or more either way (assessed only with both pixel spacings), a colour absent "
-            f"before covers {100 * self.new_colour:.0f}% or more of the lesion, or the shape asymmetry index rose by "
-            f"{self.asymmetry:.3f} or more"
+            f"before (other than a light/dark brown shift) covers {100 * self.new_colour:.0f}% or more of the lesion, or "
+            f"the shape asymmetry index rose by {self.asymmetry:.3f} or more; not assessed when the registered "
+            f"segmentations overlap less than {self.min_mask_dice:g} (Dice)"
         )
 
 
@@ -90,9 +99,6 @@ CHANGE_RULE = ChangeRule(
     target_false_alarm=0.05,
     chosen="provisional",
 )
-#: Registered segmentations overlapping less than this (Dice) get a caveat (a lesion that doubled in
-#: area still overlaps its earlier outline by 0.67).
-MIN_MASK_DICE = 0.5
 #: The colour normalisation of the after image changes no channel by more than this factor.
 MAX_GAIN = 1.5
 #: Below this normalised cross-correlation the registered images are said not to fit (see ``bench/evolution.py``).
@@ -128,18 +134,24 @@ def check_spacings(before: float | None, after: float | None) -> tuple[float | N
 def change_statistics(before: ABCDEResult, after: ABCDEResult, *, sizes_comparable: bool) -> dict[str, float | None]:
     """The rule's statistics: ``growth`` (relative area change either way, ``max(r, 1/r) - 1`` of the
     area ratio ``r``; None when sizes are not comparable), ``new_colour`` (largest fraction of the
-    after lesion covered by a colour absent before; 0 when none) and ``asymmetry`` (rise of the mean
-    shape asymmetry, negative when it fell)."""
+    after lesion covered by a colour absent before, a shift between light and dark brown not
+    counted; 0 when none) and ``asymmetry`` (rise of the mean shape asymmetry, negative when it fell)."""
     growth = None
     if sizes_comparable and before.area > 0 and after.area > 0:
         ratio = after.area / before.area
         growth = max(ratio, 1.0 / ratio) - 1.0
-    gained = [c for c in after.colours if c not in before.colours]
     return {
         "growth": growth,
-        "new_colour": max((after.colour_fractions.get(c, 0.0) for c in gained), default=0.0),
+        "new_colour": max((after.colour_fractions.get(c, 0.0) for c in new_colours(before, after)), default=0.0),
         "asymmetry": after.asymmetry - before.asymmetry,
     }
+
+
+def new_colours(before: ABCDEResult, after: ABCDEResult) -> list[str]:
+    """Colours present after and absent before that the rule counts: not a brown that was the other
+    brown before (between two photographs of one unchanged lesion, light and dark brown trade places
+    with lighting and exposure; see ``bench/evolution.py``)."""
+    return [c for c in after.colours if c not in before.colours and SHADE_OF.get(c) not in before.colours]
 
 
 def _criteria(stats: dict[str, float | None], evolution: dict, rule: ChangeRule, spacing_note: str | None) -> list[dict[str, Any]]:
@@ -147,6 +159,7 @@ def _criteria(stats: dict[str, float | None], evolution: dict, rule: ChangeRule,
     area = evolution.get("area") or {}
     ratio = (area["after"] / area["before"]) if area and area.get("before") else None
     gained = evolution.get("colours_gained") or []
+    counted = evolution.get("new_colours_counted") or []
     out = []
     g = stats["growth"]
     out.append({
@@ -167,7 +180,9 @@ def _criteria(stats: dict[str, float | None], evolution: dict, rule: ChangeRule,
         "threshold": rule.new_colour,
         "assessed": True,
         "fired": fires["new_colour"],
-        "detail": (f"new: {', '.join(x.replace('_', ' ') for x in gained)}; the largest covers {100 * c:.0f}%" if gained else "no new colour")
+        "detail": (f"new: {', '.join(x.replace('_', ' ') for x in counted)}; the largest covers {100 * c:.0f}%" if counted else "no new colour")
+        + (f" (a shift between light and dark brown is not counted: {', '.join(x.replace('_', ' ') for x in gained if x not in counted)})"
+           if set(gained) - set(counted) else "")
         + f", threshold {100 * rule.new_colour:.0f}% of the lesion",
     })  # fmt: skip
     a = float(stats["asymmetry"] or 0.0)
@@ -191,6 +206,7 @@ def assess_change(
     rule: ChangeRule = CHANGE_RULE,
     spacing_note: str | None = None,
     reasons: list[str] | None = None,
+    mask_dice: float | None = None,
 ) -> dict[str, Any]:
     """The summary of a comparison under ``rule``: ``verdict`` (``significant change``, ``no
     significant change`` or ``not assessed``), ``significant`` (bool or None), the ``criteria`` with
@@ -202,6 +218,11 @@ def assess_change(
         return {"verdict": NOT_ASSESSED, "significant": None, "criteria": [], **base, "caveats": caveats, "text": text}
     stats = change_statistics(before, after, sizes_comparable=evolution.get("area") is not None and before.spacing_known)
     criteria = _criteria(stats, evolution, rule, spacing_note)
+    if not rule.assessable(mask_dice):
+        why = (f"the two segmentations overlap little once registered (Dice {mask_dice:.2f}, below {rule.min_mask_dice:g}): "
+               "they may outline different regions, so no change is called; compare the images yourself")  # fmt: skip
+        return {"verdict": NOT_ASSESSED, "significant": None, "criteria": criteria, **base, "caveats": [*caveats, why],
+                "text": f"Not assessed: {why}."}  # fmt: skip
     fired = [c for c in criteria if c["fired"]]
     verdict = SIGNIFICANT if fired else NOT_SIGNIFICANT
     shown = fired or [c for c in criteria if c["assessed"]]
@@ -282,6 +303,7 @@ def compare_lesions(
     if abcde_b is not None and abcde_a is not None:
         same_px_grid = not known and before.shape == after.shape
         evolution = compare_evolution(abcde_b, abcde_a, compare_sizes=known or same_px_grid)
+        evolution["new_colours_counted"] = new_colours(abcde_b, abcde_a)
         evolution["border"] = {
             "convexity_defect": {"before": abcde_b.border_irregularity, "after": abcde_a.border_irregularity,
                                  "change": abcde_a.border_irregularity - abcde_b.border_irregularity},
@@ -294,14 +316,12 @@ def compare_lesions(
                 if same_px_grid else "sizes not compared: the images differ in size and their pixel spacings are unknown"
             )
     caveats = []
-    if dice is not None and dice < MIN_MASK_DICE:
-        caveats.append(f"the two segmentations overlap little once registered (Dice {dice:.2f}): they may outline different regions")
     if not fits:
         caveats.append(f"the registered images fit poorly (NCC {registration.ncc:.2f}): check that both show the same lesion")
     for name, seg in (("before", seg_b), ("after", seg_a)):
         if seg.quality in ("touches_border", "low_contrast"):
             caveats.append(f"the {name} segmentation is {seg.quality.replace('_', ' ')}: its size is uncertain")
-    summary = assess_change(abcde_b, abcde_a, evolution, rule=rule, spacing_note=spacing_note, reasons=reasons)
+    summary = assess_change(abcde_b, abcde_a, evolution, rule=rule, spacing_note=spacing_note, reasons=reasons, mask_dice=dice)
     summary["caveats"] = summary["caveats"] + caveats
     result = {
         "notice": NOTICE,
