@@ -6,6 +6,9 @@ pixel spacing, when known), registers the later image onto the earlier one
 views fit, the measurements do not depend on it), compares the measurements
 (:func:`~skinlesion.explain.abcde.compare_evolution`) and applies :data:`CHANGE_RULE`.
 
+The colours of the later image are measured after a per-channel gain gives its skin the earlier
+image's skin colour (:func:`skin_gain`): the same skin under another light.
+
 The rule (:class:`ChangeRule`) calls a change *significant* when any assessed criterion reaches its
 threshold:
 
@@ -13,15 +16,22 @@ threshold:
   only when both pixel spacings are known: without them a size difference cannot be told from a
   different magnification (HAM10000's images of one lesion differ in segmented area by a factor of
   up to 10 from zoom alone; see ``bench/evolution.py``).
-* ``new_colour``: a dermoscopic colour absent before covers at least ``new_colour`` of the lesion after.
+* ``new_colour``: a dermoscopic colour absent before covers at least ``new_colour`` of the lesion
+  after (:func:`new_colours`: a brown appearing where the other brown was is a shade shift, not counted).
 * ``asymmetry``: the mean shape asymmetry (``abcde``) rose by at least ``asymmetry``.
+
+It calls nothing (``not assessed``) when a lesion is not found in one image, or when the two
+segmentations, registered, overlap less than ``min_mask_dice`` (Dice): they then outline different
+regions (a lesion that doubled in area still overlaps its earlier outline by 0.67).
 
 The thresholds are measured, not guessed (``python bench/evolution.py``, result in
 ``bench/results/evolution.json``): each is the ``1 - target/3`` quantile of its statistic on the
 pairs of images of the same lesion (no change) of a calibration half of HAM10000's lesions, so that
 the rule calls at most about ``target`` of unchanged lesions changed; the false-alarm rate is then
 reported on the other half, and the detection rate on synthetic follow-up pairs with a known change
-(:mod:`skinlesion.data.synthetic`). Border changes are reported but not part of the rule.
+(:mod:`skinlesion.data.synthetic`). HAM10000 has no pixel spacings: the growth threshold is fitted
+on pairs brought to one magnification by the registration's scale. Border changes are reported but
+not part of the rule.
 
 Decision support only: the result carries :data:`~skinlesion.explain.abcde.NOTICE`.
 """
@@ -48,6 +58,8 @@ __all__ = [
     "change_statistics",
     "check_spacings",
     "compare_lesions",
+    "new_colours",
+    "skin_gain",
 ]
 
 #: A brown that appears where the other brown was is a shade shift, not a new colour.
