@@ -59,6 +59,9 @@ AMOUNTS: dict[str, tuple[float, ...]] = {
     "new_colour": (0.03, 0.05, 0.08, 0.12, 0.2, 0.3),
     "asymmetry": (0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.2),
 }
+#: HAM10000 pairs whose apparent magnification ratio is at most this stand for follow-up images
+#: taken with known, equal pixel spacings (the growth criterion's noise).
+SAME_MAGNIFICATION = 1.1
 MAX_SHIFT_PX = 10.0
 MAX_LOG_ZOOM = 0.2
 DETECTED = 0.9
@@ -186,6 +189,17 @@ def _area_ratio(row: dict[str, Any]) -> float:
     return max(ratio, 1.0 / ratio)
 
 
+def _same_magnification(row: dict[str, Any]) -> bool:
+    """The registration finds both images at one magnification (within :data:`SAME_MAGNIFICATION`)."""
+    scale = row["registration"]["scale"]
+    return max(scale, 1.0 / scale) <= SAME_MAGNIFICATION
+
+
+def _raw_growth(row: dict[str, Any]) -> float | None:
+    """The growth statistic from the pixel areas as given (what the rule sees with equal spacings)."""
+    return None if statistics(row) is None else _area_ratio(row) - 1.0
+
+
 # -- synthetic ---------------------------------------------------------------------------------------------------
 def synthetic_cells(n: int, kinds: Sequence[str], amounts: Sequence[float] | None = None) -> list[tuple[str, float, int]]:
     """(kind, amount, index) of every synthetic pair: ``n`` per kind and amount, ``3 n`` unchanged."""
@@ -214,7 +228,14 @@ def _registration_error(p: Any, matrix: np.ndarray) -> dict[str, float]:
 
 
 def run_synthetic(cells: list[tuple[str, float, int]], seed: int, cache: _Cache) -> list[dict[str, Any]]:
-    from skinlesion.data.synthetic import SYNTHETIC_CLASSES, change_spec, fits_followup, render_followup, sample_spec
+    from skinlesion.data.synthetic import (
+        DERMOSCOPIC_COLOURS,
+        SYNTHETIC_CLASSES,
+        change_spec,
+        fits_followup,
+        render_followup,
+        sample_spec,
+    )
     from skinlesion.explain.evolution import compare_lesions
 
     rows, started = [], time.perf_counter()
@@ -227,7 +248,10 @@ def run_synthetic(cells: list[tuple[str, float, int]], seed: int, cache: _Cache)
             label = SYNTHETIC_CLASSES[i % len(SYNTHETIC_CLASSES)]
             zoom = float(np.exp(rng.uniform(-MAX_LOG_ZOOM, MAX_LOG_ZOOM)))
             growth = amount if kind == "growth" else 0.0
-            spec = fits_followup(sample_spec(label, rng, size=size), size, growth, zoom, MAX_SHIFT_PX)
+            drawn = sample_spec(label, rng, size=size)
+            while kind == "new_colour" and len(drawn.colours) == len(DERMOSCOPIC_COLOURS):  # a colour must be missing
+                drawn = sample_spec(label, rng, size=size)
+            spec = fits_followup(drawn, size, growth, zoom, MAX_SHIFT_PX)
             if kind == "asymmetry":  # room for the added lobes
                 spec = replace(spec, radius_px=spec.radius_px / (1.0 + 2 * amount))
             after = change_spec(spec, kind, amount, rng)
@@ -259,30 +283,37 @@ def _quantiles(values: Sequence[float]) -> dict[str, float | None]:
 
 def _assessable(rows: list[dict[str, Any]], rule: Any) -> list[dict[str, Any]]:
     """Pairs the rule assesses: a lesion found in both images, registered segmentations overlapping."""
-    return [r for r in rows if statistics(r) is not None and rule.assessable(r["registration"]["mask_dice"])]
+    return [r for r in rows if statistics(r) is not None and rule.assessable(_dice(r))]
+
+
+def _dice(row: dict[str, Any]) -> float:
+    """Dice of the registered segmentations (0 when the registration put the after lesion off the image)."""
+    return row["registration"]["mask_dice"] or 0.0
 
 
 def fit_rule(rows: list[dict[str, Any]], rule: Any) -> dict[str, Any]:
     """Thresholds: the ``1 - target/3`` quantile of each statistic on the unchanged pairs the rule assesses."""
     q = 1.0 - rule.target_false_alarm / 3.0
     usable = _assessable(rows, rule)
+    same = [r for r in usable if _same_magnification(r)]
     values = {
-        "growth": [_equalised_growth(r) for r in usable],
+        "growth": [_raw_growth(r) for r in same],
         "new_colour": [statistics(r)["new_colour"] for r in usable],
         "asymmetry": [statistics(r)["asymmetry"] for r in usable],
     }
     return {
         "quantile": round(q, 5),
         "n_pairs": len(usable),
+        "n_pairs_growth": len(same),
         "thresholds": {k: round(float(np.quantile(np.asarray(v, float), q)), 4) for k, v in values.items()},
-        "growth_note": "growth on magnification-equalised pairs (area ratio x registration scale squared)",
+        "growth_note": f"growth from the pixel areas of the pairs at one apparent magnification (registration scale within x{SAME_MAGNIFICATION})",
     }
 
 
 def _call(row: dict[str, Any], rule: Any, growth: float | None = None) -> bool | None:
     """True: significant change; False: no significant change; None: not assessed."""
     stats = statistics(row)
-    if stats is None or not rule.assessable(row["registration"]["mask_dice"]):
+    if stats is None or not rule.assessable(_dice(row)):
         return None
     s = dict(stats)
     if growth is not None:
@@ -295,8 +326,12 @@ def false_alarms(rows: list[dict[str, Any]], rule: Any) -> dict[str, Any]:
     n = len(rows)
     deployed = [_call(r, rule) for r in rows]
     equalised = [_call(r, rule, _equalised_growth(r)) for r in rows]
+    same = [r for r in rows if statistics(r) is not None and _same_magnification(r)]
+    with_spacings = [_call(r, rule, _raw_growth(r)) for r in same]
     usable = _assessable(rows, rule)
     per_criterion = {name: wilson(sum(bool(rule.fires(statistics(r))[name]) for r in usable), n) for name in ("new_colour", "asymmetry")}
+    per_criterion["growth_same_magnification"] = wilson(sum(bool(_raw_growth(r) >= rule.growth) for r in usable if _same_magnification(r)),
+                                                        sum(_same_magnification(r) for r in usable))  # fmt: skip
     per_criterion["growth_equalised"] = wilson(sum(bool((_equalised_growth(r) or 0) >= rule.growth) for r in usable), n)
     by_dx_type: dict[str, list[bool]] = {}
     for r, f in zip(rows, deployed, strict=True):
@@ -305,10 +340,15 @@ def false_alarms(rows: list[dict[str, Any]], rule: Any) -> dict[str, Any]:
         "pairs": n,
         "not_assessed": {
             "no_lesion_found": sum(statistics(r) is None for r in rows),
-            "segmentations_overlap_too_little": sum(statistics(r) is not None and not rule.assessable(r["registration"]["mask_dice"]) for r in rows),
+            "segmentations_overlap_too_little": sum(statistics(r) is not None and not rule.assessable(_dice(r)) for r in rows),
             **{k: v for k, v in wilson(sum(f is None for f in deployed), n).items() if k in ("rate", "ci95")},
         },
         "as_deployed_without_spacings": wilson(sum(f is True for f in deployed), n),
+        "same_magnification_growth_assessed": {
+            **wilson(sum(f is True for f in with_spacings), len(same)),
+            "note": f"pairs at one apparent magnification (within x{SAME_MAGNIFICATION}), growth from their pixel areas: "
+            "the rule as with known, equal pixel spacings",
+        },
         "with_magnification_equalised": wilson(sum(f is True for f in equalised), n),
         "per_criterion": per_criterion,
         "as_deployed_by_dx_type": {k: wilson(sum(v), len(v)) for k, v in sorted(by_dx_type.items())},
@@ -400,6 +440,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "statistics_calibration_half_assessed": {
                 "new_colour": _quantiles([statistics(r)["new_colour"] for r in _assessable(calibration, CHANGE_RULE)]),
                 "asymmetry": _quantiles([statistics(r)["asymmetry"] for r in _assessable(calibration, CHANGE_RULE)]),
+                "growth_same_magnification": _quantiles([_raw_growth(r) for r in _assessable(calibration, CHANGE_RULE) if _same_magnification(r)]),
                 "growth_equalised": _quantiles([_equalised_growth(r) for r in _assessable(calibration, CHANGE_RULE)]),
                 "area_ratio_unequalised": _quantiles([_area_ratio(r) for r in _assessable(calibration, CHANGE_RULE)]),
             },

@@ -40,10 +40,10 @@ def _png(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def visits() -> tuple[np.ndarray, np.ndarray]:
-    """An earlier and a later image of one lesion that grew by 60% (another pose, same magnification)."""
+    """An earlier and a later image of one lesion whose area doubled (another pose, same magnification)."""
     spec = LesionSpec("MEL", centre=(47.5, 63.5), radius_px=15.0, elongation=0.75, angle=0.5, pixel_spacing_mm=SPACING,
                       layers=(ColourLayer("light_brown"), ColourLayer("dark_brown", "blotch", 0.3, 6.0)))  # fmt: skip
-    pair = render_followup(spec, change_spec(spec, "growth", 0.6, np.random.default_rng(0)), 1, size=SIZE, rotation_deg=30.0)
+    pair = render_followup(spec, change_spec(spec, "growth", 1.0, np.random.default_rng(0)), 1, size=SIZE, rotation_deg=30.0)
     return pair.before, pair.after
 
 

@@ -240,8 +240,8 @@ def test_compare_two_visits_shows_verdict_registered_images_and_changes(chromium
 
     from skinlesion.data.synthetic import change_spec, fits_followup, render_followup, sample_spec
 
-    spec = fits_followup(sample_spec("MEL", np.random.default_rng(2)), (150, 200), 0.6, 1.0, 0.0)
-    pair = render_followup(spec, change_spec(spec, "growth", 0.6, np.random.default_rng(0)), 0, rotation_deg=20.0)
+    spec = fits_followup(sample_spec("MEL", np.random.default_rng(2)), (150, 200), 1.0, 1.0, 0.0)
+    pair = render_followup(spec, change_spec(spec, "growth", 1.0, np.random.default_rng(0)), 0, rotation_deg=20.0)
     paths = [tmp_path / "visit1.png", tmp_path / "visit2.png"]
     for p, image in zip(paths, (pair.before, pair.after), strict=True):
         Image.fromarray(image).save(p)

@@ -46,13 +46,13 @@ def test_an_unchanged_lesion_photographed_again_is_not_a_significant_change() ->
 
 
 def test_growth_a_new_colour_and_asymmetry_are_each_called_significant() -> None:
-    grown, _ = _compare("growth", 0.6)
+    grown, _ = _compare("growth", 1.0)
     g = _criteria(grown.result)["growth"]
-    assert grown.result["summary"]["verdict"] == "significant change" and g["fired"] and g["value"] == pytest.approx(0.6, abs=0.08)
-    assert grown.result["evolution"]["diameter"]["relative_change"] == pytest.approx(np.sqrt(1.6) - 1, abs=0.05)
+    assert grown.result["summary"]["verdict"] == "significant change" and g["fired"] and g["value"] == pytest.approx(1.0, abs=0.1)
+    assert grown.result["evolution"]["diameter"]["relative_change"] == pytest.approx(np.sqrt(2.0) - 1, abs=0.05)
     assert "grew by" in grown.result["summary"]["text"]
 
-    coloured, pair = _compare("new_colour", 0.25)
+    coloured, pair = _compare("new_colour", 0.4)
     new = sorted(set(pair.after_truth.colours) - set(pair.before_truth.colours))
     assert coloured.result["evolution"]["colours_gained"] == new and _criteria(coloured.result)["new_colour"]["fired"]
     assert new[0].replace("_", " ") in coloured.result["summary"]["text"]
@@ -62,7 +62,7 @@ def test_growth_a_new_colour_and_asymmetry_are_each_called_significant() -> None
 
 
 def test_without_spacings_growth_is_not_assessed_and_no_millimetre_is_claimed() -> None:
-    c, _ = _compare("growth", 0.6, spacings=False)
+    c, _ = _compare("growth", 1.0, spacings=False)
     r = c.result
     g = _criteria(r)["growth"]
     assert g["assessed"] is False and g["fired"] is None and "pixel spacings unknown" in g["detail"]

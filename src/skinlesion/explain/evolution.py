@@ -300,8 +300,8 @@ def compare_lesions(
     shape = before.shape[:2]
     aligned, valid = warp_onto(after, registration, shape)
     aligned_mask, _ = warp_onto(seg_a.mask, registration, shape)
-    dice = None
-    if seg_b.mask.any() and aligned_mask.any():
+    dice = None  # no lesion in one image; 0 when the registration puts the after lesion off the before image
+    if seg_b.mask.any() and seg_a.mask.any():
         dice = float(2 * (seg_b.mask & aligned_mask).sum() / (seg_b.mask.sum() + aligned_mask.sum()))
     fits = registration.ncc >= REGISTRATION_MIN_NCC
     reg = {
