@@ -56,8 +56,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_HAM = REPO.parent / "shared" / "data" / "ham10000"
 AMOUNTS: dict[str, tuple[float, ...]] = {
     "growth": (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0),
-    "new_colour": (0.03, 0.05, 0.08, 0.12, 0.2, 0.3),
-    "asymmetry": (0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.2),
+    "new_colour": (0.03, 0.05, 0.08, 0.12, 0.2, 0.3, 0.4, 0.5),
+    "asymmetry": (0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.2, 0.3, 0.4),
 }
 #: HAM10000 pairs whose apparent magnification ratio is at most this stand for follow-up images
 #: taken with known, equal pixel spacings (the growth criterion's noise).
@@ -277,8 +277,8 @@ def _quantiles(values: Sequence[float]) -> dict[str, float | None]:
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     if v.size == 0:
         return {"n": 0}
-    return {"n": int(v.size), "median": round(float(np.median(v)), 4), "p90": round(float(np.quantile(v, 0.9)), 4),
-            "p95": round(float(np.quantile(v, 0.95)), 4), "max": round(float(v.max()), 4)}  # fmt: skip
+    named = {"min": 0.0, "p01": 0.01, "p05": 0.05, "median": 0.5, "p90": 0.9, "p95": 0.95, "max": 1.0}
+    return {"n": int(v.size), **{k: round(float(np.quantile(v, q)), 4) for k, q in named.items()}}
 
 
 def _assessable(rows: list[dict[str, Any]], rule: Any) -> list[dict[str, Any]]:
@@ -374,13 +374,38 @@ def detection(rows: list[dict[str, Any]], rule: Any) -> dict[str, Any]:
             "true_area_ratio_mean": round(float(np.mean([t["area_ratio"] for t in truth])), 4),
             "true_asymmetry_change_mean": round(float(np.mean([t["asymmetry_change"] for t in truth])), 4),
             "true_new_colour_rate": round(float(np.mean([bool(t["colours_gained"]) for t in truth])), 4),
+            **({"by_new_colour": _by_new_colour(rs, calls)} if kind == "new_colour" else {}),
         })  # fmt: skip
     for kind, d in per_kind.items():
         if kind == "none":
             continue
         hit = [a for a in d["amounts"] if a["rate"] is not None and a["rate"] >= DETECTED]
         d[f"smallest_amount_detected_{int(100 * DETECTED)}pct"] = hit[0]["amount"] if hit else None
+        if kind == "new_colour":
+            hit = [a for a in d["amounts"] if (a["by_new_colour"]["excluding_shade_shifts"]["rate"] or 0) >= DETECTED]
+            d[f"smallest_amount_detected_{int(100 * DETECTED)}pct_excluding_shade_shifts"] = hit[0]["amount"] if hit else None
     return per_kind
+
+
+def _shade_shift(row: dict[str, Any]) -> bool:
+    """The painted colour is a brown on a lesion that had the other brown (not a new colour to the rule)."""
+    from skinlesion.explain.evolution import SHADE_OF
+
+    gained = row["truth"]["colours_gained"]
+    before = set(row["abcde"]["before"]["colours"]) if row["abcde"]["before"] else set()
+    return bool(gained) and all(SHADE_OF.get(g) in before for g in gained)
+
+
+def _by_new_colour(rows: list[dict[str, Any]], calls: list[bool | None]) -> dict[str, Any]:
+    """Detection per painted colour, and among the pairs whose new colour is not a brown shade shift
+    (which the rule does not count as a new colour, by design)."""
+    groups: dict[str, list[bool]] = {}
+    for r, c in zip(rows, calls, strict=True):
+        key = (",".join(r["truth"]["colours_gained"]) or "none measured") + (" (shade shift)" if _shade_shift(r) else "")
+        groups.setdefault(key, []).append(c is True)
+    counted = [c is True for r, c in zip(rows, calls, strict=True) if not _shade_shift(r)]
+    return {"per_colour": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(groups.items())},
+            "excluding_shade_shifts": wilson(sum(counted), len(counted))}  # fmt: skip
 
 
 def registration_quality(ham: list[dict[str, Any]], syn: list[dict[str, Any]], min_ncc: float) -> dict[str, Any]:
