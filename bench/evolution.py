@@ -305,7 +305,7 @@ def fit_rule(rows: list[dict[str, Any]], rule: Any) -> dict[str, Any]:
         "quantile": round(q, 5),
         "n_pairs": len(usable),
         "n_pairs_growth": len(same),
-        "thresholds": {k: round(float(np.quantile(np.asarray(v, float), q)), 4) for k, v in values.items()},
+        "thresholds": {k: round(float(np.quantile(np.asarray(v, float), q)), 4) if v else None for k, v in values.items()},
         "growth_note": f"growth from the pixel areas of the pairs at one apparent magnification (registration scale within x{SAME_MAGNIFICATION})",
     }
 
