@@ -95,8 +95,9 @@ class ChangeRule:
     def describe(self) -> str:
         """The rule in words."""
         return (
-            "significant change when any assessed criterion reaches its threshold: the area changed by "
-            f"{100 * self.growth:.0f}% or more either way (assessed only with both pixel spacings), a colour absent "
+            "significant change when any assessed criterion reaches its threshold: the area changed by a factor of "
+            f"{1 + self.growth:.2f} or more either way (grew by {100 * self.growth:.0f}% or shrank by "
+            f"{100 * (1 - 1 / (1 + self.growth)):.0f}%; assessed only with both pixel spacings), a colour absent "
             f"before (other than a light/dark brown shift) covers {100 * self.new_colour:.0f}% or more of the lesion, or "
             f"the shape asymmetry index rose by {self.asymmetry:.3f} or more; not assessed when the registered "
             f"segmentations overlap less than {self.min_mask_dice:g} (Dice)"
@@ -191,7 +192,8 @@ def _criteria(stats: dict[str, float | None], evolution: dict, rule: ChangeRule,
         "assessed": g is not None,
         "fired": fires["growth"],
         "detail": (spacing_note or "sizes not comparable") if g is None else
-        f"area x{ratio:.2f} ({'grew' if ratio >= 1 else 'shrank'} by {100 * abs(ratio - 1):.0f}%), threshold {100 * rule.growth:.0f}% either way",
+        f"area x{ratio:.2f} ({'grew' if ratio >= 1 else 'shrank'} by {100 * abs(ratio - 1):.0f}%), threshold a factor of "
+        f"{1 + rule.growth:.2f} either way",
     })  # fmt: skip
     c = float(stats["new_colour"] or 0.0)  # never None
     out.append({

@@ -148,7 +148,7 @@ class _View:
     def ncc(self, other: np.ndarray) -> tuple[float, int]:
         """NCC with ``other`` (same shape, NaN where not valid) over both valid regions, and its size."""
         both = self.valid & np.isfinite(other)
-        return _ncc(self.values, other, both)[0], int(both.sum())
+        return _ncc(self.values, other, both), int(both.sum())
 
     def score(self, moving: _View, matrix: np.ndarray) -> tuple[float, float]:
         """NCC of ``moving`` registered by ``matrix`` with this view over both valid regions, and the
@@ -169,15 +169,15 @@ def _warp(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], order: 
     return ndimage.affine_transform(image, a, offset=offset, output_shape=shape, order=order, mode="constant", cval=cval)
 
 
-def _ncc(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
-    overlap = float(valid.mean())
+def _ncc(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:
+    """Normalised cross-correlation of ``a`` and ``b`` over ``valid`` (-1 below 64 pixels)."""
     if valid.sum() < 64:
-        return -1.0, overlap
+        return -1.0
     x, y = a[valid], b[valid]
     x = x - x.mean()
     y = y - y.mean()
     den = math.sqrt(float((x * x).sum() * (y * y).sum()))
-    return (float((x * y).sum() / den) if den > 0 else 0.0), overlap
+    return float((x * y).sum() / den) if den > 0 else 0.0
 
 
 def _shifted(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -298,12 +298,10 @@ def register_pair(
     ]
     # refine every candidate at half the working resolution, then the best one at the working resolution
     ref_m, mov_m, _, _ = copies(WORK_SIDE // 2)
-    best: tuple[float, np.ndarray] | None = None
-    for m_c in candidates:  # coarse (after_c -> before_c) to after_m -> before_m
-        found = _refine(ref_m, mov_m, _regrid(m_c, (ref_c, mov_c), (ref_m, mov_m)), scale is not None, xtol=0.05)
-        if best is None or found[0] > best[0]:
-            best = found
-    assert best is not None  # noqa: S101 - candidates is never empty
+    best = max(  # coarse (after_c -> before_c) to after_m -> before_m
+        (_refine(ref_m, mov_m, _regrid(m_c, (ref_c, mov_c), (ref_m, mov_m)), scale is not None, xtol=0.05) for m_c in candidates),
+        key=lambda found: found[0],
+    )
     ref_w, mov_w, _, _ = copies(WORK_SIDE)
     _, m_w = _refine(ref_w, mov_w, _regrid(best[1], (ref_m, mov_m), (ref_w, mov_w)), scale is not None, xtol=0.02)
     ncc, overlap = ref_w.score(mov_w, m_w)
@@ -321,8 +319,8 @@ def register_pair(
 
 
 def warp_onto(after: np.ndarray, registration: Registration, shape: tuple[int, int], *, order: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The after image (RGB uint8, or a bool mask: nearest neighbour) on the before image's pixel grid
-    of ``shape``, and a bool map of where it is defined."""
+    """The after image (RGB uint8, interpolated with ``order``; or a bool mask, bilinear then
+    thresholded at 0.5) on the before image's pixel grid of ``shape``, and where it is defined."""
     m = registration.matrix
     valid = _warp(np.ones(after.shape[:2], np.float32), m, shape, 0) > 0.5
     if after.dtype == bool:
