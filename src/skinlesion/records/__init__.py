@@ -14,6 +14,7 @@ it imports neither.
 """
 
 from skinlesion.records.columns import BUNDLE_COLUMNS, COLUMNS, record_columns
+from skinlesion.records.comparison import model_change
 from skinlesion.records.decision import decision_records, operating_point_text
 from skinlesion.records.metadata import (
     FIELDS,
@@ -28,13 +29,18 @@ from skinlesion.records.record import bundle_ref, prediction_record
 from skinlesion.records.schema import (
     NOTICE,
     BundleRef,
+    ChangeSummary,
     ClassFlag,
+    ComparedImage,
+    Comparison,
     Explanation,
     MetadataInfo,
+    ModelChange,
     OutOfDistribution,
     Prediction,
     PredictionRecord,
     Referral,
+    RegistrationInfo,
     Review,
     Uncertainty,
 )
@@ -46,14 +52,19 @@ __all__ = [
     "FIELDS",
     "NOTICE",
     "BundleRef",
+    "ChangeSummary",
     "ClassFlag",
+    "ComparedImage",
+    "Comparison",
     "Explanation",
     "MetadataError",
     "MetadataInfo",
+    "ModelChange",
     "OutOfDistribution",
     "Prediction",
     "PredictionRecord",
     "Referral",
+    "RegistrationInfo",
     "Review",
     "Uncertainty",
     "bundle_ref",
@@ -61,6 +72,7 @@ __all__ = [
     "default_mc_samples",
     "metadata_members",
     "metadata_summary",
+    "model_change",
     "normalise_metadata",
     "normalise_records",
     "ood_records",
