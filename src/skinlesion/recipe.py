@@ -64,6 +64,7 @@ class CalibrateSpec(_Strict):
 
 
 class ReviewSpec(_Strict):
+    method: str = "mc_dropout"  # or "ensemble": members x TTA views, no extra passes when serving
     n_samples: int = Field(10, gt=0)
     score: str = "mutual_information"
     goal: str = "error_fraction"
@@ -217,7 +218,7 @@ def _review(recipe: Recipe, out: Path) -> dict[str, Any]:
     assert r is not None
     res = fit_review_flag(
         out / BUNDLE_DIR, n_samples=r.n_samples, score=r.score, goal=r.goal, target=r.target, data_root=recipe.data_root,
-        test=r.test,
+        test=r.test, method=r.method,
     )
     return {"threshold": res.get("threshold")}
 

@@ -44,7 +44,7 @@ from skinlesion.records.schema import (
     Review,
     Uncertainty,
 )
-from skinlesion.records.uncertainty import default_mc_samples, uncertainty_records
+from skinlesion.records.uncertainty import check_mc_samples, default_mc_samples, uncertainty_records
 
 __all__ = [
     "BUNDLE_COLUMNS",
@@ -69,6 +69,7 @@ __all__ = [
     "Uncertainty",
     "bundle_ref",
     "decision_records",
+    "check_mc_samples",
     "default_mc_samples",
     "metadata_members",
     "metadata_summary",
