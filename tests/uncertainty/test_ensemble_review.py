@@ -110,3 +110,11 @@ def test_compare_scores_ranks_an_oracle_first_with_paired_intervals() -> None:
         compare_scores({"max_prob": np.full(n, np.nan)}, correct, groups)
     with pytest.raises(ValueError, match="'reference' parameter"):
         compare_scores({"noise": noise}, correct, groups)
+
+
+def test_auto_score_is_the_lowest_validation_aurc(work: Path) -> None:
+    res = fit_review_flag(work, score="auto", method=ENSEMBLE, test=False, persist=False)
+    sel = res["score_selection"]
+    assert res["score"] == sel["chosen"] == min(sel["aurc"], key=sel["aurc"].get)
+    assert set(sel["aurc"]) == {"max_prob", "predictive_entropy", "mutual_information", "expected_entropy"}
+    assert sel["aurc"][res["score"]] == pytest.approx(res["validation"]["risk_coverage"][res["score"]]["aurc"])

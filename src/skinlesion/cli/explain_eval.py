@@ -89,7 +89,8 @@ def review_command(
     n_samples: int = typer.Option(20, "--n-samples", min=1, help="MC-dropout passes per member (method mc_dropout)."),
     score: str = typer.Option(
         "mutual_information", "--score",
-        help="mutual_information, predictive_entropy, expected_entropy, predicted_class_variance or max_prob.",
+        help="mutual_information, predictive_entropy, expected_entropy, predicted_class_variance, max_prob, or auto "
+        "(the one with the lowest validation AURC).",
     ),
     goal: str = typer.Option("error_fraction", "--goal", help="error_fraction, coverage or risk."),
     target: float = typer.Option(0.5, "--target", help="Fraction of errors to catch / review budget / max risk."),
@@ -116,7 +117,7 @@ def review_command(
     for label, point in points:
         v, t = point["validation"], point.get("test")
         thr = "none (flags nothing)" if point["threshold"] is None else f"{point['threshold']:.4g}"
-        console.print(f"{label}score {score}, goal {goal} = {target}: flag when {res['flag_when']}, threshold {thr} "
+        console.print(f"{label}score {res['score']}, goal {goal} = {target}: flag when {res['flag_when']}, threshold {thr} "
                       f"(fitted on {point.get('fitted_on', 'val')})")
         if method == "mc_dropout" and not v["stochastic"]:
             console.print("[yellow]no dropout was active: the score only reflects disagreement between members[/]")

@@ -229,7 +229,8 @@ def fit_review_flag(
 ) -> dict[str, Any]:
     """Fit the review threshold on the bundle's validation split; report it on test; save it.
 
-    ``method``: ``"mc_dropout"`` scores a case by ``n_samples`` MC-dropout passes; ``"ensemble"`` by
+    ``score="auto"``: the score of :data:`SCORES` with the lowest validation AURC (recorded in
+    ``review.score_selection``). ``method``: ``"mc_dropout"`` scores a case by ``n_samples`` MC-dropout passes; ``"ensemble"`` by
     the members x TTA views the prediction already computes
     (:mod:`~skinlesion.uncertainty.ensemble_samples`: no extra passes, read from the validation
     cache; ``n_samples``, ``include_backbone`` and ``seed`` do not apply and are recorded as None).
@@ -260,7 +261,8 @@ def fit_review_flag(
     started = time.perf_counter()
     if method not in es.METHODS:
         raise ValueError(f"The 'method' parameter must be one of {list(es.METHODS)}. Got {method!r} instead.")
-    flagger = ReviewFlagger(score, goal, target)
+    auto = score == "auto"
+    flagger = ReviewFlagger("max_prob" if auto else score, goal, target)
     flagger._check_params()  # fail on a bad score/goal/target before minutes of MC sampling
     if is_bundle(bundle_path):
         bundle = load_bundle(bundle_path)
@@ -279,7 +281,14 @@ def fit_review_flag(
             return es.cache_outputs(bundle, hide_metadata=hide_metadata, data_root=data_root)
         return es.split_outputs(bundle, split, hide_metadata=hide_metadata, data_root=data_root, batch_size=batch_size)
 
-    main = _fit_point(flagger, outputs("val"), outputs("test") if test else None, k)
+    val = outputs("val")
+    selection = None
+    if auto:  # the score whose ranking of validation errors is best (lowest AURC)
+        areas = {s: v["aurc"] for s, v in risk_coverage_report(val).items()}
+        score = min(areas, key=areas.__getitem__)
+        flagger = ReviewFlagger(score, goal, target)
+        selection = {"rule": "lowest AURC on the validation rows the threshold is fitted on", "aurc": areas, "chosen": score}
+    main = _fit_point(flagger, val, outputs("test") if test else None, k)
     review: dict[str, Any] = {
         "method": method,
         "score": score,
@@ -291,6 +300,7 @@ def fit_review_flag(
         "include_backbone": None if ensemble else bool(include_backbone),
         "seed": None if ensemble else int(seed),
         "fitted_on": "val, out-of-fold" if bundle.member_folds else "val",
+        **({"score_selection": selection} if selection else {}),
         "fitted_for": review_fingerprint(bundle.spec),
         **main,
     }
