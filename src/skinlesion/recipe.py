@@ -292,8 +292,8 @@ def run_recipe(
 
 
 def package_bundle(out: str | Path, into: str | Path) -> Path:
-    """Copy the recipe's bundle (bundle.json, members, split manifest, validation cache, model card)
-    into ``into`` (e.g. ``src/skinlesion/default_bundle``), replacing what was there."""
+    """Copy the recipe's bundle (bundle.json, members, split manifest, validation caches, the
+    out-of-distribution gate's arrays, concept bank, model card) into ``into`` (e.g. ``src/skinlesion/default_bundle``), replacing what was there."""
     import shutil
 
     src = Path(out) / BUNDLE_DIR
@@ -304,7 +304,10 @@ def package_bundle(out: str | Path, into: str | Path) -> Path:
     dest = Path(into)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    keep = ["bundle.json", "MODEL_CARD.md", "members", "split_manifest.csv", "split_manifest.json", "validation.npz", "validation_no_metadata.npz"]
+    keep = [
+        "bundle.json", "MODEL_CARD.md", "members", "split_manifest.csv", "split_manifest.json", "validation.npz",
+        "validation_no_metadata.npz", "ood_gate.npz", "concepts",
+    ]
     tmp.mkdir(parents=True)
     for name in keep:
         p = src / name
