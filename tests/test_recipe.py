@@ -121,7 +121,13 @@ def test_package_copies_a_loadable_bundle_with_its_card(finished: tuple[Path, Pa
     _, out = finished
     dest = package_bundle(out, tmp_path / "default_bundle")
     assert (dest / "MODEL_CARD.md").is_file() and not (dest / "eval-test").exists()
-    assert load_bundle(dest).bundle_id == load_bundle(out / "bundle").bundle_id
+    packaged = load_bundle(dest)
+    assert packaged.bundle_id == load_bundle(out / "bundle").bundle_id
+    from skinlesion.data.synthetic import generate_lesion
+    from skinlesion.delivery.engine import Predictor
+
+    record = Predictor(packaged, mc_samples=0).predict([generate_lesion("MEL", seed=0)[0]])[0]
+    assert record["ood"] is not None and record["ood"]["threshold"] > 0  # the gate's arrays came along
 
 
 def test_bad_recipes_are_named(tmp_path: Path) -> None:

@@ -95,3 +95,30 @@ def test_a_bench_runs_as_a_file_from_anywhere(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout)["results"][0]["batch"] == 1
+
+
+def test_levers_pairs_tta_metadata_and_ensemble_on_the_same_images(calibrated_fusion_bundle: Path, capsys) -> None:
+    rc, res, err = _run("levers", [str(calibrated_fusion_bundle), "--test", "--n-boot", "20"], capsys)
+    assert rc == 0, err
+    levers = res["levers"]
+    names = sorted(levers)
+    assert any(n.startswith("tta: ") for n in names) and any(n.startswith("metadata: given vs hidden") for n in names)
+    assert sum(n.startswith("ensemble: 2 members vs") for n in names) == 2
+    for lever in levers.values():
+        for m in ("bacc", "mel_auc"):
+            r = lever[m]
+            assert r["difference"] == pytest.approx(r["variant"] - r["reference"])
+            assert r["ci"][0] <= r["difference"] <= r["ci"][1]
+
+
+def test_risk_coverage_compare_scores_every_source_on_the_same_images(calibrated_bundle: Path, capsys) -> None:
+    argv = [str(calibrated_bundle), "--compare", "--n-samples", "2", "--ood", "--max-images", "12", "--n-boot", "20"]
+    rc, res, err = _run("risk_coverage", argv, capsys)
+    assert rc == 0, err
+    test = res["test"]
+    assert test["n"] == 12 and set(test["scores"]) == {
+        "max_prob", "predictive_entropy", "members_x_views_mutual_information", "members_mutual_information",
+        "mc_dropout_mutual_information", "mc_dropout_predictive_entropy", "ood_score",
+    }
+    assert test["best"] in test["scores"] and "aurc_minus_max_prob_ci" in test["scores"]["ood_score"]
+    assert "members_x_views_mutual_information" in res["validation"]["scores"]  # a plain (not cross-fitted) bundle

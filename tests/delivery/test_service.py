@@ -85,7 +85,7 @@ def test_health_is_open_but_names_the_model_only_to_a_key(client: TestClient, pr
     h = client.get("/health", headers=AUTH).json()
     assert h["status"] == "ok" and h["bundle_id"] == predictor.bundle.bundle_id and h["engine"] == "torch"
     assert {k: h[k] for k in public} == public and h["version"]
-    assert set(h["requests"]) == {"predict", "explain", "rejected", "busy", "errors"} and h["uptime_s"] >= 0
+    assert set(h["requests"]) == {"predict", "explain", "compare", "rejected", "busy", "errors"} and h["uptime_s"] >= 0
 
 
 def test_model_shows_thresholds_and_review_but_no_server_paths(client: TestClient, predictor: Predictor) -> None:
@@ -193,8 +193,10 @@ def test_a_streamed_body_is_stopped_at_the_cap(client: TestClient) -> None:
     assert client.get("/health").status_code == 200
 
 
-def test_body_cap_stops_reading_at_the_cap() -> None:
-    """At the ASGI level: an app that would read everything gets no further than the cap."""
+@pytest.mark.parametrize(("path", "reads"), [("/predict", 3), ("/compare", 5)])
+def test_body_cap_stops_reading_at_the_cap(path: str, reads: int) -> None:
+    """At the ASGI level: an app that would read everything gets no further than the cap (the path's own
+    cap where it has one: /compare takes two files)."""
     messages = [{"type": "http.request", "body": bytes(64 * 1024), "more_body": True} for _ in range(100)]
     delivered, sent = 0, []
 
@@ -211,9 +213,9 @@ def test_body_cap_stops_reading_at_the_cap() -> None:
             pass
 
     rejected = []
-    cap = BodyCap(greedy_app, max_bytes=150_000, on_reject=lambda: rejected.append(1))
-    asyncio.run(cap({"type": "http", "method": "POST", "headers": []}, receive, send))
-    assert delivered == 3 and rejected == [1]  # 3 x 64 KiB > 150,000: stopped there
+    cap = BodyCap(greedy_app, max_bytes=150_000, on_reject=lambda: rejected.append(1), per_path={"/compare": 300_000})
+    asyncio.run(cap({"type": "http", "method": "POST", "path": path, "headers": []}, receive, send))
+    assert delivered == reads and rejected == [1]  # 3 x 64 KiB > 150,000 and 5 x 64 KiB > 300,000: stopped there
     assert sent[0]["status"] == 413 and b'"too_large"' in sent[1]["body"]
 
 

@@ -186,6 +186,29 @@ def test_a_request_that_gets_no_work_slot_in_time_is_a_503(
     assert r.status_code == 503 and "no work slot became free" in r.json()["detail"]["message"] and r.headers["retry-after"]
 
 
+def test_compare_needs_the_key_and_shares_the_work_bound_with_predict(
+    predictor: Predictor, lesion_image: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/compare runs the model twice: it is keyed, and admitted only while the service has room."""
+    data = _encode(lesion_image)
+    visits = {"before": ("v1.png", data, "image/png"), "after": ("v2.png", data, "image/png")}
+    with TestClient(create_app(predictor, audit=None, api_keys=[KEY], max_in_flight=1, max_active=1)) as c:
+        r = c.post("/compare", files=visits)
+        assert r.status_code == 401 and r.json()["detail"]["reason"] == "api_key_missing"
+        held = _Held(predictor, monkeypatch)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(c.post, "/predict", files=_files(data), headers=AUTH)
+            assert held.entered.acquire(timeout=30)
+            r = c.post("/compare", files=visits, headers=AUTH)
+            assert r.status_code == 503 and r.json()["detail"]["reason"] == "busy" and int(r.headers["retry-after"]) >= 1
+            held.release.set()
+            assert first.result().status_code == 200
+        r = c.post("/compare", files=visits, headers=AUTH)
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+        counts = c.get("/health", headers=AUTH).json()["requests"]
+        assert counts == {"predict": 1, "explain": 0, "compare": 1, "rejected": 1, "busy": 1, "errors": 0}
+
+
 def test_a_body_that_does_not_arrive_in_time_is_a_408() -> None:
     """At the ASGI level: a client that stops sending holds its place only until the deadline."""
 

@@ -274,3 +274,57 @@ def test_a_gated_image_shows_the_out_of_distribution_warning_beside_its_diagnosi
                 page.screenshot(path=os.environ["SKINLESION_SCREENSHOT"], full_page=True)
         finally:
             browser.close()
+
+
+def test_compare_two_visits_shows_verdict_registered_images_and_changes(chromium: str, base_url: str, tmp_path: Path) -> None:
+    import numpy as np
+    from playwright.sync_api import expect, sync_playwright
+
+    from skinlesion.data.synthetic import change_spec, fits_followup, render_followup, sample_spec
+
+    spec = fits_followup(sample_spec("MEL", np.random.default_rng(2)), (150, 200), 1.0, 1.0, 0.0)
+    pair = render_followup(spec, change_spec(spec, "growth", 1.0, np.random.default_rng(0)), 0, rotation_deg=20.0)
+    paths = [tmp_path / "visit1.png", tmp_path / "visit2.png"]
+    for p, image in zip(paths, (pair.before, pair.after), strict=True):
+        Image.fromarray(image).save(p)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base_url + "/")
+            expect(page.locator("#compare")).to_be_hidden()
+            page.check("#mode-compare")
+            expect(page.locator("#compare")).to_be_visible()
+            expect(page.locator("#dropzone")).to_be_hidden()
+            page.fill("#api-key", KEY)
+            page.click("#compare-run")  # no files yet: said in the page
+            expect(page.locator("#compare-error-reason")).to_have_text("missing_file")
+            page.set_input_files("#compare-before", str(paths[0]))
+            page.set_input_files("#compare-after", str(paths[1]))
+            page.fill("#compare-before-spacing", str(pair.before_spacing_mm))
+            page.fill("#compare-after-spacing", str(pair.after_spacing_mm))
+            with page.expect_response("**/compare") as answer:
+                page.click("#compare-run")
+            body = answer.value.json()
+            page.wait_for_selector("#compare-result[data-state=done]")
+            expect(page.locator("#compare-verdict")).to_have_attribute("data-verdict", body["summary"]["verdict"])
+            assert body["summary"]["verdict"] == "significant change"
+            expect(page.locator("#compare-verdict")).to_have_text("Significant change")
+            expect(page.locator("tr[data-criterion=growth]")).to_contain_text("reached")
+            expect(page.locator("#compare-changes")).to_have_attribute("data-unit", "mm")
+            expect(page.locator("#compare-changes")).to_contain_text("mm²")
+            for img in ("#compare-before-img", "#compare-after-img"):
+                assert page.eval_on_selector(img, "el => el.complete && el.naturalWidth") == 200, img
+            rows = page.locator("#compare-probs tr[data-class]")
+            assert rows.count() == len(body["model"]["probabilities"])
+            expect(page.locator("#compare-provenance")).to_contain_text(body["bundle"]["id"])
+            # back to one image: the single-image drop zone returns
+            page.check("#mode-single")
+            expect(page.locator("#dropzone")).to_be_visible()
+            expect(page.locator("#compare")).to_be_hidden()
+            assert errors == []
+        finally:
+            browser.close()

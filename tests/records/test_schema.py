@@ -96,3 +96,22 @@ def test_columns_name_declared_fields_and_tolerate_partial_records() -> None:
     partial = record_columns({"prediction": {"decision": "MEL"}, "uncertainty": None})
     assert partial["decision"] == "MEL" and partial["review_flag"] is None and partial["age"] is None
     assert list(partial) == [*COLUMNS, *BUNDLE_COLUMNS]
+
+
+def test_comparisons_are_what_the_schema_declares(calibrated_bundle: Path) -> None:
+    from skinlesion.data.synthetic import change_spec, fits_followup, render_followup, sample_spec
+    from skinlesion.delivery.compare import compare_visits
+    from skinlesion.delivery.engine import Predictor
+    from skinlesion.records import Comparison
+
+    spec = fits_followup(sample_spec("MEL", np.random.default_rng(0), size=(64, 80)), (64, 80), 0.5, 1.0, 0.0)
+    pair = render_followup(spec, change_spec(spec, "growth", 0.5, np.random.default_rng(1)), 0, size=(64, 80))
+    predictor = Predictor(load_bundle(calibrated_bundle), mc_samples=2)
+    with_model, _ = compare_visits(pair.before, pair.after, predictor=predictor, before_spacing_mm=0.2, after_spacing_mm=0.2)
+    without_model, _ = compare_visits(pair.before, pair.after)
+    assert with_model["model"] is not None and without_model["model"] is None and without_model["before"]["record"] is None
+    adapter = TypeAdapter(Comparison)
+    for comparison in (with_model, without_model):
+        assert _mismatches(comparison, Comparison) == []
+        assert adapter.validate_python(comparison) == comparison
+    assert _mismatches(with_model["before"]["record"], PredictionRecord) == []

@@ -81,10 +81,16 @@ def review_command(
     bundle: Path = typer.Argument(
         ..., help="Decision bundle folder (bundle.json gets a 'review' entry), or a checkpoint (report only)."
     ),
-    n_samples: int = typer.Option(20, "--n-samples", min=1, help="MC-dropout passes per member."),
+    method: str = typer.Option(
+        "mc_dropout", "--method",
+        help="mc_dropout: score by MC-dropout passes; ensemble: by the members x TTA views the prediction already computes "
+        "(no extra passes at prediction time).",
+    ),
+    n_samples: int = typer.Option(20, "--n-samples", min=1, help="MC-dropout passes per member (method mc_dropout)."),
     score: str = typer.Option(
         "mutual_information", "--score",
-        help="mutual_information, predictive_entropy, expected_entropy, predicted_class_variance or max_prob.",
+        help="mutual_information, predictive_entropy, expected_entropy, predicted_class_variance, max_prob, or auto "
+        "(the one with the lowest validation AURC).",
     ),
     goal: str = typer.Option("error_fraction", "--goal", help="error_fraction, coverage or risk."),
     target: float = typer.Option(0.5, "--target", help="Fraction of errors to catch / review budget / max risk."),
@@ -103,7 +109,7 @@ def review_command(
     with user_errors():
         res = fit_review_flag(
             bundle, n_samples=n_samples, score=score, goal=goal, target=target, seed=seed, data_root=data_root,
-            batch_size=batch_size, persist=not dry_run, test=test,
+            batch_size=batch_size, persist=not dry_run, test=test, method=method,
         )
     points = [("", res)]
     if res.get("without_metadata"):
@@ -111,9 +117,9 @@ def review_command(
     for label, point in points:
         v, t = point["validation"], point.get("test")
         thr = "none (flags nothing)" if point["threshold"] is None else f"{point['threshold']:.4g}"
-        console.print(f"{label}score {score}, goal {goal} = {target}: flag when {res['flag_when']}, threshold {thr} "
+        console.print(f"{label}score {res['score']}, goal {goal} = {target}: flag when {res['flag_when']}, threshold {thr} "
                       f"(fitted on {point.get('fitted_on', 'val')})")
-        if not v["stochastic"]:
+        if method == "mc_dropout" and not v["stochastic"]:
             console.print("[yellow]no dropout was active: the score only reflects disagreement between members[/]")
         for name, r in (("val (in-sample)", v), ("test", t)):
             if r is None:

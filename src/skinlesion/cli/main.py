@@ -9,6 +9,7 @@ import typer
 
 from skinlesion import __version__
 from skinlesion.cli.audit import audit_app
+from skinlesion.cli.compare import compare_command
 from skinlesion.cli.data import data_app
 from skinlesion.cli.demo import demo_command
 from skinlesion.cli.ensemble import calibrate_command, ensemble_app
@@ -34,6 +35,7 @@ app.add_typer(ensemble_app, name="ensemble")
 app.command("calibrate")(calibrate_command)
 app.command("evaluate")(evaluate_command)
 app.add_typer(explain_app, name="explain")
+app.command("compare")(compare_command)
 app.add_typer(export_app, name="export")
 app.command("predict")(predict_command)
 app.command("demo")(demo_command)

@@ -42,6 +42,7 @@ from skinlesion.records import (
     PredictionRecord,
     bundle_ref,
     decision_records,
+    check_mc_samples,
     default_mc_samples,
     metadata_members,
     metadata_summary,
@@ -103,7 +104,8 @@ def make_engine(
 class Predictor:
     """A loaded bundle plus an engine: JSON-ready prediction records, optionally with explanations.
 
-    ``mc_samples=None`` follows :func:`default_mc_samples`; 0 skips uncertainty (no review flag).
+    ``mc_samples=None`` follows the bundle (:func:`default_mc_samples` MC-dropout passes, or none when
+    its review flag scores the members x TTA views of the prediction); 0 skips uncertainty (no review flag).
     Thread-safe: model calls hold :attr:`lock`.
     """
 
@@ -122,6 +124,7 @@ class Predictor:
             raise ValueError(f"The 'mc_samples' parameter must be an integer >= 0. Got {mc_samples!r} instead.")
         self.bundle = bundle
         self.engine = make_engine(bundle, engine, onnx_dir=onnx_dir, precision=precision, device=device)
+        self.with_uncertainty = check_mc_samples(bundle, mc_samples)
         self.mc_samples = default_mc_samples(bundle) if mc_samples is None else mc_samples
         self.seed = seed
         self.device = device
@@ -172,8 +175,8 @@ class Predictor:
             # without-metadata operating point when it has one.
             pred = self.bundle.predict_from_logits(logits, metadata_given=self.bundle.metadata_given(records, len(images)))
             unc = (
-                uncertainty_records(self.bundle, images, self.mc_samples, self.seed, metadata=records)
-                if self.mc_samples > 0 else None
+                uncertainty_records(self.bundle, images, self.mc_samples, self.seed, metadata=records, view_logits=logits)
+                if self.with_uncertainty else None
             )
             ood = ood_records(self.bundle, images, device=self.device)
         info = self.bundle_info()

@@ -354,6 +354,7 @@ class ReviewSpec(ReviewPoint):
     (:func:`~skinlesion.uncertainty.mc_predict.review_flag_from_bundle`), so a stale review never
     stops a bundle from loading."""
 
+    method: str | None = None  # "mc_dropout" (None: bundles from before the field) or "ensemble"
     score: str | None = None
     goal: str | None = None
     target: Number | None = None

@@ -209,12 +209,14 @@ def measure_abcde(
     )
 
 
-def compare_evolution(before: ABCDEResult, after: ABCDEResult) -> dict:
+def compare_evolution(before: ABCDEResult, after: ABCDEResult, *, compare_sizes: bool = True) -> dict:
     """E of ABCDE: how a lesion changed between two examinations.
 
     Sizes are compared in millimetres when both results know their pixel spacing (which may then
     differ: the millimetre values are already converted), or in pixels when neither does and both
-    images have the same size (assuming the same dermatoscope and magnification).
+    images have the same size (assuming the same dermatoscope and magnification). With
+    ``compare_sizes=False`` area and diameter are None (``unit`` "not compared") and images of any
+    size compare: colours, asymmetry and border do not depend on the magnification.
 
     Returns:
         dict with ``unit``, area and diameter before/after/change (absolute and relative), colours
@@ -227,6 +229,8 @@ def compare_evolution(before: ABCDEResult, after: ABCDEResult) -> dict:
     for name, value in (("before", before), ("after", after)):
         if not isinstance(value, ABCDEResult):
             raise ValueError(f"The '{name}' parameter must be an ABCDEResult. Got {type(value).__name__} instead.")
+    if not compare_sizes:
+        return {"unit": "not compared", "area": None, "diameter": None, **_shape_and_colour_change(before, after)}
     if before.spacing_known != after.spacing_known:
         raise ValueError(
             "Cannot compare a measurement in millimetres with one in pixels: 'before' is in "
@@ -239,20 +243,26 @@ def compare_evolution(before: ABCDEResult, after: ABCDEResult) -> dict:
             "Measure both with 'pixel_spacing_mm' to compare in millimetres."
         )
     unit = before.diameter_unit
-
-    def change(a: float, b: float) -> dict:
-        return {"before": a, "after": b, "change": b - a, "relative_change": (b - a) / a if a > 0 else None}
-
     return {
         "unit": unit,
-        "area": change(before.area, after.area),
-        "diameter": change(before.diameter, after.diameter),
+        "area": _change(before.area, after.area),
+        "diameter": _change(before.diameter, after.diameter),
+        **_shape_and_colour_change(before, after),
+    }
+
+
+def _change(a: float, b: float) -> dict:
+    return {"before": a, "after": b, "change": b - a, "relative_change": (b - a) / a if a > 0 else None}
+
+
+def _shape_and_colour_change(before: ABCDEResult, after: ABCDEResult) -> dict:
+    return {
         "pixel_spacing_mm": {"before": before.pixel_spacing_mm, "after": after.pixel_spacing_mm},
         "colours_gained": [c for c in DERMOSCOPIC_COLOURS if c in after.colours and c not in before.colours],
         "colours_lost": [c for c in DERMOSCOPIC_COLOURS if c in before.colours and c not in after.colours],
         "asymmetric_axes": {"before": before.asymmetric_axes, "after": after.asymmetric_axes,
                             "change": after.asymmetric_axes - before.asymmetric_axes},  # fmt: skip
-        "asymmetry": change(before.asymmetry, after.asymmetry),
+        "asymmetry": _change(before.asymmetry, after.asymmetry),
         "abrupt_border_sectors_change": after.abrupt_border_sectors - before.abrupt_border_sectors,
         "notice": NOTICE,
     }

@@ -26,6 +26,7 @@ from skinlesion.records import (
     PredictionRecord,
     Uncertainty,
     bundle_ref,
+    check_mc_samples,
     decision_records,
     default_mc_samples,
     metadata_summary,
@@ -111,7 +112,7 @@ def explain_image(
     tds, abcde = dermoscopy_score(image, seg.mask, pixel_spacing_mm) if found else (None, None)
     if record is None:
         n_samples = default_mc_samples(bundle) if mc_samples is None else mc_samples
-        unc = _uncertainty(bundle, image, n_samples, seed, given) if n_samples > 0 else None
+        unc = _uncertainty(bundle, image, n_samples, seed, given) if check_mc_samples(bundle, mc_samples) else None
         record = prediction_record(bundle_ref(bundle), prediction, unc, summary, _first(ood_records(bundle, [image])))
 
     result = Explanation(

@@ -103,7 +103,7 @@ def _review(recipe: Recipe, out: Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {recipe.name!r} has no review section")
     res = fit_review_flag(
         out / BUNDLE_DIR, n_samples=r.n_samples, score=r.score, goal=r.goal, target=r.target, data_root=recipe.data_root,
-        test=r.test,
+        test=r.test, method=r.method,
     )
     return {"threshold": res.get("threshold")}
 
@@ -262,8 +262,8 @@ def _run_one(
 
 
 def package_bundle(out: str | Path, into: str | Path) -> Path:
-    """Copy the recipe's bundle (bundle.json, members, split manifest, validation cache, model card)
-    into ``into`` (e.g. ``src/skinlesion/default_bundle``), replacing what was there."""
+    """Copy the recipe's bundle (bundle.json, members, split manifest, validation caches, the
+    out-of-distribution gate's arrays, concept bank, model card) into ``into`` (e.g. ``src/skinlesion/default_bundle``), replacing what was there."""
     import shutil
 
     src = Path(out) / BUNDLE_DIR
@@ -274,7 +274,10 @@ def package_bundle(out: str | Path, into: str | Path) -> Path:
     dest = Path(into)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    keep = ["bundle.json", "MODEL_CARD.md", "members", "split_manifest.csv", "split_manifest.json", "validation.npz", "validation_no_metadata.npz"]
+    keep = [
+        "bundle.json", "MODEL_CARD.md", "members", "split_manifest.csv", "split_manifest.json", "validation.npz",
+        "validation_no_metadata.npz", "ood_gate.npz", "concepts",
+    ]
     tmp.mkdir(parents=True)
     for name in keep:
         p = src / name

@@ -46,6 +46,7 @@ class CalibrateSpec(_Strict):
 
 
 class ReviewSpec(_Strict):
+    method: str = "mc_dropout"  # or "ensemble": members x TTA views, no extra passes when serving
     n_samples: int = Field(10, gt=0)
     score: str = "mutual_information"
     goal: str = "error_fraction"

@@ -14,6 +14,7 @@ it imports neither.
 """
 
 from skinlesion.records.columns import BUNDLE_COLUMNS, COLUMNS, record_columns
+from skinlesion.records.comparison import model_change
 from skinlesion.records.decision import decision_records, operating_point_text
 from skinlesion.records.metadata import (
     FIELDS,
@@ -28,17 +29,22 @@ from skinlesion.records.record import bundle_ref, prediction_record
 from skinlesion.records.schema import (
     NOTICE,
     BundleRef,
+    ChangeSummary,
     ClassFlag,
+    ComparedImage,
+    Comparison,
     Explanation,
     MetadataInfo,
+    ModelChange,
     OutOfDistribution,
     Prediction,
     PredictionRecord,
     Referral,
+    RegistrationInfo,
     Review,
     Uncertainty,
 )
-from skinlesion.records.uncertainty import default_mc_samples, uncertainty_records
+from skinlesion.records.uncertainty import check_mc_samples, default_mc_samples, uncertainty_records
 
 __all__ = [
     "BUNDLE_COLUMNS",
@@ -46,21 +52,28 @@ __all__ = [
     "FIELDS",
     "NOTICE",
     "BundleRef",
+    "ChangeSummary",
     "ClassFlag",
+    "ComparedImage",
+    "Comparison",
     "Explanation",
     "MetadataError",
     "MetadataInfo",
+    "ModelChange",
     "OutOfDistribution",
     "Prediction",
     "PredictionRecord",
     "Referral",
+    "RegistrationInfo",
     "Review",
     "Uncertainty",
     "bundle_ref",
     "decision_records",
+    "check_mc_samples",
     "default_mc_samples",
     "metadata_members",
     "metadata_summary",
+    "model_change",
     "normalise_metadata",
     "normalise_records",
     "ood_records",

@@ -177,3 +177,81 @@ class Explanation(PredictionRecord):
     concepts: Annotated[dict[str, Any] | None, Field(description="TCAV concept sensitivities; None when not asked for.")]
     skinlesion_version: str
     input: NotRequired[dict[str, Any]]
+
+
+# -- follow-up comparison of two images of one lesion (``skinlesion compare``, ``POST /compare``) --------------
+class ComparedImage(TypedDict):
+    """One visit of a comparison: the image, its prediction record, segmentation and ABCDE."""
+
+    input: Annotated[dict[str, Any], Field(description="name (or path), sha256, width, height of the image.")]
+    pixel_spacing_mm: Annotated[float | None, Field(description="mm per pixel of this image; null: unknown.")]
+    record: Annotated[PredictionRecord | None, Field(description="The model's prediction record of this image; null without a model.")]
+    segmentation: dict[str, Any]
+    abcde: Annotated[dict[str, Any] | None, Field(description="ABCDE of this image; null when no lesion was segmented.")]
+
+
+class RegistrationInfo(TypedDict):
+    """How the later image was registered onto the earlier one, and how well they fit."""
+
+    method: str
+    rotation_deg: float
+    scale: Annotated[float, Field(description="Before-pixels per after-pixel (the spacing ratio when both spacings are known).")]
+    translation_px: list[float]
+    scale_source: Annotated[str, Field(description="pixel spacings, or estimated (then an apparent magnification ratio).")]
+    matrix: Annotated[list[list[float]], Field(description="3x3 matrix: after (x, y, 1) to before (x, y, 1), x = column.")]
+    ncc: Annotated[float, Field(description="Normalised cross-correlation of the registered images (band-passed lightness).")]
+    ncc_unregistered: Annotated[float | None, Field(description="The same for the images as given (same size only).")]
+    overlap: Annotated[float, Field(description="Area both registered images show, as a fraction of the smaller one.")]
+    mask_dice: Annotated[float | None, Field(description="Dice overlap of the two segmentations once registered.")]
+    fit: Annotated[str, Field(description="good or poor (fit_rule).")]
+    fit_rule: str
+
+
+class ChangeCriterion(TypedDict):
+    """One criterion of the change rule, with its value on this pair."""
+
+    name: Annotated[str, Field(description="growth, new_colour or asymmetry.")]
+    description: str
+    value: float | None
+    threshold: float
+    assessed: Annotated[bool, Field(description="False: not measurable here (growth without pixel spacings).")]
+    fired: Annotated[bool | None, Field(description="The value reached the threshold; null when not assessed.")]
+    detail: str
+
+
+class ChangeSummary(TypedDict):
+    """Significant change or not, by the measured rule, in words and per criterion."""
+
+    verdict: Annotated[str, Field(description="significant change, no significant change, or not assessed.")]
+    significant: bool | None
+    criteria: list[ChangeCriterion]
+    rule: Annotated[str, Field(description="The rule in words.")]
+    rule_chosen: Annotated[str, Field(description="How its thresholds were chosen (measurement and where it is recorded).")]
+    thresholds: dict[str, float]
+    caveats: list[str]
+    text: Annotated[str, Field(description="A plain summary of the verdict.")]
+
+
+class ModelChange(TypedDict):
+    """How the model's output changed from the first image to the second."""
+
+    probabilities: Annotated[dict[str, dict[str, float]], Field(description="Per class: before, after, change (after - before).")]
+    decision: dict[str, Any]
+    review_flag: dict[str, Any]
+    changed_fields: Annotated[list[dict[str, Any]], Field(
+        description="Every decision, flag or category of the two records that differs: field (dotted path), before, after."
+    )]
+
+
+class Comparison(TypedDict):
+    """Two images of one lesion at two visits: what changed, and whether the change is significant."""
+
+    notice: str
+    before: ComparedImage
+    after: ComparedImage
+    registration: RegistrationInfo
+    evolution: Annotated[dict[str, Any] | None, Field(description="ABCDE change (E of ABCDE); null when a lesion was not found.")]
+    summary: ChangeSummary
+    model: Annotated[ModelChange | None, Field(description="Change of the model's probabilities and flags; null without a model.")]
+    bundle: Annotated[BundleRef | None, Field(description="The model that predicted both images; null without a model.")]
+    skinlesion_version: str

@@ -21,6 +21,10 @@ from skinlesion.metrics.risk_coverage import check_scores_correct, tie_groups
 
 UNCERTAINTY_SCORES = ("mutual_information", "predictive_entropy", "expected_entropy", "predicted_class_variance")
 CONFIDENCE_SCORES = ("max_prob",)
+#: The per-image arrays of scored outputs (MC dropout or members x views) that review flags are fitted on.
+ARRAYS: tuple[str, ...] = (
+    "mean_probs", "predictive_entropy", "expected_entropy", "mutual_information", "predicted_class_variance", "max_prob"
+)
 GOALS = ("error_fraction", "coverage", "risk")
 _EPS = 1e-12
 

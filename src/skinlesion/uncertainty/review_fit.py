@@ -31,6 +31,7 @@ from skinlesion.metrics.risk_coverage import aurc, optimal_aurc, risk_coverage_c
 from skinlesion.uncertainty.mc_dropout import NotStochasticWarning
 from skinlesion.uncertainty.mc_predict import as_bundle, bundle_mc_predict, review_fingerprint
 from skinlesion.uncertainty.review import (
+    ARRAYS,
     CONFIDENCE_SCORES,
     UNCERTAINTY_SCORES,
     ReviewFlagger,
@@ -42,9 +43,6 @@ log = logging.getLogger(__name__)
 SCORES: tuple[str, ...] = ("max_prob", "predictive_entropy", "mutual_information", "expected_entropy")
 COVERAGES: tuple[float, ...] = (0.5, 0.8, 0.9, 1.0)
 REVIEW_SCORES: tuple[str, ...] = UNCERTAINTY_SCORES + CONFIDENCE_SCORES
-ARRAYS: tuple[str, ...] = (
-    "mean_probs", "predictive_entropy", "expected_entropy", "mutual_information", "predicted_class_variance", "max_prob"
-)
 
 
 def table_records(table: Any, rows: Sequence[int]) -> list[dict[str, Any]]:
@@ -227,8 +225,15 @@ def fit_review_flag(
     persist: bool = True,
     device: str | None = None,
     test: bool = True,
+    method: str = "mc_dropout",
 ) -> dict[str, Any]:
     """Fit the review threshold on the bundle's validation split; report it on test; save it.
+
+    ``score="auto"``: the score of :data:`SCORES` with the lowest validation AURC (recorded in
+    ``review.score_selection``). ``method``: ``"mc_dropout"`` scores a case by ``n_samples`` MC-dropout passes; ``"ensemble"`` by
+    the members x TTA views the prediction already computes
+    (:mod:`~skinlesion.uncertainty.ensemble_samples`: no extra passes, read from the validation
+    cache; ``n_samples``, ``include_backbone`` and ``seed`` do not apply and are recorded as None).
 
     ``bundle_path`` may also be a checkpoint (a one-member bundle): then nothing is saved.
 
@@ -251,8 +256,13 @@ def fit_review_flag(
         write_meta,
     )
 
+    from skinlesion.uncertainty import ensemble_samples as es
+
     started = time.perf_counter()
-    flagger = ReviewFlagger(score, goal, target)
+    if method not in es.METHODS:
+        raise ValueError(f"The 'method' parameter must be one of {list(es.METHODS)}. Got {method!r} instead.")
+    auto = score == "auto"
+    flagger = ReviewFlagger("max_prob" if auto else score, goal, target)
     flagger._check_params()  # fail on a bad score/goal/target before minutes of MC sampling
     if is_bundle(bundle_path):
         bundle = load_bundle(bundle_path)
@@ -262,27 +272,41 @@ def fit_review_flag(
     k = len(bundle.classes)
     kw = {"n_samples": n_samples, "batch_size": batch_size, "seed": seed, "include_backbone": include_backbone,
           "data_root": data_root, "device": device}
-    main = _fit_point(
-        flagger, uncertainty_over_split(bundle, "val", **kw), uncertainty_over_split(bundle, "test", **kw) if test else None, k
-    )
+    ensemble = method == es.ENSEMBLE
+
+    def outputs(split: str, hide_metadata: bool = False) -> dict[str, Any]:
+        if not ensemble:
+            return uncertainty_over_split(bundle, split, **kw, hide_metadata=hide_metadata)
+        if split == "val":
+            return es.cache_outputs(bundle, hide_metadata=hide_metadata, data_root=data_root)
+        return es.split_outputs(bundle, split, hide_metadata=hide_metadata, data_root=data_root, batch_size=batch_size)
+
+    val = outputs("val")
+    selection = None
+    if auto:  # the score whose ranking of validation errors is best (lowest AURC)
+        areas = {s: v["aurc"] for s, v in risk_coverage_report(val).items()}
+        score = min(areas, key=areas.__getitem__)
+        flagger = ReviewFlagger(score, goal, target)
+        selection = {"rule": "lowest AURC on the validation rows the threshold is fitted on", "aurc": areas, "chosen": score}
+    main = _fit_point(flagger, val, outputs("test") if test else None, k)
     review: dict[str, Any] = {
+        "method": method,
         "score": score,
         "goal": goal,
         "target": float(target),
         "threshold": main.pop("threshold"),
         "flag_when": "score <= threshold" if score in CONFIDENCE_SCORES else "score >= threshold",
-        "n_samples": int(n_samples),
-        "include_backbone": bool(include_backbone),
-        "seed": int(seed),
-        "fitted_on": "val",
+        "n_samples": None if ensemble else int(n_samples),
+        "include_backbone": None if ensemble else bool(include_backbone),
+        "seed": None if ensemble else int(seed),
+        "fitted_on": "val, out-of-fold" if bundle.member_folds else "val",
+        **({"score_selection": selection} if selection else {}),
         "fitted_for": review_fingerprint(bundle.spec),
         **main,
     }
     if bundle.without_metadata is not None and bundle.fusion_members:
-        hidden = {**kw, "hide_metadata": True}
         point = _fit_point(
-            ReviewFlagger(score, goal, target), uncertainty_over_split(bundle, "val", **hidden),
-            uncertainty_over_split(bundle, "test", **hidden) if test else None, k,
+            ReviewFlagger(score, goal, target), outputs("val", hide_metadata=True), outputs("test", hide_metadata=True) if test else None, k,
         )
         review["without_metadata"] = {
             "threshold": point.pop("threshold"),
@@ -295,8 +319,8 @@ def fit_review_flag(
     if persist:
         meta = dict(bundle.meta)
         meta["review"] = review
-        meta["history"] = [*meta.get("history", []), {"at": review["fitted"], "action": "review", "score": score,
-                                                      "goal": goal, "target": float(target)}]
+        meta["history"] = [*meta.get("history", []), {"at": review["fitted"], "action": "review", "method": method,
+                                                      "score": score, "goal": goal, "target": float(target)}]
         write_meta(bundle.path, meta)
     return {**review, "bundle": str(bundle.path or bundle.spec.provenance.checkpoint), "persisted": bool(persist),
             "seconds": round(time.perf_counter() - started, 2)}

@@ -29,6 +29,9 @@ from the spec's parameters:
   ``vignette``, ``ruler``: which artefacts were drawn (they never change the mask);
   ``shape_asymmetry_axes``/``colour_asymmetry_axes``: the per-axis indices (major, minor).
 
+Follow-up pairs (:func:`change_spec`, :func:`render_followup`): the same lesion at two visits with
+a known change (growth, a new colour, more asymmetry, or none) and a known camera move between them.
+
 Pixel spacing: by default the image width spans :data:`FIELD_OF_VIEW_MM` = 22 mm (0.11 mm per
 pixel at 200 px, 0.34 mm at 64 px); lesion sizes are drawn in millimetres, so a class looks the same
 size at every resolution. Lesions are kept 2 px inside the image (the largest melanomas are shrunk
@@ -43,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+from skinlesion.data.synthetic._followup import CHANGE_KINDS, FollowUpPair, change_spec, fits_followup, render_followup
 from skinlesion.data.synthetic._paint import MIN_COLOUR_FRACTION
 from skinlesion.data.synthetic._recipes import FIELD_OF_VIEW_MM, SYNTHETIC_CLASSES, default_pixel_spacing, sample_spec
 from skinlesion.data.synthetic._render import LesionTruth, generate_lesion, measure_truth, render_lesion, vary_spec
@@ -59,6 +63,7 @@ from skinlesion.data.synthetic._official import write_isic2018_layout, write_isi
 from skinlesion.data.synthetic._writer import HAM_DX, write_synthetic_dataset
 
 __all__ = [
+    "CHANGE_KINDS",
     "COLOUR_AXIS_THRESHOLD",
     "COLOUR_RGB",
     "DERMOSCOPIC_COLOURS",
@@ -68,14 +73,18 @@ __all__ = [
     "SHAPE_AXIS_THRESHOLD",
     "SYNTHETIC_CLASSES",
     "ColourLayer",
+    "FollowUpPair",
     "LesionSpec",
     "LesionTruth",
     "border_irregularity",
+    "change_spec",
     "colour_asymmetry",
     "default_pixel_spacing",
     "feret_diameter",
+    "fits_followup",
     "generate_lesion",
     "measure_truth",
+    "render_followup",
     "render_lesion",
     "sample_spec",
     "shape_asymmetry",

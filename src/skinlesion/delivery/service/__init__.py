@@ -11,6 +11,8 @@ route              key   answers
                          uncertainty, review flag
 ``POST /explain``  yes   200: the same plus Grad-CAM++ overlay and segmentation outline (base64 PNG),
                          attention, ABCDE and Total Dermoscopy Score
+``POST /compare``  yes   200: two visits of one lesion (files ``before``, ``after``): registration,
+                         both segmentations, ABCDE change, model change, significant change or not
 ``GET /``          no    the web page (``delivery/static/``: offline, no external resources)
 ``/docs``          no    OpenAPI (``/openapi.json``; Swagger UI served from the package, offline)
 =================  ====  =============================================================================
@@ -23,7 +25,8 @@ to 8-bit RGB and the EXIF orientation applied; the result's ``converted_from`` s
 (:mod:`skinlesion.delivery.images`). Every rejection is a 4xx JSON body
 ``{"detail": {"reason": CODE, "message": TEXT}}`` and the service stays up: 401 ``api_key_missing``
 and 403 ``api_key_invalid`` (from the headers, before the body is read), 408 ``request_timeout``
-(the body did not arrive in time), 413 ``too_large`` (request body or file over the cap: stopped
+(the body did not arrive in time), 413 ``too_large`` (request body or file over the cap, a
+/compare body over twice the file cap: stopped
 while streaming, before the rest is read) and ``too_many_pixels`` (from the image header, before
 decoding), 415 ``not_an_image`` (also a format not in :data:`~skinlesion.delivery.images.FORMATS`)
 and ``unsupported_mode`` (NaN or infinite float samples, integers beyond 16 bits), 422 ``empty``, ``too_small``,
@@ -34,8 +37,8 @@ and ``unsupported_mode`` (NaN or infinite float samples, integers beyond 16 bits
 next request is served normally). The content type a client declares is not trusted: the bytes
 are decoded and checked.
 
-Bounded work (:mod:`~skinlesion.delivery.service.guards`): at most ``max_in_flight`` (8) /predict
-and /explain requests are taken at once, of which ``max_active`` (2) decode and predict at once
+Bounded work (:mod:`~skinlesion.delivery.service.guards`): at most ``max_in_flight`` (8) /predict,
+/explain and /compare requests are taken at once, of which ``max_active`` (2) decode and predict at once
 (each may hold a full-size image); a request's body must arrive, and it must get a work slot,
 within ``request_timeout_s`` (60 s) of its arrival. Every answer forbids framing
 (``X-Frame-Options: DENY``, ``frame-ancestors 'none'``); prediction answers are ``no-store``.

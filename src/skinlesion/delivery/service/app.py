@@ -15,7 +15,7 @@ from skinlesion.delivery.images import ImageLimits
 from skinlesion.delivery.service.context import ServiceContext
 from skinlesion.delivery.service.errors import BodyCap, add_error_handlers
 from skinlesion.delivery.service.guards import KeyGate, SecurityHeaders, WorkGate
-from skinlesion.delivery.service.routes import prediction, service
+from skinlesion.delivery.service.routes import compare, prediction, service
 from skinlesion.delivery.service.settings import ServiceSettings
 from skinlesion.records import NOTICE
 
@@ -55,7 +55,9 @@ def create_app(
     )
     app.state.context = context
     # Outermost last: SecurityHeaders, KeyGate, WorkGate, BodyCap, then the routes.
-    app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes, on_reject=lambda: context.stats.add("rejected"))
+    app.add_middleware(
+        BodyCap, max_bytes=settings.max_body_bytes, per_path=settings.body_caps, on_reject=lambda: context.stats.add("rejected")
+    )
     app.add_middleware(
         WorkGate, max_in_flight=settings.max_in_flight, timeout_s=settings.request_timeout_s,
         retry_after=lambda waiting: context.stats.retry_after(waiting, settings.max_active), on_busy=lambda: context.stats.add("busy"),
@@ -67,6 +69,7 @@ def create_app(
     app.mount(service.DOCS_STATIC, StaticFiles(directory=str(_swagger_ui_dir())), name="docs-static")
     app.include_router(service.router)
     app.include_router(prediction.router)
+    app.include_router(compare.router)
     return app
 
 

@@ -23,13 +23,13 @@ if TYPE_CHECKING:
 
 
 class RequestStats:
-    """Requests served (``predict``, ``explain``), rejected (4xx), turned away because the service was
+    """Requests served (``predict``, ``explain``, ``compare``), rejected (4xx), turned away because the service was
     full (``busy``: 503) and failed (5xx, ``errors``), the start time, and the mean seconds a served
     request held its work slot (an exponential moving average, for ``Retry-After``)."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
-        self.counts = {"predict": 0, "explain": 0, "rejected": 0, "busy": 0, "errors": 0}
+        self.counts = {"predict": 0, "explain": 0, "compare": 0, "rejected": 0, "busy": 0, "errors": 0}
         self.work_s = 1.0
         self._lock = threading.Lock()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -67,36 +67,41 @@ def _too_late(seconds: float) -> _BodyRefused:
 
 
 class BodyCap:
-    """ASGI middleware: 413 for POST bodies over ``max_bytes`` (by Content-Length, else while streaming),
+    """ASGI middleware: 413 for POST bodies over ``max_bytes`` (``per_path[path]`` where given; by
+    Content-Length, else while streaming),
     and 408 for a body that has not arrived by the request's deadline (``scope["state"]["deadline"]``,
     a :func:`time.monotonic` time set by :class:`~skinlesion.delivery.service.guards.WorkGate`)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None] | None = None, per_path: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.on_reject = on_reject
+        self.per_path = dict(per_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
+        max_bytes = self.per_path.get(scope.get("path", ""), self.max_bytes)
         length = Headers(scope=scope).get("content-length", "")
-        declared_too_large = length.isdigit() and int(length) > self.max_bytes
+        declared_too_large = length.isdigit() and int(length) > max_bytes
         deadline = scope.get("state", {}).get("deadline")
         seen, started, t0 = 0, False, time.monotonic()
 
         async def capped_receive() -> Message:
             nonlocal seen
             if declared_too_large:  # refused before a byte of the body is read
-                raise _too_large(self.max_bytes)
+                raise _too_large(max_bytes)
             try:
                 message = await (receive() if deadline is None else asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0)))
             except TimeoutError:
                 raise _too_late(round(deadline - t0, 3)) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _too_large(self.max_bytes)  # FastAPI re-raises HTTPExceptions from body parsing
+                if seen > max_bytes:
+                    raise _too_large(max_bytes)  # FastAPI re-raises HTTPExceptions from body parsing
             return message
 
         async def tracked_send(message: Message) -> None:

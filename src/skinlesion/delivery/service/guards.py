@@ -2,9 +2,9 @@
 
 * :class:`SecurityHeaders`: every answer says it must not be framed (``X-Frame-Options: DENY``,
   ``frame-ancestors 'none'``) nor sniffed, and prediction answers must not be cached.
-* :class:`KeyGate`: with API keys, ``/predict``, ``/explain`` and ``/model`` without a valid
+* :class:`KeyGate`: with API keys, ``/predict``, ``/explain``, ``/compare`` and ``/model`` without a valid
   ``X-API-Key`` are answered 401/403 from the headers alone (the upload is never read).
-* :class:`WorkGate`: at most ``max_in_flight`` ``/predict`` and ``/explain`` requests are admitted at
+* :class:`WorkGate`: at most ``max_in_flight`` ``/predict``, ``/explain`` and ``/compare`` requests are admitted at
   once (more: 503 with ``Retry-After``), each with a deadline (``request_timeout_s`` from arrival,
   in ``request.state.deadline``): its body must have arrived by then
   (:class:`~skinlesion.delivery.service.errors.BodyCap`: else 408), and the route waits at most until
@@ -26,9 +26,9 @@ from skinlesion.delivery.service.errors import json_error, reject
 from skinlesion.delivery.service.settings import API_KEY_HEADER
 
 #: Routes (method, path) that need the API key (when the service has keys).
-KEYED_ROUTES = frozenset({("POST", "/predict"), ("POST", "/explain"), ("GET", "/model"), ("HEAD", "/model")})
+KEYED_ROUTES = frozenset({("POST", "/predict"), ("POST", "/explain"), ("POST", "/compare"), ("GET", "/model"), ("HEAD", "/model")})
 #: Routes whose requests hold a decode and a model run.
-WORK_PATHS = frozenset({"/predict", "/explain"})
+WORK_PATHS = frozenset({"/predict", "/explain", "/compare"})
 _HEADERS = ((b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
 
 

@@ -81,6 +81,6 @@ class HealthResponse(_Open):
     engine: str | None = None
     uptime_s: float | None = None
     requests: dict[str, int] | None = Field(
-        None, description="predict, explain (served), rejected (4xx), busy (503: the service was full), errors (5xx)."
+        None, description="predict, explain, compare (served), rejected (4xx), busy (503: the service was full), errors (5xx)."
     )
     version: str | None = None

@@ -67,3 +67,8 @@ class ServiceSettings:
     def max_body_bytes(self) -> int:
         """The cap of a whole request body: the file cap plus :data:`MULTIPART_OVERHEAD`."""
         return self.max_upload_bytes + MULTIPART_OVERHEAD
+
+    @property
+    def body_caps(self) -> dict[str, int]:
+        """Paths whose body cap differs: ``/compare`` takes two files, each checked against the file cap."""
+        return {"/compare": 2 * self.max_upload_bytes + MULTIPART_OVERHEAD}

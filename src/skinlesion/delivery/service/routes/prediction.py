@@ -7,7 +7,8 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import numpy as np
@@ -76,21 +77,13 @@ def _serve(
     the model on it (its record and extra fields), audit the record, count and log the request, and
     put the request's fields around the record."""
     started, request_id = time.perf_counter(), uuid.uuid4().hex
-    deadline = getattr(request.state, "deadline", None)
-    if not ctx.work.acquire(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0)):
-        ctx.stats.add("busy")
-        raise busy(ctx.stats.retry_after(ctx.settings.max_in_flight, ctx.settings.max_active), "no work slot became free in time")
-    work_started = time.perf_counter()
-    try:
+    with work_slot(ctx, request) as work:
         data, decoded, meta = accept_image(file, ctx)
         try:
             record, extra = run(decoded.array)
         except Exception:
             log.exception("request %s: the model failed", request_id)
             raise reject(500, "internal_error", f"the model failed on this image (request {request_id}); see the server log") from None
-    finally:
-        ctx.work.release()
-    work_s = time.perf_counter() - work_started
     record["converted_from"] = decoded.converted_from
     elapsed = round((time.perf_counter() - started) * 1000, 1)
     audit_id = audit_error = None
@@ -101,11 +94,31 @@ def _serve(
         except Exception:  # noqa: BLE001 - the result must not be lost to an audit failure
             log.exception("request %s: the audit write failed; the result is returned without an audit row", request_id)
             audit_error = f"the audit log could not be written (request {request_id}); the details are in the server log"
-    ctx.stats.served(kind, work_s)
+    ctx.stats.served(kind, work.seconds)
     cols = record_columns(record)
     log.info("%s %s: %s, review %s, %.0f ms, sha256 %s", kind, request_id, cols["decision"], cols["review_flag"], elapsed, meta["sha256"][:12])
     response.headers["X-Request-ID"] = request_id
     return {"request_id": request_id, "input": meta, **record, "elapsed_ms": elapsed, "audit_id": audit_id, "audit_error": audit_error, **extra}
+
+
+class _Work:
+    seconds = 0.0
+
+
+@contextmanager
+def work_slot(ctx: ServiceContext, request: Request) -> Iterator[_Work]:
+    """Hold one of the service's work slots (503 ``busy`` when none frees up before the request's
+    deadline); the yielded object's ``seconds`` is how long it was held, set on exit."""
+    deadline = getattr(request.state, "deadline", None)
+    if not ctx.work.acquire(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0)):
+        ctx.stats.add("busy")
+        raise busy(ctx.stats.retry_after(ctx.settings.max_in_flight, ctx.settings.max_active), "no work slot became free in time")
+    work, started = _Work(), time.perf_counter()
+    try:
+        yield work
+    finally:
+        work.seconds = time.perf_counter() - started
+        ctx.work.release()
 
 
 def _png_b64(rgb: np.ndarray) -> str:

@@ -1,0 +1,123 @@
+"""What each recipe lever buys, from one bundle's held-out predictions (prints one JSON object).
+
+    python bench/levers.py models/ham10000-cv5/bundle                      # validation (out-of-fold) only
+    python bench/levers.py models/ham10000-cv5/bundle --test               # also the test split (K members)
+
+Levers measured without training anything again, each as variant minus reference with a paired
+lesion-bootstrap 95% interval (argmax BACC and melanoma one-vs-rest AUC; the same resampled lesions
+on both sides; :func:`skinlesion.metrics.bootstrap.bootstrap_difference_ci`):
+
+* ``tta``: the bundle's views averaged vs the identity view alone (and a 4-view subset: identity,
+  flips and rot180) on the validation rows (out-of-fold for a cross-fitted bundle);
+* ``metadata``: the patient's age, sex and site given vs hidden (the without-metadata cache);
+* ``ensemble`` (``--test``): the K-member average vs each single member on the test split (on
+  validation a cross-fitted bundle has one member per row, so the ensemble's gain is only
+  measurable on test).
+
+Probabilities are the softmax of the view logits averaged in probability space, without
+temperature (argmax and AUC do not depend on a shared temperature). Levers that need another
+training (resolution, epochs, backbone) are compared with ``bench/fold_ablation.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+if not __package__:  # run as a file (python bench/levers.py): see bench/_as_package.py
+    import _as_package  # noqa: F401
+
+import numpy as np
+
+from bench._cli import json_main
+
+FOUR = ("identity", "hflip", "vflip", "rot180")
+
+
+def _probs(logits: Sequence[np.ndarray], weights: np.ndarray, views: Sequence[int]) -> np.ndarray:
+    """Weighted member average of the view-averaged softmax probabilities: ``(N, K)``."""
+    from scipy.special import softmax
+
+    per_member = [softmax(np.asarray(z, dtype=np.float64)[:, list(views)], axis=-1).mean(axis=1) for z in logits]
+    return np.tensordot(weights / weights.sum(), np.stack(per_member), axes=1)
+
+
+def _compare(variant: np.ndarray, reference: np.ndarray, y: np.ndarray, groups: np.ndarray, fns: dict[str, Any],
+             n_boot: int, seed: int) -> dict[str, Any]:
+    from skinlesion.metrics.bootstrap import bootstrap_difference_ci
+
+    out: dict[str, Any] = {}
+    for name, fn in fns.items():
+        d = bootstrap_difference_ci(variant, reference, groups, fn, y_true=y, n_boot=n_boot, seed=seed, name=name)
+        out[name] = {"reference": float(fn(y, reference)), "variant": float(fn(y, variant)),
+                     "difference": d["estimate"], "ci": [d["low"], d["high"]]}
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.fold_ablation import _metric_fns
+    from skinlesion.ensemble.build import _cache_ids, load_validation_cache, validation_logits_without_metadata
+    from skinlesion.ensemble.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    classes = list(bundle.classes)
+    fns = _metric_fns(classes, classes.index("MEL"))
+    views = list(bundle.tta.views)
+    w = np.asarray([m.weight for m in bundle.members], dtype=np.float64)
+    logits, _, _ = load_validation_cache(bundle)
+    _, groups, y = _cache_ids(bundle)
+    all_views = range(len(views))
+    kw = {"n_boot": args.n_boot, "seed": args.seed}
+    where = "validation, out-of-fold" if bundle.member_folds else "validation"
+    full = _probs(logits, w, all_views)
+    result: dict[str, Any] = {
+        "bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "views": views, "n_boot": args.n_boot,
+        "validation": {"rows": where, "n_images": int(len(y)), "n_lesions": int(len(set(groups.tolist())))},
+        "levers": {},
+    }
+    lv = result["levers"]
+    if "identity" in views and len(views) > 1:
+        ident = _probs(logits, w, [views.index("identity")])
+        lv[f"tta: {len(views)} views vs identity ({where})"] = _compare(full, ident, y, groups, fns, **kw)
+        if set(FOUR) <= set(views) and len(views) > len(FOUR):
+            four = _probs(logits, w, [views.index(v) for v in FOUR])
+            lv[f"tta: {len(views)} views vs 4 ({'+'.join(FOUR)}) ({where})"] = _compare(full, four, y, groups, fns, **kw)
+    if bundle.fusion_members:
+        hidden = _probs(validation_logits_without_metadata(bundle, logits, data_root=args.data_root), w, all_views)
+        lv[f"metadata: given vs hidden ({where})"] = _compare(full, hidden, y, groups, fns, **kw)
+    if args.test:
+        from skinlesion.data.splits import group_ids
+        from skinlesion.ensemble.predict import member_view_logits
+        from skinlesion.evaluation import load_bundle_split
+
+        table = load_bundle_split(bundle, "test", args.data_root)
+        tl = [member_view_logits(m, table, views, batch_size=args.batch_size) for m in bundle.members]
+        ty, tg = table.labels(), group_ids(table).to_numpy()
+        ens = _probs(tl, w, all_views)
+        result["test"] = {"n_images": int(len(ty)), "n_lesions": int(len(set(tg.tolist())))}
+        for i, m in enumerate(bundle.members):
+            single = _probs([tl[i]], np.ones(1), all_views)
+            lv[f"ensemble: {len(bundle.members)} members vs {m.name} alone (test)"] = _compare(ens, single, ty, tg, fns, **kw)
+    return result
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", help="Decision bundle folder.")
+    ap.add_argument("--test", action="store_true", help="Also the ensemble lever on the test split (runs every member on it).")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads.")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return json_main("levers.py", parse_args(argv), run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
