@@ -111,7 +111,7 @@ def test_isic2019_bundle_predicts_eight_probabilities_in_torch_onnx_and_the_api(
     image_path = sorted((m19 / "smoke-data" / "ISIC_2019_Test_Input").glob("*.jpg"))[0]
     image = read_rgb(str(image_path))
     bundle = load_bundle(m19 / "bundle")
-    torch_rec = Predictor(bundle, mc_samples=0).predict([image])[0]["prediction"]
+    torch_rec = Predictor(bundle, engine="torch", mc_samples=0).predict([image])[0]["prediction"]
     onnx_rec = Predictor(bundle, engine="onnx", mc_samples=0).predict([image])[0]["prediction"]
     for rec in (torch_rec, onnx_rec):
         assert list(rec["probabilities"]) == ISIC2019_8
@@ -119,7 +119,7 @@ def test_isic2019_bundle_predicts_eight_probabilities_in_torch_onnx_and_the_api(
     assert np.allclose(list(torch_rec["probabilities"].values()), list(onnx_rec["probabilities"].values()), atol=1e-4)
     onnx_manifest = json.loads((m19 / "bundle" / "onnx" / "onnx.json").read_text())
     assert onnx_manifest["classes"] == ISIC2019_8
-    with TestClient(create_app(Predictor(bundle, mc_samples=2), audit=None)) as client:
+    with TestClient(create_app(Predictor(bundle, engine="torch", mc_samples=2), audit=None)) as client:
         r = client.post("/predict", files={"file": (image_path.name, image_path.read_bytes(), "image/jpeg")})
         assert r.status_code == 200, r.text
         body = r.json()
