@@ -58,6 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ood", action="store_true", help="Also the out-of-distribution gate's score (--compare; test only).")
     ap.add_argument("--max-images", type=int, default=None, help="A seeded subset of test images (--compare).")
     ap.add_argument("--curves", default=None, help="Write test risk-coverage curves as CSV (--compare).")
+    ap.add_argument("--plot", default=None, help="Draw the test risk-coverage curves as a PNG (--compare).")
     ap.add_argument("--threads", type=int, default=None, help="torch threads.")
     return ap.parse_args(argv)
 
@@ -139,6 +140,9 @@ def compare(args: argparse.Namespace) -> dict:
     if args.curves:
         _write_curves(args.curves, scores, test["correct"])
         result["curves"] = args.curves
+    if args.plot:
+        _plot(args.plot, scores, test["correct"], result["test"])
+        result["plot"] = args.plot
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -155,6 +159,29 @@ def _write_curves(path: str, scores: dict, correct: np.ndarray) -> None:
             cov, risk, _ = risk_coverage_curve(s, correct, higher_is_confident=name == "max_prob")
             for c, r in zip(cov.tolist(), risk.tolist(), strict=True):
                 w.writerow([name, f"{c:.5f}", f"{r:.5f}"])
+
+
+def _plot(path: str, scores: dict, correct: np.ndarray, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from skinlesion.metrics.risk_coverage import risk_coverage_curve
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    for name, s in scores.items():
+        cov, risk, _ = risk_coverage_curve(s, correct, higher_is_confident=name == "max_prob")
+        ax.plot(cov, risk, label=f"{name} (AURC {summary['scores'][name]['aurc']:.3f})", lw=1.4)
+    ax.axhline(1 - float(np.mean(correct)), color="grey", ls=":", lw=1, label="no review")
+    ax.set_xlabel("coverage (fraction of cases not sent to review)")
+    ax.set_ylabel("error rate of the cases kept")
+    ax.set_title(f"Risk-coverage on test ({summary['n']} images, {summary['n_lesions']} lesions)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> dict:

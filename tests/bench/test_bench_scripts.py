@@ -111,8 +111,9 @@ def test_levers_pairs_tta_metadata_and_ensemble_on_the_same_images(calibrated_fu
             assert r["ci"][0] <= r["difference"] <= r["ci"][1]
 
 
-def test_risk_coverage_compare_scores_every_source_on_the_same_images(calibrated_bundle: Path, capsys) -> None:
-    argv = [str(calibrated_bundle), "--compare", "--n-samples", "2", "--ood", "--max-images", "12", "--n-boot", "20"]
+def test_risk_coverage_compare_scores_every_source_on_the_same_images(calibrated_bundle: Path, tmp_path: Path, capsys) -> None:
+    argv = [str(calibrated_bundle), "--compare", "--n-samples", "2", "--ood", "--max-images", "12", "--n-boot", "20",
+            "--plot", str(tmp_path / "rc.png"), "--curves", str(tmp_path / "rc.csv")]
     rc, res, err = _run("risk_coverage", argv, capsys)
     assert rc == 0, err
     test = res["test"]
@@ -122,3 +123,6 @@ def test_risk_coverage_compare_scores_every_source_on_the_same_images(calibrated
     }
     assert test["best"] in test["scores"] and "aurc_minus_max_prob_ci" in test["scores"]["ood_score"]
     assert "members_x_views_mutual_information" in res["validation"]["scores"]  # a plain (not cross-fitted) bundle
+    assert (tmp_path / "rc.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (tmp_path / "rc.csv").read_text().splitlines()
+    assert rows[0] == "score,coverage,risk" and {r.split(",")[0] for r in rows[1:]} == set(test["scores"])
