@@ -55,6 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compare", action="store_true", help="Compare review scores (see the module doc) instead of fitting.")
     ap.add_argument("--rate", type=float, default=0.2, help="Review rate for 'errors caught' (--compare).")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--eval-dir", default=None, help="`skinlesion evaluate`'s folder for this bundle's test split: reuse its view logits.")
     ap.add_argument("--ood", action="store_true", help="Also the out-of-distribution gate's score (--compare; test only).")
     ap.add_argument("--max-images", type=int, default=None, help="A seeded subset of test images (--compare).")
     ap.add_argument("--curves", default=None, help="Write test risk-coverage curves as CSV (--compare).")
@@ -101,7 +102,12 @@ def compare(args: argparse.Namespace) -> dict:
         keep[np.random.default_rng(args.seed).choice(np.arange(len(table)), size=args.max_images, replace=False)] = True
         table = table.subset(keep)  # the rows uncertainty_over_split(max_images=...) draws with the same seed
     t0 = time.perf_counter()
-    logits = [member_view_logits(m, table, bundle.tta.views, batch_size=args.batch_size) for m in bundle.members]
+    if args.eval_dir:  # the logits `skinlesion evaluate` saved for this bundle and split
+        from skinlesion.ensemble.build import SPLIT_LOGITS, load_split_logits
+
+        logits = load_split_logits(f"{args.eval_dir}/{SPLIT_LOGITS}", bundle, table.frame["image_id"].astype(str).tolist())
+    else:
+        logits = [member_view_logits(m, table, bundle.tta.views, batch_size=args.batch_size) for m in bundle.members]
     points = np.full(len(table), WITH_METADATA)
     ids = table.frame["image_id"].astype(str).to_numpy()
     test = outputs_from_samples(view_samples(bundle, logits, points), table.labels(), group_ids(table).to_numpy(), ids, split="test")
