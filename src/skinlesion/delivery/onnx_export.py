@@ -2,12 +2,12 @@
 
 Each member becomes ``<member>.fp32.onnx``: the network only, input ``"input"`` ``(batch, 3, H, W)``
 float32 resized and normalised as the member's ``preprocessing`` says, output ``"logits"``
-``(batch, K)``, dynamic batch axis, static spatial axes. A metadata fusion member's graph has a
-second input ``"metadata"`` ``(batch, D)`` float32, the member's own encoding of age, sex and site
-(``model.encode_metadata``; the all-missing encoding gives what ``model(x)`` gives), so the graph
-computes ``model(x, meta)`` (manifest format 2: the member's ``inputs`` and ``metadata``) (a non-square member whose TTA views swap
+``(batch, K)``, dynamic batch axis, static spatial axes (a non-square member whose TTA views swap
 the axes also gets ``<member>.transposed.fp32.onnx`` for ``(W, H)``; see
-:mod:`skinlesion.delivery.onnx_runtime`). Resizing, normalisation, TTA views, temperatures, member
+:mod:`skinlesion.delivery.onnx_runtime`). A metadata fusion member's graphs have a second input
+``"metadata"`` ``(batch, D)`` float32 on the same batch axis, the member's own encoding of age, sex
+and site (``model.encode_metadata``; the all-missing encoding gives what ``model(x)`` gives): they
+compute ``model(x, meta)`` (manifest format 2 records each member's ``inputs`` and ``metadata``). Resizing, normalisation, TTA views, temperatures, member
 weights, thresholds and the decision rule are *not* in the graphs: they stay in ``bundle.json``,
 so both engines share one post-processing path.
 
