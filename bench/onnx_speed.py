@@ -137,7 +137,9 @@ def run(args: argparse.Namespace) -> dict:
     onnx, export = onnx_engines(bundle, onnx_dir, args.threads, args.data_root, args.metadata)
     engines = {"torch_eager": TorchEngine(bundle, "cpu"), "ort_fp32": onnx["fp32"], "ort_int8": onnx["int8"]}
     images, source = load_images(bundle, max(args.batches), args.synthetic, args.data_root, args.seed)
-    records, records_source = load_records(bundle, max(args.batches), args.synthetic, args.data_root, args.seed) if args.metadata else (None, None)
+    records, records_source = (
+        load_records(bundle, max(args.batches), args.synthetic, args.data_root, args.seed) if args.metadata else (None, None)
+    )
 
     def predict(engine, batch: list[np.ndarray], meta: list[dict] | None) -> np.ndarray:  # noqa: ANN001 - an engine
         logits = engine.view_logits(batch) if meta is None else engine.view_logits(batch, metadata=meta)

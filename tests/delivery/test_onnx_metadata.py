@@ -175,7 +175,8 @@ def test_an_old_image_only_export_still_loads_and_refuses_metadata(exported: Bun
     assert engine.image_only_fusion_members() == [FUSION]
     images = _lesions(2)
     reexport = r"re-export with `skinlesion export onnx .*/bundle --out .*/onnx` \(graphs that take the metadata\), use the torch engine"
-    with pytest.raises(MetadataUnsupportedError, match=rf"take the image only \(exported before graphs took metadata\), but members \['{FUSION}'\].*{reexport}"):
+    refused = rf"take the image only \(exported before graphs took metadata\), but members \['{FUSION}'\].*{reexport}"
+    with pytest.raises(MetadataUnsupportedError, match=refused):
         engine.view_logits(images, metadata=[OLD, None])
     predictor = Predictor(exported, "onnx", onnx_dir=old_export, mc_samples=0)
     assert not predictor.accepts_metadata

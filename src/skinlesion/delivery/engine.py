@@ -154,7 +154,9 @@ class Predictor:
 
     ``engine``: ``auto`` (default: ONNX Runtime fp32 when the bundle has a matching export that
     serves what the bundle takes, else PyTorch; see :func:`choose_engine`), ``torch`` or ``onnx``;
-    :attr:`engine_choice` says what was chosen and why. ``mc_samples=None`` follows the bundle (:func:`default_mc_samples` MC-dropout passes, or none when
+    :attr:`engine_choice` says what was chosen and why.
+
+    ``mc_samples=None`` follows the bundle (:func:`default_mc_samples` MC-dropout passes, or none when
     its review flag scores the members x TTA views of the prediction); 0 skips uncertainty (no review flag).
     Thread-safe: model calls hold :attr:`lock`.
     """

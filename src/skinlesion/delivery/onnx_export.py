@@ -7,7 +7,8 @@ the axes also gets ``<member>.transposed.fp32.onnx`` for ``(W, H)``; see
 :mod:`skinlesion.delivery.onnx_runtime`). A metadata fusion member's graphs have a second input
 ``"metadata"`` ``(batch, D)`` float32 on the same batch axis, the member's own encoding of age, sex
 and site (``model.encode_metadata``; the all-missing encoding gives what ``model(x)`` gives): they
-compute ``model(x, meta)`` (manifest format 2 records each member's ``inputs`` and ``metadata``). Resizing, normalisation, TTA views, temperatures, member
+compute ``model(x, meta)`` (manifest format 2 records each member's ``inputs`` and ``metadata``).
+Resizing, normalisation, TTA views, temperatures, member
 weights, thresholds and the decision rule are *not* in the graphs: they stay in ``bundle.json``,
 so both engines share one post-processing path.
 

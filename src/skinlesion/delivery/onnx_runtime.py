@@ -221,7 +221,8 @@ class OnnxEngine:
         """Names of the fusion members whose graphs take the image only (exported before format 2)."""
         from skinlesion.records.metadata import encoder_of
 
-        return [m.name for m, takes in zip(self.bundle.members, self.takes_metadata, strict=True) if encoder_of(m) is not None and not takes]
+        members = zip(self.bundle.members, self.takes_metadata, strict=True)
+        return [m.name for m, takes in members if encoder_of(m) is not None and not takes]
 
     def metadata_fix(self) -> str:
         """What a user does to serve metadata on ONNX: the re-export command."""
@@ -269,7 +270,9 @@ class OnnxEngine:
 
         inputs, encoder, where = graph_inputs(entry), encoder_of(member), self.onnx_dir / MANIFEST
         if inputs not in ([INPUT], [INPUT, METADATA]):
-            raise OnnxError(f"{where}: member {member.name!r} has graph inputs {inputs}, expected {[INPUT]} or {[INPUT, METADATA]}: {self._fix()} again")
+            raise OnnxError(
+                f"{where}: member {member.name!r} has graph inputs {inputs}, expected {[INPUT]} or {[INPUT, METADATA]}: {self._fix()} again"
+            )
         if METADATA not in inputs:
             return
         names = list((entry.get("metadata") or {}).get("feature_names", []))
