@@ -93,7 +93,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from skinlesion.evaluation import load_bundle_split
 
         table = load_bundle_split(bundle, "test", args.data_root)
-        tl = [member_view_logits(m, table, views, batch_size=args.batch_size) for m in bundle.members]
+        if args.eval_dir:  # the logits `skinlesion evaluate` saved for this bundle and split
+            from skinlesion.ensemble.build import SPLIT_LOGITS, load_split_logits
+
+            tl = load_split_logits(f"{args.eval_dir}/{SPLIT_LOGITS}", bundle, table.frame["image_id"].astype(str).tolist())
+        else:
+            tl = [member_view_logits(m, table, views, batch_size=args.batch_size) for m in bundle.members]
         ty, tg = table.labels(), group_ids(table).to_numpy()
         ens = _probs(tl, w, all_views)
         result["test"] = {"n_images": int(len(ty)), "n_lesions": int(len(set(tg.tolist())))}
@@ -107,6 +112,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", help="Decision bundle folder.")
     ap.add_argument("--test", action="store_true", help="Also the ensemble lever on the test split (runs every member on it).")
+    ap.add_argument("--eval-dir", default=None, help="`skinlesion evaluate`'s folder for this bundle's test split: reuse its view logits.")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=32)

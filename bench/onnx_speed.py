@@ -7,8 +7,11 @@ uint8 images, every TTA view of the bundle (D4 for the bench bundle), then the b
 post-processing (temperature, weights, thresholds). Timings are per call after warm-up, engines
 interleaved repeat by repeat so a busy CPU slows them alike; ``per_image_ms`` is the call time
 divided by the batch size. Images are real test-split images (``--synthetic``: random ones).
+``--metadata``: every engine also gets each image's age, sex and site (the test split's records;
+with ``--synthetic``, records drawn from the fusion members' encoders), and images are decided by
+the operating point the Predictor would use (``Bundle.metadata_given``).
 The ONNX files are exported into ``<bundle>/onnx`` (fp32 + int8, calibrated on validation) when
-missing or stale, and the export time is reported.
+missing, stale, or (with ``--metadata``) image-only for fusion members, and the export time is reported.
 """
 
 from __future__ import annotations
@@ -62,10 +65,33 @@ def load_images(bundle: Bundle, n: int, synthetic: bool, data_root: str | None, 
     return images, f"test split ({table.source}), {len(idx)} distinct images"
 
 
-def onnx_engines(bundle: Bundle, onnx_dir: Path, threads: int, data_root: str | None) -> tuple[dict, dict]:
+def load_records(bundle: Bundle, n: int, synthetic: bool, data_root: str | None, seed: int) -> tuple[list[dict], str]:
+    """Metadata records of the images :func:`load_images` returns (same seed, same rows)."""
+    if synthetic:
+        from skinlesion.delivery.onnx_export import synthetic_records
+
+        return synthetic_records(n, bundle.members, seed), "drawn from the fusion members' encoders"
+    from skinlesion.evaluation import load_bundle_split
+
+    rng = np.random.default_rng(seed)
+    table = load_bundle_split(bundle, "test", data_root)
+    idx = np.sort(rng.choice(len(table), size=min(n, len(table)), replace=False))
+    columns = [c for c in ("age", "sex", "site") if c in table.frame.columns]
+    rows = table.frame.iloc[idx][columns].astype(object).to_dict("records")
+    records = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in rows]
+    while len(records) < n:
+        records.append(records[len(records) % len(idx)])
+    return records, f"test split records ({', '.join(columns)})"
+
+
+def onnx_engines(
+    bundle: Bundle, onnx_dir: Path, threads: int, data_root: str | None, metadata: bool = False
+) -> tuple[dict, dict]:
     export = {"exported_now": False}
     try:
         engines = {p: OnnxEngine(bundle, onnx_dir, precision=p, threads=threads) for p in ("fp32", "int8")}
+        if metadata and not engines["fp32"].accepts_metadata:
+            raise OnnxError(f"image-only graphs for fusion members {engines['fp32'].image_only_fusion_members()}")
     except OnnxError as e:
         from skinlesion.delivery.onnx_export import export_bundle_onnx
 
@@ -99,6 +125,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads.")
     ap.add_argument("--synthetic", action="store_true", help="Random images instead of the test split.")
+    ap.add_argument("--metadata", action="store_true", help="Give every engine the images' age, sex and site.")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -107,25 +134,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     bundle = load_bundle(args.bundle)
     onnx_dir = Path(args.onnx_dir) if args.onnx_dir else Path(args.bundle) / "onnx"
-    onnx, export = onnx_engines(bundle, onnx_dir, args.threads, args.data_root)
+    onnx, export = onnx_engines(bundle, onnx_dir, args.threads, args.data_root, args.metadata)
     engines = {"torch_eager": TorchEngine(bundle, "cpu"), "ort_fp32": onnx["fp32"], "ort_int8": onnx["int8"]}
     images, source = load_images(bundle, max(args.batches), args.synthetic, args.data_root, args.seed)
+    records, records_source = (
+        load_records(bundle, max(args.batches), args.synthetic, args.data_root, args.seed) if args.metadata else (None, None)
+    )
 
-    def predict(engine, batch: list[np.ndarray]) -> np.ndarray:  # noqa: ANN001 - an engine
-        return bundle.predict_from_logits(engine.view_logits(batch)).probs
+    def predict(engine, batch: list[np.ndarray], meta: list[dict] | None) -> np.ndarray:  # noqa: ANN001 - an engine
+        logits = engine.view_logits(batch) if meta is None else engine.view_logits(batch, metadata=meta)
+        return bundle.predict_from_logits(logits, metadata_given=bundle.metadata_given(meta, len(batch))).probs
 
     results = []
     for b in args.batches:
         batch = images[:b]
+        meta = None if records is None else records[:b]
         probs = {}
         for name, eng in engines.items():
             for _ in range(args.warmup):
-                probs[name] = predict(eng, batch)
+                probs[name] = predict(eng, batch, meta)
         times: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(args.repeats):
             for name, eng in engines.items():
                 t0 = time.perf_counter()
-                predict(eng, batch)
+                predict(eng, batch, meta)
                 times[name].append(time.perf_counter() - t0)
         row = {"batch": b, **{name: stats(t, b) for name, t in times.items()}}
         eager = row["torch_eager"]["images_per_s"]
@@ -142,6 +174,8 @@ def run(args: argparse.Namespace) -> dict:
         "members": [{"name": m.name, "input_size": list(m.input_size)} for m in bundle.members],
         "tta_views": list(bundle.tta.views),
         "images": source,
+        "metadata": records_source,
+        "metadata_given": None if records is None else int(bundle.metadata_given(records, len(records)).sum()),
         "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": args.threads},
         "providers": onnx["fp32"].providers,
         "warmup": args.warmup,

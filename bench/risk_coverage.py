@@ -55,9 +55,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compare", action="store_true", help="Compare review scores (see the module doc) instead of fitting.")
     ap.add_argument("--rate", type=float, default=0.2, help="Review rate for 'errors caught' (--compare).")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--eval-dir", default=None, help="`skinlesion evaluate`'s folder for this bundle's test split: reuse its view logits.")
     ap.add_argument("--ood", action="store_true", help="Also the out-of-distribution gate's score (--compare; test only).")
     ap.add_argument("--max-images", type=int, default=None, help="A seeded subset of test images (--compare).")
     ap.add_argument("--curves", default=None, help="Write test risk-coverage curves as CSV (--compare).")
+    ap.add_argument("--plot", default=None, help="Draw the test risk-coverage curves as a PNG (--compare).")
     ap.add_argument("--threads", type=int, default=None, help="torch threads.")
     return ap.parse_args(argv)
 
@@ -100,7 +102,12 @@ def compare(args: argparse.Namespace) -> dict:
         keep[np.random.default_rng(args.seed).choice(np.arange(len(table)), size=args.max_images, replace=False)] = True
         table = table.subset(keep)  # the rows uncertainty_over_split(max_images=...) draws with the same seed
     t0 = time.perf_counter()
-    logits = [member_view_logits(m, table, bundle.tta.views, batch_size=args.batch_size) for m in bundle.members]
+    if args.eval_dir:  # the logits `skinlesion evaluate` saved for this bundle and split
+        from skinlesion.ensemble.build import SPLIT_LOGITS, load_split_logits
+
+        logits = load_split_logits(f"{args.eval_dir}/{SPLIT_LOGITS}", bundle, table.frame["image_id"].astype(str).tolist())
+    else:
+        logits = [member_view_logits(m, table, bundle.tta.views, batch_size=args.batch_size) for m in bundle.members]
     points = np.full(len(table), WITH_METADATA)
     ids = table.frame["image_id"].astype(str).to_numpy()
     test = outputs_from_samples(view_samples(bundle, logits, points), table.labels(), group_ids(table).to_numpy(), ids, split="test")
@@ -139,6 +146,9 @@ def compare(args: argparse.Namespace) -> dict:
     if args.curves:
         _write_curves(args.curves, scores, test["correct"])
         result["curves"] = args.curves
+    if args.plot:
+        _plot(args.plot, scores, test["correct"], result["test"])
+        result["plot"] = args.plot
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -155,6 +165,29 @@ def _write_curves(path: str, scores: dict, correct: np.ndarray) -> None:
             cov, risk, _ = risk_coverage_curve(s, correct, higher_is_confident=name == "max_prob")
             for c, r in zip(cov.tolist(), risk.tolist(), strict=True):
                 w.writerow([name, f"{c:.5f}", f"{r:.5f}"])
+
+
+def _plot(path: str, scores: dict, correct: np.ndarray, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from skinlesion.metrics.risk_coverage import risk_coverage_curve
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    for name, s in scores.items():
+        cov, risk, _ = risk_coverage_curve(s, correct, higher_is_confident=name == "max_prob")
+        ax.plot(cov, risk, label=f"{name} (AURC {summary['scores'][name]['aurc']:.3f})", lw=1.4)
+    ax.axhline(1 - float(np.mean(correct)), color="grey", ls=":", lw=1, label="no review")
+    ax.set_xlabel("coverage (fraction of cases not sent to review)")
+    ax.set_ylabel("error rate of the cases kept")
+    ax.set_title(f"Risk-coverage on test ({summary['n']} images, {summary['n_lesions']} lesions)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -238,6 +238,7 @@ def prediction_rows(
     info = {
         "metadata_members": [m.name for m in bundle.members if getattr(m.model, "metadata_encoder", None) is not None],
         "metadata_given": False,  # Predictor.predict(images): fusion members see the metadata as missing
+        "engine": modes["probabilities+decision"].engine_choice,  # the default engine (auto)
         "mc_samples": modes["full_record"].mc_samples,
         "review_flag": bundle.spec.review is not None,
         "full_record_has_review_flag": bool(record and ((record.get("uncertainty") or {}).get("review") or {}).get("flag") is not None),

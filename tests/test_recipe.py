@@ -206,3 +206,24 @@ def test_cross_fitted_recipe_runs_every_step_out_of_fold(tmp_path: Path) -> None
     assert sorted(out["image_ids"]) == sorted(cv.loc[cv["split"] == "train", "image_id"])
     only = uncertainty_over_split(b.only("f1-test_efficientnet"), "test", n_samples=2)
     assert only["mean_probs"].shape[0] == int((cv["split"] == "test").sum())
+
+
+def test_the_card_shows_levers_review_scores_and_class_aucs(finished: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from skinlesion.model_card import write_model_card
+
+    path, out = finished
+    work = tmp_path / "run"
+    shutil.copytree(out, work)
+    diff = {"reference": 0.6, "variant": 0.65, "difference": 0.05, "ci": [0.01, 0.09]}
+    (work / "levers.json").write_text(json.dumps({"n_boot": 20, "levers": {"tta: 4 views vs identity (validation)": {"bacc": diff, "mel_auc": diff}}}))
+    score = {"aurc": 0.2, "aurc_ci": [0.1, 0.3], "e_aurc": 0.1, "errors_caught_at_0.2": 0.4, "errors_caught_ci": [0.3, 0.5]}
+    rc = {"n": 30, "n_lesions": 25, "n_errors": 9, "review_rate": 0.2, "reference": "max_prob", "best": "entropy",
+          "scores": {"max_prob": score, "entropy": {**score, "aurc": 0.15, "aurc_minus_max_prob": -0.05, "aurc_minus_max_prob_ci": [-0.09, -0.01]}}}
+    (work / "risk_coverage.json").write_text(json.dumps({"test": rc}))
+    recipe, _ = load_recipe(path)
+    card = write_model_card(work, recipe, path).read_text()
+    assert "| tta: 4 views vs identity (validation) | 0.600 -> 0.650 | 0.050 [0.010, 0.090]" in card
+    assert "| entropy (best) | 0.150 [0.100, 0.300] | 0.100 | -0.050 [-0.090, -0.010] | 0.400 [0.300, 0.500] |" in card
+    assert "One-vs-rest AUC of the probabilities: MEL " in card

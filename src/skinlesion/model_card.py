@@ -159,6 +159,8 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
 
     _training_curves(add, out, recipe)
     _ablation(add, out)
+    _levers(add, out)
+    _review_scores(add, out)
 
     if metrics:
         add(f"## Results on the lesion-disjoint {split} split (95% lesion-bootstrap intervals)\n")
@@ -174,6 +176,9 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
             add(f"| {c} sensitivity / specificity | {_ci(a['intervals'].get(f'sensitivity_{c}'))} / {_ci(a['intervals'].get(f'specificity_{c}'))} "
                 f"| {_ci(g['intervals'].get(f'sensitivity_{c}'))} / {_ci(g['intervals'].get(f'specificity_{c}'))} "
                 f"| {_ci(d['intervals'].get(f'sensitivity_{c}'))} / {_ci(d['intervals'].get(f'specificity_{c}'))} |")
+        aucs = [f"{c} {_ci(a['intervals'][f'auc_{c}'])}" for c in bundle["classes"] if a["intervals"].get(f"auc_{c}")]
+        if aucs:
+            add(f"\nOne-vs-rest AUC of the probabilities: {'; '.join(aucs)}.")
         gain = (metrics.get("diagnosis") or {}).get("gain_over_argmax")
         if gain:
             add(f"\nDiagnosis minus argmax BACC on the same images: {_f(gain.get('estimate'))} {_pair([gain.get('low'), gain.get('high')])} "
@@ -307,6 +312,48 @@ def _ablation(add: Any, out: Path) -> None:
             f"{r.get('epochs_completed')} / {r.get('epochs_planned')} | {r.get('best_epoch')} | {r.get('training_minutes')} | "
             f"{r.get('train_images_per_s')} |")
     add("")
+
+
+def _levers(add: Any, out: Path) -> None:
+    """``bench/levers.py``'s paired comparisons (``out/levers.json``), when the recipe's folder has them."""
+    path = out / "levers.json"
+    if not path.is_file():
+        return
+    res = json.loads(path.read_text())
+    add(f"## Levers (`python bench/levers.py BUNDLE --test`): variant minus reference, paired lesion bootstrap ({res.get('n_boot')} resamples)\n")
+    add("| lever | BACC reference -> variant | change [95% CI] | MEL AUC reference -> variant | change [95% CI] |")
+    add("|---|---|---|---|---|")
+    for name, r in res.get("levers", {}).items():
+        b, m = r["bacc"], r["mel_auc"]
+        add(f"| {name} | {_f(b['reference'])} -> {_f(b['variant'])} | {_f(b['difference'])} {_pair(b['ci'])} "
+            f"| {_f(m['reference'])} -> {_f(m['variant'])} | {_f(m['difference'])} {_pair(m['ci'])} |")
+    add("")
+
+
+def _review_scores(add: Any, out: Path) -> None:
+    """``bench/risk_coverage.py --compare`` (``out/risk_coverage.json``): review scores side by side."""
+    path = out / "risk_coverage.json"
+    if not path.is_file():
+        return
+    res = json.loads(path.read_text())
+    add("## Which score should send a case to review (`python bench/risk_coverage.py BUNDLE --compare`)\n")
+    for part, label in (("validation", "validation rows (out-of-fold: one member per row)"), ("test", "test split (all members)")):
+        r = res.get(part)
+        if not r:
+            continue
+        rate = r["review_rate"]
+        add(f"{label}: {r['n']} images, {r['n_lesions']} lesions, {r['n_errors']} errors; lower AURC is better; errors caught when "
+            f"the {rate:.0%} least confident cases are reviewed (95% lesion-bootstrap intervals).\n")
+        add("| score | AURC | E-AURC | AURC minus max prob | errors caught |")
+        add("|---|---|---|---|---|")
+        key = f"aurc_minus_{r['reference']}"
+        for name, s in r["scores"].items():
+            diff = f"{_f(s[key])} {_pair(s[key + '_ci'])}" if key in s else "-"
+            add(f"| {name}{' (best)' if name == r['best'] else ''} | {_f(s['aurc'])} {_pair(s['aurc_ci'])} | {_f(s['e_aurc'])} | {diff} "
+                f"| {_f(s[f'errors_caught_at_{rate:g}'])} {_pair(s['errors_caught_ci'])} |")
+        add("")
+    if (out / "risk_coverage.png").is_file():
+        add("![risk-coverage curves on test](risk_coverage.png)\n")
 
 
 def _review_effect(res: dict[str, Any] | None) -> str:

@@ -97,9 +97,27 @@ def test_a_bench_runs_as_a_file_from_anywhere(tmp_path: Path) -> None:
     assert json.loads(run.stdout)["results"][0]["batch"] == 1
 
 
-def test_levers_pairs_tta_metadata_and_ensemble_on_the_same_images(calibrated_fusion_bundle: Path, capsys) -> None:
-    rc, res, err = _run("levers", [str(calibrated_fusion_bundle), "--test", "--n-boot", "20"], capsys)
+def test_levers_pairs_tta_metadata_and_ensemble_on_the_same_images(calibrated_fusion_bundle: Path, tmp_path: Path, capsys) -> None:
+    import numpy as np
+
+    from skinlesion.ensemble.build import SPLIT_LOGITS, SPLIT_LOGITS_NO_METADATA, load_split_logits
+    from skinlesion.ensemble.bundle import BundleError, load_bundle
+    from skinlesion.evaluation import evaluate_bundle
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(calibrated_fusion_bundle, bundle_dir)
+    evaluate_bundle(bundle_dir, split="test", out_dir=tmp_path / "eval", n_boot=0)
+    assert (tmp_path / "eval" / SPLIT_LOGITS_NO_METADATA).is_file()
+    rc, res, err = _run("levers", [str(bundle_dir), "--test", "--n-boot", "20"], capsys)
     assert rc == 0, err
+    rc, reused, err = _run("levers", [str(bundle_dir), "--test", "--n-boot", "20", "--eval-dir", str(tmp_path / "eval")], capsys)
+    assert rc == 0, err
+    assert reused["levers"] == res["levers"]  # the saved test logits are the ones a fresh run computes
+    with np.load(tmp_path / "eval" / SPLIT_LOGITS) as z:
+        ids = [str(i) for i in z["image_id"]]
+        np.savez(tmp_path / "stale.npz", **{**{k: z[k] for k in z.files}, "weights_sha256": np.asarray(["0" * 64] * 2)})
+    with pytest.raises(BundleError, match="other members, weights or views"):
+        load_split_logits(tmp_path / "stale.npz", load_bundle(bundle_dir), ids)
     levers = res["levers"]
     names = sorted(levers)
     assert any(n.startswith("tta: ") for n in names) and any(n.startswith("metadata: given vs hidden") for n in names)
@@ -111,8 +129,9 @@ def test_levers_pairs_tta_metadata_and_ensemble_on_the_same_images(calibrated_fu
             assert r["ci"][0] <= r["difference"] <= r["ci"][1]
 
 
-def test_risk_coverage_compare_scores_every_source_on_the_same_images(calibrated_bundle: Path, capsys) -> None:
-    argv = [str(calibrated_bundle), "--compare", "--n-samples", "2", "--ood", "--max-images", "12", "--n-boot", "20"]
+def test_risk_coverage_compare_scores_every_source_on_the_same_images(calibrated_bundle: Path, tmp_path: Path, capsys) -> None:
+    argv = [str(calibrated_bundle), "--compare", "--n-samples", "2", "--ood", "--max-images", "12", "--n-boot", "20",
+            "--plot", str(tmp_path / "rc.png"), "--curves", str(tmp_path / "rc.csv")]
     rc, res, err = _run("risk_coverage", argv, capsys)
     assert rc == 0, err
     test = res["test"]
@@ -122,3 +141,6 @@ def test_risk_coverage_compare_scores_every_source_on_the_same_images(calibrated
     }
     assert test["best"] in test["scores"] and "aurc_minus_max_prob_ci" in test["scores"]["ood_score"]
     assert "members_x_views_mutual_information" in res["validation"]["scores"]  # a plain (not cross-fitted) bundle
+    assert (tmp_path / "rc.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (tmp_path / "rc.csv").read_text().splitlines()
+    assert rows[0] == "score,coverage,risk" and {r.split(",")[0] for r in rows[1:]} == set(test["scores"])

@@ -80,7 +80,9 @@ def test_user_errors_are_one_line(
     r = runner.invoke(app, ["predict", str(src), "-b", str(calibrated_bundle), "-c", str(calibrated_bundle), "-o", str(tmp_path / "o")])
     assert r.exit_code == 1 and "exactly one of --bundle or --checkpoint" in r.output
     r = runner.invoke(app, ["predict", str(src), "-b", str(calibrated_bundle), "--engine", "tensorrt"])
-    assert r.exit_code == 1 and "'--engine' option must be one of ('torch', 'onnx'). Got 'tensorrt'" in r.output
+    assert r.exit_code == 1 and "'--engine' option must be one of ('auto', 'torch', 'onnx'). Got 'tensorrt'" in r.output
+    r = runner.invoke(app, ["serve", "-b", str(calibrated_bundle), "--engine", "tensorrt"])
+    assert r.exit_code == 1 and "'--engine' option must be one of ('auto', 'torch', 'onnx'). Got 'tensorrt'" in r.output
     common = [str(src), "-o", str(tmp_path / "o"), "--mc-samples", "0", "--workers", "0"]
     assert runner.invoke(app, ["predict", *common, "-b", str(calibrated_bundle)]).exit_code == 0
     r = runner.invoke(app, ["predict", *common, "-b", str(tiny_bundle)])

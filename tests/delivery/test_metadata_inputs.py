@@ -151,10 +151,10 @@ def test_an_image_only_engine_refuses_metadata_for_fusion_members(image_only_eng
     with pytest.raises(MetadataUnsupportedError, match=r"onnx engine runs image-only graphs, but members \['m0-test_efficientnet'\]"):
         p.predict(_images(1), metadata=[OLD])
     assert p.predict(_images(1), metadata=[{"sex": "unknown"}])[0]["metadata"]["used"] is None  # all missing: fine
-    onnx = OnnxEngine.__new__(OnnxEngine)  # the real engine's check, without exporting graphs
-    onnx.bundle = bundle
+    onnx = OnnxEngine.__new__(OnnxEngine)  # the real engine's check on a format 1 export, without exporting graphs
+    onnx.bundle, onnx.onnx_dir, onnx.takes_metadata = bundle, Path("old/onnx"), [False, False]
     assert onnx.accepts_metadata is False
-    with pytest.raises(MetadataUnsupportedError, match="ONNX graphs take the image only"):
+    with pytest.raises(MetadataUnsupportedError, match=r"ONNX graphs in old/onnx take the image only .*re-export with `skinlesion export onnx"):
         onnx.view_logits(_images(1), metadata=[OLD])
 
 

@@ -101,6 +101,7 @@ def test_standard_metric_fns_agree_with_compute_classification_metrics() -> None
     for c in CLASSES:
         assert fns[f"sensitivity_{c}"](y, p) == pytest.approx(m["per_class"][c]["sensitivity"], abs=1e-12)
         assert fns[f"specificity_{c}"](y, p) == pytest.approx(m["per_class"][c]["specificity"], abs=1e-12)
+        assert fns[f"auc_{c}"](y, p) == pytest.approx(m["per_class"][c]["auc"], abs=1e-12)
 
 
 def test_present_makes_macro_metrics_nan_when_a_required_class_is_missing() -> None:

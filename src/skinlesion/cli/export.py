@@ -35,12 +35,19 @@ def onnx_command(
     p = manifest["parity"]
     console.print(f"parity with PyTorch on {p['n_images']} images x {len(manifest['tta_views'])} TTA views; images: {p['images']}")
     for m in manifest["members"]:
-        console.print(f"{m['name']}  input {m['input_size'][0]}x{m['input_size'][1]}")
+        takes = " + metadata" if m.get("metadata") else ""
+        console.print(f"{m['name']}  input {m['input_size'][0]}x{m['input_size'][1]}{takes}")
         for prec, r in m["parity"].items():
-            console.print(f"  {prec}  max |dp| {r['max_abs_prob_diff']:.2e}  argmax agreement {r['argmax_agreement']:.3f}")
+            cases = r.get("metadata") or {}
+            split = "".join(f"  {c}: {d['max_abs_prob_diff']:.2e}" for c, d in cases.items())
+            console.print(
+                f"  {prec}  max |dp| {r['max_abs_prob_diff']:.2e}{f' (metadata{split})' if split else ''}"
+                f"  argmax agreement {r['argmax_agreement']:.3f}"
+            )
         console.print(f"  files: {', '.join(m['files'])}", soft_wrap=True)
     q = manifest.get("quantisation")
     if q:
         c = q["calibration_source"]
         console.print(f"int8 calibrated on {c['n_images']} images ({c['source']})")
-    console.print(f"written: {folder}  (use with --engine onnx{' --precision int8' if int8 else ''})")
+    use = "predict and serve use it by default" if out is None else f"use with --onnx-dir {folder}"
+    console.print(f"written: {folder}  ({use}{'; int8: --precision int8' if int8 else ''})", soft_wrap=True)

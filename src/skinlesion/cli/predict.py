@@ -53,7 +53,10 @@ def predict_command(
     report: bool = typer.Option(False, "--report", help="Also write one HTML report per image (reports/)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images read, then written and fsynced, per step (each is predicted on its own)."),
     workers: int = typer.Option(_default_workers(), "--workers", min=0, help="Image-reading processes (0: in the main process)."),
-    engine: str = typer.Option("torch", "--engine", help="torch or onnx (ONNX Runtime; see `skinlesion export onnx`)."),
+    engine: str = typer.Option(
+        "auto", "--engine",
+        help="auto (ONNX Runtime when the bundle has a matching export, see `skinlesion export onnx`; else torch), torch or onnx.",
+    ),
     onnx_dir: Path | None = typer.Option(None, "--onnx-dir", help="ONNX files (default: <bundle>/onnx)."),
     precision: str = typer.Option("fp32", "--precision", help="ONNX precision: fp32 or int8."),
     mc_samples: int | None = typer.Option(

@@ -38,7 +38,9 @@ def serve_command(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="A checkpoint instead of a bundle."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
-    engine: str = typer.Option("torch", "--engine", help="torch or onnx."),
+    engine: str = typer.Option(
+        "auto", "--engine", help="auto (ONNX Runtime when the bundle has a matching export, else torch), torch or onnx."
+    ),
     onnx_dir: Path | None = typer.Option(None, "--onnx-dir", help="ONNX files (default: <bundle>/onnx)."),
     precision: str = typer.Option("fp32", "--precision", help="ONNX precision: fp32 or int8 (exported with --int8)."),
     mc_samples: int | None = typer.Option(
@@ -64,12 +66,14 @@ def serve_command(
     import uvicorn
 
     from skinlesion.delivery.audit import AuditLog
-    from skinlesion.delivery.engine import Predictor
+    from skinlesion.delivery.engine import ENGINES, Predictor
     from skinlesion.delivery.images import ImageLimits
     from skinlesion.delivery.service import create_app
     from skinlesion.ensemble.bundle import load_model_source
 
     with user_errors():
+        if engine not in ENGINES:
+            raise ValueError(f"The '--engine' option must be one of {ENGINES}. Got {engine!r} instead.")
         keys = read_api_keys(api_key_file, os.environ.get(KEYS_ENV))
         max_bytes = int(max_upload_mb * 2**20)
         limits = ImageLimits(max_bytes=max_bytes, max_pixels=max_pixels)

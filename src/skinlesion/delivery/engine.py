@@ -15,8 +15,16 @@ interleave inside one model.
 
 Patient metadata (age, sex, site; :mod:`skinlesion.records.metadata`) is optional: it is checked,
 fed to metadata fusion members in the prediction, the MC-dropout passes and the attention maps, and
-every record says under ``metadata`` what was used. ONNX graphs take the image only, so the ONNX
-engine refuses metadata for a bundle with fusion members (:class:`MetadataUnsupportedError`).
+every record says under ``metadata`` what was used. ONNX exports since manifest format 2 give fusion
+members a metadata input; an older, image-only export refuses metadata for a bundle with fusion
+members (:class:`MetadataUnsupportedError`, naming the command that re-exports).
+
+``engine="auto"`` (the default) picks ONNX Runtime fp32 when the bundle has an ONNX export that
+the ONNX engine accepts (manifest, members, weights, file hashes: the checks of
+:class:`~skinlesion.delivery.onnx_runtime.OnnxEngine`) and that serves metadata whenever the
+bundle has fusion members; else eager PyTorch. The choice and its reason are logged and kept in
+:attr:`Predictor.engine_choice`; every record names the engine (``bundle.engine``). Explanations
+(Grad-CAM), MC dropout and the out-of-distribution gate always run on the PyTorch members.
 
 An image whose fusion members receive no metadata value is decided by the bundle's
 *without-metadata* operating point (temperature and thresholds fitted on validation with the
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,7 +62,10 @@ from skinlesion.records import (
     uncertainty_records,
 )
 
-ENGINES = ("torch", "onnx")
+ENGINES = ("auto", "torch", "onnx")
+DEFAULT_ENGINE = "auto"
+
+log = logging.getLogger(__name__)
 
 
 Metadata = Sequence[Mapping[str, Any]] | None
@@ -87,11 +99,42 @@ class TorchEngine:
         return [images_view_logits(m, images, views, device=self.device, metadata=metadata) for m in self.bundle.members]
 
 
+def choose_engine(
+    bundle: Bundle, *, onnx_dir: str | Path | None = None, precision: str = "fp32", device: str | None = None
+) -> tuple[Engine, str]:
+    """What ``engine="auto"`` runs, and why: the ONNX engine when its checks accept the bundle's
+    export and the export serves metadata whenever the bundle has fusion members, else PyTorch
+    (also when ``device`` names an accelerator: the user asked for a PyTorch device)."""
+    if device is not None and not str(device).startswith("cpu"):
+        return TorchEngine(bundle, device), f"--device {device} is a PyTorch device"
+    try:
+        from skinlesion.delivery.onnx_runtime import OnnxEngine, OnnxError
+    except ImportError as e:  # onnxruntime is an optional dependency
+        return TorchEngine(bundle, device), f"ONNX Runtime is not installed ({e})"
+    try:
+        onnx = OnnxEngine(bundle, onnx_dir, precision=precision)
+    except ImportError as e:
+        return TorchEngine(bundle, device), f"ONNX Runtime is not installed ({e})"
+    except OnnxError as e:
+        return TorchEngine(bundle, device), f"no usable ONNX export: {e}"
+    if not onnx.accepts_metadata:
+        return TorchEngine(bundle, device), (
+            f"the ONNX export in {onnx.onnx_dir} has image-only graphs for fusion members {onnx.image_only_fusion_members()}: "
+            f"{onnx.metadata_fix()}to run on ONNX Runtime"
+        )
+    return onnx, f"the ONNX export in {onnx.onnx_dir} matches the bundle"
+
+
 def make_engine(
-    bundle: Bundle, engine: str = "torch", *, onnx_dir: str | Path | None = None, precision: str = "fp32",
+    bundle: Bundle, engine: str = DEFAULT_ENGINE, *, onnx_dir: str | Path | None = None, precision: str = "fp32",
     device: str | None = None,
 ) -> Engine:
-    """``torch`` or ``onnx`` (ONNX files from ``skinlesion export onnx``; default ``<bundle>/onnx``)."""
+    """``auto`` (see :func:`choose_engine`), ``torch`` or ``onnx`` (ONNX files from ``skinlesion export
+    onnx``; default ``<bundle>/onnx``)."""
+    if engine == "auto":
+        chosen, why = choose_engine(bundle, onnx_dir=onnx_dir, precision=precision, device=device)
+        log.info("engine auto: %s (%s)", _engine_name(chosen), why)
+        return chosen
     if engine == "torch":
         return TorchEngine(bundle, device)
     if engine == "onnx":
@@ -101,8 +144,17 @@ def make_engine(
     raise ValueError(f"The 'engine' parameter must be one of {ENGINES}. Got {engine!r} instead.")
 
 
+def _engine_name(engine: Engine) -> str:
+    precision = getattr(engine, "precision", None)
+    return engine.name + (f"-{precision}" if precision else "")
+
+
 class Predictor:
     """A loaded bundle plus an engine: JSON-ready prediction records, optionally with explanations.
+
+    ``engine``: ``auto`` (default: ONNX Runtime fp32 when the bundle has a matching export that
+    serves what the bundle takes, else PyTorch; see :func:`choose_engine`), ``torch`` or ``onnx``;
+    :attr:`engine_choice` says what was chosen and why.
 
     ``mc_samples=None`` follows the bundle (:func:`default_mc_samples` MC-dropout passes, or none when
     its review flag scores the members x TTA views of the prediction); 0 skips uncertainty (no review flag).
@@ -112,7 +164,7 @@ class Predictor:
     def __init__(
         self,
         bundle: Bundle,
-        engine: str = "torch",
+        engine: str = DEFAULT_ENGINE,
         *,
         mc_samples: int | None = None,
         onnx_dir: str | Path | None = None,
@@ -123,7 +175,13 @@ class Predictor:
         if mc_samples is not None and (not isinstance(mc_samples, int) or mc_samples < 0):
             raise ValueError(f"The 'mc_samples' parameter must be an integer >= 0. Got {mc_samples!r} instead.")
         self.bundle = bundle
-        self.engine = make_engine(bundle, engine, onnx_dir=onnx_dir, precision=precision, device=device)
+        if engine == "auto":
+            self.engine, why = choose_engine(bundle, onnx_dir=onnx_dir, precision=precision, device=device)
+            self.engine_choice = f"auto: {_engine_name(self.engine)} ({why})"
+        else:
+            self.engine = make_engine(bundle, engine, onnx_dir=onnx_dir, precision=precision, device=device)
+            self.engine_choice = f"{_engine_name(self.engine)} (as asked)"
+        log.info("engine %s", self.engine_choice)
         self.with_uncertainty = check_mc_samples(bundle, mc_samples)
         self.mc_samples = default_mc_samples(bundle) if mc_samples is None else mc_samples
         self.seed = seed
@@ -142,15 +200,16 @@ class Predictor:
         records = normalise_records(metadata, n)
         if records is not None and not self.accepts_metadata:
             names = [m.name for m in metadata_members(self.bundle)]
+            fix = getattr(self.engine, "metadata_fix", None)
             raise MetadataUnsupportedError(
                 f"the {self.engine_name} engine runs image-only graphs, but members {names} of this bundle use "
-                "patient metadata: use the torch engine, or leave the metadata out"
+                f"patient metadata: {fix() if callable(fix) else ''}use the torch engine, or leave the metadata out"
             )
         return records
 
     @property
     def engine_name(self) -> str:
-        return self.engine.name + (f"-{self.engine.precision}" if hasattr(self.engine, "precision") else "")
+        return _engine_name(self.engine)
 
     def bundle_info(self) -> BundleRef:
         """The records' ``bundle``: name, id, members and this engine."""

@@ -4,7 +4,11 @@ Each member becomes ``<member>.fp32.onnx``: the network only, input ``"input"`` 
 float32 resized and normalised as the member's ``preprocessing`` says, output ``"logits"``
 ``(batch, K)``, dynamic batch axis, static spatial axes (a non-square member whose TTA views swap
 the axes also gets ``<member>.transposed.fp32.onnx`` for ``(W, H)``; see
-:mod:`skinlesion.delivery.onnx_runtime`). Resizing, normalisation, TTA views, temperatures, member
+:mod:`skinlesion.delivery.onnx_runtime`). A metadata fusion member's graphs have a second input
+``"metadata"`` ``(batch, D)`` float32 on the same batch axis, the member's own encoding of age, sex
+and site (``model.encode_metadata``; the all-missing encoding gives what ``model(x)`` gives): they
+compute ``model(x, meta)`` (manifest format 2 records each member's ``inputs`` and ``metadata``).
+Resizing, normalisation, TTA views, temperatures, member
 weights, thresholds and the decision rule are *not* in the graphs: they stay in ``bundle.json``,
 so both engines share one post-processing path.
 
@@ -12,12 +16,17 @@ so both engines share one post-processing path.
 activations, int8 weights per output channel, MinMax ranges; Jacob et al. 2018, "Quantization and
 Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference"), calibrated on the
 images each graph sees at inference (the member's preprocessing and the bundle's TTA views) from
-the bundle's *validation* split, or on images the caller gives; never on test.
+the bundle's *validation* split, or on images the caller gives; never on test. A fusion member's
+graph is calibrated with every other image's metadata hidden (all-missing encoding), so both
+inputs' ranges are covered: the validation rows' own age, sex and site, or, for given images,
+records drawn from the members' encoders (ages 5-85, both sexes, their sites).
 
 ``onnx.json`` records the bundle it belongs to (``bundle_id``), every file's sha256, input sizes,
 opset, precisions, the probability parity against PyTorch measured at export (all TTA views),
-library versions and the calibration source. An fp32 graph whose probabilities differ from
-PyTorch by more than ``tolerance`` is an error and no manifest is written.
+library versions and the calibration source. For a fusion member parity is measured with the
+metadata given and with it missing (``parity.<precision>.metadata``; the top-level figures are the
+worse of the two). An fp32 graph whose probabilities differ from PyTorch by more than ``tolerance``
+is an error and no manifest is written.
 """
 
 from __future__ import annotations
@@ -39,14 +48,18 @@ import torch
 import skinlesion
 from skinlesion._hashing import sha256_file
 from skinlesion._json import json_default
+from skinlesion.data.metadata import FEATURES as METADATA_FIELDS
+from skinlesion.data.metadata import SEXES
 from skinlesion.delivery.onnx_runtime import (
     FORMAT,
     FORMAT_VERSION,
     INPUT,
     MANIFEST,
+    METADATA,
     OUTPUT,
     OnnxError,
     default_onnx_dir,
+    encoded_metadata,
     file_stem,
     graph_shapes,
     make_session,
@@ -58,6 +71,7 @@ from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.predict import CPU_MAX_ROWS, images_view_logits
 from skinlesion.errors import SkinLesionError
 from skinlesion.inference.tta import SWAPS_AXES, apply_view
+from skinlesion.models.fusion import MetadataFusionNet
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +79,10 @@ DEFAULT_OPSET = 20
 MIN_OPSET = 18  # the opset of torch's ONNX function library
 GRAPH_NOTE = (
     "Network only: input 'input' (batch, 3, H, W) float32, resized and normalised as the member's "
-    "preprocessing in bundle.json says; output 'logits' (batch, K). Preprocessing, TTA views, "
-    "temperatures, member weights, thresholds and the decision rule stay in bundle.json."
+    "preprocessing in bundle.json says; a metadata fusion member also takes 'metadata' (batch, D) "
+    "float32, its encoder's encoding of age, sex and site (all-missing encoding: metadata unknown); "
+    "output 'logits' (batch, K). Preprocessing, metadata encoding, TTA views, temperatures, member "
+    "weights, thresholds and the decision rule stay in bundle.json and the members' checkpoints."
 )
 QUANTISATION = {
     "method": "onnxruntime.quantization.quantize_static",
@@ -101,19 +117,42 @@ def _stratified(labels: np.ndarray, n: int, seed: int) -> list[int]:
 
 def validation_images(
     bundle: Bundle, n: int, *, data_root: str | None = None, seed: int = 0
-) -> tuple[list[np.ndarray], list[str]]:
-    """``n`` images of the bundle's validation split (classes in turn, seeded) and their image ids."""
+) -> tuple[list[np.ndarray], list[str], list[dict[str, Any]]]:
+    """``n`` images of the bundle's validation split (classes in turn, seeded), their image ids and
+    their metadata records (``age``, ``sex``, ``site`` where the table has them)."""
     from skinlesion.evaluation import load_bundle_split
 
     table = load_bundle_split(bundle, "val", data_root)
     idx = _stratified(table.labels(), n, seed)
     ids = table.frame["image_id"].astype(str).to_numpy()
-    return [table.load_image(i) for i in idx], [str(ids[i]) for i in idx]
+    columns = [c for c in METADATA_FIELDS if c in table.frame.columns]
+    rows = table.frame.iloc[idx][columns].astype(object)
+    records = [{k: (None if _missing(v) else v) for k, v in r.items()} for r in rows.to_dict("records")]
+    return [table.load_image(i) for i in idx], [str(ids[i]) for i in idx], records
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def _synthetic_images(n: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, size=(150, 200, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def synthetic_records(n: int, members: Sequence[Member], seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` metadata records drawn from what fusion ``members`` encode (ages 5-85, both sexes, the
+    sites of their encoders), seeded: for parity and calibration on images that come without metadata."""
+    sites = sorted({s for m in members if metadata_dim(m.model) is not None for s in m.model.metadata_encoder.sites_})
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "age": float(rng.integers(1, 18) * 5),
+            "sex": SEXES[int(rng.integers(len(SEXES)))],
+            "site": sites[int(rng.integers(len(sites)))] if sites else None,
+        }
+        for _ in range(n)
+    ]
 
 
 # -- one graph -------------------------------------------------------------------------------------
@@ -130,40 +169,56 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def export_graph(model: torch.nn.Module, shape: tuple[int, int], path: Path, opset: int = DEFAULT_OPSET) -> None:
+def metadata_dim(model: torch.nn.Module) -> int | None:
+    """Length ``D`` of a fusion model's encoded metadata (its graph's second input), None otherwise."""
+    return int(model.missing_metadata.shape[0]) if isinstance(model, MetadataFusionNet) else None
+
+
+def export_graph(
+    model: torch.nn.Module, shape: tuple[int, int], path: Path, opset: int = DEFAULT_OPSET, *, meta_dim: int | None = None
+) -> None:
     """Export ``model`` (eval mode, CPU) for inputs ``(batch, 3, *shape)`` with a dynamic batch axis
-    (torch.export-based exporter; spatial axes static, see :mod:`skinlesion.delivery.onnx_runtime`)."""
+    (torch.export-based exporter; spatial axes static, see :mod:`skinlesion.delivery.onnx_runtime`).
+
+    ``meta_dim``: a fusion model's metadata length ``D``: the graph computes ``model(x, meta)`` with a
+    second input ``"metadata"`` ``(batch, D)`` sharing the batch axis."""
     batch = torch.export.Dim("batch", min=1, max=4096)
-    example = torch.zeros(2, 3, *shape)  # batch 2: an example batch of 1 would be specialised
+    example: tuple[torch.Tensor, ...] = (torch.zeros(2, 3, *shape),)  # batch 2: a batch of 1 would be specialised
+    names, dynamic = [INPUT], [{0: batch}]
+    if meta_dim is not None:
+        example += (model.missing_metadata.detach().cpu().float().expand(2, meta_dim).clone(),)
+        names, dynamic = [INPUT, METADATA], [{0: batch}, {0: batch}]
     with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")  # exporter chatter; parity is checked after export
         program = torch.onnx.export(
-            model, (example,), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset, dynamo=True,
-            dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+            model, example, input_names=names, output_names=[OUTPUT], opset_version=opset, dynamo=True,
+            dynamic_shapes=tuple(dynamic), external_data=False, verbose=False,
         )
     program.save(str(path), external_data=False)
-    check_graph(path, shape)
+    check_graph(path, shape, meta_dim=meta_dim)
 
 
-def check_graph(path: Path, shape: tuple[int, int]) -> None:
-    """onnx.checker plus the input/output contract (names, dynamic batch, spatial shape)."""
+def check_graph(path: Path, shape: tuple[int, int], *, meta_dim: int | None = None) -> None:
+    """onnx.checker plus the input/output contract (names, dynamic batch, spatial shape, metadata length)."""
     import onnx
 
     onnx.checker.check_model(str(path), full_check=True)
     graph = onnx.load(str(path), load_external_data=False).graph
-    dims = [[d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim] for t in (graph.input[0], graph.output[0])]
+    dims = [[d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim] for t in (*graph.input, graph.output[0])]
+    names = [INPUT] if meta_dim is None else [INPUT, METADATA]
     ok = (
-        [t.name for t in graph.input] == [INPUT] and [t.name for t in graph.output] == [OUTPUT]
-        and isinstance(dims[0][0], str) and dims[0][1:] == [3, *shape] and isinstance(dims[1][0], str)
+        [t.name for t in graph.input] == names and [t.name for t in graph.output] == [OUTPUT]
+        and isinstance(dims[0][0], str) and dims[0][1:] == [3, *shape] and isinstance(dims[-1][0], str)
+        and (meta_dim is None or (dims[1][1:] == [meta_dim] and dims[1][0] == dims[0][0]))
     )
     if not ok:
-        raise OnnxError(
-            f"{path}: expected input {INPUT!r} (batch, 3, {shape[0]}, {shape[1]}) and output {OUTPUT!r} (batch, K); got {dims}"
-        )
+        want = f"input {INPUT!r} (batch, 3, {shape[0]}, {shape[1]})" + (f", {METADATA!r} (batch, {meta_dim})" if meta_dim else "")
+        raise OnnxError(f"{path}: expected {want} and output {OUTPUT!r} (batch, K); got inputs {names} {dims[:-1]}, output {dims[-1]}")
 
 
-def quantize_graph(fp32: Path, int8: Path, rows: np.ndarray, *, batch_size: int = 16) -> None:
-    """Static QDQ INT8 quantisation of ``fp32`` calibrated on normalised input ``rows`` ``(R, 3, H, W)``."""
+def quantize_graph(fp32: Path, int8: Path, rows: np.ndarray, meta: np.ndarray | None = None, *, batch_size: int = 16) -> None:
+    """Static QDQ INT8 quantisation of ``fp32`` calibrated on normalised input ``rows`` ``(R, 3, H, W)``
+    and, for a graph with a metadata input, their encoded metadata ``meta`` ``(R, D)``."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -176,7 +231,10 @@ def quantize_graph(fp32: Path, int8: Path, rows: np.ndarray, *, batch_size: int 
 
     class Rows(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = iter([{INPUT: rows[i : i + batch_size]} for i in range(0, len(rows), batch_size)])
+            self._batches = iter([
+                {INPUT: rows[i : i + batch_size]} | ({} if meta is None else {METADATA: meta[i : i + batch_size]})
+                for i in range(0, len(rows), batch_size)
+            ])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._batches, None)
@@ -200,10 +258,18 @@ def _views_of(shape: tuple[int, int], member: Member, views: Sequence[str]) -> l
     return [v for v in views if (v in SWAPS_AXES) == (shape != (h, w))]
 
 
-def _rows(member: Member, images: Sequence[np.ndarray], views: Sequence[str]) -> np.ndarray:
+def _rows(
+    member: Member, images: Sequence[np.ndarray], views: Sequence[str], records: Sequence[dict[str, Any]] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibration rows of every view (view-major) and, for a fusion member, their encoded metadata:
+    the images' records with every other image's hidden (both inputs' ranges), repeated per view."""
     with torch.inference_mode():
         x = member.preprocess(images, "cpu")
-        return torch.cat([apply_view(x, v) for v in views], dim=0).contiguous().numpy()
+        rows = torch.cat([apply_view(x, v) for v in views], dim=0).contiguous().numpy()
+    if metadata_dim(member.model) is None:
+        return rows, None
+    shown = None if records is None else [dict(r) if i % 2 == 0 else {} for i, r in enumerate(records)]
+    return rows, np.tile(encoded_metadata(member, shown, len(images)), (len(views), 1))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -211,22 +277,46 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def member_parity(
-    member: Member, paths: dict[tuple[int, int], Path], views: Sequence[str], images: Sequence[np.ndarray],
-    reference: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """ONNX vs PyTorch on ``images`` through every view: max abs difference of probabilities and logits."""
-    ref = images_view_logits(member, images, views, device="cpu") if reference is None else reference
-    sessions = {s: make_session(p) for s, p in paths.items()}
-    got = run_views(member.preprocess(images, "cpu"), views, lambda s: session_runner(sessions[s]), max_rows=CPU_MAX_ROWS)
+def _diffs(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     p_ref, p_got = _softmax(ref.astype(np.float64)), _softmax(got.astype(np.float64))
     return {
         "max_abs_prob_diff": float(np.abs(p_ref - p_got).max()),
         "max_abs_logit_diff": float(np.abs(ref - got).max()),
         "argmax_agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()),
-        "n_images": len(images),
-        "n_views": len(views),
     }
+
+
+def member_parity(
+    member: Member, paths: dict[tuple[int, int], Path], views: Sequence[str], images: Sequence[np.ndarray],
+    records: Sequence[dict[str, Any]] | None = None, reference: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """ONNX vs PyTorch on ``images`` through every view: max abs difference of probabilities and logits.
+
+    A graph with a metadata input is measured twice, with ``records`` given (default: drawn as
+    :func:`synthetic_records` does) and with the metadata missing; ``metadata`` holds each and the
+    top-level figures are the worse of the two. ``reference``: PyTorch logits per case (``"given"``,
+    ``"missing"``), when already computed."""
+    sessions = {s: make_session(p) for s, p in paths.items()}
+    first = next(iter(sessions.values()))
+    takes = [i.name for i in first.get_inputs()] == [INPUT, METADATA]
+    x = member.preprocess(images, "cpu")
+    cases: dict[str, Sequence[dict[str, Any]] | None] = {"missing": None}
+    if takes:
+        cases = {"given": records if records is not None else synthetic_records(len(images), [member]), "missing": None}
+    out: dict[str, dict[str, float]] = {}
+    for case, recs in cases.items():
+        ref = (reference or {}).get(case)
+        if ref is None:
+            ref = images_view_logits(member, images, views, device="cpu", metadata=recs)
+        meta = encoded_metadata(member, recs, len(images)) if takes else None
+        got = run_views(x, views, lambda s: session_runner(sessions[s]), max_rows=CPU_MAX_ROWS, meta=meta)
+        out[case] = _diffs(ref, got)
+    worst = {
+        "max_abs_prob_diff": max(d["max_abs_prob_diff"] for d in out.values()),
+        "max_abs_logit_diff": max(d["max_abs_logit_diff"] for d in out.values()),
+        "argmax_agreement": min(d["argmax_agreement"] for d in out.values()),
+    }
+    return {**worst, "n_images": len(images), "n_views": len(views), **({"metadata": out} if takes else {})}
 
 
 def _record(path: Path) -> dict[str, Any]:
@@ -235,32 +325,41 @@ def _record(path: Path) -> dict[str, Any]:
 
 def _export_member(
     member: Member, stem: str, out: Path, views: Sequence[str], opset: int, calibration: list[np.ndarray] | None,
-    parity_images: list[np.ndarray],
+    parity_images: list[np.ndarray], calibration_records: list[dict[str, Any]] | None = None,
+    parity_records: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     model = copy.deepcopy(member.model).cpu().eval()
+    meta_dim = metadata_dim(model)
     graphs, paths = [], {"fp32": {}, "int8": {}}
     for shape in graph_shapes(member.input_size, views):
         name = stem if shape == member.input_size else f"{stem}.transposed"
         shape_views = _views_of(shape, member, views)
         fp32 = out / f"{name}.fp32.onnx"
-        log.info("exporting %s for input %s (views %s)", fp32.name, shape, ", ".join(shape_views))
-        export_graph(model, shape, fp32, opset)
+        log.info("exporting %s for input %s (views %s)%s", fp32.name, shape, ", ".join(shape_views), " with metadata" if meta_dim else "")
+        export_graph(model, shape, fp32, opset, meta_dim=meta_dim)
         files = {"fp32": _record(fp32)}
         paths["fp32"][shape] = fp32
         if calibration is not None:
             int8 = out / f"{name}.int8.onnx"
             log.info("quantising %s on %d calibration images x %d views", int8.name, len(calibration), len(shape_views))
-            quantize_graph(fp32, int8, _rows(member, calibration, shape_views))
+            quantize_graph(fp32, int8, *_rows(member, calibration, shape_views, calibration_records))
             files["int8"] = _record(int8)
             paths["int8"][shape] = int8
         graphs.append({"input_size": list(shape), "views": shape_views, "files": files})
-    reference = images_view_logits(member, parity_images, views, device="cpu")
-    parity = {p: member_parity(member, ps, views, parity_images, reference) for p, ps in paths.items() if ps}
+    cases = {"missing": None} if meta_dim is None else {"given": parity_records, "missing": None}
+    reference = {c: images_view_logits(member, parity_images, views, device="cpu", metadata=r) for c, r in cases.items()}
+    parity = {p: member_parity(member, ps, views, parity_images, parity_records, reference) for p, ps in paths.items() if ps}
+    metadata = None
+    if meta_dim is not None:
+        encoder = model.metadata_encoder
+        metadata = {"features": list(encoder.features), "feature_names": list(encoder.feature_names_), "dim": meta_dim}
     return {
         "name": member.name,
         "backbone": member.backbone,
         "weights_sha256": member.meta.get("weights_sha256"),
         "input_size": list(member.input_size),
+        "inputs": [INPUT] if meta_dim is None else [INPUT, METADATA],
+        "metadata": metadata,
         "opset": opset,
         "precisions": [p for p, ps in paths.items() if ps],
         "files": [g["files"][p]["file"] for g in graphs for p in g["files"]],
@@ -323,13 +422,17 @@ def export_bundle_onnx(
     calibration = calib_info = None
     parity_images: list[np.ndarray] | None = None
     parity_source = ""
+    # metadata records of the calibration and parity images (fusion members): their own when the
+    # validation table has them, else drawn from the members' encoders
+    calibration_records: list[dict[str, Any]] | None = None
+    parity_records: list[dict[str, Any]] | None = None
     if given is not None:
         calibration = given if int8 else None
         parity_images, parity_source = given[:n_parity], "given calibration images" + (" (in-sample for int8)" if int8 else "")
         calib_info = {"source": "given images", "n_images": len(given)} if int8 else None
     else:
         try:
-            val, ids = validation_images(bundle, (n_calibration if int8 else 0) + n_parity, data_root=data_root, seed=seed)
+            val, ids, records = validation_images(bundle, (n_calibration if int8 else 0) + n_parity, data_root=data_root, seed=seed)
         except (SkinLesionError, OSError, ValueError) as e:
             if int8:
                 raise OnnxError(
@@ -339,15 +442,22 @@ def export_bundle_onnx(
             log.info("validation images unavailable (%s): parity measured on random images", e)
             parity_images, parity_source = _synthetic_images(n_parity, seed), "random uint8 images (validation split unavailable)"
         else:
-            parity_images, parity_source = val, "validation split"
+            parity_images, parity_source, parity_records = val, "validation split", records
             if int8:
                 k = min(n_calibration, max(1, len(val) - n_parity))
                 calibration, held_out = val[:k], val[k:]
-                parity_images = held_out or val[:n_parity]
+                calibration_records = records[:k]
+                parity_images, parity_records = (held_out, records[k:]) if held_out else (val[:n_parity], records[:n_parity])
                 parity_source += " (images not used for calibration)" if held_out else " (calibration images: in-sample for int8)"
                 calib_info = {
                     "source": "validation split", "n_images": k, "image_ids": ids[:k], "sampling": f"classes in turn, seed {seed}"
                 }
+    records_source = "the validation images' own"
+    if not any(v is not None for r in (parity_records or []) for v in r.values()):
+        records_source = f"drawn from the fusion members' encoders (seed {seed}): the images come without metadata"
+        drawn = synthetic_records(max(len(calibration or []), len(parity_images)), bundle.members, seed)  # type: ignore[arg-type]
+        calibration_records = drawn[: len(calibration)] if calibration is not None else None
+        parity_records = drawn[: len(parity_images)]  # type: ignore[arg-type]
 
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a half-written export must not look valid
@@ -357,7 +467,9 @@ def export_bundle_onnx(
         stem = file_stem(member.name)
         stem = stem if stem not in stems else f"{stem}-{len(stems)}"
         stems.append(stem)
-        entry = _export_member(member, stem, out, views, opset, calibration, parity_images)  # type: ignore[arg-type]
+        entry = _export_member(
+            member, stem, out, views, opset, calibration, parity_images, calibration_records, parity_records  # type: ignore[arg-type]
+        )
         diff = entry["parity"]["fp32"]["max_abs_prob_diff"]
         log.info("%s: fp32 parity max |dp| = %.2e", member.name, diff)
         if not diff <= tolerance:
@@ -380,7 +492,13 @@ def export_bundle_onnx(
         "opset": opset,
         "precisions": ["fp32", "int8"] if int8 else ["fp32"],
         "versions": _versions(),
-        "parity": {"images": parity_source, "n_images": len(parity_images), "tolerance_fp32": tolerance},  # type: ignore[arg-type]
+        "parity": {
+            "images": parity_source, "n_images": len(parity_images), "tolerance_fp32": tolerance,  # type: ignore[arg-type]
+            "metadata": (
+                f"fusion members measured with the metadata given ({records_source}) and missing"
+                if any(metadata_dim(m.model) is not None for m in bundle.members) else None
+            ),
+        },
         "quantisation": {**QUANTISATION, "calibration_source": calib_info} if int8 else None,
         "members": members,
     }

@@ -17,12 +17,16 @@ manifest, members or member weights other than the bundle's (``bundle_id`` may d
 recalibrated bundle keeps its graphs), a file whose sha256 changed, or a precision that was not
 exported. Each error names the file and the command that fixes it.
 
-The graphs take the image only: for a bundle with metadata fusion members the engine refuses
-metadata (:class:`~skinlesion.delivery.metadata.MetadataUnsupportedError`; without metadata their
-graphs give the prediction for "metadata missing", as ``model(x)`` does). Every image is therefore
-decided by the bundle's without-metadata operating point (temperature and thresholds fitted on
-validation with the metadata hidden) when it has one: :class:`~skinlesion.delivery.engine.Predictor`
-marks every image as given without metadata.
+A metadata fusion member (:class:`~skinlesion.models.fusion.MetadataFusionNet`) is exported with a
+second input ``"metadata"`` ``(batch, D)`` float32 (manifest format 2, the member's ``inputs``): the
+engine encodes each image's record with the member's own ``encode_metadata`` (the all-missing
+encoding for an image without metadata, what ``model(x)`` gives) and repeats it for every view,
+view-major, as :func:`~skinlesion.inference.tta.tta_logits` does. An export of format 1 holds
+image-only graphs: for a bundle with fusion members the engine then refuses metadata
+(:class:`~skinlesion.delivery.metadata.MetadataUnsupportedError`, naming the command that
+re-exports) and its graphs give the "metadata missing" prediction. Either way an image is decided
+by the bundle's without-metadata operating point when no fusion member receives a metadata value
+(:meth:`~skinlesion.ensemble.bundle.Bundle.metadata_given`, as on the torch engine).
 """
 
 from __future__ import annotations
@@ -42,14 +46,17 @@ from skinlesion.errors import SkinLesionError
 from skinlesion.inference.tta import SWAPS_AXES, apply_view, view_groups
 
 FORMAT = "skinlesion-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fusion members' graphs take a second input, METADATA (1: image-only graphs)
 MANIFEST = "onnx.json"
 DEFAULT_DIR = "onnx"
 PRECISIONS = ("fp32", "int8")
 INPUT = "input"
+METADATA = "metadata"
 OUTPUT = "logits"
 
-RunFn = Callable[[np.ndarray], np.ndarray]
+#: Runs a graph on normalised rows ``(R, 3, H, W)`` and, for a graph with a metadata input, their
+#: encoded metadata ``(R, D)`` (None for an image-only graph).
+RunFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
 
 class OnnxError(SkinLesionError, ValueError):
@@ -107,13 +114,16 @@ def graph_shapes(input_size: Sequence[int], views: Sequence[str]) -> list[tuple[
 
 
 def run_views(
-    x: torch.Tensor, views: Sequence[str], run: Callable[[tuple[int, int]], RunFn], *, max_rows: int | None = None
+    x: torch.Tensor, views: Sequence[str], run: Callable[[tuple[int, int]], RunFn], *, max_rows: int | None = None,
+    meta: np.ndarray | None = None,
 ) -> np.ndarray:
     """Logits ``(N, V, K)`` float32 of every view of a normalised batch ``x`` ``(N, 3, h, w)``.
 
     ``run(shape)`` returns the function that runs the graph for inputs of spatial ``shape``. Views
     of one shape go through one call, at most ``max_rows`` rows (whole views) at a time, as
-    :func:`skinlesion.inference.tta.tta_logits` does for PyTorch.
+    :func:`skinlesion.inference.tta.tta_logits` does for PyTorch. ``meta`` ``(N, D)``: encoded
+    metadata for a graph with a metadata input, repeated for every view (rows are view-major);
+    None for an image-only graph.
     """
     n = x.shape[0]
     per_call = len(views) if max_rows is None else max(1, max_rows // max(n, 1))
@@ -123,7 +133,8 @@ def run_views(
             for start in range(0, len(group), per_call):
                 chunk = group[start : start + per_call]
                 rows = torch.cat([apply_view(x, views[i]) for i in chunk], dim=0).contiguous()
-                logits = run((int(rows.shape[-2]), int(rows.shape[-1])))(rows.numpy().astype(np.float32, copy=False))
+                meta_rows = None if meta is None else np.tile(meta, (len(chunk), 1))
+                logits = run((int(rows.shape[-2]), int(rows.shape[-1])))(rows.numpy().astype(np.float32, copy=False), meta_rows)
                 for j, i in enumerate(chunk):
                     out[i] = logits[j * n : (j + 1) * n]
     return np.stack(out, axis=1).astype(np.float32, copy=False)  # type: ignore[arg-type]
@@ -151,10 +162,23 @@ def make_session(path: str | Path, threads: int | None = None) -> Any:
 
 
 def session_runner(session: Any) -> RunFn:
-    def run(batch: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT], {INPUT: batch})[0]
+    def run(batch: np.ndarray, meta: np.ndarray | None = None) -> np.ndarray:
+        feed = {INPUT: batch} if meta is None else {INPUT: batch, METADATA: meta.astype(np.float32, copy=False)}
+        return session.run([OUTPUT], feed)[0]
 
     return run
+
+
+def graph_inputs(entry: Mapping[str, Any]) -> list[str]:
+    """The input names of a manifest member's graphs (format 1 manifests: the image only)."""
+    return [str(v) for v in entry.get("inputs", [INPUT])]
+
+
+def encoded_metadata(member: Any, metadata: Sequence[Mapping[str, Any]] | None, n: int) -> np.ndarray:
+    """``(n, D)`` float32: the member's own encoding of ``metadata`` (None: all missing), as the
+    torch path feeds ``model(x, meta)``."""
+    with torch.inference_mode():
+        return member.model.encode_metadata(metadata, n).detach().cpu().numpy().astype(np.float32, copy=False)
 
 
 class OnnxEngine:
@@ -181,15 +205,28 @@ class OnnxEngine:
         self.sessions: list[dict[tuple[int, int], Any]] = [
             {shape: make_session(path, self.threads) for shape, path in member_files.items()} for member_files in files
         ]
+        #: Per member: whether its graphs take the encoded metadata as a second input.
+        self.takes_metadata: list[bool] = [METADATA in graph_inputs(e) for e in self.manifest["members"]]
+        self._check_sessions()
         self.providers = providers()
         self.max_rows = None if self.providers[0] == "CUDAExecutionProvider" else CPU_MAX_ROWS
 
     @property
     def accepts_metadata(self) -> bool:
-        """False when the bundle has metadata fusion members: their graphs take the image only."""
-        from skinlesion.records.metadata import metadata_members
+        """Whether every metadata fusion member's graphs take the metadata (format 2 exports; True
+        for a bundle without fusion members). False for a format 1 export of a fusion bundle."""
+        return not self.image_only_fusion_members()
 
-        return not metadata_members(self.bundle)
+    def image_only_fusion_members(self) -> list[str]:
+        """Names of the fusion members whose graphs take the image only (exported before format 2)."""
+        from skinlesion.records.metadata import encoder_of
+
+        members = zip(self.bundle.members, self.takes_metadata, strict=True)
+        return [m.name for m, takes in members if encoder_of(m) is not None and not takes]
+
+    def metadata_fix(self) -> str:
+        """What a user does to serve metadata on ONNX: the re-export command."""
+        return f"re-export with `{export_command(self.bundle, self.onnx_dir)}` (graphs that take the metadata), "
 
     # -- checks --------------------------------------------------------------------------------
     def _fix(self) -> str:
@@ -220,11 +257,31 @@ class OnnxEngine:
                     f"{d / MANIFEST}: member {member.name!r} was exported for input {entry.get('input_size')}, the "
                     f"bundle's preprocessing says {list(member.input_size)}: {self._fix()} again"
                 )
+            self._check_metadata_entry(member, entry)
         if self.precision not in manifest.get("precisions", []):
             raise OnnxError(
                 f"{d / MANIFEST}: precision {self.precision!r} was not exported (it has {manifest.get('precisions')}): {self._fix()}"
             )
         return manifest
+
+    def _check_metadata_entry(self, member: Any, entry: Mapping[str, Any]) -> None:
+        """A graph with a metadata input must encode what the member's encoder encodes."""
+        from skinlesion.records.metadata import encoder_of
+
+        inputs, encoder, where = graph_inputs(entry), encoder_of(member), self.onnx_dir / MANIFEST
+        if inputs not in ([INPUT], [INPUT, METADATA]):
+            raise OnnxError(
+                f"{where}: member {member.name!r} has graph inputs {inputs}, expected {[INPUT]} or {[INPUT, METADATA]}: {self._fix()} again"
+            )
+        if METADATA not in inputs:
+            return
+        names = list((entry.get("metadata") or {}).get("feature_names", []))
+        if encoder is None or names != list(encoder.feature_names_):
+            have = list(encoder.feature_names_) if encoder is not None else None
+            raise OnnxError(
+                f"{where}: member {member.name!r} was exported with metadata features {names}, the bundle's member "
+                f"encodes {have}: {self._fix()} again"
+            )
 
     def _checked_files(self) -> list[dict[tuple[int, int], Path]]:
         d, views = self.onnx_dir, self.bundle.tta.views
@@ -248,25 +305,49 @@ class OnnxEngine:
             out.append(files)
         return out
 
+    def _check_sessions(self) -> None:
+        """Each graph's inputs are what the manifest says (a hand-edited manifest cannot mislead)."""
+        for member, entry, sessions in zip(self.bundle.members, self.manifest["members"], self.sessions, strict=True):
+            for shape, session in sessions.items():
+                got = [i.name for i in session.get_inputs()]
+                if got != graph_inputs(entry):
+                    raise OnnxError(
+                        f"{self.onnx_dir / MANIFEST}: member {member.name!r}'s graph for input {shape} has inputs {got}, "
+                        f"the manifest says {graph_inputs(entry)}: {self._fix()} again"
+                    )
+
     # -- running -------------------------------------------------------------------------------
-    def member_view_logits(self, index: int, images: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, V, K)`` logits of member ``index`` for RGB uint8 images."""
+    def member_view_logits(
+        self, index: int, images: Sequence[np.ndarray], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> np.ndarray:
+        """``(N, V, K)`` logits of member ``index`` for RGB uint8 images (and metadata records, None:
+        all missing; used only by a graph with a metadata input)."""
         member, sessions = self.bundle.members[index], self.sessions[index]
         x = member.preprocess(images, "cpu")
-        return run_views(x, self.bundle.tta.views, lambda shape: session_runner(sessions[shape]), max_rows=self.max_rows)
+        meta = encoded_metadata(member, metadata, len(images)) if self.takes_metadata[index] else None
+        return run_views(
+            x, self.bundle.tta.views, lambda shape: session_runner(sessions[shape]), max_rows=self.max_rows, meta=meta
+        )
 
     def view_logits(
         self, images: Sequence[np.ndarray], metadata: Sequence[Mapping[str, Any]] | None = None
     ) -> list[np.ndarray]:
         """Member view logits ``M x (N, V, K)`` for RGB uint8 images, in the bundle's member order.
 
-        ``metadata`` is refused for a bundle with fusion members (image-only graphs) and ignored otherwise."""
-        if metadata is not None and not self.accepts_metadata:
-            from skinlesion.delivery.metadata import MetadataUnsupportedError
-            from skinlesion.records.metadata import metadata_members
+        ``metadata``: one record per image (None: all missing), fed to graphs with a metadata input;
+        refused when a fusion member's graphs take the image only (a format 1 export)."""
+        if metadata is not None:
+            if len(metadata) != len(images):
+                raise ValueError(
+                    f"The 'metadata' parameter must hold one record per image ({len(images)}). Got {len(metadata)} instead."
+                )
+            image_only = self.image_only_fusion_members()
+            if image_only:
+                from skinlesion.delivery.metadata import MetadataUnsupportedError
 
-            raise MetadataUnsupportedError(
-                f"the ONNX graphs take the image only, but members {[m.name for m in metadata_members(self.bundle)]} "
-                "of this bundle use patient metadata: use the torch engine, or leave the metadata out"
-            )
-        return [self.member_view_logits(i, images) for i in range(len(self.bundle.members))]
+                raise MetadataUnsupportedError(
+                    f"the ONNX graphs in {self.onnx_dir} take the image only (exported before graphs took metadata), but "
+                    f"members {image_only} of this bundle use patient metadata: {self.metadata_fix()}use the torch "
+                    "engine, or leave the metadata out"
+                )
+        return [self.member_view_logits(i, images, metadata) for i in range(len(self.bundle.members))]

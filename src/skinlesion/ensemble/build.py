@@ -333,6 +333,43 @@ def load_validation_cache(bundle: Bundle) -> tuple[list[np.ndarray], np.ndarray,
         return logits, z["y"], z["group"]
 
 
+#: ``evaluate`` writes the split's view logits beside its metrics (with and without metadata), so that
+#: benches over the same split reuse them instead of running every member again.
+SPLIT_LOGITS = "view_logits.npz"
+SPLIT_LOGITS_NO_METADATA = "view_logits_no_metadata.npz"
+
+
+def save_split_logits(path: Path, bundle: Bundle, table: Any, logits: Sequence[np.ndarray]) -> None:
+    """A split's view logits ``M x (N, V, K)`` with the rows' ids, groups and labels, the members' names
+    and weights hashes and the views (the validation cache's format)."""
+    _write_cache(
+        Path(path), np.asarray(table.frame["image_id"].astype(str).tolist(), dtype=str),
+        np.asarray(group_ids(table).astype(str).tolist(), dtype=str), table.labels(),
+        [m.name for m in bundle.members], bundle.tta.views, logits,
+        weights_sha256=np.asarray([str(m.meta.get("weights_sha256")) for m in bundle.members]),
+    )
+
+
+def load_split_logits(path: str | Path, bundle: Bundle, image_id: Sequence[str]) -> list[np.ndarray]:
+    """View logits saved by :func:`save_split_logits`, in the order of ``image_id``; BundleError when they
+    were computed for other members, weights, views or images."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path} does not exist: run `skinlesion evaluate` on the bundle first")
+    with np.load(path, allow_pickle=False) as z:
+        names = [str(n) for n in z["members"]]
+        hashes = [str(h) for h in z["weights_sha256"]] if "weights_sha256" in z.files else None
+        views = tuple(str(v) for v in z["views"])
+        if names != [m.name for m in bundle.members] or views != bundle.tta.views or hashes != [str(m.meta.get("weights_sha256")) for m in bundle.members]:
+            raise BundleError(f"{path} was computed for other members, weights or views than {bundle.path}: evaluate the bundle again")
+        position = {str(i): k for k, i in enumerate(z["image_id"])}
+        missing = [str(i) for i in image_id if str(i) not in position]
+        if missing:
+            raise BundleError(f"{path} lacks {len(missing)} of the requested images (e.g. {missing[:3]}): evaluate the bundle again")
+        order = np.asarray([position[str(i)] for i in image_id], dtype=np.int64)
+        return [z[f"logits_{i}"][order] for i in range(len(names))]
+
+
 def _cache_ids(bundle: Bundle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image ids, groups and labels of the bundle's ``validation.npz`` (its row order)."""
     with np.load(bundle.path / VALIDATION_CACHE, allow_pickle=False) as z:  # type: ignore[operator]

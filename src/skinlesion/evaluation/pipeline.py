@@ -44,6 +44,7 @@ import skinlesion
 from skinlesion._json import json_default
 from skinlesion.calibration.referral import malignant_probability
 from skinlesion.data.splits import group_ids
+from skinlesion.ensemble.build import SPLIT_LOGITS, SPLIT_LOGITS_NO_METADATA, save_split_logits
 from skinlesion.ensemble.bundle import (
     WITH_METADATA, WITHOUT_METADATA, Bundle, BundlePrediction, bundle_from_checkpoint, load_bundle,
 )
@@ -160,9 +161,12 @@ def rule_outcomes(
     }
 
 
-def without_metadata(sp: SplitPredictions, n_boot: int, seed: int, batch_size: int, num_workers: int) -> dict[str, Any] | None:
+def without_metadata(
+    sp: SplitPredictions, n_boot: int, seed: int, batch_size: int, num_workers: int, logits_file: Path | None = None
+) -> dict[str, Any] | None:
     """The main metrics structure with the metadata hidden from the fusion members, decided by the
-    without-metadata operating point (the main one if absent); None for a bundle without fusion members."""
+    without-metadata operating point (the main one if absent); None for a bundle without fusion members.
+    ``logits_file``: where to save the hidden-metadata view logits."""
     bundle = sp.bundle
     fusion = {m.name for m in bundle.fusion_members}
     if not fusion:
@@ -172,6 +176,8 @@ def without_metadata(sp: SplitPredictions, n_boot: int, seed: int, batch_size: i
         if m.name in fusion else z
         for m, z in zip(bundle.members, sp.view_logits, strict=True)
     ]
+    if logits_file is not None and bundle.path is not None:
+        save_split_logits(logits_file, bundle, sp.rows.table, hidden)
     point = bundle.resolve_operating_point(WITHOUT_METADATA)
     pred = bundle.predict_from_logits(hidden, metadata_given=np.zeros(len(sp.y), dtype=bool))
     metrics, intervals = argmax_outcomes(sp.y, pred.probs, sp.groups, bundle.classes, n_boot=n_boot, seed=seed)
@@ -297,7 +303,9 @@ def evaluate_split(
         ood = ood_outcomes(sp, batch_size)
         if ood is not None:
             result["ood"] = ood
-        hidden = without_metadata(sp, n_boot, seed, batch_size, num_workers)
+        if bundle.path is not None:
+            save_split_logits(out / SPLIT_LOGITS, bundle, sp.rows.table, sp.view_logits)
+        hidden = without_metadata(sp, n_boot, seed, batch_size, num_workers, out / SPLIT_LOGITS_NO_METADATA)
         if hidden is not None:
             result["without_metadata"] = hidden
         _write_decisions(out / "decisions.csv", ids, sp.y, sp.prediction, bundle)

@@ -222,7 +222,7 @@ def standard_metric_fns(classes: Sequence[str], *, present: Sequence[int] | None
     """The metrics shown in evaluation reports, as fast ``fn(y_true, probs)`` callables.
 
     Keys: ``bacc``, ``malignant_bacc``, ``accuracy``, ``f1_macro``, ``f1_weighted``,
-    ``auc_macro``, ``ece`` and ``sensitivity_<CLS>`` / ``specificity_<CLS>`` per class, with the
+    ``auc_macro``, ``ece`` and ``sensitivity_<CLS>`` / ``specificity_<CLS>`` / ``auc_<CLS>`` (one-vs-rest) per class, with the
     definitions of :func:`~skinlesion.metrics.classification.compute_classification_metrics`.
     The callables expect already-validated arrays (``bootstrap_ci`` validates once).
 
@@ -284,6 +284,7 @@ def standard_metric_fns(classes: Sequence[str], *, present: Sequence[int] | None
     for j, c in enumerate(classes):
         for key in ("sensitivity", "specificity"):
             fns[f"{key}_{c}"] = (lambda key_, j_: lambda y, p: float(rates(y, p)[key_][j_]))(key, j)
+        fns[f"auc_{c}"] = (lambda j_: lambda y, p: float(ovr_auc(y, p)[j_]))(j)  # one-vs-rest, e.g. melanoma AUC
     return fns
 
 

@@ -263,7 +263,7 @@ def _run_one(
 
 def package_bundle(out: str | Path, into: str | Path) -> Path:
     """Copy the recipe's bundle (bundle.json, members, split manifest, validation caches, the
-    out-of-distribution gate's arrays, concept bank, model card) into ``into`` (e.g. ``src/skinlesion/default_bundle``), replacing what was there."""
+    out-of-distribution gate's arrays, concept bank, model card and its risk-coverage plot) into ``into`` (e.g. ``src/skinlesion/default_bundle``), replacing what was there."""
     import shutil
 
     src = Path(out) / BUNDLE_DIR
@@ -276,7 +276,7 @@ def package_bundle(out: str | Path, into: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     keep = [
         "bundle.json", "MODEL_CARD.md", "members", "split_manifest.csv", "split_manifest.json", "validation.npz",
-        "validation_no_metadata.npz", "ood_gate.npz", "concepts",
+        "validation_no_metadata.npz", "ood_gate.npz", "concepts", "risk_coverage.png",
     ]
     tmp.mkdir(parents=True)
     for name in keep:
