@@ -8,6 +8,18 @@ the original image space, against random maps; and the CAM mass inside the lesio
 HAM10000_metadata_ext.csv boxes or the classical segmentation) against the lesion's area fraction.
 One image per lesion, stratified by class; intervals resample lesions. See
 ``skinlesion.explain.faithfulness_split.faithfulness_over_split``. ``--records`` keeps the per-image rows.
+
+``--compare`` scores several attention-map configurations on the same images (paired; shared
+random maps; box and segmentation masks) and names the best one that beats random maps on
+deletion and insertion and puts more mass in the lesion than its area fraction
+(``skinlesion.explain.faithfulness_compare``):
+
+    python bench/faithfulness.py src/skinlesion/default_bundle --n 200 --steps 10 --n-random 3 \
+        --compare gradcam++@bn2 gradcam@bn2 layercam@blocks.4 "layercam@blocks.4+bn2" \
+        "gradcam++@bn2;views=flips" "gradcam++@bn2;scale=2" --out bench/results/faithfulness_x.json
+
+A spec is ``METHOD[@LAYER+LAYER][;views=V,V][;scale=S]`` (``default``: the registry's); the
+first one is the reference of the configuration-vs-configuration differences.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from collections.abc import Sequence
 if not __package__:  # run as a file (python bench/faithfulness.py): see bench/_as_package.py
     import _as_package  # noqa: F401
 
-from bench._cli import json_main
+from bench._cli import BenchError, json_main
 
 from skinlesion.ensemble.bundle import is_bundle, load_model_source
 from skinlesion.explain.faithfulness_split import faithfulness_over_split
@@ -42,11 +54,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
     ap.add_argument("--records", action="store_true", help="Include the per-image records.")
+    ap.add_argument("--compare", nargs="+", default=None, metavar="SPEC",
+                    help="Compare these CAM configurations (first = reference); --method is then unused.")
+    ap.add_argument("--out", default=None, help="Also write the JSON to this file.")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     return ap.parse_args(argv)
+
+
+def run_compare(args: argparse.Namespace, bundle: object) -> dict:
+    from skinlesion.explain.faithfulness_compare import compare_configurations
+
+    try:
+        res = compare_configurations(
+            bundle, args.compare, split=args.split, n=args.n, steps=args.steps, baseline=args.baseline,
+            n_random=args.n_random, seed=args.seed, data_root=args.data_root, n_boot=args.n_boot,
+            batch_size=args.batch_size, device=args.device,
+        )
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+    res = {"bench": "faithfulness-compare", "source": args.model, **res}
+    if not args.records:
+        res.pop("records")
+    return res
 
 
 def run(args: argparse.Namespace) -> dict:
     source = {"bundle": args.model} if is_bundle(args.model) else {"checkpoint": args.model}
+    res = run_compare(args, load_model_source(**source)) if args.compare else _run_one(args, source)
+    if args.out:
+        import json
+        from pathlib import Path
+
+        from skinlesion.metrics.classification import to_jsonable
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(to_jsonable(res), indent=1, allow_nan=False, default=str) + "\n")
+    return res
+
+
+def _run_one(args: argparse.Namespace, source: dict) -> dict:
     res = faithfulness_over_split(
         load_model_source(**source), split=args.split, n=args.n, method=args.method, steps=args.steps,
         baseline=args.baseline, n_random=args.n_random, random_kind=args.random_kind, mask_source=args.mask_source,
