@@ -58,6 +58,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="Compare these CAM configurations (first = reference); --method is then unused.")
     ap.add_argument("--out", default=None, help="Also write the JSON to this file.")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
+    ap.add_argument("--package-note", nargs="+", default=None, metavar="SPEC",
+                    help="With --compare and --out: store these configurations' results in the packaged "
+                         "skinlesion/explain/attention_faithfulness.json (what reports state).")
+    ap.add_argument("--label", default=None, help="Name of the measured model in that file (default: the path).")
     return ap.parse_args(argv)
 
 
@@ -73,6 +77,19 @@ def run_compare(args: argparse.Namespace, bundle: object) -> dict:
     except ValueError as e:
         raise BenchError(str(e)) from None
     res = {"bench": "faithfulness-compare", "source": args.model, **res}
+    if args.package_note:
+        from skinlesion.explain.faithfulness_compare import parse_config
+        from skinlesion.explain.faithfulness_note import entry_from_comparison, write_entries
+
+        if not args.out:
+            raise BenchError("--package-note needs --out (the entries cite that file).")
+        label = args.label or args.model
+        try:
+            entries = [entry_from_comparison(res, parse_config(spec).name, bundle, label=label,
+                                             source=f"bench/faithfulness.py, {args.out}") for spec in args.package_note]
+        except ValueError as e:
+            raise BenchError(str(e)) from None
+        res["packaged"] = str(write_entries(entries))
     if not args.records:
         res.pop("records")
     return res

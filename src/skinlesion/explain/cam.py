@@ -353,7 +353,8 @@ def ensemble_cam(
     its map is resized back to the original image. ``class_index=None`` explains the ensemble's
     predicted class: the argmax of the weight-averaged softmax of ``logits / member.temperature``
     on the identity view. ``method`` and ``layers`` (see :func:`compute_cam`): ``None`` takes each
-    member's registry defaults (``cam_method``, ``cam_layers``), which must agree on the method.
+    member's registry defaults (``cam_layers``; ``cam_method`` when the members agree on it, else
+    Grad-CAM++).
     ``metadata``: one record per image (age, sex, site; None: missing) for metadata fusion members,
     which then explain their prediction with that metadata.
     """
@@ -362,9 +363,7 @@ def ensemble_cam(
         raise ValueError("The 'members' parameter must hold at least one Member. Got an empty sequence instead.")
     if method is None:
         found = sorted({default_method(m.backbone) for m in members})
-        if len(found) != 1:
-            raise ValueError(f"The members' default attention methods differ ({found}): pass 'method'.")
-        method = found[0]
+        method = found[0] if len(found) == 1 else "gradcam++"  # mixed families: the common denominator
     check_method(method)
     input_scale = check_input_scale(input_scale)
     member_layers = [layer_names(m.backbone, layers) for m in members]
