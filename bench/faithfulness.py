@@ -3,7 +3,7 @@
     python bench/faithfulness.py runs/some-bundle --n 100
     python bench/faithfulness.py runs/cpu-ham10000-lite0/checkpoint --n 100 --mask-source bbox
 
-Deletion/insertion (Petsiuk et al. 2018) of the ensemble's Grad-CAM++ of its predicted class, in
+Deletion/insertion (Petsiuk et al. 2018) of the ensemble's CAM (registry default) of its predicted class, in
 the original image space, against random maps; and the CAM mass inside the lesion (true masks,
 HAM10000_metadata_ext.csv boxes or the classical segmentation) against the lesion's area fraction.
 One image per lesion, stratified by class; intervals resample lesions. See
@@ -42,7 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("model", help="Bundle folder or checkpoint folder.")
     ap.add_argument("--split", default="test")
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--method", default="gradcam++")
+    ap.add_argument("--method", default=None, help="CAM method (default: the registry's, as reports show).")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--baseline", default="blur")
     ap.add_argument("--n-random", type=int, default=5)

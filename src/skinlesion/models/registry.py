@@ -188,7 +188,13 @@ for _i, (_rate, _input) in enumerate(((0.2, 224), (0.2, 240), (0.3, 260))):
 #: the created model whose CAMs are fused (mean of the per-layer min-max scaled maps). A backbone
 #: not listed uses Grad-CAM++ at its ``target_layer``. The EfficientNet-Lite entries come from
 #: ``bench/faithfulness.py --compare`` on the HAM10000 test split (bench/results/faithfulness_*.json).
-CAM_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {}
+#: Lite: Layer-CAM (Jiang et al. 2021) at ``blocks.4``, the last stride-16 stage (8x10 cells at
+#: 120x160 instead of 4x5 at ``bn2``), beat Grad-CAM++ at ``bn2`` and the other candidates
+#: (Grad-CAM, HiRes-CAM, Eigen-CAM, fusion with ``bn2``, 2x input) on the default bundle;
+#: measured on Lite0 only (Lite1/2 share the architecture but their maps are unmeasured).
+CAM_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    f"tf_efficientnet_lite{i}": ("layercam", ("blocks.4",)) for i in range(3)
+}
 
 
 def _build_spec(name: str) -> BackboneSpec:
