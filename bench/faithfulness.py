@@ -68,11 +68,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run_compare(args: argparse.Namespace, bundle: object) -> dict:
     from skinlesion.explain.faithfulness_compare import compare_configurations
 
+    partial = None
+    if args.out:  # one JSON line per image as it is done: a run stopped early can still be summarised
+        import json
+        from pathlib import Path
+
+        from skinlesion.metrics.classification import to_jsonable
+
+        path = Path(args.out).with_suffix(".records.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+
+        def partial(rec: dict) -> None:
+            with path.open("a") as f:
+                f.write(json.dumps(to_jsonable(rec), allow_nan=False, default=str) + "\n")
     try:
         res = compare_configurations(
             bundle, args.compare, split=args.split, n=args.n, steps=args.steps, baseline=args.baseline,
             n_random=args.n_random, seed=args.seed, data_root=args.data_root, n_boot=args.n_boot,
-            batch_size=args.batch_size, device=args.device,
+            batch_size=args.batch_size, device=args.device, on_record=partial,
         )
     except ValueError as e:
         raise BenchError(str(e)) from None

@@ -139,6 +139,17 @@ def _summaries(records: list[dict[str, Any]], groups: np.ndarray, names: list[st
     return out
 
 
+def summarise_records(records: list[dict[str, Any]], names: Sequence[str] | None = None, *, n_boot: int = 1000,
+                      alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """Per-configuration summary of per-image records (as :func:`compare_configurations` returns
+    under ``summary``); ``names`` default to the first record's configurations, first = reference."""
+    if not records:
+        raise ValueError("The 'records' parameter must hold at least one per-image record. Got none.")
+    names = list(names or records[0]["configs"])
+    groups = np.asarray([r["lesion_id"] for r in records], dtype=object).astype(str)
+    return _summaries(records, groups, names, names[0], n_boot, alpha, seed)
+
+
 def choose(summary: dict[str, Any]) -> str | None:
     """The passing configuration with the largest ``gain`` (insertion minus deletion improvement
     over random maps), or ``None`` when none passes."""
@@ -161,6 +172,7 @@ def compare_configurations(
     alpha: float = 0.05,
     batch_size: int = 64,
     device: str | None = None,
+    on_record: Any = None,
 ) -> dict[str, Any]:
     """Compare attention-map ``configs`` of a bundle on the same lesions of ``split`` (module doc).
 
@@ -169,6 +181,7 @@ def compare_configurations(
     ``mass_in_segmentation`` vs the area fraction, ``vs_reference``, ``passes``, ``gain``,
     ``seconds_cam``), ``chosen`` (:func:`choose`), ``n``, ``n_lesions``, ``class_counts``,
     ``accuracy``, ``records`` (per image), ``settings``, ``bundle``, ``split``, ``seconds``.
+    ``on_record``: called with each image's record as it is done (e.g. to keep partial results).
     """
     from skinlesion.data.splits import group_ids
     from skinlesion.ensemble.bundle import Bundle, load_bundle
@@ -225,9 +238,11 @@ def compare_configurations(
             "random_insertion_auc": rnd["insertion_auc"],
             "has_mask": {m: lesion_masks[m] is not None for m in MASKS}, "configs": per_config,
         })
+        if on_record is not None:
+            on_record(records[-1])
         log.info("compare %d/%d %s (%.0f s)", k + 1, len(rows), image_id, time.perf_counter() - started)
-    groups = np.asarray([r["lesion_id"] for r in records], dtype=object).astype(str)
-    summary = _summaries(records, groups, names, names[0], n_boot, alpha, seed)
+    summary = summarise_records(records, names, n_boot=n_boot, alpha=alpha, seed=seed)
+    groups = [r["lesion_id"] for r in records]
     return {
         "summary": summary,
         "chosen": choose(summary),
@@ -249,4 +264,4 @@ def compare_configurations(
     }
 
 
-__all__ = ["MASKS", "CamConfig", "choose", "compare_configurations", "parse_config"]
+__all__ = ["MASKS", "CamConfig", "choose", "compare_configurations", "parse_config", "summarise_records"]
