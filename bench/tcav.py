@@ -4,7 +4,8 @@
 
 Learns the bank (ABCDE concepts and/or --concepts-dir folders), saves it (default
 ``<bundle>/concepts``), times one per-image concept sensitivity, and reports the bank summary,
-the member-weighted TCAV table and the seconds spent.
+the member-weighted TCAV table, per class the significant concepts (random-CAV test; "none" said
+plainly) and the seconds spent.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="Where the members run (e.g. cuda).")
+    ap.add_argument("--json-out", default=None, help="Also write the JSON to this file (e.g. bench/results/tcav_x.json).")
     return ap.parse_args(argv)
 
 
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
         "saved": str(saved),
         "summary": bank.summary(),
         "table": bank.table(),
+        "per_class": bank.per_class(),
         "sensitivity_example": {c: s.sensitivity for c, s in sens.items()},
         "seconds": {"load": round(t1 - t0, 2), "learn": round(t2 - t1, 2),
                     "sensitivity_one_image": round(t4 - t3, 3) if sens else None, "total": round(t4 - t0, 2)},
@@ -82,8 +85,21 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def run_and_save(args: argparse.Namespace) -> dict:
+    res = run(args)
+    if args.json_out:
+        import json
+        from pathlib import Path
+
+        from skinlesion.metrics.classification import to_jsonable
+
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(to_jsonable(res), indent=1, allow_nan=False, default=str) + "\n")
+    return res
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return json_main("tcav.py", parse_args(argv), run)
+    return json_main("tcav.py", parse_args(argv), run_and_save)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,20 @@ def test_explain_reuses_the_record(predictor: Predictor, monkeypatch: pytest.Mon
     assert result["attention"]["class"] == rec["prediction"]["decision"]
 
 
+def test_explain_shows_the_backbones_measured_attention_method_by_default(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The web page, reports and batch explain through Predictor.explain: without a method they must get
+    the registry's measured default (e.g. Layer-CAM at blocks.4 for Lite), not a fixed Grad-CAM++."""
+    import skinlesion.delivery.engine as engine
+
+    seen: list[object] = []
+    monkeypatch.setattr(engine, "explain_image", lambda *a, **kw: seen.append(kw["method"]) or ({}, {}))
+    image = _images(1)[0]
+    rec = predictor.predict([image])[0]
+    predictor.explain(image, record=rec)
+    predictor.explain(image, record=rec, method="gradcam")
+    assert seen == [None, "gradcam"]
+
+
 def test_concurrent_calls_equal_sequential_ones(predictor: Predictor) -> None:
     images = _images(3)
     expected = [predictor.predict([im])[0]["prediction"]["probabilities"] for im in images]

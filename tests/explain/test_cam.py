@@ -88,7 +88,7 @@ def square_image(h: int = 80, w: int = 80) -> np.ndarray:
     return im
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "hirescam", "eigencam"])
 def test_cam_mass_concentrates_on_the_evidence(method: str) -> None:
     model = BrightSquareNet()
     cam = compute_cam(model, model.layer4, square_batch(), method=method)

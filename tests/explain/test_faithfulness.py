@@ -53,7 +53,7 @@ def test_curves_are_exact_and_evaluated_in_one_batch() -> None:
     np.testing.assert_allclose(out["deletion_curve"], [1, 0.75, 0.5, 0.25, 0])
     np.testing.assert_allclose(out["insertion_curve"], [0, 0.25, 0.5, 0.75, 1])
     assert out["deletion_auc"] == pytest.approx(0.5) and out["insertion_auc"] == pytest.approx(0.5)
-    assert predict.batches == [10]  # 2 curves x (steps + 1) images, one call
+    assert predict.batches == [8]  # image + baseline once, 2 curves x (steps - 1) inner points, one call
 
 
 def test_pixels_go_in_decreasing_saliency_order() -> None:
@@ -68,7 +68,7 @@ def test_pixels_go_in_decreasing_saliency_order() -> None:
     rnd = random_baseline(predict, image, top_left_map(), 0, steps=4, baseline="zero", n_random=4)
     assert 0.125 < rnd["deletion_auc"] < 0.875 and 0.125 < rnd["insertion_auc"] < 0.875
     assert rnd["deletion_aucs"].shape == (4,) and rnd["deletion_curve"].shape == (5,)
-    assert predict.batches[-1] == 4 * 2 * 5  # all random maps in one batch too
+    assert predict.batches[-1] == 2 + 4 * 2 * 3  # all random maps in one batch too (end points once)
     # a coarse map is resized to the image: a 4x4 map with its top-left 2x2 hot gives the same order
     small = deletion_insertion(predict, image, top_left_map(4), 0, steps=4, baseline="zero")
     assert small["deletion_auc"] == pytest.approx(0.125)
@@ -88,7 +88,7 @@ def test_batch_size_splits_calls_without_changing_curves() -> None:
     image = torch.rand(3, 8, 8)
     one = deletion_insertion(predict, image, top_left_map(), 0, steps=5, baseline="mean")
     split = deletion_insertion(predict, image, top_left_map(), 0, steps=5, baseline="mean", batch_size=5)
-    assert predict.batches == [12, 5, 5, 2]
+    assert predict.batches == [10, 5, 5]
     np.testing.assert_allclose(one["insertion_curve"], split["insertion_curve"])
 
 

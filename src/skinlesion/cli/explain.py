@@ -39,7 +39,9 @@ def image_command(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="A checkpoint instead of a bundle."),
     out: Path = typer.Option(Path("explanations"), "--out", "-o", help="Output folder."),
     cls: str | None = typer.Option(None, "--class", help="Class to explain (default: the decision)."),
-    method: str = typer.Option("gradcam++", "--method", help="gradcam or gradcam++."),
+    method: str | None = typer.Option(
+        None, "--method", help="gradcam, gradcam++, layercam, hirescam or eigencam (default: the backbone's measured default)."
+    ),
     cam_tta: str = typer.Option("identity", "--cam-tta", help="Views to smooth the map over, e.g. d4 (de-augmented)."),
     mc_samples: int | None = typer.Option(
         None, "--mc-samples", min=0, help="MC-dropout passes (default: as the bundle's review flag was fitted, else 20; 0: skip)."

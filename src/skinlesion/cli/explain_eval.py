@@ -36,7 +36,9 @@ def faithfulness_command(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="Or a single checkpoint folder."),
     split: str = typer.Option("test", "--split", help="train, val or test of the model's own manifest."),
     n: int = typer.Option(100, "--n", min=1, help="Lesions to sample (one image each, stratified by class)."),
-    method: str = typer.Option("gradcam++", "--method", help="gradcam or gradcam++."),
+    method: str | None = typer.Option(
+        None, "--method", help="gradcam, gradcam++, layercam, hirescam or eigencam (default: the backbone's measured default)."
+    ),
     steps: int = typer.Option(20, "--steps", min=1, help="Deletion/insertion steps."),
     baseline: str = typer.Option("blur", "--baseline", help="What removed pixels become: blur, zero or mean."),
     n_random: int = typer.Option(5, "--n-random", min=1, help="Random maps per image (the reference)."),

@@ -249,11 +249,12 @@ class Predictor:
         ]
 
     def explain(
-        self, image: np.ndarray, *, pixel_spacing_mm: float | None = None, method: str = "gradcam++",
+        self, image: np.ndarray, *, pixel_spacing_mm: float | None = None, method: str | None = None,
         concepts: bool = False, class_name: str | None = None, record: PredictionRecord | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> tuple[Explanation, dict[str, np.ndarray]]:
-        """The prediction record plus Grad-CAM(++) (PyTorch members), segmentation, ABCDE and TDS.
+        """The prediction record plus the attention map (PyTorch members; ``method`` None: the backbone's
+        measured default, e.g. Layer-CAM at ``blocks.4`` for EfficientNet-Lite), segmentation, ABCDE and TDS.
 
         ``record``: this image's record from :meth:`predict` when already computed (saves the
         MC-dropout passes; give the same ``metadata``). ``metadata``: the patient's age, sex and site

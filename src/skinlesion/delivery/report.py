@@ -43,7 +43,8 @@ from skinlesion.delivery.images import conversion_text
 from skinlesion.records import NOTICE, Explanation, PredictionRecord
 
 MAX_SIDE = 512  # embedded images are downscaled to keep reports small
-_METHODS = {"gradcam++": "Grad-CAM++", "gradcam": "Grad-CAM"}
+_METHODS = {"gradcam++": "Grad-CAM++", "gradcam": "Grad-CAM", "layercam": "Layer-CAM", "hirescam": "HiRes-CAM",
+            "eigencam": "Eigen-CAM"}
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -127,6 +128,8 @@ def _images(result: Mapping[str, Any], image: np.ndarray, arrays: Mapping[str, n
     figs = [_figure(small, "Image")]
     att = result.get("attention") or {}
     method = _METHODS.get(att.get("method"), att.get("method") or "Grad-CAM++")
+    if att.get("layers"):
+        method += f" ({' + '.join(map(str, att['layers']))})"
     if arrays.get("cam") is not None:
         figs.append(_figure(overlay_array(small, arrays["cam"]), f"{method} attention map for class {att.get('class', '?')}"))
     if small_mask is not None and small_mask.any():
@@ -138,6 +141,9 @@ def _images(result: Mapping[str, Any], image: np.ndarray, arrays: Mapping[str, n
             f"the segmented lesion {_num(att.get('mass_in_lesion'), 2)}; lesion covers "
             f"{_num(att.get('lesion_area_fraction'), 2)} of the image."
         )
+        faith = att.get("faithfulness") or {}
+        if faith.get("line"):
+            notes.append(_e(faith["line"]))
     seg = result.get("segmentation") or {}
     if seg:
         notes.append(f"Segmentation quality: {_e(seg.get('quality'))} ({_e(seg.get('method'))}).")

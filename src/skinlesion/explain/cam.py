@@ -2,10 +2,17 @@
 
 Grad-CAM (Selvaraju et al., ICCV 2017) weighs the channels of a convolutional feature map by the
 spatially averaged gradient of the class score; Grad-CAM++ (Chattopadhay et al., WACV 2018) uses
-higher-order gradient weights, which localise several instances of the evidence better. Both come
-from pytorch-grad-cam; this module only chooses the target layer (from the backbone registry), the
-class to explain, and runs the views of :mod:`skinlesion.inference.tta`, mapping each view's map
-back to the original frame before averaging.
+higher-order gradient weights, which localise several instances of the evidence better;
+Layer-CAM (Jiang et al., IEEE TIP 2021) weighs every location by its own positive gradient;
+HiRes-CAM (Draelos & Carin, 2020) sums gradient x activation per location (provably the part of
+the score each location contributes for a linear head); Eigen-CAM (Muhammad & Yeasin, IJCNN 2020)
+is the first principal component of the activations (class-agnostic; the sign is fixed here so
+that the map correlates positively with the summed activations). All come from pytorch-grad-cam
+(Eigen-CAM with that sign fix); this module chooses the layers (the backbone registry's
+``cam_layers`` by default; several layers are fused as the mean of their min-max scaled maps, as
+the library does), the class to explain, an optional input upscaling for the map (``input_scale``:
+more feature-map cells), and runs the views of :mod:`skinlesion.inference.tta`, mapping each
+view's map back to the original frame before averaging.
 
 Every map is min-max scaled to [0, 1] by the library; averages over views and members are not
 rescaled, so a peak below 1 means the views (or members) disagree about where the evidence is.
@@ -26,9 +33,15 @@ from torch import nn
 
 from skinlesion.ensemble.members import Member
 from skinlesion.inference.tta import apply_view, deaugment_maps, parse_views, view_groups
-from skinlesion.models.registry import get_target_layer
+from skinlesion.models.registry import get_cam_layers, get_spec
 
-METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
+METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "hirescam", "eigencam")
+#: Display names of :data:`METHODS` (reports, web page).
+METHOD_NAMES: dict[str, str] = {
+    "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "Layer-CAM", "hirescam": "HiRes-CAM",
+    "eigencam": "Eigen-CAM",
+}
+LayerNames = str | Sequence[str] | None
 ClassIndex = int | Sequence[int] | np.ndarray | None
 
 
@@ -49,6 +62,8 @@ class CamResult:
     probabilities: np.ndarray
     method: str
     views: tuple[str, ...]
+    layers: tuple[str, ...] = ()
+    input_scale: float = 1.0
 
 
 class _WithMetadata(nn.Module):
@@ -75,10 +90,50 @@ def check_method(method: str) -> str:
     return method
 
 
-def _cam_class(method: str) -> type:
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+def check_input_scale(input_scale: Any) -> float:
+    """``input_scale`` as a float in [1, 4], else a ValueError naming the parameter."""
+    if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float)) or not 1.0 <= input_scale <= 4.0:
+        raise ValueError(f"The 'input_scale' parameter must be a number in [1, 4]. Got {input_scale!r} instead.")
+    return float(input_scale)
 
-    return {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}[check_method(method)]
+
+def _signed_projection(activations: np.ndarray) -> np.ndarray:
+    """First principal component of each ``(C, h, w)`` activation map, signed to correlate
+    positively with the channel-summed activation (the SVD's sign is arbitrary)."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    proj = get_2d_projection(activations)
+    energy = np.asarray(activations, dtype=np.float64).sum(axis=1)
+    for i in range(proj.shape[0]):
+        p, e = proj[i].reshape(-1), energy[i].reshape(-1)
+        if np.dot(p - p.mean(), e - e.mean()) < 0:
+            proj[i] = -proj[i]
+    return proj
+
+
+def _cam_class(method: str) -> type:
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+
+    class SignedEigenCAM(EigenCAM):  # Muhammad & Yeasin 2020, with a deterministic sign
+        def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):  # type: ignore[no-untyped-def]
+            return _signed_projection(activations)
+
+    return {
+        "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "hirescam": HiResCAM,
+        "eigencam": SignedEigenCAM,
+    }[check_method(method)]
+
+
+def default_method(backbone: str) -> str:
+    """The registry's attention-map method of a backbone (``BackboneSpec.cam_method``)."""
+    return get_spec(backbone).cam_method
+
+
+def layer_names(backbone: str, layers: LayerNames = None) -> tuple[str, ...]:
+    """Module names (below the backbone) used for a backbone's map: ``layers`` or the registry's."""
+    if layers is None:
+        return get_spec(backbone).cam_layers
+    return (layers,) if isinstance(layers, str) else tuple(layers)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -145,12 +200,12 @@ def _grad_to_input_only(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _cam_session(method: str, model: nn.Module, layer: nn.Module) -> Iterator[Any]:
+def _cam_session(method: str, model: nn.Module, layers: Sequence[nn.Module]) -> Iterator[Any]:
     """The library's CAM object, with its hooks released on exit.
 
     The library's own ``__exit__`` swallows IndexError (printing it); this one re-raises everything.
     """
-    cam = _cam_class(method)(model=model, target_layers=[layer])
+    cam = _cam_class(method)(model=model, target_layers=list(layers))
     try:
         yield cam
     finally:
@@ -158,14 +213,26 @@ def _cam_session(method: str, model: nn.Module, layer: nn.Module) -> Iterator[An
 
 
 def _cam_views(
-    model: nn.Module, layer: nn.Module, x: torch.Tensor, classes: np.ndarray, method: str, views: Sequence[str]
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    x: torch.Tensor,
+    classes: np.ndarray,
+    method: str,
+    views: Sequence[str],
+    input_scale: float = 1.0,
 ) -> np.ndarray:
-    """Maps ``(N, h, w)`` of ``classes`` averaged over ``views``; views of one shape share a batch."""
+    """Maps ``(N, h, w)`` of ``classes`` averaged over ``views``; views of one shape share a batch.
+
+    ``input_scale > 1`` upsamples the input (bilinear) before the views, and the maps back to
+    ``(h, w)``, so a layer at stride s gives ``input_scale`` times more cells per side."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    n = x.shape[0]
+    n, size = x.shape[0], tuple(x.shape[-2:])
+    if input_scale != 1.0:
+        big = (round(size[0] * input_scale), round(size[1] * input_scale))
+        x = F.interpolate(x, size=big, mode="bilinear", align_corners=False)
     per_view: list[np.ndarray | None] = [None] * len(views)
-    with _grad_to_input_only(model), _cam_session(method, model, layer) as cam:
+    with _grad_to_input_only(model), _cam_session(method, model, layers) as cam:
         for group in view_groups(views, x.shape[-1] == x.shape[-2]):
             batch = torch.cat([apply_view(x, views[i]) for i in group]).detach().clone().requires_grad_(True)
             targets = [ClassifierOutputTarget(int(c)) for _ in group for c in classes]
@@ -173,7 +240,10 @@ def _cam_views(
             for j, i in enumerate(group):
                 per_view[i] = out[j * n : (j + 1) * n]
     model.eval()
-    return np.clip(deaugment_maps(per_view, views), 0.0, 1.0).astype(np.float32)  # type: ignore[arg-type]
+    maps = np.clip(deaugment_maps(per_view, views), 0.0, 1.0).astype(np.float32)  # type: ignore[arg-type]
+    if input_scale != 1.0:
+        maps = np.stack([resize_map(mp, size) for mp in maps])
+    return maps
 
 
 def compute_cam(
@@ -181,34 +251,49 @@ def compute_cam(
     backbone: str | nn.Module,
     x: torch.Tensor,
     class_index: ClassIndex = None,
-    method: str = "gradcam++",
+    method: str | None = None,
     views: str | Sequence[str] = ("identity",),
+    *,
+    layers: LayerNames = None,
+    input_scale: float = 1.0,
 ) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al. 2017) or Grad-CAM++ (Chattopadhay et al. 2018) of a batch.
+    """A class activation map (see the module doc for the methods) of a batch.
 
     Args:
         model: a classifier returning logits ``(N, K)``; it is put in (and left in) eval mode, and
             its ``requires_grad`` flags and ``.grad`` are left unchanged.
-        backbone: the registry name of the model (its target layer comes from the registry), or
-            the target layer itself (a module of ``model``).
+        backbone: the registry name of the model (its layers come from the registry's
+            ``cam_layers`` unless ``layers`` is given), or the target layer itself (a module of
+            ``model``), or a list of such modules (their maps are fused).
         x: the preprocessed batch ``(N, C, h, w)``.
         class_index: the class to explain, one for all images or one per image; ``None`` explains
             the predicted class (argmax of the logits on the identity view).
-        method: ``"gradcam"`` or ``"gradcam++"``.
+        method: one of :data:`METHODS`; ``None``: the registry's ``cam_method`` of ``backbone``
+            (Grad-CAM++ when ``backbone`` is a module).
         views: TTA view names or a preset (see :func:`skinlesion.inference.tta.parse_views`); each
             view's map is brought back to the original frame and the maps are averaged.
+        layers: module names below the backbone (with a registry name only); ``None``: the registry's.
+        input_scale: upsample the input by this factor (1 to 4) for the map only.
 
     Returns:
         float32 maps ``(N, h, w)`` in [0, 1].
     """
+    if method is None:
+        method = default_method(backbone) if isinstance(backbone, str) else "gradcam++"
     check_method(method)
     views = parse_views(views)
     x = _check_batch(x)
-    layer = get_target_layer(model, backbone) if isinstance(backbone, str) else backbone
-    if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
+    input_scale = check_input_scale(input_scale)
+    if isinstance(backbone, str):
+        targets = get_cam_layers(model, backbone, layers)
+    else:
+        targets = list(backbone) if isinstance(backbone, (list, tuple)) else [backbone]
+    if not targets or not all(
+        isinstance(t, nn.Module) and any(m is t for m in model.modules()) for t in targets
+    ):
         raise ValueError(
-            "The 'backbone' parameter must be a registry name or a target layer of the model (one of its "
-            f"modules). Got {type(backbone).__name__} {backbone!r} instead."
+            "The 'backbone' parameter must be a registry name or a target layer of the model (or a list of "
+            f"its modules). Got {type(backbone).__name__} {backbone!r} instead."
         )
     model.eval()
     if class_index is None:
@@ -216,7 +301,7 @@ def compute_cam(
             classes = model(x.to(_device(model))).argmax(dim=-1).cpu().numpy()
     else:
         classes = check_class_index(class_index, x.shape[0], _num_classes(model, x))
-    return _cam_views(model, layer, x, classes, method, views)
+    return _cam_views(model, targets, x, classes, method, views, input_scale)
 
 
 def _check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -255,23 +340,33 @@ def ensemble_cam(
     members: Sequence[Member],
     images: Sequence[np.ndarray],
     class_index: ClassIndex = None,
-    method: str = "gradcam++",
+    method: str | None = None,
     views: str | Sequence[str] = ("identity",),
     metadata: Sequence[Any] | None = None,
+    *,
+    layers: LayerNames = None,
+    input_scale: float = 1.0,
 ) -> CamResult:
     """CAMs of a weighted ensemble: each member's map at the image's size, and their weighted mean.
 
     Each member preprocesses the RGB uint8 ``images`` itself (members may differ in input size);
     its map is resized back to the original image. ``class_index=None`` explains the ensemble's
     predicted class: the argmax of the weight-averaged softmax of ``logits / member.temperature``
-    on the identity view. Method: Grad-CAM (Selvaraju et al. 2017) or Grad-CAM++ (Chattopadhay et
-    al. 2018), see :func:`compute_cam`. ``metadata``: one record per image (age, sex, site; None:
-    missing) for metadata fusion members, which then explain their prediction with that metadata.
+    on the identity view. ``method`` and ``layers`` (see :func:`compute_cam`): ``None`` takes each
+    member's registry defaults (``cam_layers``; ``cam_method`` when the members agree on it, else
+    Grad-CAM++).
+    ``metadata``: one record per image (age, sex, site; None: missing) for metadata fusion members,
+    which then explain their prediction with that metadata.
     """
     members = list(members)
     if not members:
         raise ValueError("The 'members' parameter must hold at least one Member. Got an empty sequence instead.")
+    if method is None:
+        found = sorted({default_method(m.backbone) for m in members})
+        method = found[0] if len(found) == 1 else "gradcam++"  # mixed families: the common denominator
     check_method(method)
+    input_scale = check_input_scale(input_scale)
+    member_layers = [layer_names(m.backbone, layers) for m in members]
     views = parse_views(views)
     images = _check_images(images)
     weights = _normalised_weights(members)
@@ -305,8 +400,8 @@ def ensemble_cam(
     else:
         classes = check_class_index(class_index, len(images), ks.pop())
     member_maps: list[list[np.ndarray]] = []
-    for m, model, x in zip(members, models, inputs, strict=True):
-        maps = _cam_views(model, get_target_layer(m.model, m.backbone), x, classes, method, views)
+    for m, model, x, names in zip(members, models, inputs, member_layers, strict=True):
+        maps = _cam_views(model, get_cam_layers(m.model, m.backbone, names), x, classes, method, views, input_scale)
         member_maps.append([resize_map(maps[i], im.shape[:2]) for i, im in enumerate(images)])
     mean_maps = [
         np.asarray(sum(w * mm[i] for w, mm in zip(weights, member_maps, strict=True)), dtype=np.float32)
@@ -321,6 +416,8 @@ def ensemble_cam(
         probabilities=np.asarray(mean_probs),
         method=method,
         views=tuple(views),
+        layers=tuple(dict.fromkeys(n for names in member_layers for n in names)),
+        input_scale=input_scale,
     )
 
 

@@ -116,7 +116,10 @@ def _curves(
     seed: int,
     batch_size: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Deletion and insertion curves ``(M, steps + 1)`` of maps ``(M, h, w)``, in one batch by default."""
+    """Deletion and insertion curves ``(M, steps + 1)`` of maps ``(M, h, w)``, in one batch by default.
+
+    The first and last points of every curve are the intact image and the baseline, the same for
+    all maps: they are scored once (``2 + 2 * M * (steps - 1)`` images in all)."""
     m, (h, w) = maps.shape[0], image.shape[-2:]
     n = h * w
     tie_break = np.random.default_rng(seed).permutation(n)
@@ -124,12 +127,13 @@ def _curves(
     for i in range(m):  # order: decreasing saliency, ties in a seeded random order (not raster order)
         rank[i, np.lexsort((tie_break, -maps[i].reshape(-1)))] = np.arange(n)
     counts = np.round(np.linspace(0, n, steps + 1)).astype(np.int64)
-    removed = torch.from_numpy(rank[:, None, :] < counts[None, :, None]).view(m * (steps + 1), 1, h, w)
+    inner = counts[1:-1]  # the end points are the image and the baseline for every map: scored once
+    removed = torch.from_numpy(rank[:, None, :] < inner[None, :, None]).view(m * inner.size, 1, h, w)
     removed = removed.to(image.device)
     base = baseline_image(image, baseline, blur_sigma)
     deletion = torch.where(removed, base, image)
     insertion = torch.where(removed, image, base)
-    batch = torch.cat([deletion, insertion])
+    batch = torch.cat([image[None], base[None], deletion, insertion])
     size = batch.shape[0] if batch_size is None else batch_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"The 'batch_size' parameter must be None or a positive integer. Got {batch_size!r}.")
@@ -146,8 +150,11 @@ def _curves(
                     f"Got {class_index!r} instead."
                 )
             outs.append(p[:, class_index])
-    scores = np.concatenate(outs).reshape(2, m, steps + 1)
-    return scores[0], scores[1]
+    flat = np.concatenate(outs)
+    full, empty, middle = flat[0], flat[1], flat[2:].reshape(2, m, inner.size)
+    dele = np.concatenate([np.full((m, 1), full), middle[0], np.full((m, 1), empty)], axis=1)
+    ins = np.concatenate([np.full((m, 1), empty), middle[1], np.full((m, 1), full)], axis=1)
+    return dele, ins
 
 
 def _check_class(class_index: Any) -> int:

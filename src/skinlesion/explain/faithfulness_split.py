@@ -194,7 +194,7 @@ def faithfulness_over_split(
     bundle: Any,
     split: str = "test",
     n: int | None = 100,
-    method: str = "gradcam++",
+    method: str | None = None,
     steps: int = 20,
     baseline: str = "blur",
     n_random: int = 5,
@@ -212,7 +212,8 @@ def faithfulness_over_split(
 
     ``bundle`` is a :class:`~skinlesion.ensemble.bundle.Bundle` or a bundle folder. The class
     explained and tracked is the bundle's calibrated argmax on the identity view (no TTA, no
-    decision thresholds), recorded per image as ``predicted``. See the module doc for the protocol (Petsiuk et al. 2018; Grad-CAM, Selvaraju et al. 2017; Grad-CAM++,
+    decision thresholds), recorded per image as ``predicted``. ``method=None``: the members'
+    registry default method and layers (what reports show). See the module doc for the protocol (Petsiuk et al. 2018; Grad-CAM, Selvaraju et al. 2017; Grad-CAM++,
     Chattopadhay et al. 2018). With ``mask_source`` other than ``"auto"``, images lacking that
     source get no mass-in-mask value (NaN, counted under ``"none"``); if none has it, DataError.
 
@@ -233,7 +234,8 @@ def faithfulness_over_split(
 
     started = time.perf_counter()
     _choice("split", split, SPLITS)
-    check_method(method)
+    if method is not None:
+        check_method(method)
     _choice("baseline", baseline, BASELINES)
     _choice("random_kind", random_kind, RANDOM_KINDS)
     _choice("mask_source", mask_source, MASK_SOURCES)
@@ -254,12 +256,14 @@ def faithfulness_over_split(
     lesions = group_ids(table).to_numpy()
     y = table.labels()
     records: list[dict[str, Any]] = []
+    shown = {"method": method, "layers": None}
     for k, i in enumerate(rows):
         image = table.load_image(int(i))
         x = torch.from_numpy(image).permute(2, 0, 1).float()
         probs = predict(x[None])[0]
         c = int(np.argmax(probs))
-        cam = ensemble_cam(bundle.members, [image], class_index=[c], method=method).maps[0]
+        res_cam = ensemble_cam(bundle.members, [image], class_index=[c], method=method)
+        cam, shown = res_cam.maps[0], {"method": res_cam.method, "layers": list(res_cam.layers)}
         mask, used = masks.get(str(table.frame["image_id"].iloc[i]), image, mask_source)
         rec = evaluate_saliency(
             predict, x, cam, c, mask=mask, steps=steps, baseline=baseline,
@@ -293,7 +297,7 @@ def faithfulness_over_split(
         "mask_source": {"requested": mask_source, "used": used_counts},
         "records": records,
         "settings": {
-            "method": method, "steps": steps, "baseline": baseline, "n_random": n_random,
+            "method": shown["method"], "layers": shown["layers"], "steps": steps, "baseline": baseline, "n_random": n_random,
             "random_kind": random_kind, "seed": seed, "n_boot": n_boot, "alpha": alpha,
             "space": "original RGB image; ensemble (identity view) as classifier", "cam_views": ["identity"],
         },

@@ -76,7 +76,7 @@ def explain_image(
     image: np.ndarray,
     *,
     class_name: str | None = None,
-    method: str = "gradcam++",
+    method: str | None = None,
     cam_views: str = "identity",
     mc_samples: int | None = None,
     pixel_spacing_mm: float | None = None,
@@ -94,10 +94,14 @@ def explain_image(
     with (its scores depend on it), else 20; 0 skips the uncertainty part.
     ``metadata``: the patient's ``{"age", "sex", "site"}`` (any may be absent) for metadata fusion
     members: used by the prediction, the attention map and the uncertainty; recorded under ``metadata``.
+    ``method``: the CAM method (``None``: the members' registry default, at the registry's layers);
+    ``attention.faithfulness`` says how faithful that map was measured to be
+    (:func:`~skinlesion.explain.faithfulness_note.faithfulness_note`), or that it was not.
     """
     from skinlesion.inference.tta import parse_views
     from skinlesion.explain.cam import ensemble_cam
     from skinlesion.explain.faithfulness import mass_in_mask
+    from skinlesion.explain.faithfulness_note import config_name, faithfulness_note
     from skinlesion.explain.segmentation import segment_lesion
     from skinlesion.explain.tds import dermoscopy_score
 
@@ -121,12 +125,14 @@ def explain_image(
         prediction=record["prediction"],
         attention={
             "method": cam.method,
+            "layers": list(cam.layers),
             "class": bundle.classes[k],
             "views": list(cam.views),
             "member_weights": dict(zip(cam.member_names, np.asarray(cam.weights).tolist(), strict=True)),
             "mass_in_lesion": mass_in_mask(cam.maps[0], seg.mask) if found else None,
             "lesion_area_fraction": float(seg.mask.mean()),
             "metadata": "used" if summary["used"] is not None else "not given" if summary["members_using_metadata"] else "not used by this bundle",
+            "faithfulness": faithfulness_note(bundle, config_name(cam.method, cam.layers, cam.views, cam.input_scale)),
         },
         segmentation={"quality": seg.quality, "method": seg.method, "bbox_top_bottom_left_right": list(seg.bbox)},
         abcde=to_jsonable(abcde.to_dict()) if abcde is not None else None,

@@ -9,7 +9,9 @@ EfficientNet-Lite entries use the normalisation of the original TensorFlow Effic
 hub weights were converted from. timm rounds this to 0.5/0.5; the README of the pip weight packages
 suggests ImageNet mean/std, which those TF weights were never trained with.
 
-Each spec also names the Grad-CAM target layer (a 4-D feature map in the created model) and where
+Each spec also names the Grad-CAM target layer (a 4-D feature map in the created model: the last
+one, at stride 32), the attention-map defaults (``cam_method`` and ``cam_layers``: what the report
+shows, chosen per family by measurement where one was made, see :data:`CAM_DEFAULTS`) and where
 the stochastic layers live, for Monte Carlo dropout (Gal & Ghahramani, ICML 2016).
 
 This module is data and lookups only (as timm's registry): models are created by
@@ -68,6 +70,8 @@ class BackboneSpec:
     pretrained_sources: tuple[str, ...]
     description: str
     testing_only: bool = False
+    cam_method: str = "gradcam++"
+    cam_layers: tuple[str, ...] = ()
 
 
 # Original TF EfficientNet-Lite normalisation, (x - 127) / 128 on 0-255 pixels (see module doc).
@@ -180,6 +184,19 @@ for _i, (_rate, _input) in enumerate(((0.2, 224), (0.2, 240), (0.3, 260))):
     )
 
 
+#: Attention-map defaults per backbone: ``name -> (method, layers)``; layers are module names of
+#: the created model whose CAMs are fused (mean of the per-layer min-max scaled maps). A backbone
+#: not listed uses Grad-CAM++ at its ``target_layer``. The EfficientNet-Lite entries come from
+#: ``bench/faithfulness.py --compare`` on the HAM10000 test split (bench/results/faithfulness_*.json).
+#: Lite: Layer-CAM (Jiang et al. 2021) at ``blocks.4``, the last stride-16 stage (8x10 cells at
+#: 120x160 instead of 4x5 at ``bn2``), beat Grad-CAM++ at ``bn2`` and the other candidates
+#: (Grad-CAM, HiRes-CAM, Eigen-CAM, fusion with ``bn2``, 2x input) on the default bundle;
+#: measured on Lite0 only (Lite1/2 share the architecture but their maps are unmeasured).
+CAM_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    f"tf_efficientnet_lite{i}": ("layercam", ("blocks.4",)) for i in range(3)
+}
+
+
 def _build_spec(name: str) -> BackboneSpec:
     target, dropout, sources, description, testing_only, lite_norm = _ENTRIES[name]
     cfg = timm.models.get_pretrained_cfg(name)
@@ -201,6 +218,8 @@ def _build_spec(name: str) -> BackboneSpec:
         pretrained_sources=sources,
         description=description,
         testing_only=testing_only,
+        cam_method=CAM_DEFAULTS.get(name, ("gradcam++", (target,)))[0],
+        cam_layers=CAM_DEFAULTS.get(name, ("gradcam++", (target,)))[1],
     )
 
 
@@ -251,6 +270,31 @@ def get_target_layer(model: nn.Module, name: str) -> nn.Module:
             f"The model ({type(model).__name__}) has no module {layer!r}, the Grad-CAM "
             f"target layer of backbone {name!r}: was it created with create_backbone({name!r})?"
         ) from None
+
+
+def get_cam_layers(model: nn.Module, name: str, layers: str | tuple[str, ...] | list[str] | None = None) -> list[nn.Module]:
+    """The attention-map layers of a model created for backbone ``name`` (or a wrapper of one).
+
+    ``layers``: module names below the backbone (e.g. ``("blocks.4", "bn2")``), one name, or
+    ``None`` for the spec's ``cam_layers``. An unknown name raises ValueError naming the layers
+    that exist at the top level of the backbone.
+    """
+    spec = get_spec(name)
+    names = spec.cam_layers if layers is None else (layers,) if isinstance(layers, str) else tuple(layers)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"The 'layers' parameter must be None or non-empty module names. Got {layers!r} instead.")
+    prefix = backbone_prefix(model)
+    found = []
+    for n in names:
+        try:
+            found.append(model.get_submodule(prefix + n))
+        except AttributeError:
+            top = [c for c, _ in (model.get_submodule(prefix[:-1]) if prefix else model).named_children()]
+            raise ValueError(
+                f"The model ({type(model).__name__}) has no module {prefix + n!r} for the attention map of "
+                f"backbone {name!r}; its top-level modules are {top}."
+            ) from None
+    return found
 
 
 def data_config(name: str, input_size: tuple[int, int] | None = None) -> dict:
@@ -323,6 +367,8 @@ __all__ = [
     "backbone_prefix",
     "data_config",
     "get_spec",
+    "CAM_DEFAULTS",
+    "get_cam_layers",
     "get_target_layer",
     "list_backbones",
     "stochastic_modules",

@@ -168,7 +168,7 @@ class Explanation(PredictionRecord):
     ``cam_png``, ``mask_png`` (the REST service's ``/explain``) and ``input`` (the CLI and the batch
     reports: path, sha256, shape, image id) are added by the output that has them."""
 
-    attention: Annotated[dict[str, Any], Field(description="Grad-CAM++ method, class explained, share of the map inside the lesion.")]
+    attention: Annotated[dict[str, Any], Field(description="CAM method and layers, class explained, share of the map inside the lesion, and the measured faithfulness of that map (faithfulness.line).")]
     segmentation: dict[str, Any]
     abcde: Annotated[dict[str, Any] | None, Field(description="ABCDE measurements; None when no lesion was segmented.")]
     dermoscopy_score: Annotated[dict[str, Any] | None, Field(description="Total Dermoscopy Score (ABCD rule).")]

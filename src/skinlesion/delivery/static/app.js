@@ -237,6 +237,7 @@ async function render(res, file) {
   $("mask-img").src = `data:image/png;base64,${res.mask_png}`;
   const att = res.attention || {};
   $("cam-caption").textContent = `${att.method || "CAM"} attention for ${att.class}` + (att.mass_in_lesion !== null && att.mass_in_lesion !== undefined ? `; ${fmt(100 * att.mass_in_lesion, 0)}% of it inside the lesion` : "");
+  $("cam-faithfulness").textContent = (att.faithfulness && att.faithfulness.line) || "The faithfulness of this attention map has not been measured.";
   $("mask-caption").textContent = `Segmentation outline (${res.segmentation ? res.segmentation.quality : "n/a"})`;
   $("diagnosis").textContent = pred.diagnosis;
   $("diagnosis-rule").textContent = `${pred.diagnosis_rule}.` + (pred.operating_point ? ` Operating point: ${pred.operating_point}.` : "");

@@ -93,6 +93,29 @@ class ConceptBank:
                  "cav_accuracy": r.cav_accuracy, "n_concept_examples": r.n_concept_examples,
                  "n_class_examples": r.n_class_examples} for r in sorted(rows, key=lambda r: r.class_index)]
 
+    def per_class(self, member: str | None = None) -> dict[str, dict[str, Any]]:
+        """Per class: ``significant`` concepts (name, TCAV mean, random mean, corrected p; the
+        direction is "raises" when the score is above the random one, else "lowers"), ``tested``
+        and a plain ``line`` ("none of the N concepts tested is significant" where none is)."""
+        rows = self.results if member is None else self.member_results[member]
+        out: dict[str, dict[str, Any]] = {}
+        for k, name in enumerate(self.classes):
+            tested = [r for r in rows if r.class_index == k]
+            sig = [{"concept": r.concept, "tcav_mean": r.score_mean, "random_mean": r.random_mean,
+                    "p_value_corrected": r.p_value_corrected, "cav_accuracy": r.cav_accuracy,
+                    "direction": "raises" if r.score_mean > r.random_mean else "lowers"}
+                   for r in tested if r.significant]
+            if not tested:
+                line = f"{name}: no concept was tested."
+            elif not sig:
+                line = f"{name}: none of the {len(tested)} concepts tested is significant (random-CAV test)."
+            else:
+                line = f"{name}: " + "; ".join(
+                    f"{s['concept']} {s['direction']} the {name} logit (TCAV {s['tcav_mean']:.2f} vs random "
+                    f"{s['random_mean']:.2f}, corrected p {s['p_value_corrected']:.2g})" for s in sig) + "."
+            out[name] = {"significant": sig, "tested": [r.concept for r in tested], "line": line}
+        return out
+
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly digest: concepts, example counts, significant pairs, notes."""
         return {"concepts": self.concepts, "members": [asdict(m) for m in self.members],
