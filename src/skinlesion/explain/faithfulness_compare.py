@@ -184,12 +184,9 @@ def compare_configurations(
     ``on_record``: called with each image's record as it is done (e.g. to keep partial results).
     """
     from skinlesion.data.splits import group_ids
-    from skinlesion.ensemble.bundle import Bundle, load_bundle
-    from skinlesion.ensemble.predict import default_device
-    from skinlesion.ensemble.split import load_bundle_split
     from skinlesion.explain.cam import ensemble_cam
     from skinlesion.explain.faithfulness import deletion_insertion, random_baseline
-    from skinlesion.explain.faithfulness_split import LesionMasks, ensemble_predict_fn, sample_one_per_lesion
+    from skinlesion.explain.faithfulness_split import split_setup
 
     started = time.perf_counter()
     parsed = [c if isinstance(c, CamConfig) else parse_config(c) for c in configs]
@@ -201,15 +198,7 @@ def compare_configurations(
     positive_int("n", n, allow_none=True)
     positive_int("steps", steps)
     positive_int("n_random", n_random)
-    if not isinstance(bundle, Bundle):
-        bundle = load_bundle(bundle)
-    dev = default_device(device)
-    for m in bundle.members:
-        m.model.to(dev).eval()
-    table = load_bundle_split(bundle, split, data_root)
-    rows = sample_one_per_lesion(table, n, seed)
-    masks = LesionMasks(table, rows, data_root)
-    predict = ensemble_predict_fn(bundle, device=dev, batch_size=batch_size)
+    bundle, dev, table, rows, masks, predict = split_setup(bundle, split, n, seed, data_root, device, batch_size)
     classes = list(bundle.classes)
     lesions = group_ids(table).to_numpy()
     y = table.labels()

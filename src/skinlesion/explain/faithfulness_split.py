@@ -190,6 +190,25 @@ def ensemble_predict_fn(bundle: Any, *, device: str | torch.device | None = None
     return predict
 
 
+def split_setup(
+    bundle: Any, split: str, n: int | None, seed: int, data_root: str | None, device: str | torch.device | None, batch_size: int
+) -> tuple[Any, torch.device, LesionTable, np.ndarray, LesionMasks, Any]:
+    """What a faithfulness run over a split starts from: the loaded bundle (members in eval mode on
+    ``device``), the device, the split's table, one sampled image per lesion (``n``), their lesion
+    masks and the ensemble's prediction function."""
+    from skinlesion.ensemble.bundle import Bundle, load_bundle
+    from skinlesion.ensemble.predict import default_device
+
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    dev = default_device(device)
+    for m in bundle.members:
+        m.model.to(dev).eval()
+    table = load_bundle_split(bundle, split, data_root)
+    rows = sample_one_per_lesion(table, n, seed)
+    return bundle, dev, table, rows, LesionMasks(table, rows, data_root), ensemble_predict_fn(bundle, device=dev, batch_size=batch_size)
+
+
 def faithfulness_over_split(
     bundle: Any,
     split: str = "test",
@@ -222,8 +241,6 @@ def faithfulness_over_split(
     ``mask_source`` (``requested`` and per-source ``used`` counts), ``records`` (one per image),
     ``settings``, ``bundle``, ``split`` and ``seconds``.
     """
-    from skinlesion.ensemble.bundle import Bundle, load_bundle
-    from skinlesion.ensemble.predict import default_device
     from skinlesion.explain.cam import check_method, ensemble_cam
     from skinlesion.explain.faithfulness import (
         BASELINES,
@@ -243,15 +260,7 @@ def faithfulness_over_split(
     positive_int("steps", steps)
     positive_int("n_random", n_random)
     positive_int("batch_size", batch_size)
-    if not isinstance(bundle, Bundle):
-        bundle = load_bundle(bundle)
-    dev = default_device(device)
-    for m in bundle.members:
-        m.model.to(dev).eval()
-    table = load_bundle_split(bundle, split, data_root)
-    rows = sample_one_per_lesion(table, n, seed)
-    masks = LesionMasks(table, rows, data_root)
-    predict = ensemble_predict_fn(bundle, device=dev, batch_size=batch_size)
+    bundle, dev, table, rows, masks, predict = split_setup(bundle, split, n, seed, data_root, device, batch_size)
     classes = list(bundle.classes)
     lesions = group_ids(table).to_numpy()
     y = table.labels()
