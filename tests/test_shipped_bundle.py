@@ -41,7 +41,7 @@ def test_shipped_bundle_classifies_with_and_without_metadata(shipped) -> None:  
     from skinlesion.data.synthetic import generate_lesion
 
     image, _, _ = generate_lesion("MEL", seed=3)
-    p = Predictor(shipped, mc_samples=2)
+    p = Predictor(shipped)  # as `predict` and `serve` run it: the review flag the bundle was fitted with
     (plain,) = p.predict([image])
     (with_meta,) = p.predict([image], metadata=[{"age": 70, "sex": "male", "site": "back"}])
     probs = np.array(list(plain["prediction"]["probabilities"].values()))
