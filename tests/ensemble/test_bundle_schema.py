@@ -35,7 +35,8 @@ def test_the_shipped_bundle_reads_as_typed_fields(shipped: dict[str, Any]) -> No
     assert spec.provenance.split_hash == shipped["provenance"]["split_hash"]
     assert [h.action for h in spec.history] == [h["action"] for h in shipped["history"]]
     assert spec.review is not None and spec.review.n_samples == shipped["review"]["n_samples"]
-    assert spec.cross_fitting is None and spec.decision.policy == raw["policy"] == "diagnosis"
+    assert spec.cross_fitting is not None and spec.cross_fitting.member_folds == {m["name"]: i for i, m in enumerate(shipped["members"])}
+    assert spec.decision.policy == raw["policy"] == "diagnosis" and spec.review.method == shipped["review"]["method"] == "ensemble"
     assert spec.decision.diagnosis is not None and spec.decision.diagnosis.log_weights == raw["diagnosis"]["log_weights"]
     assert spec.decision.referral is not None and spec.decision.referral.threshold == raw["referral"]["threshold"]
     assert spec.decision.ood is not None and spec.decision.ood.threshold == raw["ood"]["threshold"]
@@ -71,7 +72,7 @@ def test_new_decision_parts_and_cross_fitting_are_optional_typed_fields(shipped:
     assert spec.decision.diagnosis.log_weights["MEL"] == 0.0 and spec.decision.diagnosis.model_extra == {"limit": 1.0}  # type: ignore[union-attr]
     assert spec.decision.referral.threshold == 0.2 and spec.decision.referral.malignant_classes == ["MEL", "BCC", "AKIEC"]  # type: ignore[union-attr]
     assert spec.decision.ood.threshold == 0.4 and spec.decision.policy == "priority-threshold"  # type: ignore[union-attr]
-    assert spec.cross_fitting is not None and spec.cross_fitting.k == 5 and list(spec.cross_fitting.member_folds.values()) == [0, 1]
+    assert spec.cross_fitting is not None and spec.cross_fitting.k == 5 and list(spec.cross_fitting.member_folds.values()) == list(range(len(meta["members"])))
     meta["cross_fitting"] = {"k": 5}
     with pytest.raises(BundleError, match=r"cross_fitting\.member_folds is required"):
         validate_meta(meta)
@@ -96,7 +97,7 @@ def test_review_point_merges_the_without_metadata_threshold(shipped: dict[str, A
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda m: m["members"][0].update(weight="0.5"), r"members\[0\] \(m0-\S+\): weight must be >= 0, got '0.5'"),
+        (lambda m: m["members"][0].update(weight="0.5"), r"members\[0\] \(f0-\S+\): weight must be >= 0, got '0.5'"),
         (lambda m: m["members"].__setitem__(0, "m0"), r"members\[0\] must be a dict with \['name', "),
         (lambda m: m.update(format_version="two"), r"field 'format_version' must be an integer, got 'two'"),
         (lambda m: m.update(tta=["identity"]), r"field 'tta' is invalid: must be a dict \{views, average\}"),
