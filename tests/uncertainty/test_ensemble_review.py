@@ -37,7 +37,7 @@ def test_members_and_views_are_the_samples_with_the_bundles_weights_and_temperat
     np.testing.assert_allclose(agree.mutual_information, 0.0, atol=1e-12)  # identical members and views: no spread
     differ = [rng.normal(scale=3.0, size=(3, v, k)) for _ in range(m)]
     res = view_samples(bundle, differ)
-    assert (res.mutual_information > 0.01).all()
+    assert (res.mutual_information > 1e-4).all()  # members and views disagree: a spread (its size depends on the temperature)
     np.testing.assert_allclose(res.predictive_entropy, res.expected_entropy + res.mutual_information, atol=1e-9)
     temps = bundle.temperatures_for()
     t = temps["ensemble"]
