@@ -369,7 +369,9 @@ def _review(add: Any, rv: dict[str, Any] | None, split: str) -> None:
     """The review flag: its threshold(s), fitted on validation, and their effect on validation and test."""
     if not rv:
         return
-    add(f"\nReview flag ({rv['n_samples']} MC-dropout passes, goal {rv['goal']} {rv['target']}, fitted on validation):\n")
+    how = ("scored on the members x TTA views of the prediction, no MC-dropout pass" if rv.get("method") == "ensemble"
+           else f"{rv['n_samples']} MC-dropout passes")
+    add(f"\nReview flag ({how}, goal {rv['goal']} {rv['target']}, fitted on {rv.get('fitted_on', 'validation')}):\n")
     add(f"- with metadata: {rv['score']} {rv.get('flag_when', '>= threshold')}, threshold {_f(rv.get('threshold'), 4)}; "
         f"validation: {_review_effect(rv.get('validation'))}; {split}: {_review_effect(rv.get('test'))}.")
     nm = rv.get("without_metadata")
