@@ -38,9 +38,9 @@ FOUR = ("identity", "hflip", "vflip", "rot180")
 
 def _probs(logits: Sequence[np.ndarray], weights: np.ndarray, views: Sequence[int]) -> np.ndarray:
     """Weighted member average of the view-averaged softmax probabilities: ``(N, K)``."""
-    from scipy.special import softmax
+    from skinlesion.inference.tta import average_views
 
-    per_member = [softmax(np.asarray(z, dtype=np.float64)[:, list(views)], axis=-1).mean(axis=1) for z in logits]
+    per_member = [np.exp(average_views(np.asarray(z)[:, list(views)], "prob")) for z in logits]
     return np.tensordot(weights / weights.sum(), np.stack(per_member), axes=1)
 
 

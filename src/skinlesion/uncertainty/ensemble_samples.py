@@ -25,6 +25,7 @@ import numpy as np
 
 from skinlesion.ensemble.bundle import WITH_METADATA, WITHOUT_METADATA, Bundle
 from skinlesion.uncertainty.mc_dropout import MCResult
+from skinlesion.uncertainty.mc_predict import _tempered_members
 from skinlesion.uncertainty.review import ARRAYS
 
 #: ``review.method`` of a review flag scored on the members x TTA views of the prediction itself.
@@ -66,9 +67,8 @@ def view_samples(bundle: Bundle, view_logits: Sequence[np.ndarray], points: np.n
         rows = points == point
         temps = bundle.temperatures_for(str(point))
         bias = np.asarray([temps["bias"][c] for c in bundle.classes]) if temps["mode"] == "ensemble" and temps["bias"] else 0.0
-        for i, member in enumerate(bundle.members):
-            t = temps["members"][member.name] if temps["mode"] == "member" else temps["ensemble"] if temps["mode"] == "ensemble" else 1.0
-            scaled[i, rows] = z[i, rows] / float(t) + bias
+        for i, member in enumerate(_tempered_members(bundle, str(point))):  # the temperatures MC passes use
+            scaled[i, rows] = z[i, rows] / member.temperature + bias
     probs = _softmax(scaled)  # (M, N, V, K)
     samples = probs.transpose(0, 2, 1, 3).reshape(m * v, n, k)
     w = np.asarray([member.weight for member in bundle.members], dtype=np.float64)
