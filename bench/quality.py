@@ -3,6 +3,7 @@
     python bench/quality.py                                              # default bundle vs the recipe's baseline
     python bench/quality.py --bundle runs/bench-bundle --baseline runs/cpu-ham10000-lite0 --n-boot 1000
     python bench/quality.py --bundle runs/bench-bundle --reuse           # second run: cached test logits
+    python bench/quality.py --bundle models/ham10000-cv5/bundle --baseline none --eval-dir models/ham10000-cv5/eval-test
     python bench/quality.py --bundle runs/bench-bundle --max-images 40 --n-boot 50   # smoke run, subsampled lesions
 
 Side by side, from one pass over the test split of the bundle's manifest (the baseline must have
@@ -10,10 +11,13 @@ been trained on the same split: its split hash is checked):
 
 * ``baseline``: one image-only backbone (default: the Lite0 of the CPU preset), argmax, no TTA;
 * ``member:<name>``: every bundle member alone, argmax, identity view only;
-* ``ensemble``: the weighted, tempered ensemble, argmax, identity view only;
-* ``ensemble_tta``: the same with the bundle's TTA views, argmax;
-* ``shipped``: ensemble + TTA + calibrated thresholds (the bundle's decision rule), what
-  ``predict``/``serve`` return;
+* ``ensemble``: the weighted ensemble, argmax of the uncalibrated average, identity view only;
+* ``ensemble_tta``: the same with the bundle's TTA views;
+* ``ensemble_tta_calibrated``: argmax after the bundle's temperature (with class biases, which
+  restore the class priors and so lower BACC: the decision policy re-balances);
+* ``shipped``: ensemble + TTA + the bundle's decision policy (``Bundle.policy``: the diagnosis rule,
+  or the priority-threshold rule), what ``predict``/``serve`` return;
+* ``priority_threshold`` (under the diagnosis policy): the class flags' thresholds used as the decision;
 * ``shipped_no_metadata`` (bundles with metadata fusion members only): the shipped configuration
   with the patient metadata hidden, what a user gets who gives no metadata: every image is decided
   by the bundle's without-metadata operating point (``decision.without_metadata``: temperature and
@@ -326,14 +330,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     store = LogitStore(folder, split_hash, reuse=args.reuse, batch_size=args.batch_size, num_workers=args.num_workers)
     t1 = time.perf_counter()
     views = list(bundle.tta.views)
-    logits = [store.get(m, m.name, test, views) for m in bundle.members]
+    fusion = [m.name for m in bundle.members if _is_fusion(m)]
+    if args.eval_dir:  # the view logits `skinlesion evaluate` saved for this bundle's test split
+        from skinlesion.ensemble.build import SPLIT_LOGITS, SPLIT_LOGITS_NO_METADATA, load_split_logits
+
+        ids = test.frame["image_id"].astype(str).tolist()
+        logits = load_split_logits(Path(args.eval_dir) / SPLIT_LOGITS, bundle, ids)
+        hidden = load_split_logits(Path(args.eval_dir) / SPLIT_LOGITS_NO_METADATA, bundle, ids) if fusion else None
+    else:
+        logits = [store.get(m, m.name, test, views) for m in bundle.members]
+        hidden = [store.get(m, m.name, test, views, use_metadata=False) for m in bundle.members] if fusion else None
     if "identity" in views:
         j = views.index("identity")
         identity = [z[:, [j]] for z in logits]
     else:
         identity = [store.get(m, m.name, test, ["identity"]) for m in bundle.members]
-    fusion = [m.name for m in bundle.members if _is_fusion(m)]
-    hidden = [store.get(m, m.name, test, views, use_metadata=False) for m in bundle.members] if fusion else None
     base_logits = store.get(baseline.members[0], f"baseline {args.baseline}", test, ["identity"]) if baseline else None
     t_logits = time.perf_counter() - t1
 
@@ -356,18 +367,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for m, z in zip(bundle.members, identity, strict=True):
         add(f"member:{m.name}", "one bundle member alone, argmax, identity view only", z[:, 0].argmax(1),
             backbone=m.backbone, metadata="from the table" if _is_fusion(m) else None)
-    add("ensemble", "weighted tempered ensemble, argmax, identity view only", bundle.log_probs(identity).argmax(1))
-    add("ensemble_tta", f"ensemble with the bundle's TTA ({len(views)} views), argmax", bundle.log_probs(logits).argmax(1))
+    add("ensemble", "weighted ensemble, argmax of the uncalibrated average, identity view only",
+        bundle.log_probs(identity, calibrated=False).argmax(1))
+    add("ensemble_tta", f"ensemble with the bundle's TTA ({len(views)} views), argmax of the uncalibrated average",
+        bundle.log_probs(logits, calibrated=False).argmax(1))
+    add("ensemble_tta_calibrated", "the same after the bundle's temperature (and class biases, which restore the "
+        "class priors), argmax", bundle.log_probs(logits).argmax(1))
     shipped = bundle.predict_from_logits(logits)
-    rule = bundle.spec.decision.rule
-    add("shipped", f"ensemble + TTA + thresholds: the bundle's decision rule ({rule}), as predict/serve return it",
-        shipped.decision, metadata="from the table" if fusion else None, calibration=calibration(y, bundle, logits),
+    rule, policy = bundle.spec.decision.rule, bundle.policy
+
+    def answer(pred: Any) -> np.ndarray:  # what predict/serve report as the decision (Bundle.policy)
+        return pred.diagnosis if policy == "diagnosis" else pred.decision
+
+    add("shipped", f"ensemble + TTA + the bundle's decision policy ({policy}), as predict/serve return it",
+        answer(shipped), metadata="from the table" if fusion else None, calibration=calibration(y, bundle, logits),
         threshold_fired_fraction=round(float((shipped.fired >= 0).mean()), 4))
+    if policy == "diagnosis":
+        add("priority_threshold", f"the class flags' thresholds as a decision ({rule}: the first flag that fires, else "
+            "argmax): not what predict reports, kept for comparison", shipped.decision)
     if hidden is not None:
         no_meta = bundle.predict_from_logits(hidden, metadata_given=np.zeros(len(y), dtype=bool))
         point = bundle.resolve_operating_point("without_metadata")
         add("shipped_no_metadata", "the shipped configuration with the patient metadata hidden (none given)",
-            no_meta.decision, row_targets=target_specs(bundle, point), metadata="hidden", operating_point=point,
+            answer(no_meta), row_targets=target_specs(bundle, point), metadata="hidden", operating_point=point,
             calibration=calibration(y, bundle, hidden, point),
             threshold_fired_fraction=round(float((no_meta.fired >= 0).mean()), 4))
     t_metrics = time.perf_counter() - t2
@@ -383,6 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "metadata": list(m.model.metadata_features) if _is_fusion(m) else None} for m in bundle.members],
             "tta_views": views,
             "decision_rule": rule,
+            "policy": policy,
             "targets": {c: {"sensitivity": s.target_sensitivity, "specificity": s.target_specificity,
                             "threshold": s.threshold, "validation_status": s.status} for c, s in targets.items()},
             "review_flag": bundle.spec.review is not None,
@@ -421,6 +444,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--reuse", action="store_true", help="Read cached test view logits (always written) instead of recomputing them.")
     ap.add_argument("--cache-dir", default=None,
                     help=f"Where test view logits are cached (default BUNDLE/{CACHE_DIR}; runs/{CACHE_DIR}/default-ID for the packaged bundle).")
+    ap.add_argument("--eval-dir", default=None,
+                    help="`skinlesion evaluate`'s folder for this bundle's test split: read its saved view logits "
+                         "(with and without metadata) instead of running the members.")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")

@@ -60,3 +60,25 @@ def test_shipped_bundle_classifies_with_and_without_metadata(shipped) -> None:  
     assert plain["uncertainty"]["review"]["operating_point"] == "without_metadata"
     assert plain["uncertainty"]["review"]["threshold"] == review["without_metadata"]["threshold"]
     assert with_meta["uncertainty"]["review"]["threshold"] == review["threshold"]
+
+
+def test_shipped_bundle_runs_on_onnx_runtime_by_default(shipped) -> None:  # noqa: ANN001
+    """`predict` and `serve` get the fastest engine without asking: the bundle ships shared-weight
+    ONNX graphs (kB each, the members' weights filled in when loaded) that match PyTorch."""
+    from skinlesion.data.synthetic import generate_lesion
+    from skinlesion.delivery.onnx_runtime import read_manifest
+
+    onnx_dir = default_bundle_dir() / "onnx"
+    manifest = read_manifest(onnx_dir)
+    assert {m["weights"] for m in manifest["members"]} == {"member"}
+    assert sum(f.stat().st_size for f in onnx_dir.iterdir()) < 5 * 2**20
+    fast = Predictor(shipped, mc_samples=0)
+    assert fast.engine_name == "onnx-fp32", fast.engine_choice
+    images = [generate_lesion(c, seed=i)[0] for i, c in enumerate(("MEL", "NV"))]
+    meta = [{"age": 70, "sex": "male", "site": "back"}, None]
+    got = fast.predict(images, metadata=meta)
+    want = Predictor(shipped, "torch", mc_samples=0, device="cpu").predict(images, metadata=meta)
+    for g, w in zip(got, want, strict=True):
+        assert g["prediction"]["decision"] == w["prediction"]["decision"]
+        pg, pw = g["prediction"]["probabilities"], w["prediction"]["probabilities"]
+        assert max(abs(pg[c] - pw[c]) for c in pg) < 1e-4

@@ -27,7 +27,11 @@ def test_quality_rows_targets_and_cache(calibrated_bundle: Path, tiny_members: l
     assert rc == 0
     rows = first["rows"]
     names = [m["name"] for m in first["bundle"]["members"]]
-    assert list(rows) == ["baseline", *(f"member:{n}" for n in names), "ensemble", "ensemble_tta", "shipped"]
+    assert first["bundle"]["policy"] == "diagnosis"
+    assert list(rows) == [
+        "baseline", *(f"member:{n}" for n in names), "ensemble", "ensemble_tta", "ensemble_tta_calibrated", "shipped",
+        "priority_threshold",
+    ]
     assert rows["baseline"]["same_weights_as_member"] is not None  # member a is the baseline's checkpoint
     assert rows["baseline"]["bacc"] == rows[f"member:{rows['baseline']['same_weights_as_member']}"]["bacc"]
     shipped = rows["shipped"]
@@ -42,6 +46,26 @@ def test_quality_rows_targets_and_cache(calibrated_bundle: Path, tiny_members: l
     assert all(e["images_run"] == 0 for e in again["logits"])
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds_metrics"}  # noqa: E731
     assert {k: strip(v) for k, v in again["rows"].items()} == {k: strip(v) for k, v in rows.items()}
+
+
+def test_quality_reads_the_evaluation_and_reports_what_predict_decides(calibrated_bundle: Path, tmp_path: Path, capsys) -> None:
+    """--eval-dir reads `evaluate`'s saved view logits (same rows as running the members), and the
+    shipped row is the bundle's policy: the evaluation's diagnosis BACC, not the thresholds' rule."""
+    from skinlesion.evaluation import evaluate_bundle
+
+    ev = tmp_path / "eval"
+    res_eval = evaluate_bundle(calibrated_bundle, split="test", out_dir=ev, n_boot=0)
+    base = ["--bundle", str(calibrated_bundle), "--baseline", "none", "--n-boot", "5", "--cache-dir", str(tmp_path / "cache")]
+    rc, ran, _ = _run("quality", base, capsys)
+    assert rc == 0
+    rc, read, _ = _run("quality", [*base, "--eval-dir", str(ev)], capsys)
+    assert rc == 0
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds_metrics"}  # noqa: E731
+    assert {k: strip(v) for k, v in read["rows"].items()} == {k: strip(v) for k, v in ran["rows"].items()}
+    assert read["rows"]["shipped"]["bacc"]["value"] == pytest.approx(res_eval["diagnosis"]["metrics"]["bacc"], abs=1e-4)
+    assert read["rows"]["priority_threshold"]["bacc"]["value"] == pytest.approx(res_eval["decision"]["metrics"]["bacc"], abs=1e-4)
+    rc, _, err = _run("quality", [*base, "--eval-dir", str(tmp_path / "nowhere")], capsys)
+    assert rc != 0 and "evaluate" in err
 
 
 def test_quality_refuses_a_baseline_on_another_split(calibrated_bundle: Path, tiny_members: list[Path], tmp_path: Path, capsys) -> None:

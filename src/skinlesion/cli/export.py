@@ -20,6 +20,11 @@ def onnx_command(
     data_root: str | None = typer.Option(None, "--data-root", help="Dataset folder, if it moved since training."),
     opset: int = typer.Option(20, "--opset", min=18, help="ONNX opset."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest fp32 probability difference from PyTorch accepted."),
+    share_weights: bool = typer.Option(
+        False, "--share-weights",
+        help="fp32 graphs without a copy of the members' weights (kB instead of MB; filled in from the members when "
+        "loaded, so they run only inside skinlesion).",
+    ),
 ) -> None:
     """Export every member (network only, dynamic batch); pre/post-processing stays in bundle.json."""
     from skinlesion.delivery.onnx_export import export_bundle_onnx
@@ -29,7 +34,8 @@ def onnx_command(
     with user_errors():
         b = load_bundle(bundle)
         folder = export_bundle_onnx(
-            b, out, int8=int8, opset=opset, n_calibration=calibration, data_root=data_root, tolerance=tolerance
+            b, out, int8=int8, opset=opset, n_calibration=calibration, data_root=data_root, tolerance=tolerance,
+            share_weights=share_weights,
         )
         manifest = read_manifest(folder)
     p = manifest["parity"]

@@ -59,9 +59,11 @@ from skinlesion.delivery.onnx_runtime import (
     OUTPUT,
     OnnxError,
     default_onnx_dir,
+    WEIGHTS_KEY,
     encoded_metadata,
     file_stem,
     graph_shapes,
+    graph_with_weights,
     make_session,
     run_views,
     session_runner,
@@ -83,6 +85,11 @@ GRAPH_NOTE = (
     "float32, its encoder's encoding of age, sex and site (all-missing encoding: metadata unknown); "
     "output 'logits' (batch, K). Preprocessing, metadata encoding, TTA views, temperatures, member "
     "weights, thresholds and the decision rule stay in bundle.json and the members' checkpoints."
+)
+SHARED_NOTE = (
+    " fp32 graphs marked 'weights': 'member' hold no copy of the member's parameters and buffers (batch "
+    "norms unfolded, initializers named as in its state_dict; the names and shapes are in the graph's "
+    f"'{WEIGHTS_KEY}' metadata): skinlesion fills them in from the member's weights when it loads a graph."
 )
 QUANTISATION = {
     "method": "onnxruntime.quantization.quantize_static",
@@ -175,13 +182,21 @@ def metadata_dim(model: torch.nn.Module) -> int | None:
 
 
 def export_graph(
-    model: torch.nn.Module, shape: tuple[int, int], path: Path, opset: int = DEFAULT_OPSET, *, meta_dim: int | None = None
+    model: torch.nn.Module, shape: tuple[int, int], path: Path, opset: int = DEFAULT_OPSET, *, meta_dim: int | None = None,
+    share_weights: bool = False,
 ) -> None:
     """Export ``model`` (eval mode, CPU) for inputs ``(batch, 3, *shape)`` with a dynamic batch axis
     (torch.export-based exporter; spatial axes static, see :mod:`skinlesion.delivery.onnx_runtime`).
 
     ``meta_dim``: a fusion model's metadata length ``D``: the graph computes ``model(x, meta)`` with a
-    second input ``"metadata"`` ``(batch, D)`` sharing the batch axis."""
+    second input ``"metadata"`` ``(batch, D)`` sharing the batch axis.
+
+    ``share_weights``: the graph keeps the model's own parameters and buffers as initializers named
+    as in its ``state_dict`` (constants folded, but batch norms *not* folded into convolutions,
+    which ONNX Runtime does when it loads the graph), and the file holds none of them: they are
+    filled in from the member's weights when the graph is loaded
+    (:func:`~skinlesion.delivery.onnx_runtime.graph_with_weights`), so the export adds kilobytes
+    to a bundle, not a second copy of its weights."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     example: tuple[torch.Tensor, ...] = (torch.zeros(2, 3, *shape),)  # batch 2: a batch of 1 would be specialised
     names, dynamic = [INPUT], [{0: batch}]
@@ -192,18 +207,69 @@ def export_graph(
         warnings.simplefilter("ignore")  # exporter chatter; parity is checked after export
         program = torch.onnx.export(
             model, example, input_names=names, output_names=[OUTPUT], opset_version=opset, dynamo=True,
-            dynamic_shapes=tuple(dynamic), external_data=False, verbose=False,
+            dynamic_shapes=tuple(dynamic), external_data=False, verbose=False, optimize=not share_weights,
         )
-    program.save(str(path), external_data=False)
-    check_graph(path, shape, meta_dim=meta_dim)
-
-
-def check_graph(path: Path, shape: tuple[int, int], *, meta_dim: int | None = None) -> None:
-    """onnx.checker plus the input/output contract (names, dynamic batch, spatial shape, metadata length)."""
+    if not share_weights:
+        program.save(str(path), external_data=False)
+        check_graph(path, shape, meta_dim=meta_dim)
+        return
+    proto = _strip_weights(_fold_constants(program.model_proto), model)
     import onnx
 
-    onnx.checker.check_model(str(path), full_check=True)
-    graph = onnx.load(str(path), load_external_data=False).graph
+    onnx.save(proto, str(path))
+    check_graph(path, shape, meta_dim=meta_dim, weights=model)
+
+
+def _fold_constants(proto: Any) -> Any:
+    """Constant folding and dead-node removal only (onnxscript), keeping the parameters as they are:
+    the exporter's full optimisation also folds batch norms into the convolution weights."""
+    from onnxscript import ir, optimizer
+
+    model = ir.serde.deserialize_model(proto)
+    with _quiet_root_logger():
+        optimizer.fold_constants(model)
+        optimizer.remove_unused_nodes(model)
+    return ir.serde.serialize_model(model)
+
+
+def _strip_weights(proto: Any, model: torch.nn.Module) -> Any:
+    """``proto`` without the initializers that are the model's own ``state_dict`` tensors (same name,
+    shape and values); the graph's ``weights`` metadata entry lists them."""
+    from onnx import numpy_helper
+
+    state = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
+    kept, stripped = [], {}
+    for init in proto.graph.initializer:
+        ref = state.get(init.name)
+        if ref is not None and tuple(init.dims) == ref.shape and np.array_equal(numpy_helper.to_array(init), ref):
+            stripped[init.name] = list(ref.shape)
+        else:
+            kept.append(init)
+    if not stripped:
+        raise OnnxError("no initializer of the exported graph is one of the model's own tensors: cannot share its weights")
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    for node in proto.graph.node:  # the exporter's per-node provenance (stack traces, fx names): ~60% of the file
+        del node.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = WEIGHTS_KEY, json.dumps(stripped)
+    return proto
+
+
+def check_graph(
+    path: Path, shape: tuple[int, int], *, meta_dim: int | None = None, weights: torch.nn.Module | None = None
+) -> None:
+    """onnx.checker plus the input/output contract (names, dynamic batch, spatial shape, metadata length).
+    ``weights``: the model whose tensors fill a shared-weight graph (checked as loaded)."""
+    import onnx
+
+    if weights is None:
+        onnx.checker.check_model(str(path), full_check=True)
+        graph = onnx.load(str(path), load_external_data=False).graph
+    else:
+        proto = graph_with_weights(onnx.load(str(path)), weights.state_dict(), str(path))
+        onnx.checker.check_model(proto, full_check=True)
+        graph = proto.graph
     dims = [[d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim] for t in (*graph.input, graph.output[0])]
     names = [INPUT] if meta_dim is None else [INPUT, METADATA]
     ok = (
@@ -296,7 +362,8 @@ def member_parity(
     :func:`synthetic_records` does) and with the metadata missing; ``metadata`` holds each and the
     top-level figures are the worse of the two. ``reference``: PyTorch logits per case (``"given"``,
     ``"missing"``), when already computed."""
-    sessions = {s: make_session(p) for s, p in paths.items()}
+    state = member.model.state_dict()
+    sessions = {s: make_session(p, weights=state) for s, p in paths.items()}
     first = next(iter(sessions.values()))
     takes = [i.name for i in first.get_inputs()] == [INPUT, METADATA]
     x = member.preprocess(images, "cpu")
@@ -319,14 +386,15 @@ def member_parity(
     return {**worst, "n_images": len(images), "n_views": len(views), **({"metadata": out} if takes else {})}
 
 
-def _record(path: Path) -> dict[str, Any]:
-    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+def _record(path: Path, shared: bool = False) -> dict[str, Any]:
+    """A file's manifest record; ``shared``: a shared-weight graph (``"weights": "member"``)."""
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size} | ({"weights": "member"} if shared else {})
 
 
 def _export_member(
     member: Member, stem: str, out: Path, views: Sequence[str], opset: int, calibration: list[np.ndarray] | None,
     parity_images: list[np.ndarray], calibration_records: list[dict[str, Any]] | None = None,
-    parity_records: list[dict[str, Any]] | None = None,
+    parity_records: list[dict[str, Any]] | None = None, share_weights: bool = False,
 ) -> dict[str, Any]:
     model = copy.deepcopy(member.model).cpu().eval()
     meta_dim = metadata_dim(model)
@@ -336,13 +404,18 @@ def _export_member(
         shape_views = _views_of(shape, member, views)
         fp32 = out / f"{name}.fp32.onnx"
         log.info("exporting %s for input %s (views %s)%s", fp32.name, shape, ", ".join(shape_views), " with metadata" if meta_dim else "")
-        export_graph(model, shape, fp32, opset, meta_dim=meta_dim)
-        files = {"fp32": _record(fp32)}
+        export_graph(model, shape, fp32, opset, meta_dim=meta_dim, share_weights=share_weights)
+        files = {"fp32": _record(fp32, share_weights)}
         paths["fp32"][shape] = fp32
         if calibration is not None:
             int8 = out / f"{name}.int8.onnx"
             log.info("quantising %s on %d calibration images x %d views", int8.name, len(calibration), len(shape_views))
-            quantize_graph(fp32, int8, *_rows(member, calibration, shape_views, calibration_records))
+            with tempfile.TemporaryDirectory() as tmp:
+                source = fp32
+                if share_weights:  # the INT8 graph holds its own weights: quantise the usual whole export
+                    source = Path(tmp) / fp32.name
+                    export_graph(model, shape, source, opset, meta_dim=meta_dim)
+                quantize_graph(source, int8, *_rows(member, calibration, shape_views, calibration_records))
             files["int8"] = _record(int8)
             paths["int8"][shape] = int8
         graphs.append({"input_size": list(shape), "views": shape_views, "files": files})
@@ -359,6 +432,7 @@ def _export_member(
         "weights_sha256": member.meta.get("weights_sha256"),
         "input_size": list(member.input_size),
         "inputs": [INPUT] if meta_dim is None else [INPUT, METADATA],
+        "weights": "member" if share_weights else "graph",
         "metadata": metadata,
         "opset": opset,
         "precisions": [p for p, ps in paths.items() if ps],
@@ -391,6 +465,7 @@ def export_bundle_onnx(
     n_parity: int = 4,
     tolerance: float = 1e-4,
     seed: int = 0,
+    share_weights: bool = False,
 ) -> Path:
     """Write every member of ``bundle`` as ONNX (network only) plus ``onnx.json``; returns the folder.
 
@@ -406,6 +481,10 @@ def export_bundle_onnx(
         n_parity: images on which parity with PyTorch is measured (validation images not used for
             calibration when available, else the given calibration images, else random images).
         tolerance: largest fp32 probability difference from PyTorch accepted.
+        share_weights: fp32 graphs without the member's tensors, filled in from the member's
+            weights when loaded (a few kB per graph instead of a copy of the weights; what the
+            shipped default bundle carries). Such graphs run only inside skinlesion: for another
+            runtime export without it. INT8 graphs always hold their own weights.
     """
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise ValueError(f"The 'opset' parameter must be an integer >= {MIN_OPSET}. Got {opset!r} instead.")
@@ -468,7 +547,8 @@ def export_bundle_onnx(
         stem = stem if stem not in stems else f"{stem}-{len(stems)}"
         stems.append(stem)
         entry = _export_member(
-            member, stem, out, views, opset, calibration, parity_images, calibration_records, parity_records  # type: ignore[arg-type]
+            member, stem, out, views, opset, calibration, parity_images, calibration_records, parity_records,  # type: ignore[arg-type]
+            share_weights=share_weights,
         )
         diff = entry["parity"]["fp32"]["max_abs_prob_diff"]
         log.info("%s: fp32 parity max |dp| = %.2e", member.name, diff)
@@ -486,7 +566,7 @@ def export_bundle_onnx(
         "bundle_name": bundle.spec.name,
         "bundle_path": str(bundle.path) if bundle.path is not None else None,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "graph": GRAPH_NOTE,
+        "graph": GRAPH_NOTE + (SHARED_NOTE if share_weights else ""),
         "classes": list(bundle.classes),
         "tta_views": list(views),
         "opset": opset,

@@ -17,6 +17,12 @@ manifest, members or member weights other than the bundle's (``bundle_id`` may d
 recalibrated bundle keeps its graphs), a file whose sha256 changed, or a precision that was not
 exported. Each error names the file and the command that fixes it.
 
+A *shared-weight* graph (``export onnx --share-weights``; manifest file record ``"weights":
+"member"``) holds no copy of its member's parameters and buffers: they are filled in from the
+member's loaded ``state_dict`` (whose weight hash the manifest checks) when the session is built
+(:func:`graph_with_weights`), batch norms unfolded, which ONNX Runtime folds into the convolutions
+itself. The shipped default bundle carries such graphs: kilobytes, not a second copy of its weights.
+
 A metadata fusion member (:class:`~skinlesion.models.fusion.MetadataFusionNet`) is exported with a
 second input ``"metadata"`` ``(batch, D)`` float32 (manifest format 2, the member's ``inputs``): the
 engine encodes each image's record with the member's own ``encode_metadata`` (the all-missing
@@ -53,6 +59,9 @@ PRECISIONS = ("fp32", "int8")
 INPUT = "input"
 METADATA = "metadata"
 OUTPUT = "logits"
+#: Graph metadata key of a shared-weight graph (``export onnx --share-weights``): JSON ``{name: shape}``
+#: of the initializers left out of the file, the member's own ``state_dict`` tensors.
+WEIGHTS_KEY = "skinlesion.member_weights"
 
 #: Runs a graph on normalised rows ``(R, 3, H, W)`` and, for a graph with a metadata input, their
 #: encoded metadata ``(R, D)`` (None for an image-only graph).
@@ -148,8 +157,28 @@ def providers() -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
 
 
-def make_session(path: str | Path, threads: int | None = None) -> Any:
-    """An ``InferenceSession`` with ``threads`` intra-op threads (default ``torch.get_num_threads()``)."""
+def graph_with_weights(proto: Any, state_dict: Mapping[str, torch.Tensor], where: str) -> Any:
+    """A shared-weight graph (:data:`WEIGHTS_KEY`) with its member's tensors filled in as float32
+    initializers; ``where`` names the file in errors. A graph without the key is returned as is."""
+    from onnx import numpy_helper
+
+    listed = {e.key: e.value for e in proto.metadata_props}.get(WEIGHTS_KEY)
+    if listed is None:
+        return proto
+    for name, shape in json.loads(listed).items():
+        tensor = state_dict.get(name)
+        if tensor is None or list(tensor.shape) != list(shape):
+            got = "missing" if tensor is None else f"shape {list(tensor.shape)}"
+            raise OnnxError(f"{where}: the graph takes the member's tensor {name!r} of shape {shape}, the member's is {got}")
+        proto.graph.initializer.append(numpy_helper.from_array(tensor.detach().cpu().float().numpy(), name))
+    return proto
+
+
+def make_session(path: str | Path, threads: int | None = None, *, weights: Mapping[str, torch.Tensor] | None = None) -> Any:
+    """An ``InferenceSession`` with ``threads`` intra-op threads (default ``torch.get_num_threads()``).
+
+    ``weights``: the member's ``state_dict`` for a shared-weight graph (see :func:`graph_with_weights`);
+    the filled graph is built in memory, the file stays as exported."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -158,7 +187,12 @@ def make_session(path: str | Path, threads: int | None = None) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers())
+    if weights is None:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers())
+    import onnx
+
+    model = graph_with_weights(onnx.load(str(path)), weights, str(path))
+    return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=providers())
 
 
 def session_runner(session: Any) -> RunFn:
@@ -203,7 +237,11 @@ class OnnxEngine:
         self.manifest = self._checked_manifest()
         files = self._checked_files()
         self.sessions: list[dict[tuple[int, int], Any]] = [
-            {shape: make_session(path, self.threads) for shape, path in member_files.items()} for member_files in files
+            {
+                shape: make_session(path, self.threads, weights=member.model.state_dict() if shared else None)
+                for shape, (path, shared) in member_files.items()
+            }
+            for member, member_files in zip(bundle.members, files, strict=True)
         ]
         #: Per member: whether its graphs take the encoded metadata as a second input.
         self.takes_metadata: list[bool] = [METADATA in graph_inputs(e) for e in self.manifest["members"]]
@@ -283,12 +321,14 @@ class OnnxEngine:
                 f"encodes {have}: {self._fix()} again"
             )
 
-    def _checked_files(self) -> list[dict[tuple[int, int], Path]]:
+    def _checked_files(self) -> list[dict[tuple[int, int], tuple[Path, bool]]]:
+        """Per member and input shape: the graph file and whether it takes the member's weights
+        (a shared-weight graph: the member's weights were checked against the manifest above)."""
         d, views = self.onnx_dir, self.bundle.tta.views
         out = []
         for member, entry in zip(self.bundle.members, self.manifest["members"], strict=True):
             graphs = {tuple(int(v) for v in g["input_size"]): g for g in entry["graphs"]}
-            files: dict[tuple[int, int], Path] = {}
+            files: dict[tuple[int, int], tuple[Path, bool]] = {}
             for shape in graph_shapes(member.input_size, views):
                 g = graphs.get(shape)
                 if g is None or self.precision not in g["files"]:
@@ -301,7 +341,7 @@ class OnnxEngine:
                     raise OnnxError(f"{path} (listed in {d / MANIFEST}) is missing: {self._fix()}")
                 if sha256_file(path) != rec["sha256"]:
                     raise OnnxError(f"{path}: sha256 differs from {d / MANIFEST} (the file changed after export): {self._fix()}")
-                files[shape] = path
+                files[shape] = (path, rec.get("weights") == "member")
             out.append(files)
         return out
 

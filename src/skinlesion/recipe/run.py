@@ -261,9 +261,29 @@ def _run_one(
     return state
 
 
+def _shared_fp32_export(onnx_dir: Path) -> bool:
+    """Whether ``onnx_dir`` holds an fp32-only export of shared-weight graphs (what a package carries)."""
+    from skinlesion.delivery.onnx_runtime import OnnxError, read_manifest
+
+    if not onnx_dir.is_dir():
+        return False
+    try:
+        manifest = read_manifest(onnx_dir)
+    except OnnxError as e:
+        log.warning("not packaging %s: %s", onnx_dir, e)
+        return False
+    shared = manifest.get("precisions") == ["fp32"] and all(m.get("weights") == "member" for m in manifest["members"])
+    if not shared:
+        log.info("not packaging %s: only fp32 shared-weight exports go into a package (export.share_weights, no int8)", onnx_dir)
+    return shared
+
+
 def package_bundle(out: str | Path, into: str | Path) -> Path:
     """Copy the recipe's bundle (bundle.json, members, split manifest, validation caches, the
-    out-of-distribution gate's arrays, concept bank, model card and its risk-coverage plot) into ``into`` (e.g. ``src/skinlesion/default_bundle``), replacing what was there."""
+    out-of-distribution gate's arrays, concept bank, model card and its risk-coverage plot) into ``into`` (e.g. ``src/skinlesion/default_bundle``), replacing what was there.
+
+    Its ONNX export goes along only when it is fp32 shared-weight graphs (``export.share_weights``,
+    kB each: ``predict`` then runs ONNX Runtime by default); whole graphs would double the size."""
     import shutil
 
     src = Path(out) / BUNDLE_DIR
@@ -278,6 +298,8 @@ def package_bundle(out: str | Path, into: str | Path) -> Path:
         "bundle.json", "MODEL_CARD.md", "members", "split_manifest.csv", "split_manifest.json", "validation.npz",
         "validation_no_metadata.npz", "ood_gate.npz", "concepts", "risk_coverage.png",
     ]
+    if _shared_fp32_export(src / "onnx"):
+        keep.append("onnx")
     tmp.mkdir(parents=True)
     for name in keep:
         p = src / name

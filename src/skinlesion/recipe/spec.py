@@ -84,6 +84,9 @@ class ExportSpec(_Strict):
     onnx: bool = True
     int8: bool = False
     n_parity: int = Field(4, ge=1)
+    share_weights: bool = Field(
+        False, description="fp32 graphs without a copy of the members' weights (kB each; `recipe package` ships them)."
+    )
 
 
 class SmokeSpec(_Strict):

@@ -104,8 +104,10 @@ def export(recipe: Recipe, out: Path) -> dict[str, Any]:
     e = recipe.export
     if e is None:
         raise ConfigError(f"recipe {recipe.name!r} has no export section")
-    folder = export_bundle_onnx(load_bundle(out / BUNDLE_DIR), int8=e.int8, n_parity=e.n_parity, data_root=recipe.data_root)
-    return {"folder": str(folder), "int8": e.int8}
+    folder = export_bundle_onnx(
+        load_bundle(out / BUNDLE_DIR), int8=e.int8, n_parity=e.n_parity, data_root=recipe.data_root, share_weights=e.share_weights
+    )
+    return {"folder": str(folder), "int8": e.int8, "share_weights": e.share_weights}
 
 
 def _metric(metrics: dict[str, Any], rule: str, key: str) -> float | None:
