@@ -2,6 +2,11 @@
 
     python bench/fold_ablation.py REFERENCE_CHECKPOINT VARIANT_CHECKPOINT [--tta d4] [--n-boot 1000]
     python bench/fold_ablation.py models/ham10000-cv5/members/f0 runs/ablation/f0-150x200-e12 --tta identity d4
+    python bench/fold_ablation.py models/ham10000-cv5/members/f0 models/ham10000-cv5/members/f0 --variant-size 144x192
+
+``--variant-size HxW``: the variant runs at this input size (test-time resolution; the variant may
+be the reference checkpoint itself, trained at another size: Touvron et al. 2019, "Fixing the
+train-test resolution discrepancy").
 
 Both checkpoints must have been trained with the same ``data.manifest`` and ``data.fold``: the
 fold's images are then out-of-fold for both, and each image is predicted by both (with its age, sex
@@ -60,6 +65,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if folds[0] != folds[1] or folds[0][1] is None:
         raise BenchError(f"both checkpoints must be trained on the same fold of one k-fold manifest; got (hash, fold) {folds}")
     bundles = [bundle_from_checkpoint(c) for c in ckpts]
+    if args.variant_size:
+        try:
+            h, w = (int(v) for v in args.variant_size.lower().split("x"))
+        except ValueError:
+            raise BenchError(f"--variant-size must be HxW (e.g. 144x192), got {args.variant_size!r}") from None
+        member = bundles[1].members[0]
+        member.preprocessing = {**member.preprocessing, "input_size": [h, w]}
     table = load_bundle_split(bundles[0], "val", args.data_root)
     y = table.labels()
     groups = group_ids(table).to_numpy()
@@ -76,7 +88,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             z = member_view_logits(b.members[0], table, views, batch_size=args.batch_size)  # (N, V, K)
             p = softmax(z, axis=-1).mean(axis=1)  # probability average over the views, no temperature
             probs.append(p)
-            out["models"].setdefault(name, {"checkpoint": str(ckpts[0 if name == "reference" else 1])})[tta] = {
+            entry = out["models"].setdefault(name, {"checkpoint": str(ckpts[0 if name == "reference" else 1]),
+                                                    "input_size": list(b.members[0].input_size)})
+            entry[tta] = {
                 m: bootstrap_ci(y, p, groups, {m: f}, n_boot=args.n_boot, seed=args.seed)[m] for m, f in fns.items()
             }
         out["change"][tta] = {
@@ -91,6 +105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("reference", type=Path, help="Reference checkpoint (or its run folder).")
     ap.add_argument("variant", type=Path, help="Variant checkpoint trained on the same fold.")
     ap.add_argument("--tta", nargs="+", default=["identity", "d4"], help="TTA policies to compare under.")
+    ap.add_argument("--variant-size", default=None, help="HxW input size of the variant (test-time resolution).")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=64)

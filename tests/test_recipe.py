@@ -227,3 +227,57 @@ def test_the_card_shows_levers_review_scores_and_class_aucs(finished: tuple[Path
     assert "| tta: 4 views vs identity (validation) | 0.600 -> 0.650 | 0.050 [0.010, 0.090]" in card
     assert "| entropy (best) | 0.150 [0.100, 0.300] | 0.100 | -0.050 [-0.090, -0.010] | 0.400 [0.300, 0.500] |" in card
     assert "One-vs-rest AUC of the probabilities: MEL " in card
+
+
+def _faith(mean: float, ref: float, lo: float, hi: float) -> dict:
+    return {"mean": mean, "reference": ref, "difference": mean - ref, "ci_low": lo, "ci_high": hi, "p_value": 0.01, "n": 20}
+
+
+def test_the_card_shows_attention_faithfulness_and_concepts(finished: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from skinlesion.model_card import write_model_card
+
+    path, out = finished
+    work = tmp_path / "run"
+    shutil.copytree(out, work)
+    settings = {"steps": 10, "n_random": 2}
+    good = {"deletion": _faith(0.2, 0.3, -0.15, -0.05), "insertion": _faith(0.5, 0.4, 0.05, 0.15),
+            "mass_in_bbox": _faith(0.6, 0.4, 0.1, 0.3), "mass_in_segmentation": _faith(0.4, 0.2, 0.1, 0.3), "passes": True}
+    flat = {**good, "deletion": _faith(0.29, 0.3, -0.03, 0.01), "passes": False}
+    (work / "faithfulness_selection.json").write_text(json.dumps(
+        {"split": "val", "n": 20, "n_lesions": 20, "settings": settings, "chosen": "layercam@blocks.4",
+         "summary": {"layercam@blocks.4": good, "gradcam@bn2": flat}}))
+    (work / "faithfulness.json").write_text(json.dumps(
+        {"split": "test", "n": 20, "n_lesions": 19, "accuracy": 0.8, "settings": settings, "summary": {"gradcam@bn2": flat}}))
+    (work / "tcav.json").write_text(json.dumps({
+        "summary": {"settings": {"split": "test", "n_per_class": 40, "n_runs": 10, "correction": "bonferroni", "alpha": 0.05},
+                    "n_tests": 21, "notes": ["large (diameter > 6 mm): unknown for every image"]},
+        "per_class": {"MEL": {"line": "MEL: none of the 3 concepts tested is significant (random-CAV test)."},
+                      "NV": {"line": "NV: asymmetric lowers the NV logit (TCAV 0.11 vs random 0.53, corrected p 7.4e-05)."}},
+    }))
+    recipe, _ = load_recipe(path)
+    card = write_model_card(work, recipe, path).read_text()
+    assert "| layercam@blocks.4 (chosen) | 0.200 vs 0.300: -0.100 [-0.150, -0.050] |" in card
+    assert "| gradcam@bn2 | 0.290 vs 0.300: -0.010 [-0.030, 0.010] |" in card
+    assert "Shipped configuration **gradcam@bn2** on the test split (20 images of 19 lesions" in card
+    assert "gradcam@bn2 does NOT beat random maps on every measure: deletion." in card
+    assert "- MEL: none of the 3 concepts tested is significant" in card and "bonferroni correction over 21 tests" in card
+    assert "- Note: large (diameter > 6 mm)" in card
+
+
+def test_package_carries_only_a_shared_fp32_onnx_export(finished: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from skinlesion.delivery.onnx_export import export_bundle_onnx
+
+    _, out = finished
+    work = tmp_path / "run"
+    shutil.copytree(out, work)
+    export_bundle_onnx(load_bundle(work / "bundle"), n_parity=1)  # whole graphs: a copy of the weights
+    assert not (package_bundle(work, tmp_path / "whole") / "onnx").exists()
+    export_bundle_onnx(load_bundle(work / "bundle"), n_parity=1, share_weights=True)
+    dest = package_bundle(work, tmp_path / "shared")
+    from skinlesion.delivery.engine import Predictor
+
+    assert Predictor(load_bundle(dest), mc_samples=0).engine_name == "onnx-fp32"

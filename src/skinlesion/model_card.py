@@ -161,6 +161,8 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
     _ablation(add, out)
     _levers(add, out)
     _review_scores(add, out)
+    _faithfulness(add, out)
+    _concepts(add, out)
 
     if metrics:
         add(f"## Results on the lesion-disjoint {split} split (95% lesion-bootstrap intervals)\n")
@@ -354,6 +356,82 @@ def _review_scores(add: Any, out: Path) -> None:
         add("")
     if (out / "risk_coverage.png").is_file():
         add("![risk-coverage curves on test](risk_coverage.png)\n")
+
+
+_FAITH_ROWS = (
+    ("deletion", "deletion AUC (lower is better)"),
+    ("insertion", "insertion AUC (higher is better)"),
+    ("mass_in_bbox", "map mass inside the HAM10000 lesion box vs the box's area fraction"),
+    ("mass_in_segmentation", "map mass inside the lesion segmentation vs its area fraction"),
+)
+
+
+def _faith_cell(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "-"
+    return f"{_f(r['mean'])} vs {_f(r['reference'])}: {_f(r['difference'])} {_pair([r['ci_low'], r['ci_high']])}"
+
+
+def _faithfulness(add: Any, out: Path) -> None:
+    """``bench/faithfulness.py --compare`` results: ``out/faithfulness_selection.json`` (configurations
+    compared, on validation) and ``out/faithfulness.json`` (the shipped configuration on test)."""
+    sel, test = out / "faithfulness_selection.json", out / "faithfulness.json"
+    if not (sel.is_file() or test.is_file()):
+        return
+    add("## Attention maps: do they show what the model used? (`python bench/faithfulness.py BUNDLE --compare ...`)\n")
+    add("Deletion / insertion: the predicted class's probability as the most-attended pixels are blurred away / "
+        "restored, against smooth random maps on the same images; mass: the share of the map inside the lesion, "
+        "against the lesion's share of the image. Differences with paired lesion-bootstrap 95% intervals; a "
+        "configuration *passes* when deletion and insertion beat random (interval excluding 0) and both masses "
+        "exceed the area fraction.\n")
+    if sel.is_file():
+        r = json.loads(sel.read_text())
+        add(f"Configurations compared on the {r.get('split')} split ({r.get('n')} images of {r.get('n_lesions')} lesions; "
+            f"{r['settings'].get('steps')} steps, {r['settings'].get('n_random')} random maps per image):\n")
+        add("| configuration | deletion: map vs random | insertion: map vs random | mass in box vs area | passes |")
+        add("|---|---|---|---|---|")
+        for name, c in r["summary"].items():
+            add(f"| {name}{' (chosen)' if name == r.get('chosen') else ''} | {_faith_cell(c.get('deletion'))} | "
+                f"{_faith_cell(c.get('insertion'))} | {_faith_cell(c.get('mass_in_bbox'))} | {'yes' if c.get('passes') else 'no'} |")
+        add("")
+    if test.is_file():
+        r = json.loads(test.read_text())
+        for name, c in r["summary"].items():
+            add(f"Shipped configuration **{name}** on the {r.get('split')} split ({r.get('n')} images of {r.get('n_lesions')} "
+                f"lesions, accuracy {_f(r.get('accuracy'))}; {r['settings'].get('steps')} steps, "
+                f"{r['settings'].get('n_random')} random maps per image):\n")
+            add("| measure | map vs reference: difference [95% CI] |")
+            add("|---|---|")
+            for key, label in _FAITH_ROWS:
+                add(f"| {label} | {_faith_cell(c.get(key))} |")
+            verdict = "beats random maps on every measure" if c.get("passes") else (
+                "does NOT beat random maps on every measure: " + ", ".join(
+                    k for k, _ in _FAITH_ROWS if c.get(k) and not _beats(k, c[k])))
+            add(f"\n{name} {verdict}. Reports state this measurement next to the map.\n")
+
+
+def _beats(key: str, r: dict[str, Any]) -> bool:
+    """Whether a faithfulness difference is better than its reference with the interval excluding 0."""
+    return r["ci_high"] < 0 if key == "deletion" else r["ci_low"] > 0
+
+
+def _concepts(add: Any, out: Path) -> None:
+    """``bench/tcav.py`` (``out/tcav.json``): per class, the significant concepts (random-CAV test)."""
+    path = out / "tcav.json"
+    if not path.is_file():
+        return
+    r = json.loads(path.read_text())
+    st = r["summary"]["settings"]
+    add("## Concepts (TCAV, Kim et al. 2018; `python bench/tcav.py --bundle BUNDLE`)\n")
+    add(f"Concept activation vectors of the ABCDE concepts, learned on the {st.get('split')} split "
+        f"({st.get('n_per_class')} images per class at most, {st.get('n_runs')} runs against random concepts, "
+        f"{st.get('correction')} correction over {r['summary'].get('n_tests')} tests, alpha {st.get('alpha')}). "
+        "A concept is significant for a class when its TCAV score differs from random concepts' scores.\n")
+    for line in (v["line"] for v in (r.get("per_class") or {}).values()):
+        add(f"- {line}")
+    for note in r["summary"].get("notes", []):
+        add(f"- Note: {note}")
+    add("")
 
 
 def _review_effect(res: dict[str, Any] | None) -> str:

@@ -139,3 +139,43 @@ def test_web_page_shows_the_line() -> None:
     static = Path(__import__("skinlesion").__file__).parent / "delivery" / "static"
     assert 'id="cam-faithfulness"' in (static / "index.html").read_text()
     assert '$("cam-faithfulness").textContent = (att.faithfulness && att.faithfulness.line)' in (static / "app.js").read_text()
+
+
+def test_a_class_with_its_own_stratum_gets_its_own_sentence(tmp_path: Path) -> None:
+    """A map explaining NV (deletion worse than random among NV predictions) says so, even when the
+    pooled figure passes; a class without a stratum falls in 'other classes'; no class, no sentence."""
+    entry = _entry(["a"])
+    entry["by_prediction"] = {
+        "NV": {"n": 150, "deletion": _stat(0.80, 0.77, 0.01, 0.04), "insertion": _stat(0.6, 0.55, 0.03, 0.06)},
+        "other classes": {"n": 50, "deletion": _stat(0.3, 0.43, -0.17, -0.09), "insertion": _stat(0.6, 0.5, 0.05, 0.15)},
+    }
+    path = tmp_path / "m.json"
+    write_entries([entry], path)
+    nv = faithfulness_note(_bundle("a"), "layercam@blocks.4+bn2", path, class_name="NV")
+    assert "For the 150 images predicted NV: deletion +0.030" in nv["line"]
+    assert "it does NOT beat random maps on deletion." in nv["line"]
+    assert nv["for_class"]["stratum"] == "NV" and nv["for_class"]["beats_random"] is False and nv["beats_random"]
+    mel = faithfulness_note(_bundle("a"), "layercam@blocks.4+bn2", path, class_name="MEL")
+    assert "For the 50 images predicted as classes without their own stratum" in mel["line"]
+    assert mel["for_class"]["beats_random"] and "it beats random maps on both" in mel["line"]
+    plain = faithfulness_note(_bundle("a"), "layercam@blocks.4+bn2", path)
+    assert plain["for_class"] is None and "For the" not in plain["line"]
+
+
+def test_the_comparison_summary_splits_by_predicted_class() -> None:
+    from skinlesion.explain.faithfulness_compare import MIN_STRATUM, summarise_records
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(MIN_STRATUM + 10):
+        nv = i < MIN_STRATUM
+        records.append({
+            "lesion_id": f"L{i}", "predicted": "NV" if nv else ("MEL" if i % 2 else "BCC"),
+            "random_deletion_auc": 0.5, "random_insertion_auc": 0.5,
+            "configs": {"c": {"deletion_auc": 0.52 + 0.01 * rng.random() if nv else 0.3 + 0.01 * rng.random(),
+                              "insertion_auc": 0.6, "mass_in_bbox": 0.5, "bbox_fraction": 0.3,
+                              "mass_in_segmentation": 0.4, "segmentation_fraction": 0.2, "seconds_cam": 0.1}},
+        })
+    by = summarise_records(records, n_boot=200)["c"]["by_prediction"]
+    assert set(by) == {"NV", "other classes"} and by["NV"]["n"] == MIN_STRATUM and by["other classes"]["n"] == 10
+    assert by["NV"]["deletion"]["ci_low"] > 0 > by["other classes"]["deletion"]["ci_high"]

@@ -85,14 +85,38 @@ def note_line(entry: Mapping[str, Any], scope: str) -> str:
             f"paired lesion bootstrap; {entry.get('source', 'bench/faithfulness.py')}): " + "; ".join(parts) + ". " + verdict)
 
 
+def stratum_of(entry: Mapping[str, Any], class_name: str | None) -> str | None:
+    """The ``by_prediction`` stratum of an entry that holds maps explaining ``class_name``: its own
+    class when it has one, else ``"other classes"``; None when the entry has no strata."""
+    strata = entry.get("by_prediction") or {}
+    if not strata or class_name is None:
+        return None
+    return class_name if class_name in strata else "other classes" if "other classes" in strata else None
+
+
+def stratum_line(entry: Mapping[str, Any], stratum: str) -> str:
+    """One sentence on the images of one predicted-class stratum (deletion and insertion vs random maps)."""
+    r = entry["by_prediction"][stratum]
+    d, i = r["deletion"], r["insertion"]
+    what = f"images predicted {stratum}" if stratum != "other classes" else "images predicted as classes without their own stratum"
+    fails = [name for ok, name in ((d["ci_high"] < 0, "deletion"), (i["ci_low"] > 0, "insertion")) if not ok]
+    verdict = "it beats random maps on both" if not fails else f"it does NOT beat random maps on {' and '.join(fails)}"
+    return (f"For the {r['n']} {what}: deletion {_ci(d)}, insertion {_ci(i)} against random maps; {verdict}.")
+
+
 def _hashes(bundle: Any) -> tuple[list[str], list[str]]:
     members = list(getattr(bundle, "members", []))
     return sorted(str(m.meta.get("weights_sha256")) for m in members), sorted({m.backbone for m in members})
 
 
-def faithfulness_note(bundle: Any, config: str, path: str | Path | None = None) -> dict[str, Any]:
+def faithfulness_note(
+    bundle: Any, config: str, path: str | Path | None = None, *, class_name: str | None = None
+) -> dict[str, Any]:
     """``{"measured", "scope", "beats_random", "line", "config", ...numbers}`` for the map ``config``
-    shown for ``bundle`` (see the module doc). ``measured`` is False when nothing matches."""
+    shown for ``bundle`` (see the module doc). ``measured`` is False when nothing matches.
+
+    ``class_name``: the class the map explains; when the entry was also measured per predicted
+    class (``by_prediction``), the line adds that class's stratum and ``for_class`` holds it."""
     weights, backbones = _hashes(bundle)
     entries = [e for e in measured_entries(bundle, path) if e.get("config") == config]
     exact = [e for e in entries if sorted(e.get("weights_sha256", [])) == weights]
@@ -106,9 +130,16 @@ def faithfulness_note(bundle: Any, config: str, path: str | Path | None = None) 
         return {"measured": False, "scope": None, "beats_random": None, "config": config,
                 "line": f"The faithfulness of this attention map ({describe(config)}) has not been measured for this "
                         "bundle or its backbone: treat it as unverified."}
+    stratum = stratum_of(entry, class_name)
+    line = note_line(entry, scope) + (f" {stratum_line(entry, stratum)}" if stratum else "")
+    for_class = None
+    if stratum:
+        r = entry["by_prediction"][stratum]
+        for_class = {"stratum": stratum, "n": r["n"], "beats_random": bool(r["deletion"]["ci_high"] < 0 and r["insertion"]["ci_low"] > 0),
+                     **{k: {f: r[k][f] for f in ("difference", "ci_low", "ci_high")} for k in ("deletion", "insertion")}}
     return {
         "measured": True, "scope": scope, "beats_random": bool(entry.get("passes")), "config": config,
-        "line": note_line(entry, scope),
+        "line": line, "for_class": for_class,
         **{k: {f: entry[k][f] for f in ("mean", "reference", "difference", "ci_low", "ci_high")} for k in _RESULT_KEYS if entry.get(k)},
         "n_lesions": entry["n_lesions"], "source": entry.get("source"),
     }
@@ -126,6 +157,10 @@ def entry_from_comparison(result: Mapping[str, Any], config: str, bundle: Any, *
         "bundle": label, "weights_sha256": weights, "backbones": backbones, "config": config, "dataset": "HAM10000",
         "split": result["split"], "n": result["n"], "n_lesions": result["n_lesions"], "passes": s["passes"],
         **{k: {f: s[k][f] for f in keep} for k in _RESULT_KEYS}, "source": source,
+        "by_prediction": {
+            name: {"n": r["n"], **{k: {f: r[k][f] for f in keep if f in r[k]} for k in ("deletion", "insertion")}}
+            for name, r in (s.get("by_prediction") or {}).items()
+        },
         "settings": {k: result["settings"][k] for k in ("steps", "baseline", "n_random", "random_kind", "seed", "n_boot")},
     }
 

@@ -132,7 +132,9 @@ def explain_image(
             "mass_in_lesion": mass_in_mask(cam.maps[0], seg.mask) if found else None,
             "lesion_area_fraction": float(seg.mask.mean()),
             "metadata": "used" if summary["used"] is not None else "not given" if summary["members_using_metadata"] else "not used by this bundle",
-            "faithfulness": faithfulness_note(bundle, config_name(cam.method, cam.layers, cam.views, cam.input_scale)),
+            "faithfulness": faithfulness_note(
+                bundle, config_name(cam.method, cam.layers, cam.views, cam.input_scale), class_name=bundle.classes[k]
+            ),
         },
         segmentation={"quality": seg.quality, "method": seg.method, "bbox_top_bottom_left_right": list(seg.bbox)},
         abcde=to_jsonable(abcde.to_dict()) if abcde is not None else None,
