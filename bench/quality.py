@@ -17,7 +17,8 @@ been trained on the same split: its split hash is checked):
   restore the class priors and so lower BACC: the decision policy re-balances);
 * ``shipped``: ensemble + TTA + the bundle's decision policy (``Bundle.policy``: the diagnosis rule,
   or the priority-threshold rule), what ``predict``/``serve`` return;
-* ``priority_threshold`` (under the diagnosis policy): the class flags' thresholds used as the decision;
+* ``priority_threshold`` (under the diagnosis policy): the class flags' thresholds used as the decision
+  (``priority_threshold_no_metadata``: the same with the metadata hidden);
 * ``shipped_no_metadata`` (bundles with metadata fusion members only): the shipped configuration
   with the patient metadata hidden, what a user gets who gives no metadata: every image is decided
   by the bundle's without-metadata operating point (``decision.without_metadata``: temperature and
@@ -392,6 +393,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             answer(no_meta), row_targets=target_specs(bundle, point), metadata="hidden", operating_point=point,
             calibration=calibration(y, bundle, hidden, point),
             threshold_fired_fraction=round(float((no_meta.fired >= 0).mean()), 4))
+        if policy == "diagnosis":
+            add("priority_threshold_no_metadata", "the class flags' thresholds of the without-metadata operating point as "
+                "a decision, metadata hidden: not what predict reports", no_meta.decision,
+                row_targets=target_specs(bundle, point), metadata="hidden", operating_point=point)
     t_metrics = time.perf_counter() - t2
 
     side = {k: {r: v[k]["value"] for r, v in rows.items()} for k in KEYS}

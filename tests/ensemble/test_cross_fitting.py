@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from skinlesion.ensemble.build import _read_logits
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -86,7 +88,8 @@ def test_cross_fitted_bundle_predicts_each_validation_row_out_of_fold(
     assert cv["member_folds"] == {"f0-test_efficientnet": 0, "f1-test_efficientnet": 1}
     man, _ = read_manifest(manifest)
     with np.load(tmp_path / "b" / "validation.npz") as z:
-        ids, folds, lz = z["image_id"], z["fold"], [z["logits_0"], z["logits_1"]]
+        ids, folds, lz = z["image_id"], z["fold"], _read_logits(z, 2)
+        assert z["logits_alias"].tolist() == [0, 0] and "logits_1" not in z.files  # one out-of-fold composite, stored once
     non_test = set(man.loc[man["split"] == "train", "image_id"])
     assert set(ids.tolist()) == non_test  # every non-test image, none of the test images
     np.testing.assert_array_equal(lz[0], lz[1])  # each slot holds the row's out-of-fold logits
@@ -142,3 +145,20 @@ def test_a_fold_member_alone_is_validated_on_its_own_fold(fold_members: tuple[li
     assert sorted(val.frame["image_id"]) == sorted(man.loc[man["fold"] == 1, "image_id"])
     test = load_bundle_split(bundle_from_checkpoint(runs[1]), "test")
     assert sorted(test.frame["image_id"]) == sorted(man.loc[man["split"] == "test", "image_id"])
+
+
+def test_caches_store_identical_logits_once_and_read_old_files(tmp_path: Path) -> None:
+    from skinlesion.ensemble.build import _write_cache
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 2, 3)).astype(np.float32), rng.normal(size=(4, 2, 3)).astype(np.float32)
+    ids, groups, y = np.array(list("abcd")), np.array(list("aabc")), np.arange(4) % 3
+    _write_cache(tmp_path / "c.npz", ids, groups, y, ["m0", "m1", "m2"], ["identity", "hflip"], [a, b, a.copy()])
+    with np.load(tmp_path / "c.npz") as z:
+        assert z["logits_alias"].tolist() == [0, 1, 0] and "logits_2" not in z.files
+        got = _read_logits(z, 3)
+    for want, have in zip([a, b, a], got, strict=True):
+        np.testing.assert_array_equal(want, have)
+    np.savez(tmp_path / "old.npz", logits_0=a, logits_1=b)  # written before aliases: one array per member
+    with np.load(tmp_path / "old.npz") as z:
+        np.testing.assert_array_equal(_read_logits(z, 2)[1], b)

@@ -19,7 +19,7 @@ from scipy.special import log_softmax
 from skinlesion.calibration.temperature import mean_nll
 from skinlesion.calibration.thresholds import Target
 from skinlesion.ensemble import build as build_module
-from skinlesion.ensemble.build import calibrate_bundle, load_validation_cache
+from skinlesion.ensemble.build import _read_logits, calibrate_bundle, load_validation_cache
 from skinlesion.ensemble.bundle import (
     VALIDATION_CACHE,
     VALIDATION_NO_METADATA_CACHE,
@@ -74,7 +74,7 @@ def test_calibrate_fits_the_point_on_validation_with_metadata_hidden(calibrated_
     with np.load(b.path / VALIDATION_CACHE) as v, np.load(b.path / VALIDATION_NO_METADATA_CACHE) as h:
         assert (h["image_id"] == v["image_id"]).all() and (h["y"] == v["y"]).all()
         assert [str(n) for n in h["members"]] == [m.name for m in b.members]
-        hidden = [h[f"logits_{i}"] for i in range(2)]
+        hidden = _read_logits(h, 2)
         assert list(h["weights_sha256"]) == [m.meta["weights_sha256"] for m in b.members]
     assert hidden[0].shape == logits[0].shape and np.abs(hidden[0] - logits[0]).max() > 1e-4
     np.testing.assert_array_equal(hidden[1], logits[1])
@@ -322,6 +322,9 @@ def test_bench_quality_decides_the_hidden_row_with_the_without_metadata_point(
     shipped, hidden = rows["shipped"], rows["shipped_no_metadata"]
     assert hidden["operating_point"] == WITHOUT_METADATA
     assert hidden["targets"]["MEL"]["threshold"] == 0.0 and shipped["targets"]["MEL"]["threshold"] == 1.0
-    assert (hidden["per_class"]["MEL"]["sensitivity"], hidden["per_class"]["MEL"]["specificity"]) == (1.0, 0.0)
-    assert shipped["per_class"]["MEL"]["sensitivity"] == 0.0
     assert hidden["calibration"]["temperature"]["ensemble"] != shipped["calibration"]["temperature"]["ensemble"]
+    # the thresholds' rule of each point (the shipped rows are the diagnosis, the bundle's policy)
+    flags, hidden_flags = rows["priority_threshold"], rows["priority_threshold_no_metadata"]
+    assert hidden_flags["operating_point"] == WITHOUT_METADATA
+    assert (hidden_flags["per_class"]["MEL"]["sensitivity"], hidden_flags["per_class"]["MEL"]["specificity"]) == (1.0, 0.0)
+    assert flags["per_class"]["MEL"]["sensitivity"] == 0.0

@@ -301,7 +301,13 @@ def _write_cache(
     path: Path, image_id: np.ndarray, group: np.ndarray, y: np.ndarray, names: Sequence[str], views: Sequence[str],
     logits: Sequence[np.ndarray], **extra: np.ndarray,
 ) -> None:
-    """A validation cache: image ids, groups, labels, member names, views, ``logits_<i>`` ``(N, V, K)``."""
+    """A validation cache: image ids, groups, labels, member names, views, ``logits_<i>`` ``(N, V, K)``.
+
+    Members whose logits are identical (a cross-fitted bundle's out-of-fold rows: one composite for
+    every member) are stored once: ``logits_alias[i]`` names the stored array of member ``i``
+    (:func:`_read_logits`)."""
+    arrays = [np.asarray(z).astype(np.float32) for z in logits]
+    alias = [next(j for j in range(i + 1) if np.array_equal(arrays[j], arrays[i])) for i in range(len(arrays))]
     np.savez_compressed(
         path,
         image_id=np.asarray(image_id, dtype=str),
@@ -309,9 +315,19 @@ def _write_cache(
         y=y,
         members=np.asarray(list(names)),
         views=np.asarray(list(views)),
-        **{f"logits_{i}": np.asarray(z).astype(np.float32) for i, z in enumerate(logits)},
+        logits_alias=np.asarray(alias, dtype=np.int64),
+        **{f"logits_{i}": z for i, z in enumerate(arrays) if alias[i] == i},
         **extra,
     )
+
+
+def _read_logits(z: Any, n: int) -> list[np.ndarray]:
+    """The ``n`` members' ``logits_<i>`` of an open cache, following ``logits_alias`` when present."""
+    alias = z["logits_alias"].tolist() if "logits_alias" in z.files else list(range(n))
+    if len(alias) != n:
+        raise BundleError(f"a logits cache lists {n} members but aliases {len(alias)} logit arrays: rebuild it")
+    stored = {j: z[f"logits_{j}"] for j in sorted(set(alias))}
+    return [stored[j] for j in alias]
 
 
 def load_validation_cache(bundle: Bundle) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -329,8 +345,7 @@ def load_validation_cache(bundle: Bundle) -> tuple[list[np.ndarray], np.ndarray,
                 f"{path} was computed for members {names} and views {list(views)}, but {bundle.path / META} has "
                 f"{[m.name for m in bundle.members]} and {list(bundle.tta.views)}: rebuild the bundle"
             )
-        logits = [z[f"logits_{i}"] for i in range(len(names))]
-        return logits, z["y"], z["group"]
+        return _read_logits(z, len(names)), z["y"], z["group"]
 
 
 #: ``evaluate`` writes the split's view logits beside its metrics (with and without metadata), so that
@@ -367,7 +382,7 @@ def load_split_logits(path: str | Path, bundle: Bundle, image_id: Sequence[str])
         if missing:
             raise BundleError(f"{path} lacks {len(missing)} of the requested images (e.g. {missing[:3]}): evaluate the bundle again")
         order = np.asarray([position[str(i)] for i in image_id], dtype=np.int64)
-        return [z[f"logits_{i}"][order] for i in range(len(names))]
+        return [a[order] for a in _read_logits(z, len(names))]
 
 
 def _cache_ids(bundle: Bundle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -394,7 +409,7 @@ def _read_no_metadata_cache(bundle: Bundle, image_id: np.ndarray) -> list[np.nda
         if z["image_id"].shape != image_id.shape or not (z["image_id"] == image_id).all():
             log.info("%s was computed for other validation images than %s: recomputing it", path, VALIDATION_CACHE)
             return None
-        return [z[f"logits_{i}"] for i in range(len(names))]
+        return _read_logits(z, len(names))
 
 
 def validation_logits_without_metadata(
