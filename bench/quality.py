@@ -10,7 +10,8 @@ Side by side, from one pass over the test split of the bundle's manifest (the ba
 been trained on the same split: its split hash is checked):
 
 * ``baseline``: one image-only backbone (default: the Lite0 of the CPU preset), argmax, no TTA;
-* ``member:<name>``: every bundle member alone, argmax, identity view only;
+* ``member:<name>``: every bundle member alone, argmax, identity view only (a fusion member also
+  with its metadata hidden: ``member:<name> (metadata hidden)``);
 * ``ensemble``: the weighted ensemble, argmax of the uncalibrated average, identity view only;
 * ``ensemble_tta``: the same with the bundle's TTA views;
 * ``ensemble_tta_calibrated``: argmax after the bundle's temperature (with class biases, which
@@ -368,6 +369,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for m, z in zip(bundle.members, identity, strict=True):
         add(f"member:{m.name}", "one bundle member alone, argmax, identity view only", z[:, 0].argmax(1),
             backbone=m.backbone, metadata="from the table" if _is_fusion(m) else None)
+    if hidden is not None and "identity" in views:  # the plain single model a user without metadata gets
+        j = views.index("identity")
+        for m, z in zip(bundle.members, hidden, strict=True):
+            if _is_fusion(m):
+                add(f"member:{m.name} (metadata hidden)", "one bundle member alone, argmax, identity view only, "
+                    "no metadata given", z[:, j].argmax(1), backbone=m.backbone, metadata="hidden")
     add("ensemble", "weighted ensemble, argmax of the uncalibrated average, identity view only",
         bundle.log_probs(identity, calibrated=False).argmax(1))
     add("ensemble_tta", f"ensemble with the bundle's TTA ({len(views)} views), argmax of the uncalibrated average",
