@@ -256,8 +256,15 @@ def test_the_card_shows_attention_faithfulness_and_concepts(finished: tuple[Path
         "per_class": {"MEL": {"line": "MEL: none of the 3 concepts tested is significant (random-CAV test)."},
                       "NV": {"line": "NV: asymmetric lowers the NV logit (TCAV 0.11 vs random 0.53, corrected p 7.4e-05)."}},
     }))
+    (work / "fold_ablations").mkdir()
+    ch = {"estimate": 0.026, "low": -0.013, "high": 0.065}
+    (work / "fold_ablations" / "test-size-144x192.json").write_text(json.dumps({
+        "fold": 0, "n_images": 40, "change": {"d4": {"bacc": ch, "mel_auc": ch}},
+        "models": {"reference": {"checkpoint": "m/f0/checkpoint", "input_size": [120, 160]},
+                   "variant": {"checkpoint": "m/f0/checkpoint", "input_size": [144, 192]}}}))
     recipe, _ = load_recipe(path)
     card = write_model_card(work, recipe, path).read_text()
+    assert "| test-size-144x192 (fold 0, 40 images) | f0 at 120x160 | f0 at 144x192 | d4 | 0.026 [-0.013, 0.065] |" in card
     assert "| layercam@blocks.4 (chosen) | 0.200 vs 0.300: -0.100 [-0.150, -0.050] |" in card
     assert "| gradcam@bn2 | 0.290 vs 0.300: -0.010 [-0.030, 0.010] |" in card
     assert "Shipped configuration **gradcam@bn2** on the test split (20 images of 19 lesions" in card

@@ -160,6 +160,7 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
     _training_curves(add, out, recipe)
     _ablation(add, out)
     _levers(add, out)
+    _fold_ablations(add, out)
     _review_scores(add, out)
     _faithfulness(add, out)
     _concepts(add, out)
@@ -313,6 +314,33 @@ def _ablation(add: Any, out: Path) -> None:
             f"{_delta(r.get('val_bacc'), ref) + ' ' + _pair(r.get('change_ci95')) if name != 'reference' else ''} | "
             f"{r.get('epochs_completed')} / {r.get('epochs_planned')} | {r.get('best_epoch')} | {r.get('training_minutes')} | "
             f"{r.get('train_images_per_s')} |")
+    add("")
+
+
+def _fold_ablations(add: Any, out: Path) -> None:
+    """``bench/fold_ablation.py`` results (``<out>/fold_ablations/*.json``): two models, or one model at two
+    input sizes, on the same held-out fold, paired."""
+    files = sorted((out / "fold_ablations").glob("*.json"))
+    if not files:
+        return
+    add("## Training and test-time levers on one fold (`bench/fold_ablation.py`): variant minus reference\n")
+    add("Both models predict the same held-out fold (out-of-fold for both, with the images' metadata); paired "
+        "lesion bootstrap. One training per setting: the interval covers the lesions drawn, not training noise.\n")
+    add("| comparison | reference | variant | TTA | BACC change [95% CI] | MEL AUC change [95% CI] |")
+    add("|---|---|---|---|---|---|")
+    for f in files:
+        r = json.loads(f.read_text())
+        models = r.get("models", {})
+
+        def who(name: str) -> str:
+            m = models.get(name, {})
+            size = "x".join(str(v) for v in m.get("input_size") or [])
+            return f"{Path(str(m.get('checkpoint', '?'))).parent.name}{' at ' + size if size else ''}"
+
+        for tta, ch in r.get("change", {}).items():
+            b, m = ch["bacc"], ch["mel_auc"]
+            add(f"| {f.stem} (fold {r.get('fold')}, {r.get('n_images')} images) | {who('reference')} | {who('variant')} | {tta} "
+                f"| {_f(b['estimate'])} {_pair([b['low'], b['high']])} | {_f(m['estimate'])} {_pair([m['low'], m['high']])} |")
     add("")
 
 
