@@ -265,9 +265,9 @@ def test_the_card_shows_attention_faithfulness_and_concepts(finished: tuple[Path
     recipe, _ = load_recipe(path)
     card = write_model_card(work, recipe, path).read_text()
     assert "| test-size-144x192 (fold 0, 40 images) | f0 at 120x160 | f0 at 144x192 | d4 | 0.026 [-0.013, 0.065] |" in card
-    assert "| layercam@blocks.4 (chosen) | 0.200 vs 0.300: -0.100 [-0.150, -0.050] |" in card
+    assert "| layercam@blocks.4 (largest gain) | 0.200 vs 0.300: -0.100 [-0.150, -0.050] |" in card
     assert "| gradcam@bn2 | 0.290 vs 0.300: -0.010 [-0.030, 0.010] |" in card
-    assert "Shipped configuration **gradcam@bn2** on the test split (20 images of 19 lesions" in card
+    assert "Configuration **gradcam@bn2** on the test split (20 images of 19 lesions" in card
     assert "gradcam@bn2 does NOT beat random maps on every measure: deletion." in card
     assert "- MEL: none of the 3 concepts tested is significant" in card and "bonferroni correction over 21 tests" in card
     assert "- Note: large (diameter > 6 mm)" in card

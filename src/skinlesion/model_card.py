@@ -418,14 +418,16 @@ def _faithfulness(add: Any, out: Path) -> None:
             f"{r['settings'].get('steps')} steps, {r['settings'].get('n_random')} random maps per image):\n")
         add("| configuration | deletion: map vs random | insertion: map vs random | mass in box vs area | passes |")
         add("|---|---|---|---|---|")
+        shown = _shown_config(out)
         for name, c in r["summary"].items():
-            add(f"| {name}{' (chosen)' if name == r.get('chosen') else ''} | {_faith_cell(c.get('deletion'))} | "
+            tags = ", ".join(t for t, on in (("largest gain", name == r.get("chosen")), ("shown in reports", name == shown)) if on)
+            add(f"| {name}{f' ({tags})' if tags else ''} | {_faith_cell(c.get('deletion'))} | "
                 f"{_faith_cell(c.get('insertion'))} | {_faith_cell(c.get('mass_in_bbox'))} | {'yes' if c.get('passes') else 'no'} |")
         add("")
     if test.is_file():
         r = json.loads(test.read_text())
         for name, c in r["summary"].items():
-            add(f"Shipped configuration **{name}** on the {r.get('split')} split ({r.get('n')} images of {r.get('n_lesions')} "
+            add(f"Configuration **{name}**{' (shown in reports)' if name == _shown_config(out) else ''} on the {r.get('split')} split ({r.get('n')} images of {r.get('n_lesions')} "
                 f"lesions, accuracy {_f(r.get('accuracy'))}; {r['settings'].get('steps')} steps, "
                 f"{r['settings'].get('n_random')} random maps per image):\n")
             add("| measure | map vs reference: difference [95% CI] |")
@@ -436,6 +438,20 @@ def _faithfulness(add: Any, out: Path) -> None:
                 "does NOT beat random maps on every measure: " + ", ".join(
                     k for k, _ in _FAITH_ROWS if c.get(k) and not _beats(k, c[k])))
             add(f"\n{name} {verdict}. Reports state this measurement next to the map.\n")
+
+
+def _shown_config(out: Path) -> str | None:
+    """The attention-map configuration reports show for this bundle (the members' registry default)."""
+    from skinlesion.explain.faithfulness_note import config_name
+    from skinlesion.models.registry import get_spec
+
+    try:
+        members = json.loads((out / "bundle" / "bundle.json").read_text())["members"]
+        specs = [get_spec(m["backbone"]) for m in members]
+    except (OSError, KeyError, ValueError):
+        return None
+    names = {config_name(s.cam_method, s.cam_layers) for s in specs}
+    return names.pop() if len(names) == 1 else None
 
 
 def _beats(key: str, r: dict[str, Any]) -> bool:

@@ -191,7 +191,11 @@ for _i, (_rate, _input) in enumerate(((0.2, 224), (0.2, 240), (0.3, 260))):
 #: Lite: Layer-CAM (Jiang et al. 2021) at ``blocks.4``, the last stride-16 stage (8x10 cells at
 #: 120x160 instead of 4x5 at ``bn2``), beat Grad-CAM++ at ``bn2`` and the other candidates
 #: (Grad-CAM, HiRes-CAM, Eigen-CAM, fusion with ``bn2``, 2x input) on the default bundle;
-#: measured on Lite0 only (Lite1/2 share the architecture but their maps are unmeasured).
+#: on the five-member cross-fitted bundle (validation split, 200 lesions) it is one of three
+#: configurations of seven that beat random maps; Grad-CAM/Grad-CAM++ at ``bn2`` and the ``bn2``
+#: fusion do not (deletion). Averaging its maps over flips added +0.011 insertion for 1.75x the
+#: time and is not the default (bench/results/faithfulness_cv5_bundle_select_validation.json).
+#: Measured on Lite0 only (Lite1/2 share the architecture but their maps are unmeasured).
 CAM_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
     f"tf_efficientnet_lite{i}": ("layercam", ("blocks.4",)) for i in range(3)
 }
