@@ -244,7 +244,8 @@ def test_the_card_shows_attention_faithfulness_and_concepts(finished: tuple[Path
     settings = {"steps": 10, "n_random": 2}
     good = {"deletion": _faith(0.2, 0.3, -0.15, -0.05), "insertion": _faith(0.5, 0.4, 0.05, 0.15),
             "mass_in_bbox": _faith(0.6, 0.4, 0.1, 0.3), "mass_in_segmentation": _faith(0.4, 0.2, 0.1, 0.3), "passes": True}
-    flat = {**good, "deletion": _faith(0.29, 0.3, -0.03, 0.01), "passes": False}
+    flat = {**good, "deletion": _faith(0.29, 0.3, -0.03, 0.01), "passes": False,
+            "by_prediction": {"NV": {"n": 15, "deletion": _faith(0.8, 0.78, 0.01, 0.03), "insertion": _faith(0.6, 0.5, 0.05, 0.15)}}}
     (work / "faithfulness_selection.json").write_text(json.dumps(
         {"split": "val", "n": 20, "n_lesions": 20, "settings": settings, "chosen": "layercam@blocks.4",
          "summary": {"layercam@blocks.4": good, "gradcam@bn2": flat}}))
@@ -269,6 +270,7 @@ def test_the_card_shows_attention_faithfulness_and_concepts(finished: tuple[Path
     assert "| gradcam@bn2 | 0.290 vs 0.300: -0.010 [-0.030, 0.010] |" in card
     assert "Configuration **gradcam@bn2** on the test split (20 images of 19 lesions" in card
     assert "gradcam@bn2 does NOT beat random maps on every measure: deletion." in card
+    assert "- NV (15 images): deletion 0.020 [0.010, 0.030], insertion 0.100 [0.050, 0.150]" in card
     assert "- MEL: none of the 3 concepts tested is significant" in card and "bonferroni correction over 21 tests" in card
     assert "- Note: large (diameter > 6 mm)" in card
 

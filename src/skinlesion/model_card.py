@@ -434,6 +434,13 @@ def _faithfulness(add: Any, out: Path) -> None:
             add("|---|---|")
             for key, label in _FAITH_ROWS:
                 add(f"| {label} | {_faith_cell(c.get(key))} |")
+            strata = c.get("by_prediction") or {}
+            if strata:
+                add("\nBy predicted class (deletion and insertion of the map vs random maps):\n")
+                for stratum, sr in strata.items():
+                    add(f"- {stratum} ({sr['n']} images): deletion {_f(sr['deletion']['difference'])} "
+                        f"{_pair([sr['deletion']['ci_low'], sr['deletion']['ci_high']])}, insertion "
+                        f"{_f(sr['insertion']['difference'])} {_pair([sr['insertion']['ci_low'], sr['insertion']['ci_high']])}")
             verdict = "beats random maps on every measure" if c.get("passes") else (
                 "does NOT beat random maps on every measure: " + ", ".join(
                     k for k, _ in _FAITH_ROWS if c.get(k) and not _beats(k, c[k])))
