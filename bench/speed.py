@@ -18,9 +18,11 @@ epoch and the final validation pass (a lower bound).
 Prediction, per ``--batches`` size (latency per image: median and p90; images/s):
 (a) ``probabilities+decision``: ``Predictor(bundle, mc_samples=0).predict`` - every member's
 preprocessing, all TTA views, temperature, weights, thresholds, JSON-ready records;
-(b) ``full_record``: ``Predictor(bundle).predict`` - (a) plus MC-dropout uncertainty with the
-number of passes the bundle's review flag was fitted with, and the review flag;
-(c) ``explain`` at batch 1: ``Predictor.explain`` given the record of (b) (Grad-CAM++, lesion
+(b) ``full_record``: ``Predictor(bundle).predict`` - (a) plus the uncertainty and the review flag
+(with the MC-dropout passes the flag was fitted with, or none for a flag scored on the members x
+views of (a));
+(c) ``explain`` at batch 1: ``Predictor.explain`` given the record of (b) (the members' default
+attention map, e.g. Layer-CAM at ``blocks.4`` for EfficientNet-Lite; lesion
 segmentation, ABCDE, TDS; what ``predict --report`` adds per image) and from scratch (what the
 ``serve`` explain route does: (b) then (c)).
 Modes are interleaved repeat by repeat, so a busy CPU slows them alike; the load average before
@@ -233,7 +235,8 @@ def prediction_rows(
             "batch": 1,
             "given_record": stats(given, 1),
             "from_scratch": stats(scratch, 1),
-            "method": "gradcam++ over every member (identity view), lesion segmentation, ABCDE, TDS; no TCAV concepts",
+            "method": "the members' default attention map (models.registry CAM_DEFAULTS; identity view), lesion "
+                      "segmentation, ABCDE, TDS; no TCAV concepts",
         }
     info = {
         "metadata_members": [m.name for m in bundle.members if getattr(m.model, "metadata_encoder", None) is not None],
