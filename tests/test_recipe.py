@@ -223,7 +223,10 @@ def test_the_card_shows_levers_review_scores_and_class_aucs(finished: tuple[Path
           "scores": {"max_prob": score, "entropy": {**score, "aurc": 0.15, "aurc_minus_max_prob": -0.05, "aurc_minus_max_prob_ci": [-0.09, -0.01]}}}
     (work / "risk_coverage.json").write_text(json.dumps({"test": rc}))
     recipe, _ = load_recipe(path)
+    assert "risk_coverage.png" not in write_model_card(work, recipe, path).read_text()  # no plot, no link
+    (work / "bundle" / "risk_coverage.png").write_bytes(b"\x89PNG")  # where --plot writes it: beside the card
     card = write_model_card(work, recipe, path).read_text()
+    assert "![risk-coverage curves on test](risk_coverage.png)" in card
     assert "| tta: 4 views vs identity (validation) | 0.600 -> 0.650 | 0.050 [0.010, 0.090]" in card
     assert "| entropy (best) | 0.150 [0.100, 0.300] | 0.100 | -0.050 [-0.090, -0.010] | 0.400 [0.300, 0.500] |" in card
     assert "One-vs-rest AUC of the probabilities: MEL " in card

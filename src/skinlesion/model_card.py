@@ -382,7 +382,7 @@ def _review_scores(add: Any, out: Path) -> None:
             add(f"| {name}{' (best)' if name == r['best'] else ''} | {_f(s['aurc'])} {_pair(s['aurc_ci'])} | {_f(s['e_aurc'])} | {diff} "
                 f"| {_f(s[f'errors_caught_at_{rate:g}'])} {_pair(s['errors_caught_ci'])} |")
         add("")
-    if (out / "risk_coverage.png").is_file():
+    if (out / "bundle" / "risk_coverage.png").is_file():  # beside the card (`recipe package` copies both)
         add("![risk-coverage curves on test](risk_coverage.png)\n")
 
 
