@@ -406,6 +406,9 @@ def _faithfulness(add: Any, out: Path) -> None:
     sel, test = out / "faithfulness_selection.json", out / "faithfulness.json"
     if not (sel.is_file() or test.is_file()):
         return
+    from skinlesion.explain.faithfulness_note import beats_random
+
+    shown = _shown_config(out)
     add("## Attention maps: do they show what the model used? (`python bench/faithfulness.py BUNDLE --compare ...`)\n")
     add("Deletion / insertion: the predicted class's probability as the most-attended pixels are blurred away / "
         "restored, against smooth random maps on the same images; mass: the share of the map inside the lesion, "
@@ -418,7 +421,6 @@ def _faithfulness(add: Any, out: Path) -> None:
             f"{r['settings'].get('steps')} steps, {r['settings'].get('n_random')} random maps per image):\n")
         add("| configuration | deletion: map vs random | insertion: map vs random | mass in box vs area | passes |")
         add("|---|---|---|---|---|")
-        shown = _shown_config(out)
         for name, c in r["summary"].items():
             tags = ", ".join(t for t, on in (("largest gain", name == r.get("chosen")), ("shown in reports", name == shown)) if on)
             add(f"| {name}{f' ({tags})' if tags else ''} | {_faith_cell(c.get('deletion'))} | "
@@ -427,7 +429,7 @@ def _faithfulness(add: Any, out: Path) -> None:
     if test.is_file():
         r = json.loads(test.read_text())
         for name, c in r["summary"].items():
-            add(f"Configuration **{name}**{' (shown in reports)' if name == _shown_config(out) else ''} on the {r.get('split')} split ({r.get('n')} images of {r.get('n_lesions')} "
+            add(f"Configuration **{name}**{' (shown in reports)' if name == shown else ''} on the {r.get('split')} split ({r.get('n')} images of {r.get('n_lesions')} "
                 f"lesions, accuracy {_f(r.get('accuracy'))}; {r['settings'].get('steps')} steps, "
                 f"{r['settings'].get('n_random')} random maps per image):\n")
             add("| measure | map vs reference: difference [95% CI] |")
@@ -443,7 +445,7 @@ def _faithfulness(add: Any, out: Path) -> None:
                         f"{_f(sr['insertion']['difference'])} {_pair([sr['insertion']['ci_low'], sr['insertion']['ci_high']])}")
             verdict = "beats random maps on every measure" if c.get("passes") else (
                 "does NOT beat random maps on every measure: " + ", ".join(
-                    k for k, _ in _FAITH_ROWS if c.get(k) and not _beats(k, c[k])))
+                    k for k, _ in _FAITH_ROWS if c.get(k) and not beats_random(k, c[k])))
             add(f"\n{name} {verdict}. Reports state this measurement next to the map.\n")
 
 
@@ -459,11 +461,6 @@ def _shown_config(out: Path) -> str | None:
         return None
     names = {config_name(s.cam_method, s.cam_layers) for s in specs}
     return names.pop() if len(names) == 1 else None
-
-
-def _beats(key: str, r: dict[str, Any]) -> bool:
-    """Whether a faithfulness difference is better than its reference with the interval excluding 0."""
-    return r["ci_high"] < 0 if key == "deletion" else r["ci_low"] > 0
 
 
 def _concepts(add: Any, out: Path) -> None:

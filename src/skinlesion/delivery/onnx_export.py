@@ -355,14 +355,16 @@ def _diffs(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
 def member_parity(
     member: Member, paths: dict[tuple[int, int], Path], views: Sequence[str], images: Sequence[np.ndarray],
     records: Sequence[dict[str, Any]] | None = None, reference: dict[str, np.ndarray] | None = None,
+    *, shared: bool = False,
 ) -> dict[str, Any]:
     """ONNX vs PyTorch on ``images`` through every view: max abs difference of probabilities and logits.
 
     A graph with a metadata input is measured twice, with ``records`` given (default: drawn as
     :func:`synthetic_records` does) and with the metadata missing; ``metadata`` holds each and the
     top-level figures are the worse of the two. ``reference``: PyTorch logits per case (``"given"``,
-    ``"missing"``), when already computed."""
-    state = member.model.state_dict()
+    ``"missing"``), when already computed. ``shared``: shared-weight graphs (the member's tensors are
+    filled in; whole graphs load from their files as they are)."""
+    state = member.model.state_dict() if shared else None
     sessions = {s: make_session(p, weights=state) for s, p in paths.items()}
     first = next(iter(sessions.values()))
     takes = [i.name for i in first.get_inputs()] == [INPUT, METADATA]
@@ -421,7 +423,10 @@ def _export_member(
         graphs.append({"input_size": list(shape), "views": shape_views, "files": files})
     cases = {"missing": None} if meta_dim is None else {"given": parity_records, "missing": None}
     reference = {c: images_view_logits(member, parity_images, views, device="cpu", metadata=r) for c, r in cases.items()}
-    parity = {p: member_parity(member, ps, views, parity_images, parity_records, reference) for p, ps in paths.items() if ps}
+    parity = {
+        p: member_parity(member, ps, views, parity_images, parity_records, reference, shared=share_weights and p == "fp32")
+        for p, ps in paths.items() if ps
+    }
     metadata = None
     if meta_dim is not None:
         encoder = model.metadata_encoder

@@ -110,6 +110,7 @@ def _mass_records(cam: np.ndarray, masks: dict[str, np.ndarray | None]) -> dict[
 def _summaries(records: list[dict[str, Any]], groups: np.ndarray, names: list[str], reference: str,
                n_boot: int, alpha: float, seed: int) -> dict[str, Any]:
     from skinlesion.explain.faithfulness import _paired
+    from skinlesion.explain.faithfulness_note import beats_random
 
     def col(name: str, key: str) -> np.ndarray:
         return np.asarray([r["configs"][name][key] for r in records], dtype=np.float64)
@@ -129,10 +130,7 @@ def _summaries(records: list[dict[str, Any]], groups: np.ndarray, names: list[st
                 k: _paired(col(name, f"{k}_auc"), col(reference, f"{k}_auc"), groups, n_boot, alpha, seed)
                 for k in ("deletion", "insertion")
             }
-        s["passes"] = bool(
-            s["deletion"]["ci_high"] < 0 and s["insertion"]["ci_low"] > 0
-            and all(s[f"mass_in_{m}"]["ci_low"] > 0 for m in MASKS)
-        )
+        s["passes"] = all(beats_random(k, s[k]) for k in ("deletion", "insertion", *(f"mass_in_{m}" for m in MASKS)))
         s["by_prediction"] = _by_prediction(records, groups, col(name, "deletion_auc"), rand_del,
                                             col(name, "insertion_auc"), rand_ins, n_boot, alpha, seed)
         s["gain"] = float(s["insertion"]["difference"] - s["deletion"]["difference"])

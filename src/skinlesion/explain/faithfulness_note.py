@@ -61,6 +61,12 @@ def _ci(s: Mapping[str, Any], digits: int = 3) -> str:
     return f"{s['difference']:+.{digits}f}, 95% CI {s['ci_low']:+.{digits}f} to {s['ci_high']:+.{digits}f}"
 
 
+def beats_random(key: str, r: Mapping[str, Any]) -> bool:
+    """Whether a measured difference beats its reference with the 95% interval excluding 0: lower for
+    ``deletion`` (``ci_high < 0``), higher for insertion and the mass in the lesion (``ci_low > 0``)."""
+    return r["ci_high"] < 0 if key == "deletion" else r["ci_low"] > 0
+
+
 def note_line(entry: Mapping[str, Any], scope: str) -> str:
     """One sentence with the numbers of an entry; ``scope`` says what it was measured on."""
     d, i = entry["deletion"], entry["insertion"]
@@ -74,8 +80,8 @@ def note_line(entry: Mapping[str, Any], scope: str) -> str:
             parts.append(f"{100 * m['mean']:.0f}% of the map inside {what} vs {100 * m['reference']:.0f}% of the image it covers")
     fails = [
         what for ok, what in (
-            (d["ci_high"] < 0, "deletion"), (i["ci_low"] > 0, "insertion"),
-            (all(entry[k]["ci_low"] > 0 for k in ("mass_in_bbox", "mass_in_segmentation") if entry.get(k)), "mass in the lesion"),
+            (beats_random("deletion", d), "deletion"), (beats_random("insertion", i), "insertion"),
+            (all(beats_random(k, entry[k]) for k in ("mass_in_bbox", "mass_in_segmentation") if entry.get(k)), "mass in the lesion"),
         ) if not ok
     ]
     verdict = ("It beats random maps on deletion and insertion and concentrates on the lesion (intervals exclude 0)."
@@ -99,7 +105,7 @@ def stratum_line(entry: Mapping[str, Any], stratum: str) -> str:
     r = entry["by_prediction"][stratum]
     d, i = r["deletion"], r["insertion"]
     what = f"images predicted {stratum}" if stratum != "other classes" else "images predicted as classes without their own stratum"
-    fails = [name for ok, name in ((d["ci_high"] < 0, "deletion"), (i["ci_low"] > 0, "insertion")) if not ok]
+    fails = [name for name, res in (("deletion", d), ("insertion", i)) if not beats_random(name, res)]
     verdict = "it beats random maps on both" if not fails else f"it does NOT beat random maps on {' and '.join(fails)}"
     return (f"For the {r['n']} {what}: deletion {_ci(d)}, insertion {_ci(i)} against random maps; {verdict}.")
 
@@ -135,7 +141,7 @@ def faithfulness_note(
     for_class = None
     if stratum:
         r = entry["by_prediction"][stratum]
-        for_class = {"stratum": stratum, "n": r["n"], "beats_random": bool(r["deletion"]["ci_high"] < 0 and r["insertion"]["ci_low"] > 0),
+        for_class = {"stratum": stratum, "n": r["n"], "beats_random": all(beats_random(k, r[k]) for k in ("deletion", "insertion")),
                      **{k: {f: r[k][f] for f in ("difference", "ci_low", "ci_high")} for k in ("deletion", "insertion")}}
     return {
         "measured": True, "scope": scope, "beats_random": bool(entry.get("passes")), "config": config,
@@ -180,5 +186,5 @@ def write_entries(entries: Sequence[Mapping[str, Any]], path: str | Path | None 
     return p
 
 
-__all__ = ["MEASURED_FILE", "META_KEY", "config_name", "describe", "entry_from_comparison", "faithfulness_note",
+__all__ = ["MEASURED_FILE", "META_KEY", "beats_random", "config_name", "describe", "entry_from_comparison", "faithfulness_note",
            "measured_entries", "note_line", "write_entries"]
