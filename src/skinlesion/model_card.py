@@ -406,7 +406,7 @@ def _faithfulness(add: Any, out: Path) -> None:
     sel, test = out / "faithfulness_selection.json", out / "faithfulness.json"
     if not (sel.is_file() or test.is_file()):
         return
-    from skinlesion.explain.faithfulness_note import beats_random
+    from skinlesion.explain.faithfulness import beats_random
 
     shown = _shown_config(out)
     add("## Attention maps: do they show what the model used? (`python bench/faithfulness.py BUNDLE --compare ...`)\n")

@@ -331,6 +331,12 @@ def evaluate_saliency(
     return record
 
 
+def beats_random(key: str, r: Mapping[str, Any]) -> bool:
+    """Whether a :func:`_paired` difference beats its reference with the 95% interval excluding 0:
+    lower for ``deletion`` (``ci_high < 0``), higher for insertion and the mass in the lesion (``ci_low > 0``)."""
+    return r["ci_high"] < 0 if key == "deletion" else r["ci_low"] > 0
+
+
 def _paired(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int, alpha: float, seed: int) -> dict:
     """Means of ``a`` and ``b``, and of ``a - b`` with a paired cluster-bootstrap CI and Wilcoxon p-value."""
     from scipy.stats import wilcoxon

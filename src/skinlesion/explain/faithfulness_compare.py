@@ -109,8 +109,7 @@ def _mass_records(cam: np.ndarray, masks: dict[str, np.ndarray | None]) -> dict[
 
 def _summaries(records: list[dict[str, Any]], groups: np.ndarray, names: list[str], reference: str,
                n_boot: int, alpha: float, seed: int) -> dict[str, Any]:
-    from skinlesion.explain.faithfulness import _paired
-    from skinlesion.explain.faithfulness_note import beats_random
+    from skinlesion.explain.faithfulness import _paired, beats_random
 
     def col(name: str, key: str) -> np.ndarray:
         return np.asarray([r["configs"][name][key] for r in records], dtype=np.float64)

@@ -19,6 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from skinlesion.explain.faithfulness import beats_random
+
 MEASURED_FILE = Path(__file__).with_name("attention_faithfulness.json")
 META_KEY = "attention_faithfulness"
 _RESULT_KEYS = ("deletion", "insertion", "mass_in_bbox", "mass_in_segmentation")
@@ -59,12 +61,6 @@ def describe(config: str) -> str:
 
 def _ci(s: Mapping[str, Any], digits: int = 3) -> str:
     return f"{s['difference']:+.{digits}f}, 95% CI {s['ci_low']:+.{digits}f} to {s['ci_high']:+.{digits}f}"
-
-
-def beats_random(key: str, r: Mapping[str, Any]) -> bool:
-    """Whether a measured difference beats its reference with the 95% interval excluding 0: lower for
-    ``deletion`` (``ci_high < 0``), higher for insertion and the mass in the lesion (``ci_low > 0``)."""
-    return r["ci_high"] < 0 if key == "deletion" else r["ci_low"] > 0
 
 
 def note_line(entry: Mapping[str, Any], scope: str) -> str:
@@ -186,5 +182,5 @@ def write_entries(entries: Sequence[Mapping[str, Any]], path: str | Path | None 
     return p
 
 
-__all__ = ["MEASURED_FILE", "META_KEY", "beats_random", "config_name", "describe", "entry_from_comparison", "faithfulness_note",
+__all__ = ["MEASURED_FILE", "META_KEY", "config_name", "describe", "entry_from_comparison", "faithfulness_note",
            "measured_entries", "note_line", "write_entries"]
