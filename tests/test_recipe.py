@@ -140,6 +140,9 @@ def test_bad_recipes_are_named(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"name": "x", "members": [{"name": "a", "epochs": 3}]}))
     with pytest.raises(ConfigError, match="epochs"):
         load_recipe(bad)
+    bad.write_text(yaml.safe_dump({"name": "x", "members": [{"name": "a"}], "ensemble": {"input_size": [4, 160]}}))
+    with pytest.raises(ConfigError, match=r"input_size must be \[H, W\] with both >= 8, got \[4, 160\]"):
+        load_recipe(bad)
 
 
 def test_the_packaged_recipe_is_valid() -> None:
@@ -180,7 +183,8 @@ def test_cross_fitted_recipe_runs_every_step_out_of_fold(tmp_path: Path) -> None
     spec = {
         "name": "cv", "data_root": str(data),
         "members": [{"name": f"f{k}", "preset": "tiny", "set": [*fast, f"data.fold={k}", f"seed={k}"]} for k in (0, 1)],
-        "ensemble": {"weights": "uniform", "tta": "flips", "average": "prob", "temperature": "ensemble"},
+        "ensemble": {"weights": "uniform", "tta": "flips", "average": "prob", "temperature": "ensemble",
+                     "input_size": [56, 72]},  # a test-time resolution above the training size (48x64)
         "calibrate": {"targets": "MEL:sens=0.6,spec=0.5", "confidence": 0.0},
         "review": {"n_samples": 2, "test": False},
         "evaluate": {"split": "test", "n_boot": 10},
@@ -198,7 +202,9 @@ def test_cross_fitted_recipe_runs_every_step_out_of_fold(tmp_path: Path) -> None
     for k in (0, 1):
         cfg = json.loads((tmp_path / "run" / "members" / f"f{k}" / "checkpoint" / "checkpoint.json").read_text())
         assert cfg["config"]["trainer"]["threads"] == 1 and cfg["config"]["data"]["fold"] == k
-    assert "**Cross-fitted.**" in (tmp_path / "run" / "bundle" / "MODEL_CARD.md").read_text()
+    card = (tmp_path / "run" / "bundle" / "MODEL_CARD.md").read_text()
+    assert "**Cross-fitted.**" in card and "| 56x72 (trained at 48x64) |" in card
+    assert [m.input_size for m in b.members] == [(56, 72), (56, 72)]
     # the review's validation pass scores every non-test image, each with its own fold's member only
     from skinlesion.uncertainty.review_fit import uncertainty_over_split
 

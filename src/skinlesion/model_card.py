@@ -78,9 +78,12 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
     add("| member | backbone | input (H x W) | metadata | weight | val BACC (TTA) |")
     add("|---|---|---|---|---|---|")
     for m in bundle["members"]:
-        meta = (m.get("preprocessing") or {}).get("input_size")
+        pre = m.get("preprocessing") or {}
+        size = "x".join(str(v) for v in pre.get("input_size") or []) or "?"
+        if pre.get("trained_input_size"):
+            size += " (trained at " + "x".join(str(v) for v in pre["trained_input_size"]) + ")"
         feats = _member_metadata(out, m)
-        add(f"| {m['name']} | {m['backbone']} | {meta} | {feats or 'none'} | {m['weight']:.3f} | {_f(m.get('validation', {}).get('bacc'))} |")
+        add(f"| {m['name']} | {m['backbone']} | {size} | {feats or 'none'} | {m['weight']:.3f} | {_f(m.get('validation', {}).get('bacc'))} |")
     tta = bundle["tta"]
     add(f"\nTest-time augmentation: {', '.join(tta['views'])} ({tta['average']} average). Temperature: "
         f"{bundle['temperature']['mode']} ({_f(bundle['temperature'].get('ensemble'))}).")

@@ -187,6 +187,42 @@ def test_load_bundle_names_what_is_wrong(bundle_dir: Path, tmp_path: Path) -> No
             load_bundle(broken(edit))
 
 
+def test_a_test_time_input_size_feeds_every_member_at_that_size(members: list[Path], tmp_path: Path) -> None:
+    b = build_bundle(members, tmp_path / "big", weighting="uniform", tta="none", temperature="none", input_size=(72, 96))
+    meta = json.loads((tmp_path / "big" / "bundle.json").read_text())
+    assert [m["preprocessing"]["input_size"] for m in meta["members"]] == [[72, 96], [72, 96]]
+    assert [m["preprocessing"]["trained_input_size"] for m in meta["members"]] == [[48, 64], [56, 56]]
+    assert [m.input_size for m in b.members] == [(72, 96), (72, 96)]  # load_bundle reads bundle.json's size
+    seen: list[tuple[int, ...]] = []
+    hook = b.members[0].model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    fresh = b.view_logits_table(load_bundle_split(b, "val"))
+    hook.remove()
+    assert seen and set(seen) == {(72, 96)}
+    cached, _, _ = load_validation_cache(b)  # the fitted validation outputs were predicted at that size
+    for f, c in zip(fresh, cached, strict=True):
+        np.testing.assert_allclose(f, c, atol=1e-4)
+    plain = build_bundle(members, tmp_path / "plain", weighting="uniform", tta="none", temperature="none")
+    assert not np.allclose(load_validation_cache(plain)[0][0], cached[0], atol=1e-3)
+    # the CLI takes it as HxW and refuses anything else
+    res = runner.invoke(app, ["ensemble", "build", *map(str, members), "--out", str(tmp_path / "cli"), "--tta", "none",
+                              "--input-size", "72x96"])
+    assert res.exit_code == 0, res.output
+    assert load_bundle(tmp_path / "cli").members[1].input_size == (72, 96)
+    res = runner.invoke(app, ["ensemble", "build", *map(str, members), "--out", str(tmp_path / "bad"), "--input-size", "72"])
+    assert res.exit_code != 0 and "--input-size must be HxW" in res.output
+    # bundle.json may change the size only: other preprocessing that differs from the checkpoint is refused
+    d = tmp_path / "edited"
+    shutil.copytree(tmp_path / "big", d)
+    meta["members"][0]["preprocessing"]["mean"] = [0.0, 0.0, 0.0]
+    (d / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"members\[0\] .*preprocessing.mean is \[0.0, 0.0, 0.0\] in bundle.json but"):
+        load_bundle(d)
+    meta["members"][0]["preprocessing"] = {**meta["members"][1]["preprocessing"], "input_size": [72]}
+    (d / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"preprocessing.input_size must be \[H, W\]"):
+        load_bundle(d)
+
+
 def test_a_checkpoint_is_a_one_member_bundle(members: list[Path]) -> None:
     b = bundle_from_checkpoint(members[0])
     assert len(b.members) == 1 and b.thresholds == {} and b.tta.views == ("identity",)

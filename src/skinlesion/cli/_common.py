@@ -25,3 +25,14 @@ def user_errors() -> Iterator[None]:
         # ValueError covers parameter checks (unknown backbone, bad split name...), worded for users.
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
+
+
+def parse_hw(text: str, option: str) -> tuple[int, int]:
+    """``"144x192"`` -> ``(144, 192)``; a BadParameter naming ``option`` otherwise."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{option} must be HxW (e.g. 144x192), got {text!r}") from None
+    if h < 8 or w < 8:
+        raise typer.BadParameter(f"{option} must be HxW with both sides >= 8, got {text!r}")
+    return h, w

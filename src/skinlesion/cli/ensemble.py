@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from skinlesion.cli._common import console, user_errors
+from skinlesion.cli._common import console, parse_hw, user_errors
 
 ensemble_app = typer.Typer(help="Combine checkpoints into a decision bundle.", no_args_is_help=True)
 
@@ -24,6 +24,9 @@ def build_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     name: str | None = typer.Option(None, "--name", help="Bundle name (default: the folder name)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
+    input_size: str | None = typer.Option(
+        None, "--input-size", help="HxW, e.g. 144x192: feed every member at this test-time resolution (default: its training size)."
+    ),
 ) -> None:
     """Fit member weights and temperature on the validation split and write a decision bundle."""
     from skinlesion.ensemble.build import build_bundle
@@ -32,6 +35,7 @@ def build_command(
         b = build_bundle(
             checkpoints, out, weighting=weights, tta=tta, average=average, temperature=temperature,
             data_root=data_root, batch_size=batch_size, name=name, overwrite=overwrite,
+            input_size=parse_hw(input_size, "--input-size") if input_size else None,
         )
     v = b.spec.validation
     for m in b.members:

@@ -43,6 +43,7 @@ from skinlesion.ensemble.bundle import (
     BundleError,
     _member,
     load_bundle,
+    test_time_preprocessing,
     write_meta,
 )
 from skinlesion.ensemble.predict import member_view_logits, out_of_fold_view_logits
@@ -150,8 +151,12 @@ def build_bundle(
     name: str | None = None,
     overwrite: bool = False,
     device: str | None = None,
+    input_size: Sequence[int] | None = None,
 ) -> Bundle:
-    """Build a bundle in ``out`` (see module docstring). Returns the loaded bundle."""
+    """Build a bundle in ``out`` (see module docstring). Returns the loaded bundle.
+
+    ``input_size`` (H, W) feeds every member at this resolution instead of its training size (a
+    test-time resolution: validation, and everything fitted on it, is predicted at that size)."""
     if temperature not in TEMPERATURE_MODES:
         raise ValueError(f"The 'temperature' parameter must be one of {TEMPERATURE_MODES}. Got {temperature!r} instead.")
     if weighting not in WEIGHTINGS:  # checked before any work
@@ -178,6 +183,8 @@ def build_bundle(
     y = val.labels()
     k = len(classes)
     members = [_member(c, n) for c, n in zip(ckpts, names, strict=True)]
+    for m in members:
+        m.preprocessing = test_time_preprocessing(m.preprocessing, input_size)
 
     logits = []
     if folds is not None:

@@ -459,8 +459,45 @@ def load_bundle(path: str | Path, *, map_location: str = "cpu", verify: bool = T
             raise bundle_error(p, f"members[{i}] ({m.name}): weights_sha256 differs from the member's checkpoint.json")
         if list(ckpt.classes) != spec.classes:
             raise bundle_error(p, f"members[{i}] ({m.name}): classes {list(ckpt.classes)} differ from the bundle's {spec.classes}")
-        members.append(_member(ckpt, m.name, float(m.weight), float(m.temperature)))
+        member = _member(ckpt, m.name, float(m.weight), float(m.temperature))
+        try:
+            member.preprocessing = bundle_preprocessing(ckpt.preprocessing, m.preprocessing)
+        except ValueError as e:
+            raise bundle_error(p, f"{where}: {e}") from None
+        members.append(member)
     return Bundle(p, meta, members)
+
+
+def test_time_preprocessing(trained: Mapping[str, Any], input_size: Sequence[int] | None) -> dict[str, Any]:
+    """A checkpoint's ``preprocessing`` fed at ``input_size`` (H, W) instead of its training size, which
+    stays recorded as ``trained_input_size`` (test-time resolution; None: unchanged)."""
+    pre = dict(trained)
+    if input_size is None or [int(v) for v in input_size] == [int(v) for v in pre["input_size"]]:
+        return pre
+    h, w = (int(v) for v in input_size)
+    if h < 8 or w < 8:
+        raise ValueError(f"The 'input_size' parameter must be (H, W) with both >= 8. Got {list(input_size)} instead.")
+    return {**pre, "input_size": [h, w], "trained_input_size": list(pre["input_size"])}
+
+
+def bundle_preprocessing(trained: Mapping[str, Any], entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the bundle feeds a member: its checkpoint's ``preprocessing``, at the input size that
+    ``bundle.json`` records for it (a test-time resolution fitted with the bundle, see
+    :func:`test_time_preprocessing`). Any other difference from the checkpoint is a ValueError."""
+    if entry is None:
+        return dict(trained)
+    size = entry.get("input_size")
+    ok = isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v >= 8 for v in size)
+    if not ok:
+        raise ValueError(f"preprocessing.input_size must be [H, W] (integers >= 8), got {size!r}")
+    pre = test_time_preprocessing(trained, size)
+    for key in sorted(set(entry) | set(trained)):
+        if key not in ("input_size", "trained_input_size") and entry.get(key) != trained.get(key):
+            raise ValueError(
+                f"preprocessing.{key} is {entry.get(key)!r} in bundle.json but {trained.get(key)!r} in the "
+                "member's checkpoint; only the input size may differ (a test-time resolution)"
+            )
+    return pre
 
 
 def _member(ckpt: Any, name: str, weight: float = 1.0, temperature: float = 1.0) -> Member:

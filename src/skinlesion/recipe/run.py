@@ -72,7 +72,7 @@ def _build(recipe: Recipe, out: Path) -> dict[str, Any]:
     b = build_bundle(
         [member_dir(out, m.name) / "checkpoint" for m in recipe.members], out / BUNDLE_DIR, weighting=e.weights,
         tta=e.tta, average=e.average, temperature=e.temperature, data_root=recipe.data_root, name=recipe.name,
-        overwrite=True,
+        overwrite=True, input_size=e.input_size,
     )
     return {"validation": b.meta["validation"], "weights": {m.name: m.weight for m in b.members}}
 

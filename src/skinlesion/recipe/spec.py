@@ -31,6 +31,16 @@ class EnsembleSpec(_Strict):
     tta: str = "d4"
     average: str = "prob"
     temperature: str = "ensemble"
+    input_size: tuple[int, int] | None = Field(
+        None, description="(H, W) test-time resolution of every member (default: its training size)."
+    )
+
+    @field_validator("input_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) < 8:
+            raise ValueError(f"input_size must be [H, W] with both >= 8, got {list(v)}")
+        return v
 
 
 class CalibrateSpec(_Strict):
