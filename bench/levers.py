@@ -2,6 +2,7 @@
 
     python bench/levers.py models/ham10000-cv5/bundle                      # validation (out-of-fold) only
     python bench/levers.py models/ham10000-cv5/bundle --test               # also the test split (K members)
+    python bench/levers.py models/ham10000-cv5/bundle --versus OLD_BUNDLE  # this bundle vs another of the same members
 
 Levers measured without training anything again, each as variant minus reference with a paired
 lesion-bootstrap 95% interval (argmax BACC and melanoma one-vs-rest AUC; the same resampled lesions
@@ -13,6 +14,10 @@ on both sides; :func:`skinlesion.metrics.bootstrap.bootstrap_difference_ci`):
 * ``ensemble`` (``--test``): the K-member average vs each single member on the test split (on
   validation a cross-fitted bundle has one member per row, so the ensemble's gain is only
   measurable on test).
+* ``--versus OTHER``: this bundle vs another bundle of the same member weights and views, built
+  another way (e.g. ``skinlesion ensemble build --input-size 144x192`` vs the training size): the
+  lever is named by what differs (``input size: 144x192 vs 120x160``), on the validation rows and,
+  with ``--test``, on the test split (``--versus-eval-dir``: the other bundle's evaluate folder).
 
 Probabilities are the softmax of the view logits averaged in probability space, without
 temperature (argmax and AUC do not depend on a shared temperature). Levers that need another
@@ -31,7 +36,7 @@ if not __package__:  # run as a file (python bench/levers.py): see bench/_as_pac
 
 import numpy as np
 
-from bench._cli import json_main
+from bench._cli import BenchError, json_main
 
 FOUR = ("identity", "hflip", "vflip", "rot180")
 
@@ -54,6 +59,34 @@ def _compare(variant: np.ndarray, reference: np.ndarray, y: np.ndarray, groups: 
         out[name] = {"reference": float(fn(y, reference)), "variant": float(fn(y, variant)),
                      "difference": d["estimate"], "ci": [d["low"], d["high"]]}
     return out
+
+
+def _sizes(bundle: Any) -> str:
+    return "/".join(sorted({"x".join(map(str, m.input_size)) for m in bundle.members}))
+
+
+def _versus(bundle: Any, other: Any) -> str:
+    """What differs between two bundles of the same member weights and views (the lever's name)."""
+    mine, theirs = ([m.meta.get("weights_sha256") for m in b.members] for b in (bundle, other))
+    if mine != theirs or list(bundle.tta.views) != list(other.tta.views):
+        raise BenchError(
+            f"--versus {other.path}: its members' weights or TTA views differ from {bundle.path}'s; the lever compares "
+            "two bundles of the same members (e.g. built at two input sizes)"
+        )
+    if _sizes(bundle) != _sizes(other):
+        return f"input size: {_sizes(bundle)} vs {_sizes(other)}"
+    return f"bundle {bundle.bundle_id[:12]} vs {other.bundle_id[:12]}"
+
+
+def _test_logits(bundle: Any, table: Any, eval_dir: str | None, batch_size: int) -> list[np.ndarray]:
+    """Every member's test view logits: from ``skinlesion evaluate``'s folder when given, else computed."""
+    if eval_dir:
+        from skinlesion.ensemble.build import SPLIT_LOGITS, load_split_logits
+
+        return load_split_logits(f"{eval_dir}/{SPLIT_LOGITS}", bundle, table.frame["image_id"].astype(str).tolist())
+    from skinlesion.ensemble.predict import member_view_logits
+
+    return [member_view_logits(m, table, list(bundle.tta.views), batch_size=batch_size) for m in bundle.members]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,24 +120,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if bundle.fusion_members:
         hidden = _probs(validation_logits_without_metadata(bundle, logits, data_root=args.data_root), w, all_views)
         lv[f"metadata: given vs hidden ({where})"] = _compare(full, hidden, y, groups, fns, **kw)
+    other = load_bundle(args.versus) if args.versus else None
+    if other is not None:
+        name = _versus(bundle, other)
+        ologits, _, _ = load_validation_cache(other)
+        oids, _, _ = _cache_ids(other)
+        ids = _cache_ids(bundle)[0]
+        if sorted(oids.tolist()) != sorted(ids.tolist()):
+            raise BenchError(f"--versus {other.path}: its validation rows are not this bundle's ({len(oids)} vs {len(ids)} images)")
+        order = {v: i for i, v in enumerate(oids.tolist())}
+        rows = np.asarray([order[v] for v in ids.tolist()])
+        ow = np.asarray([m.weight for m in other.members], dtype=np.float64)
+        lv[f"{name} ({where})"] = _compare(full, _probs([z[rows] for z in ologits], ow, all_views), y, groups, fns, **kw)
     if args.test:
         from skinlesion.data.splits import group_ids
-        from skinlesion.ensemble.predict import member_view_logits
         from skinlesion.evaluation import load_bundle_split
 
         table = load_bundle_split(bundle, "test", args.data_root)
-        if args.eval_dir:  # the logits `skinlesion evaluate` saved for this bundle and split
-            from skinlesion.ensemble.build import SPLIT_LOGITS, load_split_logits
-
-            tl = load_split_logits(f"{args.eval_dir}/{SPLIT_LOGITS}", bundle, table.frame["image_id"].astype(str).tolist())
-        else:
-            tl = [member_view_logits(m, table, views, batch_size=args.batch_size) for m in bundle.members]
+        tl = _test_logits(bundle, table, args.eval_dir, args.batch_size)
         ty, tg = table.labels(), group_ids(table).to_numpy()
         ens = _probs(tl, w, all_views)
         result["test"] = {"n_images": int(len(ty)), "n_lesions": int(len(set(tg.tolist())))}
         for i, m in enumerate(bundle.members):
             single = _probs([tl[i]], np.ones(1), all_views)
             lv[f"ensemble: {len(bundle.members)} members vs {m.name} alone (test)"] = _compare(ens, single, ty, tg, fns, **kw)
+        if other is not None:
+            oens = _probs(_test_logits(other, table, args.versus_eval_dir, args.batch_size), ow, all_views)
+            lv[f"{name} (test)"] = _compare(ens, oens, ty, tg, fns, **kw)
     return result
 
 
@@ -113,6 +155,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("bundle", help="Decision bundle folder.")
     ap.add_argument("--test", action="store_true", help="Also the ensemble lever on the test split (runs every member on it).")
     ap.add_argument("--eval-dir", default=None, help="`skinlesion evaluate`'s folder for this bundle's test split: reuse its view logits.")
+    ap.add_argument("--versus", default=None, help="Another bundle of the same members (e.g. built at another --input-size).")
+    ap.add_argument("--versus-eval-dir", default=None, help="`skinlesion evaluate`'s folder for the --versus bundle's test split.")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=32)

@@ -153,6 +153,27 @@ def test_levers_pairs_tta_metadata_and_ensemble_on_the_same_images(calibrated_fu
             assert r["ci"][0] <= r["difference"] <= r["ci"][1]
 
 
+def test_levers_versus_names_the_input_size_and_pairs_the_same_rows(tiny_members: list[Path], tmp_path: Path, capsys) -> None:
+    from skinlesion.ensemble.build import build_bundle
+
+    kw = {"weighting": "uniform", "tta": "flips", "temperature": "none"}
+    build_bundle(tiny_members, tmp_path / "big", input_size=(72, 96), **kw)
+    build_bundle(tiny_members, tmp_path / "plain", **kw)
+    rc, res, err = _run("levers", [str(tmp_path / "big"), "--versus", str(tmp_path / "plain"), "--test", "--n-boot", "20"], capsys)
+    assert rc == 0, err
+    val = res["levers"]["input size: 72x96 vs 48x64/56x56 (validation)"]["bacc"]
+    test = res["levers"]["input size: 72x96 vs 48x64/56x56 (test)"]["mel_auc"]
+    assert val["difference"] == pytest.approx(val["variant"] - val["reference"])
+    assert test["difference"] == pytest.approx(test["variant"] - test["reference"])
+    rc, same, err = _run("levers", [str(tmp_path / "plain"), "--versus", str(tmp_path / "plain"), "--n-boot", "20"], capsys)
+    assert rc == 0, err
+    lever = same["levers"][next(n for n in same["levers"] if n.startswith("bundle "))]["bacc"]
+    assert lever["difference"] == 0 and lever["ci"] == [0, 0]
+    build_bundle(tiny_members[:1], tmp_path / "one", **kw)
+    rc, _, err = _run("levers", [str(tmp_path / "big"), "--versus", str(tmp_path / "one")], capsys)
+    assert rc == 2 and "weights or TTA views differ" in err
+
+
 def test_risk_coverage_compare_scores_every_source_on_the_same_images(calibrated_bundle: Path, tmp_path: Path, capsys) -> None:
     argv = [str(calibrated_bundle), "--compare", "--n-samples", "2", "--ood", "--max-images", "12", "--n-boot", "20",
             "--plot", str(tmp_path / "rc.png"), "--curves", str(tmp_path / "rc.csv")]
