@@ -34,8 +34,10 @@ def _entry(weights: list[str], passes: bool = True, config: str = "layercam@bloc
     }
 
 
-def _bundle(*hashes: str, backbone: str = "tf_efficientnet_lite0", meta: dict | None = None) -> SimpleNamespace:
-    members = [SimpleNamespace(meta={"weights_sha256": h}, backbone=backbone) for h in hashes]
+def _bundle(*hashes: str, backbone: str = "tf_efficientnet_lite0", meta: dict | None = None,
+            size: list[int] | None = None) -> SimpleNamespace:
+    pre = {"input_size": [120, 160]} if size is None else {"input_size": size, "trained_input_size": [120, 160]}
+    members = [SimpleNamespace(meta={"weights_sha256": h}, backbone=backbone, preprocessing=pre) for h in hashes]
     return SimpleNamespace(members=members, meta=meta or {})
 
 
@@ -66,6 +68,24 @@ def test_a_failure_is_said_plainly(measured: Path) -> None:
 def test_another_bundle_of_the_same_backbone_is_named_as_such(measured: Path) -> None:
     note = faithfulness_note(_bundle("z"), "layercam@blocks.4+bn2", measured)
     assert note["measured"] and "not on this bundle" in note["scope"] and "not on this bundle" in note["line"]
+
+
+def test_the_same_weights_at_another_input_size_are_named_as_such(measured: Path) -> None:
+    resized = _bundle("a", "b", size=[144, 192])  # the entry (no input_sizes) was measured at the training size
+    note = faithfulness_note(resized, "layercam@blocks.4+bn2", measured)
+    assert note["measured"] and note["scope"] == (
+        "measured on this bundle's members at input 120x160/120x160, not at the 144x192/144x192 this bundle predicts at")
+    assert note["scope"] in note["line"]
+    result = {"summary": {"layercam@blocks.4+bn2": {**_entry(["x"]), "passes": True}}, "split": "test", "n": 200,
+              "n_lesions": 200, "settings": {"steps": 10, "baseline": "blur", "n_random": 2, "random_kind": "smooth",
+                                             "seed": 0, "n_boot": 1000}}
+    at_size = entry_from_comparison(result, "layercam@blocks.4+bn2", resized, label="resized", source="g.json")
+    assert at_size["input_sizes"] == ["144x192", "144x192"]
+    write_entries([at_size], measured)  # another size: kept beside the training-size entry
+    assert len(json.loads(measured.read_text())["entries"]) == 3
+    note = faithfulness_note(resized, "layercam@blocks.4+bn2", measured)
+    assert note["scope"] == "measured on this bundle's members" and note["source"] == "g.json"
+    assert faithfulness_note(_bundle("a", "b"), "layercam@blocks.4+bn2", measured)["source"] == "bench/results/faithfulness_x.json"
 
 
 def test_unmeasured_maps_are_called_unverified(measured: Path) -> None:

@@ -3,11 +3,13 @@
 Measurements are made by ``bench/faithfulness.py --compare`` (:mod:`.faithfulness_compare`) and
 kept as data: in the bundle's ``bundle.json`` under ``attention_faithfulness`` (a list of
 entries) or in the packaged :data:`MEASURED_FILE`. An entry names the member weights it was
-measured on (``weights_sha256``), the configuration (``config``, e.g. ``"layercam@blocks.4+bn2"``)
+measured on (``weights_sha256``) and their input sizes (``input_sizes``; an entry without them was
+measured at the members' training size), the configuration (``config``, e.g. ``"layercam@blocks.4+bn2"``)
 and the paired results against smooth random maps and the lesion's area fraction.
 
-:func:`faithfulness_note` finds the entry for the map shown: measured on these very weights, else
-on another bundle of the same backbone(s) (said so), else none (said so: unverified). The line
+:func:`faithfulness_note` finds the entry for the map shown: measured on these very weights at the
+size the bundle feeds them, else on these weights at another size (said so), else on another bundle
+of the same backbone(s) (said so), else none (said so: unverified). The line
 states the numbers whether or not the map beats random maps; it never hides a failure.
 """
 
@@ -111,6 +113,18 @@ def _hashes(bundle: Any) -> tuple[list[str], list[str]]:
     return sorted(str(m.meta.get("weights_sha256")) for m in members), sorted({m.backbone for m in members})
 
 
+def _sizes(bundle: Any, *, trained: bool = False) -> list[str]:
+    """The members' input sizes ``"HxW"`` (sorted): what the bundle feeds them, or (``trained``) what
+    they were trained at, which differs when the bundle predicts at a test-time resolution."""
+    out = []
+    for m in getattr(bundle, "members", []):
+        pre = getattr(m, "preprocessing", None) or {}
+        size = (trained and pre.get("trained_input_size")) or pre.get("input_size")
+        if size:
+            out.append("x".join(str(int(v)) for v in size))
+    return sorted(out)
+
+
 def faithfulness_note(
     bundle: Any, config: str, path: str | Path | None = None, *, class_name: str | None = None
 ) -> dict[str, Any]:
@@ -120,11 +134,18 @@ def faithfulness_note(
     ``class_name``: the class the map explains; when the entry was also measured per predicted
     class (``by_prediction``), the line adds that class's stratum and ``for_class`` holds it."""
     weights, backbones = _hashes(bundle)
+    sizes, trained = _sizes(bundle), _sizes(bundle, trained=True)
     entries = [e for e in measured_entries(bundle, path) if e.get("config") == config]
-    exact = [e for e in entries if sorted(e.get("weights_sha256", [])) == weights]
+    own = [e for e in entries if sorted(e.get("weights_sha256", [])) == weights]
+    at = lambda e: sorted(e["input_sizes"]) if e.get("input_sizes") else trained  # noqa: E731 - older entries: the training size
+    exact = [e for e in own if at(e) == sizes]
     same = [e for e in entries if sorted(e.get("backbones", [])) == backbones]
     if exact:
         entry, scope = exact[0], "measured on this bundle's members"
+    elif own:
+        entry = own[0]
+        scope = (f"measured on this bundle's members at input {'/'.join(at(entry))}, not at the {'/'.join(sizes)} "
+                 "this bundle predicts at")
     elif same:
         entry = same[0]
         scope = f"measured on {entry.get('bundle', 'another bundle')} with the same backbone, not on this bundle"
@@ -156,7 +177,8 @@ def entry_from_comparison(result: Mapping[str, Any], config: str, bundle: Any, *
     weights, backbones = _hashes(bundle)
     keep = ("mean", "reference", "difference", "ci_low", "ci_high", "p_value", "n")
     return {
-        "bundle": label, "weights_sha256": weights, "backbones": backbones, "config": config, "dataset": "HAM10000",
+        "bundle": label, "weights_sha256": weights, "backbones": backbones, "input_sizes": _sizes(bundle),
+        "config": config, "dataset": "HAM10000",
         "split": result["split"], "n": result["n"], "n_lesions": result["n_lesions"], "passes": s["passes"],
         **{k: {f: s[k][f] for f in keep} for k in _RESULT_KEYS}, "source": source,
         "by_prediction": {
@@ -171,7 +193,7 @@ def write_entries(entries: Sequence[Mapping[str, Any]], path: str | Path | None 
     """Add ``entries`` to the packaged file, replacing any of the same weights and configuration."""
     p = Path(path or MEASURED_FILE)
     old = json.loads(p.read_text()).get("entries", []) if p.is_file() else []
-    key = lambda e: (tuple(sorted(e["weights_sha256"])), e["config"])  # noqa: E731
+    key = lambda e: (tuple(sorted(e["weights_sha256"])), e["config"], tuple(sorted(e.get("input_sizes") or [])))  # noqa: E731
     new_keys = {key(e) for e in entries}
     data = {"about": "Attention-map faithfulness measured by bench/faithfulness.py --compare; read by "
                      "skinlesion.explain.faithfulness_note.", "entries": [e for e in old if key(e) not in new_keys] + list(entries)}
