@@ -258,10 +258,15 @@ def test_the_card_shows_attention_faithfulness_and_concepts(finished: tuple[Path
     (work / "faithfulness_selection.json").write_text(json.dumps(
         {"split": "val", "n": 20, "n_lesions": 20, "settings": settings, "chosen": "layercam@blocks.4",
          "summary": {"layercam@blocks.4": good, "gradcam@bn2": flat}}))
+    from skinlesion._hashing import sha256_file
+
+    now = sha256_file(work / "bundle" / "bundle.json")
     (work / "faithfulness.json").write_text(json.dumps(
-        {"split": "test", "n": 20, "n_lesions": 19, "accuracy": 0.8, "settings": settings, "summary": {"gradcam@bn2": flat}}))
+        {"split": "test", "n": 20, "n_lesions": 19, "accuracy": 0.8, "settings": settings, "summary": {"gradcam@bn2": flat},
+         "bundle_id": "ab" * 32}))  # measured on another build of the bundle: said so
     (work / "tcav.json").write_text(json.dumps({
-        "summary": {"settings": {"split": "test", "n_per_class": 40, "n_runs": 10, "correction": "bonferroni", "alpha": 0.05},
+        "summary": {"settings": {"split": "test", "n_per_class": 40, "n_runs": 10, "correction": "bonferroni", "alpha": 0.05,
+                                 "bundle_id": now},
                     "n_tests": 21, "notes": ["large (diameter > 6 mm): unknown for every image"]},
         "per_class": {"MEL": {"line": "MEL: none of the 3 concepts tested is significant (random-CAV test)."},
                       "NV": {"line": "NV: asymmetric lowers the NV logit (TCAV 0.11 vs random 0.53, corrected p 7.4e-05)."}},
@@ -282,6 +287,8 @@ def test_the_card_shows_attention_faithfulness_and_concepts(finished: tuple[Path
     assert "- NV (15 images): deletion 0.020 [0.010, 0.030], insertion 0.100 [0.050, 0.150]" in card
     assert "- MEL: none of the 3 concepts tested is significant" in card and "bonferroni correction over 21 tests" in card
     assert "- Note: large (diameter > 6 mm)" in card
+    assert card.count("**Measured on an earlier build of this bundle**") == 1  # the faithfulness result only
+    assert f"(bundle id abababababab, this card's is {now[:12]}): these numbers describe that build" in card
 
 
 def test_package_carries_only_a_shared_fp32_onnx_export(finished: tuple[Path, Path], tmp_path: Path) -> None:

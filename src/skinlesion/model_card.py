@@ -347,6 +347,20 @@ def _fold_ablations(add: Any, out: Path) -> None:
     add("")
 
 
+def _built_on(add: Any, res: dict[str, Any], out: Path) -> None:
+    """A warning when a side result was measured on another build of the bundle than this card's
+    (``bundle_id``: sha256 of bundle.json), e.g. before the bundle was rebuilt at another input size."""
+    from skinlesion._hashing import sha256_file
+
+    was, meta = res.get("bundle_id"), out / "bundle" / "bundle.json"
+    if not was or not meta.is_file():
+        return
+    now = sha256_file(meta)
+    if was != now:
+        add(f"**Measured on an earlier build of this bundle** (bundle id {str(was)[:12]}, this card's is {now[:12]}): "
+            "these numbers describe that build, not this one.\n")
+
+
 def _levers(add: Any, out: Path) -> None:
     """``bench/levers.py``'s paired comparisons (``out/levers.json``), when the recipe's folder has them."""
     path = out / "levers.json"
@@ -354,6 +368,7 @@ def _levers(add: Any, out: Path) -> None:
         return
     res = json.loads(path.read_text())
     add(f"## Levers (`python bench/levers.py BUNDLE --test`): variant minus reference, paired lesion bootstrap ({res.get('n_boot')} resamples)\n")
+    _built_on(add, res, out)
     add("| lever | BACC reference -> variant | change [95% CI] | MEL AUC reference -> variant | change [95% CI] |")
     add("|---|---|---|---|---|")
     for name, r in res.get("levers", {}).items():
@@ -370,6 +385,7 @@ def _review_scores(add: Any, out: Path) -> None:
         return
     res = json.loads(path.read_text())
     add("## Which score should send a case to review (`python bench/risk_coverage.py BUNDLE --compare`)\n")
+    _built_on(add, res, out)
     for part, label in (("validation", "validation rows (out-of-fold: one member per row)"), ("test", "test split (all members)")):
         r = res.get(part)
         if not r:
@@ -431,6 +447,7 @@ def _faithfulness(add: Any, out: Path) -> None:
         add("")
     if test.is_file():
         r = json.loads(test.read_text())
+        _built_on(add, r, out)
         for name, c in r["summary"].items():
             add(f"Configuration **{name}**{' (shown in reports)' if name == shown else ''} on the {r.get('split')} split ({r.get('n')} images of {r.get('n_lesions')} "
                 f"lesions, accuracy {_f(r.get('accuracy'))}; {r['settings'].get('steps')} steps, "
@@ -474,6 +491,7 @@ def _concepts(add: Any, out: Path) -> None:
     r = json.loads(path.read_text())
     st = r["summary"]["settings"]
     add("## Concepts (TCAV, Kim et al. 2018; `python bench/tcav.py --bundle BUNDLE`)\n")
+    _built_on(add, st, out)
     add(f"Concept activation vectors of the ABCDE concepts, learned on the {st.get('split')} split "
         f"({st.get('n_per_class')} images per class at most, {st.get('n_runs')} runs against random concepts, "
         f"{st.get('correction')} correction over {r['summary'].get('n_tests')} tests, alpha {st.get('alpha')}). "

@@ -275,6 +275,7 @@ def compare_configurations(
             "space": "original RGB image; ensemble (identity view) as classifier",
         },
         "bundle": str(bundle.path) if bundle.path is not None else bundle.spec.name,
+        "bundle_id": bundle.bundle_id,
         "split": split,
         "seconds": round(time.perf_counter() - started, 2),
     }
