@@ -43,7 +43,7 @@ from skinlesion.ensemble.bundle import (
     BundleError,
     _member,
     load_bundle,
-    test_time_preprocessing,
+    at_input_size,
     write_meta,
 )
 from skinlesion.ensemble.predict import member_view_logits, out_of_fold_view_logits
@@ -184,7 +184,7 @@ def build_bundle(
     k = len(classes)
     members = [_member(c, n) for c, n in zip(ckpts, names, strict=True)]
     for m in members:
-        m.preprocessing = test_time_preprocessing(m.preprocessing, input_size)
+        m.preprocessing = at_input_size(m.preprocessing, input_size)
 
     logits = []
     if folds is not None:

@@ -468,7 +468,7 @@ def load_bundle(path: str | Path, *, map_location: str = "cpu", verify: bool = T
     return Bundle(p, meta, members)
 
 
-def test_time_preprocessing(trained: Mapping[str, Any], input_size: Sequence[int] | None) -> dict[str, Any]:
+def at_input_size(trained: Mapping[str, Any], input_size: Sequence[int] | None) -> dict[str, Any]:
     """A checkpoint's ``preprocessing`` fed at ``input_size`` (H, W) instead of its training size, which
     stays recorded as ``trained_input_size`` (test-time resolution; None: unchanged)."""
     pre = dict(trained)
@@ -483,14 +483,14 @@ def test_time_preprocessing(trained: Mapping[str, Any], input_size: Sequence[int
 def bundle_preprocessing(trained: Mapping[str, Any], entry: Mapping[str, Any] | None) -> dict[str, Any]:
     """What the bundle feeds a member: its checkpoint's ``preprocessing``, at the input size that
     ``bundle.json`` records for it (a test-time resolution fitted with the bundle, see
-    :func:`test_time_preprocessing`). Any other difference from the checkpoint is a ValueError."""
+    :func:`at_input_size`). Any other difference from the checkpoint is a ValueError."""
     if entry is None:
         return dict(trained)
     size = entry.get("input_size")
     ok = isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v >= 8 for v in size)
     if not ok:
         raise ValueError(f"preprocessing.input_size must be [H, W] (integers >= 8), got {size!r}")
-    pre = test_time_preprocessing(trained, size)
+    pre = at_input_size(trained, size)
     for key in sorted(set(entry) | set(trained)):
         if key not in ("input_size", "trained_input_size") and entry.get(key) != trained.get(key):
             raise ValueError(
