@@ -436,6 +436,7 @@ def _faithfulness(add: Any, out: Path) -> None:
         "exceed the area fraction.\n")
     if sel.is_file():
         r = json.loads(sel.read_text())
+        _built_on(add, r, out)
         add(f"Configurations compared on the {r.get('split')} split ({r.get('n')} images of {r.get('n_lesions')} lesions; "
             f"{r['settings'].get('steps')} steps, {r['settings'].get('n_random')} random maps per image):\n")
         add("| configuration | deletion: map vs random | insertion: map vs random | mass in box vs area | passes |")
