@@ -158,7 +158,8 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
         add(f"| thresholds (decision rule) vs argmax | {_f(dv.get('bacc'))} | {_f(ens)} | {_delta(dv.get('bacc'), ens)} |")
     add(f"\nTemperature on validation: NLL {_f(val.get('uncalibrated', {}).get('nll'))} -> {_f(val.get('calibrated', {}).get('nll'))}, "
         f"ECE {_f(val.get('uncalibrated', {}).get('ece'))} -> {_f(val.get('calibrated', {}).get('ece'))}. One training run per "
-        "setting: differences of a few hundredths are within run-to-run noise on 1,278 validation images.\n")
+        f"setting: differences of a few hundredths are within run-to-run noise on {_count(bundle.get('provenance', {}).get('n_val'))} "
+        "validation images.\n")
 
     _training_curves(add, out, recipe)
     _ablation(add, out)
@@ -345,6 +346,10 @@ def _fold_ablations(add: Any, out: Path) -> None:
             add(f"| {f.stem} (fold {r.get('fold')}, {r.get('n_images')} images) | {who('reference')} | {who('variant')} | {tta} "
                 f"| {_f(b['estimate'])} {_pair([b['low'], b['high']])} | {_f(m['estimate'])} {_pair([m['low'], m['high']])} |")
     add("")
+
+
+def _count(n: Any) -> str:
+    return f"{n:,}" if isinstance(n, int) else "?"
 
 
 def _built_on(add: Any, res: dict[str, Any], out: Path) -> None:
