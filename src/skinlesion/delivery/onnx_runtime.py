@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,9 @@ def make_session(path: str | Path, threads: int | None = None, *, weights: Mappi
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only
+    # idle intra-op threads sleep instead of spinning: between the many small runs of a prediction
+    # (members x views) spinning threads take the cores from the preprocessing and from PyTorch
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if weights is None:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers())
     import onnx
@@ -236,9 +240,16 @@ class OnnxEngine:
         self.threads = int(threads or torch.get_num_threads())
         self.manifest = self._checked_manifest()
         files = self._checked_files()
+        self.providers = providers()
+        #: Members run side by side on the CPU, one thread each (a member's graphs at batch 1 are too
+        #: small to keep several intra-op threads busy); on a GPU, one after the other.
+        cpu = self.providers[0] != "CUDAExecutionProvider"
+        self.member_workers = min(self.threads, len(bundle.members)) if cpu else 1
+        per_session = max(1, self.threads // self.member_workers)
+        self._pool = ThreadPoolExecutor(self.member_workers, thread_name_prefix="onnx-member") if self.member_workers > 1 else None
         self.sessions: list[dict[tuple[int, int], Any]] = [
             {
-                shape: make_session(path, self.threads, weights=member.model.state_dict() if shared else None)
+                shape: make_session(path, per_session, weights=member.model.state_dict() if shared else None)
                 for shape, (path, shared) in member_files.items()
             }
             for member, member_files in zip(bundle.members, files, strict=True)
@@ -246,7 +257,6 @@ class OnnxEngine:
         #: Per member: whether its graphs take the encoded metadata as a second input.
         self.takes_metadata: list[bool] = [METADATA in graph_inputs(e) for e in self.manifest["members"]]
         self._check_sessions()
-        self.providers = providers()
         self.max_rows = None if self.providers[0] == "CUDAExecutionProvider" else CPU_MAX_ROWS
 
     @property
@@ -390,4 +400,7 @@ class OnnxEngine:
                     f"members {image_only} of this bundle use patient metadata: {self.metadata_fix()}use the torch "
                     "engine, or leave the metadata out"
                 )
-        return [self.member_view_logits(i, images, metadata) for i in range(len(self.bundle.members))]
+        members = range(len(self.bundle.members))
+        if self._pool is None:
+            return [self.member_view_logits(i, images, metadata) for i in members]
+        return list(self._pool.map(lambda i: self.member_view_logits(i, images, metadata), members))
