@@ -80,6 +80,14 @@ def test_probabilities_match_pytorch_after_post_processing(exported: Bundle, fp3
     assert [sorted(s) for s in fp32_engine.sessions] == [[(48, 64), (64, 48)], [(56, 56)]]
 
 
+def test_members_run_side_by_side_with_the_same_results(exported: Bundle, fp32_engine: OnnxEngine, test_images: list) -> None:
+    two = OnnxEngine(exported, threads=2)  # CPU: one thread per member, members in parallel
+    one = OnnxEngine(exported, threads=1)
+    assert two.member_workers == 2 and one.member_workers == 1 and one._pool is None
+    for z2, z1 in zip(two.view_logits(test_images[:5]), one.view_logits(test_images[:5]), strict=True):
+        np.testing.assert_allclose(z2, z1, rtol=1e-5, atol=1e-5)
+
+
 def test_manifest_records_provenance_files_and_parity(exported: Bundle) -> None:
     from skinlesion._hashing import sha256_file
 
