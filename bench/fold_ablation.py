@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from scipy.special import softmax
 
+    from skinlesion._params import parse_hw
     from skinlesion.data.splits import group_ids
     from skinlesion.ensemble.bundle import bundle_from_checkpoint
     from skinlesion.ensemble.predict import member_view_logits
@@ -67,9 +68,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bundles = [bundle_from_checkpoint(c) for c in ckpts]
     if args.variant_size:
         try:
-            h, w = (int(v) for v in args.variant_size.lower().split("x"))
-        except ValueError:
-            raise BenchError(f"--variant-size must be HxW (e.g. 144x192), got {args.variant_size!r}") from None
+            h, w = parse_hw(args.variant_size, "--variant-size")
+        except ValueError as e:
+            raise BenchError(str(e)) from None
         member = bundles[1].members[0]
         member.preprocessing = {**member.preprocessing, "input_size": [h, w]}
     table = load_bundle_split(bundles[0], "val", args.data_root)

@@ -62,7 +62,9 @@ def _compare(variant: np.ndarray, reference: np.ndarray, y: np.ndarray, groups: 
 
 
 def _sizes(bundle: Any) -> str:
-    return "/".join(sorted({"x".join(map(str, m.input_size)) for m in bundle.members}))
+    from skinlesion._params import hw_text
+
+    return "/".join(sorted({hw_text(m.input_size) for m in bundle.members}))
 
 
 def _versus(bundle: Any, other: Any) -> str:

@@ -21,3 +21,19 @@ def unit_rate(parameter: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"The '{parameter}' parameter must be a float in [0, 1). Got {value!r} instead.")
     return float(value)
+
+
+def hw_text(size: Any) -> str:
+    """An (H, W) size as ``"HxW"`` (``""`` for none)."""
+    return "x".join(str(int(v)) for v in size or [])
+
+
+def parse_hw(text: str, option: str) -> tuple[int, int]:
+    """``"144x192"`` -> ``(144, 192)``; a ValueError naming ``option`` otherwise (both sides >= 8)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{option} must be HxW (e.g. 144x192), got {text!r}") from None
+    if h < 8 or w < 8:
+        raise ValueError(f"{option} must be HxW with both sides >= 8, got {text!r}")
+    return h, w

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import skinlesion
+from skinlesion._params import hw_text
 
 NOTICE = (
     "Decision support for research use, not a diagnosis. This model has not been validated outside "
@@ -79,9 +80,9 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
     add("|---|---|---|---|---|---|")
     for m in bundle["members"]:
         pre = m.get("preprocessing") or {}
-        size = "x".join(str(v) for v in pre.get("input_size") or []) or "?"
+        size = hw_text(pre.get("input_size")) or "?"
         if pre.get("trained_input_size"):
-            size += " (trained at " + "x".join(str(v) for v in pre["trained_input_size"]) + ")"
+            size += f" (trained at {hw_text(pre['trained_input_size'])})"
         feats = _member_metadata(out, m)
         add(f"| {m['name']} | {m['backbone']} | {size} | {feats or 'none'} | {m['weight']:.3f} | {_f(m.get('validation', {}).get('bacc'))} |")
     tta = bundle["tta"]
@@ -313,7 +314,7 @@ def _ablation(add: Any, out: Path) -> None:
         if r is None:
             add(f"| {name} | not finished | | | | | | | | |")
             continue
-        size = "x".join(str(v) for v in r.get("input_size") or []) or "?"
+        size = hw_text(r.get("input_size")) or "?"
         add(f"| {name} | {r.get('what')} | {size} | {r.get('augment')} | {_f(r.get('val_bacc'))} | "
             f"{_delta(r.get('val_bacc'), ref) + ' ' + _pair(r.get('change_ci95')) if name != 'reference' else ''} | "
             f"{r.get('epochs_completed')} / {r.get('epochs_planned')} | {r.get('best_epoch')} | {r.get('training_minutes')} | "
@@ -338,7 +339,7 @@ def _fold_ablations(add: Any, out: Path) -> None:
 
         def who(name: str) -> str:
             m = models.get(name, {})
-            size = "x".join(str(v) for v in m.get("input_size") or [])
+            size = hw_text(m.get("input_size"))
             return f"{Path(str(m.get('checkpoint', '?'))).parent.name}{' at ' + size if size else ''}"
 
         for tta, ch in r.get("change", {}).items():

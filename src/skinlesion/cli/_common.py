@@ -28,11 +28,10 @@ def user_errors() -> Iterator[None]:
 
 
 def parse_hw(text: str, option: str) -> tuple[int, int]:
-    """``"144x192"`` -> ``(144, 192)``; a BadParameter naming ``option`` otherwise."""
+    """``"144x192"`` -> ``(144, 192)`` (:func:`skinlesion._params.parse_hw`); a BadParameter naming ``option`` otherwise."""
+    from skinlesion._params import parse_hw as parse
+
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"{option} must be HxW (e.g. 144x192), got {text!r}") from None
-    if h < 8 or w < 8:
-        raise typer.BadParameter(f"{option} must be HxW with both sides >= 8, got {text!r}")
-    return h, w
+        return parse(text, option)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None

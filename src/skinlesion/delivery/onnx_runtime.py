@@ -257,7 +257,7 @@ class OnnxEngine:
         #: Per member: whether its graphs take the encoded metadata as a second input.
         self.takes_metadata: list[bool] = [METADATA in graph_inputs(e) for e in self.manifest["members"]]
         self._check_sessions()
-        self.max_rows = None if self.providers[0] == "CUDAExecutionProvider" else CPU_MAX_ROWS
+        self.max_rows = CPU_MAX_ROWS if cpu else None
 
     @property
     def accepts_metadata(self) -> bool:

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from skinlesion._params import hw_text
 from skinlesion.explain.faithfulness import beats_random
 
 MEASURED_FILE = Path(__file__).with_name("attention_faithfulness.json")
@@ -121,7 +122,7 @@ def _sizes(bundle: Any, *, trained: bool = False) -> list[str]:
         pre = getattr(m, "preprocessing", None) or {}
         size = (trained and pre.get("trained_input_size")) or pre.get("input_size")
         if size:
-            out.append("x".join(str(int(v)) for v in size))
+            out.append(hw_text(size))
     return sorted(out)
 
 
