@@ -117,6 +117,14 @@ class OptimConfig(_Strict):
     class_weight_power: float = Field(0.5, ge=0, le=1, description="Class weight = (1/freq)^power.")
     sampler: Literal["none", "weighted"] = "none"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixup_alpha: float = Field(
+        0.0, ge=0, description="Mixup (Zhang et al. 2018): blend pairs of training images, lam ~ Beta(a, a); 0 = off."
+    )
+    cutmix_alpha: float = Field(
+        0.0, ge=0, description="CutMix (Yun et al. 2019): paste a box of another image, area ~ Beta(a, a); 0 = off. "
+        "With both alphas set, each mixed batch uses one of the two at even odds."
+    )
+    mix_prob: float = Field(1.0, ge=0, le=1, description="Fraction of training batches mixed (with mixup or CutMix on).")
     early_stopping_patience: int | None = Field(5, gt=0)
     keep: Literal["best", "last"] = Field(
         "best",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import lightning as L
 import numpy as np
@@ -20,6 +21,7 @@ from torch import nn
 
 from skinlesion.metrics.classification import balanced_accuracy
 from skinlesion.models.fusion import hide_metadata
+from skinlesion.train.mixing import MixedBatch, mix_batch
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,6 +54,10 @@ class LesionClassifier(L.LightningModule):
         eval_transform: BatchTransform | None = None,
         channels_last: bool = False,
         ema_decay: float | None = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if channels_last:
@@ -68,6 +74,11 @@ class LesionClassifier(L.LightningModule):
         self.train_transform = train_transform
         self.eval_transform = eval_transform
         self.channels_last = channels_last
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.mix_prob = mix_prob if (mixup_alpha > 0 or cutmix_alpha > 0) else 0.0
+        self.seed = seed
+        self._mix_rng: np.random.Generator | None = None
         self.ema = None
         if ema_decay:
             from timm.utils import ModelEmaV3
@@ -104,10 +115,28 @@ class LesionClassifier(L.LightningModule):
         meta = rest[0] if rest else None
         if meta is not None and self.metadata_dropout > 0:  # the model also learns to do without
             meta = hide_metadata(meta, self.model.missing_metadata, self.metadata_dropout)
-        logits = self(x, meta)
-        loss = self.loss_fn(logits, y)
+        mixed = self._mix(x, meta)
+        if mixed is None:
+            loss = self.loss_fn(self(x, meta), y)
+        else:
+            logits = self(mixed.x, mixed.meta)
+            loss = mixed.lam * self.loss_fn(logits, y) + (1.0 - mixed.lam) * self.loss_fn(logits, y[mixed.perm])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
+
+    def _mix(self, x: torch.Tensor, meta: torch.Tensor | None) -> MixedBatch | None:
+        """Mixup / CutMix on a fraction ``mix_prob`` of the batches (None: this batch stays as it is).
+        Each process draws from its own generator, seeded by the run's seed and its rank."""
+        if self.mix_prob <= 0:
+            return None
+        if self._mix_rng is None:
+            self._mix_rng = np.random.default_rng([self.seed, self.global_rank])
+        if self._mix_rng.random() >= self.mix_prob:
+            return None
+        mixed = mix_batch(x, meta, mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha, rng=self._mix_rng)
+        if self.channels_last:
+            return replace(mixed, x=mixed.x.contiguous(memory_format=torch.channels_last))
+        return mixed
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         x, y, rows, *rest = batch

@@ -240,6 +240,10 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         eval_transform=batch_eval,
         channels_last=cfg.trainer.channels_last,
         ema_decay=cfg.train.ema_decay,
+        mixup_alpha=cfg.train.mixup_alpha,
+        cutmix_alpha=cfg.train.cutmix_alpha,
+        mix_prob=cfg.train.mix_prob,
+        seed=cfg.seed,
     )
     monitor = val_loader is not None and cfg.train.keep == "best"
     ckpt_cb = ModelCheckpoint(
