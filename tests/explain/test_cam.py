@@ -204,6 +204,30 @@ def test_ensemble_default_class_is_argmax_of_weighted_tempered_probabilities() -
     assert ensemble_cam([hot, cold], image).class_index.tolist() == [0]
 
 
+def test_given_class_takes_the_probabilities_from_the_cams_own_forward_pass() -> None:
+    members = [
+        Member("r", create_backbone("test_resnet", num_classes=3), _prep((48, 64)), "test_resnet", weight=1.0),
+        Member("e", create_backbone("test_efficientnet", num_classes=3), _prep((48, 64)), "test_efficientnet", 2.0),
+    ]
+    images = [np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8) for _ in range(2)]
+    chosen = ensemble_cam(members, images, method="gradcam")  # no class: a forward pass chooses it
+    calls: list[int] = []
+    hooks = [m.model.register_forward_hook(lambda *_: calls.append(1)) for m in members]
+    given = ensemble_cam(members, images, class_index=chosen.class_index.tolist(), method="gradcam")
+    assert len(calls) == len(members)  # one forward pass per member: the CAM's
+    np.testing.assert_allclose(given.probabilities, chosen.probabilities, atol=1e-6)
+    np.testing.assert_allclose(given.maps[1], chosen.maps[1], atol=1e-6)
+    calls.clear()
+    # identity not among the views: a separate forward pass gives the identity-view probabilities
+    flipped = ensemble_cam(members, images, class_index=0, method="gradcam", views=("hflip",))
+    assert len(calls) == 2 * len(members)
+    np.testing.assert_allclose(flipped.probabilities, chosen.probabilities, atol=1e-6)
+    for h in hooks:
+        h.remove()
+    with pytest.raises(ValueError, match="class"):
+        ensemble_cam(members, images, class_index=3)
+
+
 def test_overlay_png_is_written_at_the_image_size(tmp_path) -> None:  # noqa: ANN001
     image = np.full((50, 70, 3), 128, dtype=np.uint8)
     cam = np.zeros((16, 16), dtype=np.float32)

@@ -75,6 +75,7 @@ class _WithMetadata(nn.Module):
         super().__init__()
         self.model = model
         self.meta = meta
+        self.num_classes = getattr(model, "num_classes", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.meta.shape[0]
@@ -220,11 +221,13 @@ def _cam_views(
     method: str,
     views: Sequence[str],
     input_scale: float = 1.0,
-) -> np.ndarray:
+) -> tuple[np.ndarray, torch.Tensor | None]:
     """Maps ``(N, h, w)`` of ``classes`` averaged over ``views``; views of one shape share a batch.
 
     ``input_scale > 1`` upsamples the input (bilinear) before the views, and the maps back to
-    ``(h, w)``, so a layer at stride s gives ``input_scale`` times more cells per side."""
+    ``(h, w)``, so a layer at stride s gives ``input_scale`` times more cells per side.
+    Also returns the model's logits ``(N, K)`` on the identity view, taken from the CAM's own forward
+    pass (None when the identity view is not among ``views`` or the input was upsampled)."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     n, size = x.shape[0], tuple(x.shape[-2:])
@@ -232,6 +235,7 @@ def _cam_views(
         big = (round(size[0] * input_scale), round(size[1] * input_scale))
         x = F.interpolate(x, size=big, mode="bilinear", align_corners=False)
     per_view: list[np.ndarray | None] = [None] * len(views)
+    identity_logits = None
     with _grad_to_input_only(model), _cam_session(method, model, layers) as cam:
         for group in view_groups(views, x.shape[-1] == x.shape[-2]):
             batch = torch.cat([apply_view(x, views[i]) for i in group]).detach().clone().requires_grad_(True)
@@ -239,11 +243,13 @@ def _cam_views(
             out = cam(input_tensor=batch, targets=targets)
             for j, i in enumerate(group):
                 per_view[i] = out[j * n : (j + 1) * n]
+                if views[i] == "identity" and input_scale == 1.0:
+                    identity_logits = cam.outputs[j * n : (j + 1) * n].detach().float()
     model.eval()
     maps = np.clip(deaugment_maps(per_view, views), 0.0, 1.0).astype(np.float32)  # type: ignore[arg-type]
     if input_scale != 1.0:
         maps = np.stack([resize_map(mp, size) for mp in maps])
-    return maps
+    return maps, identity_logits
 
 
 def compute_cam(
@@ -301,7 +307,7 @@ def compute_cam(
             classes = model(x.to(_device(model))).argmax(dim=-1).cpu().numpy()
     else:
         classes = check_class_index(class_index, x.shape[0], _num_classes(model, x))
-    return _cam_views(model, targets, x, classes, method, views, input_scale)
+    return _cam_views(model, targets, x, classes, method, views, input_scale)[0]
 
 
 def _check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -334,6 +340,13 @@ def resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     t = torch.from_numpy(cam)[None, None]
     out = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0, 0]
     return out.clamp_(0.0, 1.0).numpy()
+
+
+def _mean_probs(probs: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    ks = {p.shape[-1] for p in probs}
+    if len(ks) != 1:
+        raise ValueError(f"All members must have the same number of classes. Got {sorted(ks)} instead.")
+    return np.asarray(sum(w * p for w, p in zip(weights, probs, strict=True)))
 
 
 def ensemble_cam(
@@ -375,7 +388,6 @@ def ensemble_cam(
             f"The 'metadata' parameter must hold one record per image ({len(images)}). Got {len(metadata)} instead."
         )
     inputs: list[torch.Tensor] = []
-    probs: list[np.ndarray] = []
     models: list[nn.Module] = []
     for m in members:
         if not (isinstance(m.temperature, (int, float)) and np.isfinite(m.temperature) and m.temperature > 0):
@@ -387,22 +399,30 @@ def ensemble_cam(
         if metadata is not None and encode is not None:
             model = _WithMetadata(m.model, encode([r if r is not None else {} for r in metadata], len(images)))
         models.append(model)
-        with torch.no_grad():
-            logits = model(x).float()
-        probs.append(torch.softmax(logits / m.temperature, dim=-1).cpu().numpy().astype(np.float64))
         inputs.append(x)
-    ks = {p.shape[-1] for p in probs}
-    if len(ks) != 1:
-        raise ValueError(f"All members must have the same number of classes. Got {sorted(ks)} instead.")
-    mean_probs = sum(w * p for w, p in zip(weights, probs, strict=True))
+
+    def member_probs(model: nn.Module, x: torch.Tensor, m: Member, logits: torch.Tensor | None = None) -> np.ndarray:
+        if logits is None:
+            with torch.no_grad():
+                logits = model(x).float()
+        return torch.softmax(logits / m.temperature, dim=-1).cpu().numpy().astype(np.float64)
+
+    # The class to explain given: the probabilities come from the CAM's own identity-view forward pass
+    # (one forward pass less per member); else they choose the class, before any map.
     if class_index is None:
-        classes = np.asarray(mean_probs.argmax(axis=-1), dtype=np.int64)
+        probs = [member_probs(model, x, m) for m, model, x in zip(members, models, inputs, strict=True)]
+        classes = np.asarray(_mean_probs(probs, weights).argmax(axis=-1), dtype=np.int64)
     else:
-        classes = check_class_index(class_index, len(images), ks.pop())
+        n_classes = _num_classes(models[0], inputs[0])
+        classes = check_class_index(class_index, len(images), n_classes)
+        probs = []
     member_maps: list[list[np.ndarray]] = []
     for m, model, x, names in zip(members, models, inputs, member_layers, strict=True):
-        maps = _cam_views(model, get_cam_layers(m.model, m.backbone, names), x, classes, method, views, input_scale)
+        maps, logits = _cam_views(model, get_cam_layers(m.model, m.backbone, names), x, classes, method, views, input_scale)
         member_maps.append([resize_map(maps[i], im.shape[:2]) for i, im in enumerate(images)])
+        if class_index is not None:
+            probs.append(member_probs(model, x, m, logits))
+    mean_probs = _mean_probs(probs, weights)
     mean_maps = [
         np.asarray(sum(w * mm[i] for w, mm in zip(weights, member_maps, strict=True)), dtype=np.float32)
         for i in range(len(images))
