@@ -4,6 +4,7 @@
     python bench/fold_ablation.py models/ham10000-cv5/members/f0 runs/ablation/f0-150x200-e12 --tta identity d4
     python bench/fold_ablation.py models/ham10000-cv5/members/f0 models/ham10000-cv5/members/f0 --variant-size 144x192
 
+``--size HxW``: both run at this input size (e.g. the size the shipped bundle predicts at).
 ``--variant-size HxW``: the variant runs at this input size (test-time resolution; the variant may
 be the reference checkpoint itself, trained at another size: Touvron et al. 2019, "Fixing the
 train-test resolution discrepancy").
@@ -66,13 +67,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if folds[0] != folds[1] or folds[0][1] is None:
         raise BenchError(f"both checkpoints must be trained on the same fold of one k-fold manifest; got (hash, fold) {folds}")
     bundles = [bundle_from_checkpoint(c) for c in ckpts]
-    if args.variant_size:
-        try:
-            h, w = parse_hw(args.variant_size, "--variant-size")
-        except ValueError as e:
-            raise BenchError(str(e)) from None
-        member = bundles[1].members[0]
-        member.preprocessing = {**member.preprocessing, "input_size": [h, w]}
+    for b, (flag, size) in zip(bundles, (("--size", args.size), ("--variant-size", args.variant_size or args.size)), strict=True):
+        if size:
+            try:
+                h, w = parse_hw(size, flag)
+            except ValueError as e:
+                raise BenchError(str(e)) from None
+            member = b.members[0]
+            member.preprocessing = {**member.preprocessing, "input_size": [h, w]}
     table = load_bundle_split(bundles[0], "val", args.data_root)
     y = table.labels()
     groups = group_ids(table).to_numpy()
@@ -106,7 +108,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("reference", type=Path, help="Reference checkpoint (or its run folder).")
     ap.add_argument("variant", type=Path, help="Variant checkpoint trained on the same fold.")
     ap.add_argument("--tta", nargs="+", default=["identity", "d4"], help="TTA policies to compare under.")
-    ap.add_argument("--variant-size", default=None, help="HxW input size of the variant (test-time resolution).")
+    ap.add_argument("--size", default=None, help="HxW input size of both models (e.g. the bundle's test-time size).")
+    ap.add_argument("--variant-size", default=None, help="HxW input size of the variant (test-time resolution); "
+                    "default: --size, else its training size.")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=64)

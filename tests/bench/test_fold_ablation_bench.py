@@ -35,5 +35,16 @@ def test_same_member_twice_gives_zero_change_and_other_folds_are_refused(tmp_pat
     for tta in ("identity", "flips"):
         assert res["change"][tta]["bacc"]["estimate"] == 0.0
         assert res["models"]["reference"][tta]["bacc"] == res["models"]["variant"][tta]["bacc"]
+    trained = res["models"]["reference"]["input_size"]
+    bigger = f"{trained[0] + 8}x{trained[1] + 8}"
+    assert fold_ablation.main([str(runs[0]), str(copy / "checkpoint"), "--tta", "identity", "--n-boot", "5", "--size", bigger]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["models"]["reference"]["input_size"] == res["models"]["variant"]["input_size"] == [trained[0] + 8, trained[1] + 8]
+    assert res["change"]["identity"]["bacc"]["estimate"] == 0.0  # same weights, same size
+    assert fold_ablation.main([str(runs[0]), str(copy / "checkpoint"), "--tta", "identity", "--n-boot", "5", "--variant-size", bigger]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["models"]["reference"]["input_size"] == trained and res["models"]["variant"]["input_size"] == [trained[0] + 8, trained[1] + 8]
+    assert fold_ablation.main([str(runs[0]), str(copy / "checkpoint"), "--size", "big"]) == 2
+    assert "--size" in capsys.readouterr().err
     assert fold_ablation.main([str(runs[0]), str(runs[1]), "--n-boot", "5"]) == 2
     assert "same fold" in capsys.readouterr().err
