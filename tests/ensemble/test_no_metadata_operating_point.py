@@ -31,6 +31,8 @@ from skinlesion.ensemble.bundle import (
     validate_meta,
     write_meta,
 )
+from skinlesion.ensemble.predict import member_view_logits
+from skinlesion.ensemble.split import load_bundle_split
 from skinlesion.evaluation import evaluate_bundle
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -278,6 +280,14 @@ def test_evaluate_writes_the_metrics_with_metadata_hidden(evaluated: tuple[Path,
     assert mel_target["sensitivity_ci"] is not None
     assert "Metadata hidden" in (path / "eval-test" / "report.html").read_text()
     assert result["without_metadata"]["decision"]["metrics"]["bacc"] == nm["decision"]["metrics"]["bacc"]
+    # the hidden-metadata logits came from the same pass as the main ones: equal to a separate pass
+    b = load_bundle(path)
+    table = load_bundle_split(b, "test")
+    with np.load(path / "eval-test" / "view_logits_no_metadata.npz") as z:
+        hidden = _read_logits(z, len(b.members))
+        assert list(z["image_id"]) == list(table.frame["image_id"].astype(str))
+    for m, h in zip(b.members, hidden, strict=True):
+        np.testing.assert_allclose(h, member_view_logits(m, table, b.tta.views, use_metadata=False), rtol=1e-5, atol=1e-5)
 
 
 def test_evaluate_of_an_image_only_bundle_has_no_without_metadata(calibrated_bundle: Path, tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ from skinlesion.ensemble.bundle import bundle_from_checkpoint
 from skinlesion.ensemble.predict import member_view_logits
 from skinlesion.errors import CheckpointError, ConfigError
 from skinlesion.evaluation import evaluate_checkpoint, load_split_table
+from skinlesion.ensemble.bundle import VALIDATION_NO_METADATA_CACHE
 from skinlesion.inference import table_view_logits
+from skinlesion.inference.tta import tta_logits, tta_logits_with_hidden
 from skinlesion.models import MetadataFusionNet, create_fusion_model
 from skinlesion.models.checkpoint import load_checkpoint
 from skinlesion.train.config import load_config
@@ -195,6 +197,24 @@ def test_ensemble_build_runs_fusion_members_with_metadata(fusion_run: Path, tmp_
     np.testing.assert_allclose(cached[0], with_meta, rtol=1e-5, atol=1e-5)
     assert np.abs(cached[0] - hidden).max() > 1e-3
     np.testing.assert_allclose(bundle.predict_table(val).member_view_logits[0], with_meta, rtol=1e-5, atol=1e-5)
+    # the same pass cached the logits with the metadata hidden (one backbone pass, the head twice)
+    with np.load(bundle.path / VALIDATION_NO_METADATA_CACHE) as z:
+        assert list(z["image_id"]) == list(val.frame["image_id"].astype(str))
+        np.testing.assert_allclose(z["logits_0"], hidden, rtol=1e-5, atol=1e-5)
+
+
+def test_one_backbone_pass_gives_the_logits_with_and_without_metadata(fusion_run: Path) -> None:
+    model = load_checkpoint(fusion_run).model.eval()
+    x = torch.rand(3, 3, 40, 56)
+    meta = model.encode_metadata([{"age": 40, "sex": "female", "site": "back"}, {"age": 70}, {}], 3)
+    views = ("identity", "hflip", "vflip", "rot180")
+    with torch.inference_mode():
+        given, hidden = tta_logits_with_hidden(model, x, views, meta=meta, max_rows=4)
+        torch.testing.assert_close(given, tta_logits(model, x, views, meta=meta), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(hidden, tta_logits(model, x, views), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(given[0], hidden[0])  # the first image's metadata moves its logits
+    with pytest.raises(TypeError, match="MetadataFusionNet"):
+        tta_logits_with_hidden(model.backbone, x, views, meta=meta)
 
 
 def test_images_mc_dropout_and_cam_on_a_loaded_fusion_checkpoint(fusion_run: Path) -> None:

@@ -46,7 +46,12 @@ from skinlesion.ensemble.bundle import (
     at_input_size,
     write_meta,
 )
-from skinlesion.ensemble.predict import member_view_logits, out_of_fold_view_logits
+from skinlesion.ensemble.predict import (
+    member_view_logits,
+    member_view_logits_with_hidden,
+    out_of_fold_view_logits,
+    out_of_fold_view_logits_with_hidden,
+)
 from skinlesion.ensemble.split import load_bundle_split, load_split_table
 from skinlesion.ensemble.triage import fit_bundle_ood, fit_diagnosis_and_referral
 from skinlesion.ensemble.weighting import METHODS as WEIGHTINGS
@@ -62,6 +67,7 @@ from skinlesion.metrics.classification import (
     compute_classification_metrics,
 )
 from skinlesion.models.checkpoint import load_checkpoint
+from skinlesion.models.fusion import MetadataFusionNet
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +192,28 @@ def build_bundle(
     for m in members:
         m.preprocessing = at_input_size(m.preprocessing, input_size)
 
-    logits = []
+    # Fusion members: the same pass also gives the logits with the metadata hidden (the backbone runs
+    # once, the fusion head twice), cached for calibration's without-metadata operating point.
+    fusion = any(isinstance(m.model, MetadataFusionNet) for m in members)
+    kw = {"batch_size": batch_size, "num_workers": num_workers, "device": device}
+    logits: list[np.ndarray] = []
+    hidden: list[np.ndarray] = []
     if folds is not None:
         log.info("Out-of-fold pass of %d members (%d images x %d views)", len(members), len(val), len(policy.views))
-        oof = out_of_fold_view_logits(
-            members, folds, val, val_folds, policy.views, batch_size=batch_size, num_workers=num_workers, device=device
-        )
+        if fusion:
+            oof, oof_hidden = out_of_fold_view_logits_with_hidden(members, folds, val, val_folds, policy.views, **kw)
+            hidden = [oof_hidden] * len(members)
+        else:
+            oof = out_of_fold_view_logits(members, folds, val, val_folds, policy.views, **kw)
         logits = [oof] * len(members)  # every member slot holds the row's out-of-fold logits
     for m in members if folds is None else []:
         log.info("Validation pass of %s (%d images x %d views)", m.name, len(val), len(policy.views))
-        logits.append(member_view_logits(m, val, policy.views, batch_size=batch_size, num_workers=num_workers, device=device))
+        if fusion:
+            z, zh = member_view_logits_with_hidden(m, val, policy.views, **kw)
+            hidden.append(zh)
+        else:
+            z = member_view_logits(m, val, policy.views, **kw)
+        logits.append(z)
 
     raw_lp = [apply_temperature(z, 1.0, policy.average) for z in logits]
     if temperature == "member":
@@ -287,6 +305,11 @@ def build_bundle(
     if sidecar.is_file():
         shutil.copy2(sidecar, out / Path(MANIFEST).with_suffix(".json"))
     save_validation_cache(out, val, y, names, policy.views, logits, **({} if folds is None else {"fold": val_folds}))
+    if hidden:
+        save_validation_cache(
+            out, val, y, names, policy.views, hidden, name=VALIDATION_NO_METADATA_CACHE,
+            weights_sha256=np.asarray([str(m.meta.get("weights_sha256")) for m in members]),
+        )
     write_meta(out, meta)
     log.info("Bundle written to %s", out)
     return load_bundle(out)
@@ -294,10 +317,10 @@ def build_bundle(
 
 def save_validation_cache(
     out: Path, table: Any, y: np.ndarray, names: list[str], views: Sequence[str], logits: list[np.ndarray],
-    **extra: np.ndarray,
+    name: str = VALIDATION_CACHE, **extra: np.ndarray,
 ) -> None:
     _write_cache(
-        out / VALIDATION_CACHE,
+        out / name,
         np.asarray(table.frame["image_id"].astype(str).tolist(), dtype=str),
         np.asarray(group_ids(table).astype(str).tolist(), dtype=str),
         y, names, views, logits, **extra,

@@ -11,7 +11,7 @@ import torch
 
 from skinlesion.data.table import LesionTable
 from skinlesion.ensemble.members import Member
-from skinlesion.inference import default_device, table_view_logits
+from skinlesion.inference import default_device, table_view_logits, table_view_logits_with_hidden
 from skinlesion.inference.tta import tta_logits
 from skinlesion.models.fusion import MetadataFusionNet
 
@@ -40,6 +40,24 @@ def member_view_logits(
     return table_view_logits(
         member.model, table, member.preprocessing, views, batch_size=batch_size, num_workers=num_workers,
         device=dev, max_rows=_max_rows(dev), use_metadata=use_metadata,
+    )
+
+
+def member_view_logits_with_hidden(
+    member: Member,
+    table: LesionTable,
+    views: Sequence[str],
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`member_view_logits` with the table's metadata and with it hidden, from one pass of the
+    member's backbone (a fusion member runs its head twice; other members give the same array twice)."""
+    dev = default_device(device)
+    return table_view_logits_with_hidden(
+        member.model, table, member.preprocessing, views, batch_size=batch_size, num_workers=num_workers,
+        device=dev, max_rows=_max_rows(dev),
     )
 
 
@@ -82,18 +100,53 @@ def out_of_fold_view_logits(
 ) -> np.ndarray:
     """Cross-fitted logits ``(N, V, K)``: each row of ``table`` predicted only by the member that did
     not train on it (the member whose fold is the row's fold, ``row_folds``)."""
+    return _out_of_fold(
+        members, member_folds, table, row_folds, views, batch_size=batch_size, num_workers=num_workers,
+        device=device, use_metadata=use_metadata, hidden_too=False,
+    )[0]
+
+
+def out_of_fold_view_logits_with_hidden(
+    members: Sequence[Member],
+    member_folds: Sequence[int],
+    table: LesionTable,
+    row_folds: np.ndarray,
+    views: Sequence[str],
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`out_of_fold_view_logits` with the table's metadata and with it hidden, from one pass of
+    each member's backbone (:func:`member_view_logits_with_hidden`)."""
+    given, hidden = _out_of_fold(
+        members, member_folds, table, row_folds, views, batch_size=batch_size, num_workers=num_workers,
+        device=device, use_metadata=True, hidden_too=True,
+    )
+    return given, hidden
+
+
+def _out_of_fold(
+    members: Sequence[Member], member_folds: Sequence[int], table: LesionTable, row_folds: np.ndarray,
+    views: Sequence[str], *, batch_size: int, num_workers: int, device: str | torch.device | None,
+    use_metadata: bool, hidden_too: bool,
+) -> tuple[np.ndarray, ...]:
     row_folds = np.asarray(row_folds)
     if row_folds.shape != (len(table),):
         raise ValueError(f"The 'row_folds' parameter must hold one fold per table row ({len(table)}). Got shape {row_folds.shape}.")
     uncovered = sorted(set(row_folds.tolist()) - set(member_folds))
     if uncovered:
         raise ValueError(f"Rows of fold(s) {uncovered} have no member trained without them (member folds {list(member_folds)}).")
-    out = np.zeros((len(table), len(views), len(table.classes)), dtype=np.float32)
+    outs = tuple(np.zeros((len(table), len(views), len(table.classes)), dtype=np.float32) for _ in range(1 + hidden_too))
     for m, f in zip(members, member_folds, strict=True):
         rows = row_folds == f
-        if rows.any():
-            out[rows] = member_view_logits(
-                m, table.subset(rows), views, batch_size=batch_size, num_workers=num_workers, device=device,
-                use_metadata=use_metadata,
-            )
-    return out
+        if not rows.any():
+            continue
+        kw = {"batch_size": batch_size, "num_workers": num_workers, "device": device}
+        if hidden_too:
+            parts: tuple[np.ndarray, ...] = member_view_logits_with_hidden(m, table.subset(rows), views, **kw)
+        else:
+            parts = (member_view_logits(m, table.subset(rows), views, use_metadata=use_metadata, **kw),)
+        for out, part in zip(outs, parts, strict=True):
+            out[rows] = part
+    return outs

@@ -48,7 +48,7 @@ from skinlesion.ensemble.build import SPLIT_LOGITS, SPLIT_LOGITS_NO_METADATA, sa
 from skinlesion.ensemble.bundle import (
     WITH_METADATA, WITHOUT_METADATA, Bundle, BundlePrediction, bundle_from_checkpoint, load_bundle,
 )
-from skinlesion.ensemble.predict import member_view_logits
+from skinlesion.ensemble.predict import member_view_logits, member_view_logits_with_hidden
 from skinlesion.ensemble.split import BundleSplit, bundle_split, check_split
 from skinlesion.evaluation.outcomes import (
     argmax_outcomes,
@@ -106,6 +106,7 @@ class SplitPredictions:
     probs: np.ndarray  # (N, K) the probabilities reported (the prediction's, or the model softmax)
     y: np.ndarray  # (N,)
     groups: np.ndarray  # (N,) lesion ids (an image without one is its own group)
+    hidden_logits: list[np.ndarray] | None = None  # M x (N, V, K) with the metadata hidden, when computed
 
 
 def model_softmax(bundle: Bundle, view_logits: list[np.ndarray]) -> np.ndarray:
@@ -126,15 +127,27 @@ def predict_split(
     batch_size: int = 32,
     num_workers: int = 0,
     softmax: bool = False,
+    hidden_too: bool = False,
 ) -> SplitPredictions:
     """Run the bundle over ``split`` of its manifest (:func:`bundle_split`); ``softmax``: report
-    :func:`model_softmax` probabilities instead of the bundle's."""
+    :func:`model_softmax` probabilities instead of the bundle's. ``hidden_too`` (a bundle with fusion
+    members): the same pass also gives the view logits with the metadata hidden (``hidden_logits``;
+    each backbone runs once, the fusion heads twice)."""
     rows = bundle_split(bundle, split, data_root, manifest)
-    view_logits = bundle.view_logits_table(rows.table, batch_size=batch_size, num_workers=num_workers)
+    hidden_logits = None
+    if hidden_too and bundle.fusion_members:
+        pairs = [
+            member_view_logits_with_hidden(m, rows.table, bundle.tta.views, batch_size=batch_size, num_workers=num_workers)
+            for m in bundle.members
+        ]
+        view_logits, hidden_logits = [p[0] for p in pairs], [p[1] for p in pairs]
+    else:
+        view_logits = bundle.view_logits_table(rows.table, batch_size=batch_size, num_workers=num_workers)
     prediction = bundle.predict_from_logits(view_logits)
     probs = model_softmax(bundle, view_logits) if softmax else prediction.probs
     return SplitPredictions(
-        bundle, split, rows, view_logits, prediction, probs, rows.table.labels(), group_ids(rows.table).to_numpy()
+        bundle, split, rows, view_logits, prediction, probs, rows.table.labels(), group_ids(rows.table).to_numpy(),
+        hidden_logits,
     )
 
 
@@ -171,7 +184,7 @@ def without_metadata(
     fusion = {m.name for m in bundle.fusion_members}
     if not fusion:
         return None
-    hidden = [
+    hidden = sp.hidden_logits or [
         member_view_logits(m, sp.rows.table, bundle.tta.views, batch_size=batch_size, num_workers=num_workers, use_metadata=False)
         if m.name in fusion else z
         for m, z in zip(bundle.members, sp.view_logits, strict=True)
@@ -288,7 +301,7 @@ def evaluate_split(
     out.mkdir(parents=True, exist_ok=True)
     sp = predict_split(
         bundle, split, data_root=data_root, manifest=manifest, batch_size=batch_size, num_workers=num_workers,
-        softmax=layout.model_softmax,
+        softmax=layout.model_softmax, hidden_too=layout.decision_rule,
     )
     classes = list(bundle.classes)
     metrics, intervals = argmax_outcomes(sp.y, sp.probs, sp.groups, classes, n_boot=n_boot, seed=seed)

@@ -6,7 +6,8 @@ Below ``train`` and ``ensemble``: training predicts its validation split with it
 members run through it, so neither knows the other.
 """
 
-from skinlesion.inference.table import default_device, predict_table, table_view_logits
+from skinlesion.inference.table import default_device, predict_table, table_view_logits, table_view_logits_with_hidden
 from skinlesion.inference.tta import D4_VIEWS, TTAPolicy, parse_views, tta_logits
 
-__all__ = ["D4_VIEWS", "TTAPolicy", "default_device", "parse_views", "predict_table", "table_view_logits", "tta_logits"]
+__all__ = ["D4_VIEWS", "TTAPolicy", "default_device", "parse_views", "predict_table", "table_view_logits",
+           "table_view_logits_with_hidden", "tta_logits"]

@@ -14,7 +14,7 @@ forward calls instead of eight.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,22 +163,62 @@ def tta_logits(
     ``meta`` ``(N, D)``: encoded metadata for a fusion model (:mod:`skinlesion.models.fusion`),
     repeated for every view and passed as ``model(x, meta)``; ``None`` calls ``model(x)``.
     """
+    def forward(batch: torch.Tensor, n_views: int) -> list[torch.Tensor]:
+        if meta is None:
+            return [model(batch).float()]
+        return [model(batch, meta.repeat(n_views, 1)).float()]  # view-major: the metadata repeats once per view
+
+    return _run_views(x, views, max_rows, forward)[0]
+
+
+def tta_logits_with_hidden(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    views: Sequence[str],
+    *,
+    meta: torch.Tensor,
+    max_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A metadata fusion model's view logits ``(N, V, K)`` with the metadata ``meta`` and with it all
+    missing, from one pass of the image backbone (its features do not depend on the metadata; only
+    the fusion head runs twice). Equal to two :func:`tta_logits` calls (``meta=meta`` and ``meta=None``)."""
+    from skinlesion.models.fusion import MetadataFusionNet
+
+    if not isinstance(model, MetadataFusionNet):
+        raise TypeError(f"tta_logits_with_hidden needs a MetadataFusionNet; got {type(model).__name__}")
+
+    def forward(batch: torch.Tensor, n_views: int) -> list[torch.Tensor]:
+        features = model.forward_features(batch)
+        return [
+            model.forward_head(features, meta=meta.repeat(n_views, 1)).float(),
+            model.forward_head(features, meta=None).float(),
+        ]
+
+    given, hidden = _run_views(x, views, max_rows, forward)
+    return given, hidden
+
+
+def _run_views(
+    x: torch.Tensor, views: Sequence[str], max_rows: int | None,
+    forward: Callable[[torch.Tensor, int], list[torch.Tensor]],
+) -> list[torch.Tensor]:
+    """``forward(batch, n_views)`` over the views of ``x`` stacked view-major (views of one shape per
+    call, at most ``max_rows`` rows); each of its outputs reassembled to ``(N, V, K)``."""
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"The 'max_rows' parameter must be a positive integer or None. Got {max_rows!r} instead.")
     n = x.shape[0]
     per_call = len(views) if max_rows is None else max(1, max_rows // max(n, 1))
-    out: list[torch.Tensor | None] = [None] * len(views)
+    out: list[list[torch.Tensor | None]] = []
     for group in view_groups(views, x.shape[-1] == x.shape[-2]):
         for start in range(0, len(group), per_call):
             chunk = group[start : start + per_call]
             batch = torch.cat([apply_view(x, views[i]) for i in chunk], dim=0)
-            if meta is None:
-                logits = model(batch).float()
-            else:  # views are stacked view-major: the metadata repeats once per view
-                logits = model(batch, meta.repeat(len(chunk), 1)).float()
-            for j, i in enumerate(chunk):
-                out[i] = logits[j * n : (j + 1) * n]
-    return torch.stack(out, dim=1)  # type: ignore[arg-type]
+            outputs = forward(batch, len(chunk))
+            out = out or [[None] * len(views) for _ in outputs]
+            for o, logits in zip(out, outputs, strict=True):
+                for j, i in enumerate(chunk):
+                    o[i] = logits[j * n : (j + 1) * n]
+    return [torch.stack(o, dim=1) for o in out]  # type: ignore[arg-type]
 
 
 def tta_logits_loop(model: torch.nn.Module, x: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
