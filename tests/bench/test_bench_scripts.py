@@ -189,3 +189,16 @@ def test_risk_coverage_compare_scores_every_source_on_the_same_images(calibrated
     assert (tmp_path / "rc.png").read_bytes()[:4] == b"\x89PNG"
     rows = (tmp_path / "rc.csv").read_text().splitlines()
     assert rows[0] == "score,coverage,risk" and {r.split(",")[0] for r in rows[1:]} == set(test["scores"])
+
+
+def test_metadata_pass_compares_one_and_two_passes_on_fusion_members(
+    calibrated_fusion_bundle: Path, calibrated_bundle: Path, capsys
+) -> None:
+    rc, res, err = _run("metadata_pass", [str(calibrated_fusion_bundle), "--images", "6", "--repeats", "1"], capsys)
+    assert rc == 0, err
+    assert res["images"] == 6 and len(res["members"]) == 1
+    m = res["members"][0]
+    assert len(m["seconds"]["one_pass"]) == len(m["seconds"]["two_passes"]) == 1 and m["median_ratio_two_over_one"] > 0
+    assert m["max_abs_diff"]["with_metadata"] < 1e-5 and m["max_abs_diff"]["metadata_hidden"] < 1e-5
+    rc, _, err = _run("metadata_pass", [str(calibrated_bundle)], capsys)  # image-only members: a one-line error
+    assert rc == 2 and "no metadata fusion member" in err
