@@ -138,3 +138,24 @@ def test_bounding_boxes_match_ham10000_reference(ham10000_root: Path) -> None:
         image = np.asarray(Image.open(ham10000_root / "images" / f"{row.image_id}.jpg").convert("RGB"))
         ious.append(box_iou(segment_lesion(image).bbox, (row.top, row.bottom, row.left, row.right)))
     assert np.median(ious) >= HAM_MEDIAN_BOX_IOU, sorted(ious)
+
+
+def test_opencv_line_openings_equal_scipys() -> None:
+    """The hair detector's openings by line elements (OpenCV) give scipy's result exactly, borders included."""
+    from scipy import ndimage
+
+    from skinlesion.explain._abcde_artefacts import HAIR_MIN_LENGTH, _line_footprints, _open_by_lines
+
+    footprints = _line_footprints(HAIR_MIN_LENGTH)
+    rng = np.random.default_rng(0)
+    masks = [rng.random((60, 80)) < p for p in (0.3, 0.6, 0.9)]
+    lines = np.zeros((60, 80), bool)
+    lines[5, :] = lines[:, 0] = lines[59, 10:70] = True  # straight lines, two on the border
+    lines[np.arange(40), np.arange(40) + 20] = True  # a diagonal one
+    masks.append(lines | (rng.random((60, 80)) < 0.05))
+    for mask in masks:
+        expected = np.zeros_like(mask)
+        for fp in footprints:
+            expected |= ndimage.binary_opening(mask, fp)
+        np.testing.assert_array_equal(_open_by_lines(mask, footprints), expected)
+    assert _open_by_lines(masks[-1], footprints)[5].all()  # a 80-px line survives its opening
