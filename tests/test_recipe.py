@@ -236,6 +236,11 @@ def test_the_card_shows_levers_review_scores_and_class_aucs(finished: tuple[Path
     assert "| tta: 4 views vs identity (validation) | 0.600 -> 0.650 | 0.050 [0.010, 0.090]" in card
     assert "| entropy (best) | 0.150 [0.100, 0.300] | 0.100 | -0.050 [-0.090, -0.010] | 0.400 [0.300, 0.500] |" in card
     assert "One-vs-rest AUC of the probabilities: MEL " in card
+    # a card rewritten after the run: the earlier card step is neither a row nor part of the total
+    steps = json.loads((work / "recipe_state.json").read_text())["steps"]
+    assert "card" in steps and "| card |" not in card
+    total = sum(s["seconds"] for n, s in steps.items() if n != "card") / 60
+    assert f"Total recorded wall time: {total:.1f} min" in card
 
 
 def _faith(mean: float, ref: float, lo: float, hi: float) -> dict:
