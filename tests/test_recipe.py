@@ -311,3 +311,84 @@ def test_package_carries_only_a_shared_fp32_onnx_export(finished: tuple[Path, Pa
     from skinlesion.delivery.engine import Predictor
 
     assert Predictor(load_bundle(dest), mc_samples=0).engine_name == "onnx-fp32"
+
+
+def test_wall_time_counts_side_by_side_trainings_once() -> None:
+    from skinlesion._timing import wall_seconds
+
+    at = "2026-12-07T10:00:00+00:00"
+    later = "2026-12-07T10:01:00+00:00"  # 60 s after `at`
+    far = "2026-12-07T11:00:00+00:00"
+    steps = {
+        "train:a": {"seconds": 100.0, "concurrent": True, "started": at},  # [0, 100]
+        "train:b": {"seconds": 100.0, "concurrent": True, "started": later},  # [60, 160]: 40 s overlap
+        "train:c": {"seconds": 10.0, "concurrent": True, "started": far},  # apart from both
+        "train:d": {"seconds": 30.0, "concurrent": True, "started": at},  # inside a
+        "build": {"seconds": 50.0, "started": at},  # not concurrent: adds up whatever its times
+    }
+    assert wall_seconds(steps) == pytest.approx(160 + 10 + 50)
+    sequential = {k: {kk: vv for kk, vv in v.items() if kk != "concurrent"} for k, v in steps.items()}
+    assert wall_seconds(sequential) == pytest.approx(100 + 100 + 10 + 30 + 50)
+
+
+def test_jobs_train_members_side_by_side_and_keep_the_finished_ones(tiny_members: list[Path], tmp_path: Path) -> None:
+    """``--jobs 2``: the members train in their own processes, two at a time, each with its log;
+    every training is recorded in recipe order with its start, and a member that fails loses none of
+    the others and is named with its log."""
+    import os
+
+    path = _recipe(tmp_path, tiny_members[0].parents[1] / "synthetic")
+    spec = yaml.safe_load(path.read_text())
+    spec["members"][1]["set"].append("model.backbone=no_such_net")  # member b cannot train
+    path.write_text(yaml.safe_dump(spec))
+    recipe, p = load_recipe(path)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"member 'b' failed.*no_such_net.*members/b/train\.log"):
+        run_recipe(recipe, p, out, jobs=2)
+    state = json.loads((out / "recipe_state.json").read_text())
+    assert list(state["steps"]) == ["train:a", "train:base"]  # both finished beside the failure, in recipe order
+    assert "no_such_net" in (out / "members" / "b" / "train.log").read_text()
+
+    spec["members"][1]["set"].remove("model.backbone=no_such_net")  # fixed: the re-run trains b alone
+    path.write_text(yaml.safe_dump(spec))
+    recipe, p = load_recipe(path)
+    state = run_recipe(recipe, p, out, jobs=2, only=["train:a", "train:b", "train:base"])
+    trains = {k: v for k, v in state["steps"].items() if k.startswith("train:")}
+    assert list(trains) == ["train:a", "train:b", "train:base"]
+    assert all(s["concurrent"] and s["started"] and s["seconds"] > 0 for s in trains.values())
+    seconds = [s["seconds"] for s in trains.values()]
+    assert max(seconds) / 60 - 0.01 <= state["total_minutes"] <= sum(seconds) / 60 + 0.01
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for name in ("a", "b", "base"):
+        meta = json.loads((out / "members" / name / "checkpoint" / "checkpoint.json").read_text())
+        assert meta["config"]["trainer"]["threads"] == threads
+        assert "Checkpoint written" in (out / "members" / name / "train.log").read_text()
+
+
+def test_jobs_refuse_multi_device_trainings(tiny_members: list[Path], tmp_path: Path) -> None:
+    recipe, p = load_recipe(_recipe(tmp_path, tiny_members[0].parents[1] / "synthetic"))
+    with pytest.raises(ConfigError, match="trainer.strategy=ddp"):
+        run_recipe(recipe, p, tmp_path / "run", jobs=2, machine=["trainer.strategy=ddp"])
+    with pytest.raises(ConfigError, match="jobs must be >= 1"):
+        run_recipe(recipe, p, tmp_path / "run", jobs=0)
+
+
+def test_the_card_counts_side_by_side_trainings_once(finished: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from skinlesion.model_card import write_model_card
+    from skinlesion._timing import wall_seconds
+
+    path, out = finished
+    work = tmp_path / "run"
+    shutil.copytree(out, work)
+    state = json.loads((work / "recipe_state.json").read_text())
+    for step in ("train:a", "train:b"):  # as if --jobs 2 had trained both at the same moment
+        state["steps"][step].update(concurrent=True, started="2026-12-07T10:00:00+00:00")
+    (work / "recipe_state.json").write_text(json.dumps(state))
+    card = write_model_card(work, load_recipe(path)[0], path).read_text()
+    timed = {k: v for k, v in state["steps"].items() if k != "card"}
+    overlap = min(timed["train:a"]["seconds"], timed["train:b"]["seconds"])
+    assert wall_seconds(timed) == pytest.approx(sum(s["seconds"] for s in timed.values()) - overlap)
+    assert f"Total recorded wall time: {wall_seconds(timed) / 60:.1f} min" in card
+    assert "| train:a (side by side) |" in card and "their overlap counts once" in card

@@ -61,6 +61,8 @@ def _training_data(out: Path) -> tuple[str, bool]:
 
 def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
     """Write ``out/bundle/MODEL_CARD.md``; returns its path."""
+    from skinlesion._timing import wall_seconds
+
     out = Path(out)
     state = json.loads((out / "recipe_state.json").read_text())
     bundle = json.loads((out / "bundle" / "bundle.json").read_text())
@@ -132,11 +134,14 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
     add("|---|---|")
     timed = {name: s for name, s in steps.items() if name != "card"}  # a card rewritten later: its own step is not counted
     for name, s in timed.items():
-        add(f"| {name} | {float(s.get('seconds', 0)) / 60:.1f} |")
-    total = sum(float(s.get("seconds", 0)) for s in timed.values()) / 60
-    add(f"\nTotal recorded wall time: {total:.1f} min (budget {recipe.budget_minutes:.0f} min; the card step itself is not counted).")
+        add(f"| {name}{' (side by side)' if s.get('concurrent') else ''} | {float(s.get('seconds', 0)) / 60:.1f} |")
+    total = wall_seconds(timed) / 60
+    beside = " trainings marked side by side ran in parallel processes (`--jobs`): their overlap counts once;" if any(
+        s.get("concurrent") for s in timed.values()) else ""
+    add(f"\nTotal recorded wall time: {total:.1f} min (budget {recipe.budget_minutes:.0f} min;{beside} the card step "
+        "itself is not counted).")
     reference = {f"train:{recipe.baseline.name}" if recipe.baseline else "", "evaluate"}
-    bundle_min = sum(float(s.get("seconds", 0)) for name, s in timed.items() if name not in reference) / 60
+    bundle_min = wall_seconds({name: s for name, s in timed.items() if name not in reference}) / 60
     add(f"Of this, the shipped bundle itself (members, build, calibrate, review) took {bundle_min:.1f} min; the rest "
         "is the image-only baseline and the test evaluation, which only serve this card.\n")
 

@@ -202,3 +202,16 @@ def test_metadata_pass_compares_one_and_two_passes_on_fusion_members(
     assert m["max_abs_diff"]["with_metadata"] < 1e-5 and m["max_abs_diff"]["metadata_hidden"] < 1e-5
     rc, _, err = _run("metadata_pass", [str(calibrated_bundle)], capsys)  # image-only members: a one-line error
     assert rc == 2 and "no metadata fusion member" in err
+
+
+def test_recipe_jobs_times_sequential_and_side_by_side_trainings(tiny_members: list[Path], capsys) -> None:
+    syn = tiny_members[0].parents[1] / "synthetic"
+    argv = ["--preset", "tiny", "--no-folds", "--root", str(syn), "--train-batches", "2", "--val-batches", "1",
+            "--rounds", "1", "--cores", "2", "--set", "model.input_size=[32,32]"]
+    rc, res, err = _run("recipe_jobs", argv, capsys)
+    assert rc == 0, err
+    assert res["modes"] == {"sequential": {"jobs": 1, "threads_each": 2}, "side_by_side": {"jobs": 2, "threads_each": 1}}
+    seq, side = res["wall_s"]["sequential"][0], res["wall_s"]["side_by_side"][0]
+    assert seq > 0 and side > 0 and res["median_speedup"] == pytest.approx(seq / side, abs=1e-3)
+    rc, _, err = _run("recipe_jobs", ["--cores", "1"], capsys)
+    assert rc == 2 and "--cores >= --jobs" in err

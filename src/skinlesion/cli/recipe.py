@@ -24,6 +24,10 @@ def run_command(
         [], "--set", help="Training override for every member, after its own: the machine, e.g. --set trainer.devices=4 "
         "--set trainer.strategy=ddp --set trainer.num_nodes=2.",
     ),
+    jobs: int = typer.Option(
+        1, "--jobs", "-j", min=1, help="Members trained side by side, each in its own process with cores/jobs torch threads "
+        "(unless --threads) and its output in members/<name>/train.log; the total counts overlapping time once.",
+    ),
     smoke: bool = typer.Option(
         False, "--smoke", help="Every step on tiny generated data in the recipe's official file layout (CPU, minutes)."
     ),
@@ -38,7 +42,8 @@ def run_command(
 
     with user_errors():
         r, path = load_recipe(recipe)
-        state = run_recipe(r, path, out, only=only or None, on_step=report, threads=threads, smoke=smoke, machine=machine)
+        state = run_recipe(r, path, out, only=only or None, on_step=report, threads=threads, smoke=smoke, machine=machine,
+                           jobs=jobs)
     from skinlesion.recipe import distributed_rank
 
     if distributed_rank() > 0:  # a DDP worker: rank 0 reports

@@ -20,7 +20,7 @@ tiny generated data in the recipe's official file layout with tiny backbones, on
 (:mod:`skinlesion.recipe_smoke`).
 """
 
-from skinlesion.recipe.run import _train, package_bundle, read_state, run_recipe, total_minutes
+from skinlesion.recipe.run import _train, package_bundle, run_recipe
 from skinlesion.recipe.spec import (
     BUNDLE_DIR,
     RECIPE_DIR,
@@ -31,8 +31,9 @@ from skinlesion.recipe.spec import (
     load_recipe,
     member_dir,
 )
+from skinlesion.recipe.state import read_state, total_minutes, wall_seconds
 
 __all__ = [
     "BUNDLE_DIR", "RECIPE_DIR", "STATE", "MemberSpec", "Recipe", "_train", "distributed_rank", "load_recipe",
-    "member_dir", "package_bundle", "read_state", "run_recipe", "total_minutes",
+    "member_dir", "package_bundle", "read_state", "run_recipe", "total_minutes", "wall_seconds",
 ]

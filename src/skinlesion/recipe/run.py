@@ -11,30 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from skinlesion.errors import ConfigError
-from skinlesion.recipe.spec import BUNDLE_DIR, STATE, MemberSpec, Recipe, distributed_rank, member_dir
+from skinlesion.recipe.spec import BUNDLE_DIR, MemberSpec, Recipe, distributed_rank, member_dir
+from skinlesion.recipe.state import read_state, total_minutes, write_state
 
 log = logging.getLogger(__name__)
-
-
-# -- state ----------------------------------------------------------------------------------------
-def read_state(out: Path) -> dict[str, Any]:
-    f = out / STATE
-    if not f.is_file():
-        return {"steps": {}}
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{f}: not valid JSON ({e}); fix or delete it (finished trainings are kept either way)") from None
-
-
-def _write_state(out: Path, state: dict[str, Any]) -> None:
-    tmp = out / (STATE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(out / STATE)
-
-
-def total_minutes(state: dict[str, Any]) -> float:
-    return sum(float(s.get("seconds", 0.0)) for s in state.get("steps", {}).values()) / 60.0
 
 
 # -- steps ----------------------------------------------------------------------------------------
@@ -63,6 +43,82 @@ def _train(recipe: Recipe, spec: MemberSpec, out: Path, machine: list[str] | Non
         "training_seconds": meta["training"].get("wall_time_s"),
         "overrides": overrides,
     }
+
+
+def _train_worker(recipe_json: str, spec_json: str, out: str, machine: list[str], log_file: str) -> tuple[dict[str, Any], float, float]:
+    """One member's training in its own process (``jobs`` > 1): its output goes to ``log_file``.
+    Returns the training's record and the process's own start and end times."""
+    import os
+    import sys
+
+    started = time.time()
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = MemberSpec.model_validate_json(spec_json)
+    try:
+        info = _train(Recipe.model_validate_json(recipe_json), spec, Path(out), machine)
+    except BaseException:
+        log.exception("training %s failed", spec.name)  # the traceback stays in its log
+        raise
+    assert info is not None  # no DDP under jobs > 1 (checked before)
+    return info, started, time.time()
+
+
+_PLACEMENT = ("trainer.devices=", "trainer.strategy=", "trainer.num_nodes=")
+
+
+def _train_side_by_side(
+    recipe: Recipe, names: list[str], specs: dict[str, MemberSpec], out: Path, machine: list[str], jobs: int,
+    record: Callable[[str, dict[str, Any]], None],
+) -> None:
+    """Train ``names`` in up to ``jobs`` processes at once, each with ``cpu_count // jobs`` torch
+    threads unless ``machine`` sets ``trainer.threads``; each finished member is recorded (``record``)
+    as soon as it finishes, so a failure of one loses none of the others. Raises the first failure,
+    naming the member and its log, after every other training has ended."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    placed = [m for m in machine if m.startswith(_PLACEMENT)]
+    if placed:
+        raise ConfigError(f"--jobs {jobs} trains members side by side on this machine's cores; it cannot be combined "
+                          f"with {placed} (multi-device trainings run one member at a time)")
+    if not any(m.startswith("trainer.threads=") for m in machine):
+        machine = [*machine, f"trainer.threads={max(1, (os.cpu_count() or 1) // jobs)}"]
+    failures: list[tuple[str, BaseException, Path]] = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             max_tasks_per_child=1) as pool:
+        futures = {}
+        for name in names:
+            log_file = member_dir(out, name) / "train.log"
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            futures[pool.submit(_train_worker, recipe.model_dump_json(), specs[name].model_dump_json(), str(out),
+                                machine, str(log_file))] = (name, log_file)
+            log.info("training %s in its own process (%d at a time; log %s)", name, jobs, log_file)
+        for fut in as_completed(futures):
+            name, log_file = futures[fut]
+            try:
+                info, t0, t1 = fut.result()
+            except BaseException as e:  # recorded; raised once the others are done
+                log.error("training %s failed: %s (log %s)", name, e, log_file)
+                failures.append((name, e, log_file))
+                continue
+            record(f"train:{name}", {
+                "seconds": round(t1 - t0, 1), "concurrent": True,
+                "started": datetime.fromtimestamp(t0, timezone.utc).isoformat(timespec="milliseconds"), **info,
+            })
+    if failures:
+        name, e, log_file = failures[0]
+        others = f"; also failed: {[n for n, _, _ in failures[1:]]}" if len(failures) > 1 else ""
+        msg = f"training of member {name!r} failed: {e} (its log: {log_file}){others}; finished members are recorded"
+        try:
+            err: BaseException = type(e)(msg)
+        except Exception:
+            err = RuntimeError(msg)
+        raise err from e
 
 
 def _build(recipe: Recipe, out: Path) -> dict[str, Any]:
@@ -125,7 +181,7 @@ def _card(recipe: Recipe, out: Path, recipe_path: Path) -> dict[str, Any]:
 def run_recipe(
     recipe: Recipe, recipe_path: Path, out: str | Path, *, only: list[str] | None = None,
     on_step: Callable[[str, dict[str, Any]], None] | None = None, threads: int | None = None, smoke: bool = False,
-    machine: list[str] | None = None,
+    machine: list[str] | None = None, jobs: int = 1,
 ) -> dict[str, Any]:
     """Run (or resume) every step not yet finished in ``out``; returns the state. ``threads``
     overrides the members' ``trainer.threads`` (e.g. 1 while other work shares a 2-core machine).
@@ -134,7 +190,14 @@ def run_recipe(
     (``trainer.devices=4``, ``trainer.strategy=ddp``, ``trainer.num_nodes=2``...). Under DDP every
     rank runs this function: ranks > 0 (:func:`distributed_rank`) only join the trainings, and rank 0
     alone writes the state and runs the steps after training.
-    With ``recipe.seeds`` each seed is a whole run in ``out/seed-<s>`` (``only`` applies inside each)."""
+    With ``recipe.seeds`` each seed is a whole run in ``out/seed-<s>`` (``only`` applies inside each).
+    ``jobs`` > 1: up to that many members train side by side, each in its own process with
+    ``cpu_count // jobs`` threads (unless ``threads`` is given) and its output in
+    ``members/<name>/train.log``; the recorded total counts their overlapping time once."""
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    if jobs > 1 and distributed_rank() > 0:
+        raise ConfigError("jobs > 1 trains members side by side in one process tree; it does not run under DDP")
     out = Path(out)
     machine = [*(machine or []), *([f"trainer.threads={threads}"] if threads is not None else [])]
     if smoke:
@@ -142,8 +205,8 @@ def run_recipe(
 
         recipe = smoke_recipe(recipe, out)
     if recipe.seeds:
-        return _run_seeds(recipe, recipe_path, out, only=only, on_step=on_step, machine=machine)
-    return _run_one(recipe, recipe_path, out, only=only, on_step=on_step, machine=machine)
+        return _run_seeds(recipe, recipe_path, out, only=only, on_step=on_step, machine=machine, jobs=jobs)
+    return _run_one(recipe, recipe_path, out, only=only, on_step=on_step, machine=machine, jobs=jobs)
 
 
 def _claim(out: Path, recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
@@ -159,7 +222,7 @@ def _claim(out: Path, recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
 
 def _run_seeds(
     recipe: Recipe, recipe_path: Path, out: Path, *, only: list[str] | None,
-    on_step: Callable[[str, dict[str, Any]], None] | None, machine: list[str],
+    on_step: Callable[[str, dict[str, Any]], None] | None, machine: list[str], jobs: int = 1,
 ) -> dict[str, Any]:
     from skinlesion.recipe.steps import seeds_summary
 
@@ -180,14 +243,14 @@ def _run_seeds(
                     on_step(prefix + step, {"steps": {prefix + k: v for k, v in sub_state["steps"].items()}})
 
             sub_state = _run_one(recipe.for_seed(seed), recipe_path, sub, only=only, on_step=report, machine=machine,
-                                 trainings_only=phase == "train")
+                                 trainings_only=phase == "train", jobs=jobs)
             if phase == "train" or distributed_rank() > 0:
                 continue
             state["steps"][f"seed-{seed}"] = {
                 "status": "done", "seconds": round(total_minutes(sub_state) * 60, 1), "folder": str(sub),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            _write_state(out, state)
+            write_state(out, state)
     if distributed_rank() > 0:
         return state
     t0 = time.time()
@@ -198,13 +261,14 @@ def _run_seeds(
         on_step("seeds", state)
     state["total_minutes"] = round(total_minutes(state), 1)
     state["within_budget"] = state["total_minutes"] <= recipe.budget_minutes
-    _write_state(out, state)
+    write_state(out, state)
     return state
 
 
 def _run_one(
     recipe: Recipe, recipe_path: Path, out: Path, *, only: list[str] | None,
     on_step: Callable[[str, dict[str, Any]], None] | None, machine: list[str], trainings_only: bool = False,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     state = _claim(out, recipe, recipe_path)
     worker = distributed_rank() > 0
@@ -215,9 +279,26 @@ def _run_one(
     unknown = [s for s in only or [] if s not in steps]
     if unknown:
         raise ConfigError(f"--only names unknown step(s) {unknown}; the steps are {steps}")
-    for step in steps:
+
+    def wanted(step: str) -> bool:
         done = state["steps"].get(step, {}).get("status") == "done"
-        if (only and step not in only) or (done and not only):
+        return not ((only and step not in only) or (done and not only))
+
+    def record(step: str, info: dict[str, Any]) -> None:
+        state["steps"][step] = {
+            "status": "done", "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), **info,
+        }
+        state["steps"] = {k: state["steps"][k] for k in [*steps, *state["steps"]] if k in state["steps"]}  # recipe order
+        write_state(out, state)
+        if on_step is not None:
+            on_step(step, state)
+
+    trainings = [s for s in steps if s.startswith("train:") and wanted(s)]
+    if jobs > 1 and len(trainings) > 1 and not worker:
+        _train_side_by_side(recipe, [s.split(":", 1)[1] for s in trainings], specs, out, machine, jobs, record)
+        trainings = []  # recorded as each finished
+    for step in steps:
+        if not wanted(step) or (step.startswith("train:") and step not in trainings):
             continue
         if (worker or trainings_only) and not step.startswith("train:"):
             continue  # rank 0 builds, calibrates and evaluates alone
@@ -243,21 +324,15 @@ def _run_one(
                 "card": lambda: _card(recipe, out, recipe_path),
             }[step]()
             seconds = time.time() - t0
-        state["steps"][step] = {
-            "status": "done", "seconds": round(seconds, 1), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **info,
-        }
         if step == "build":  # later steps refer to the old bundle
             for later in steps[steps.index("build") + 1:]:
                 state["steps"].pop(later, None)
-        _write_state(out, state)
-        if on_step is not None:
-            on_step(step, state)
+        record(step, {"seconds": round(seconds, 1), **info})
     if worker or trainings_only:
         return state
     state["total_minutes"] = round(total_minutes(state), 1)
     state["within_budget"] = state["total_minutes"] <= recipe.budget_minutes
-    _write_state(out, state)
+    write_state(out, state)
     return state
 
 
