@@ -4,6 +4,14 @@
     python bench/fold_ablation.py models/ham10000-cv5/members/f0 runs/ablation/f0-150x200-e12 --tta identity d4
     python bench/fold_ablation.py models/ham10000-cv5/members/f0 models/ham10000-cv5/members/f0 --variant-size 144x192
 
+``REFERENCE`` and ``VARIANT`` may each be several checkpoints, comma-separated: their probabilities
+are averaged (an ensemble), e.g. one member against two members of the same fold:
+
+    python bench/fold_ablation.py models/ham10000-cv5/members/f0 models/ham10000-cv5/members/f0,runs/ablation/f0-mix \
+        --tta d4 --variant-tta identity,hflip,vflip,rot180 --size 144x192
+
+``--variant-tta VIEWS``: the variant uses these views instead of each ``--tta`` policy (two
+members x 4 views cost what one member x 8 views costs).
 ``--size HxW``: both run at this input size (e.g. the size the shipped bundle predicts at).
 ``--variant-size HxW``: the variant runs at this input size (test-time resolution; the variant may
 be the reference checkpoint itself, trained at another size: Touvron et al. 2019, "Fixing the
@@ -62,42 +70,69 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from skinlesion.metrics.bootstrap import bootstrap_ci, bootstrap_difference_ci
     from skinlesion.models.checkpoint import resolve_checkpoint_dir
 
-    ckpts = [resolve_checkpoint_dir(p) for p in (args.reference, args.variant)]
+    sides = {"reference": [resolve_checkpoint_dir(Path(p)) for p in args.reference.split(",")],
+             "variant": [resolve_checkpoint_dir(Path(p)) for p in args.variant.split(",")]}
+    ckpts = [c for cs in sides.values() for c in cs]
     folds = [_fold(c) for c in ckpts]
-    if folds[0] != folds[1] or folds[0][1] is None:
-        raise BenchError(f"both checkpoints must be trained on the same fold of one k-fold manifest; got (hash, fold) {folds}")
-    bundles = [bundle_from_checkpoint(c) for c in ckpts]
-    for b, (flag, size) in zip(bundles, (("--size", args.size), ("--variant-size", args.variant_size or args.size)), strict=True):
-        if size:
-            try:
-                h, w = parse_hw(size, flag)
-            except ValueError as e:
-                raise BenchError(str(e)) from None
-            member = b.members[0]
-            member.preprocessing = {**member.preprocessing, "input_size": [h, w]}
-    table = load_bundle_split(bundles[0], "val", args.data_root)
+    if any(f != folds[0] for f in folds) or folds[0][1] is None:
+        raise BenchError(f"every checkpoint must be trained on the same fold of one k-fold manifest; got (hash, fold) {folds}")
+    sizes = {"reference": args.size, "variant": args.variant_size or args.size}
+    flags = {"reference": "--size", "variant": "--variant-size"}
+    members: dict[str, list[Any]] = {}
+    for side, cs in sides.items():
+        members[side] = []
+        for c in cs:
+            member = bundle_from_checkpoint(c).members[0]
+            if sizes[side]:
+                try:
+                    h, w = parse_hw(sizes[side], flags[side] if side == "variant" and args.variant_size else "--size")
+                except ValueError as e:
+                    raise BenchError(str(e)) from None
+                member.preprocessing = {**member.preprocessing, "input_size": [h, w]}
+            members[side].append(member)
+    first = bundle_from_checkpoint(ckpts[0])
+    table = load_bundle_split(first, "val", args.data_root)
     y = table.labels()
     groups = group_ids(table).to_numpy()
-    classes = list(bundles[0].classes)
+    classes = list(first.classes)
     if "MEL" not in classes:
         raise BenchError(f"no MEL class in {classes}")
     fns = _metric_fns(classes, classes.index("MEL"))
+    try:
+        policies = {tta: {"reference": TTAPolicy.parse(tta, "prob").views,
+                          "variant": TTAPolicy.parse(args.variant_tta or tta, "prob").views} for tta in args.tta}
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+    # every member's logits once, for the union of the views any comparison needs: (N, V, K) per member
+    logits: dict[tuple[str, int], dict[str, Any]] = {}
+    for side, ms in members.items():
+        views = tuple(dict.fromkeys(v for p in policies.values() for v in p[side]))
+        for i, m in enumerate(ms):
+            z = member_view_logits(m, table, views, batch_size=args.batch_size)
+            logits[(side, i)] = {v: z[:, j] for j, v in enumerate(views)}
+
+    def probs(side: str, views: tuple[str, ...]) -> Any:
+        """The members' average of their view-averaged probabilities (no temperature)."""
+        return np.mean([softmax(np.stack([logits[(side, i)][v] for v in views], axis=1), axis=-1).mean(axis=1)
+                        for i in range(len(members[side]))], axis=0)
+
     out: dict[str, Any] = {"fold": folds[0][1], "split_hash": folds[0][0], "n_images": int(len(y)),
                            "n_lesions": int(len(set(groups))), "n_boot": args.n_boot, "models": {}, "change": {}}
-    for tta in args.tta:
-        views = TTAPolicy.parse(tta, "prob").views
-        probs = []
-        for name, b in zip(("reference", "variant"), bundles, strict=True):
-            z = member_view_logits(b.members[0], table, views, batch_size=args.batch_size)  # (N, V, K)
-            p = softmax(z, axis=-1).mean(axis=1)  # probability average over the views, no temperature
-            probs.append(p)
-            entry = out["models"].setdefault(name, {"checkpoint": str(ckpts[0 if name == "reference" else 1]),
-                                                    "input_size": list(b.members[0].input_size)})
-            entry[tta] = {
-                m: bootstrap_ci(y, p, groups, {m: f}, n_boot=args.n_boot, seed=args.seed)[m] for m, f in fns.items()
+    for side, cs in sides.items():
+        out["models"][side] = {"checkpoint": str(cs[0]) if len(cs) == 1 else "+".join(str(c) for c in cs),
+                               "checkpoints": [str(c) for c in cs], "input_size": list(members[side][0].input_size)}
+    for tta, views in policies.items():
+        p = {side: probs(side, views[side]) for side in sides}
+        for side in sides:
+            out["models"][side][tta] = {
+                m: bootstrap_ci(y, p[side], groups, {m: f}, n_boot=args.n_boot, seed=args.seed)[m] for m, f in fns.items()
             }
-        out["change"][tta] = {
-            m: bootstrap_difference_ci(probs[1], probs[0], groups, f, y_true=y, n_boot=args.n_boot, seed=args.seed, name=m)
+            if args.variant_tta and side == "variant":
+                out["models"][side][tta]["views"] = list(views[side])
+        key = tta if not args.variant_tta else f"{tta} vs {args.variant_tta}"
+        out["change"][key] = {
+            m: bootstrap_difference_ci(p["variant"], p["reference"], groups, f, y_true=y, n_boot=args.n_boot,
+                                       seed=args.seed, name=m)
             for m, f in fns.items()
         }
     return out
@@ -105,9 +140,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("reference", type=Path, help="Reference checkpoint (or its run folder).")
-    ap.add_argument("variant", type=Path, help="Variant checkpoint trained on the same fold.")
+    ap.add_argument("reference", help="Reference checkpoint (or its run folder); several, comma-separated, are "
+                    "averaged as one ensemble.")
+    ap.add_argument("variant", help="Variant checkpoint trained on the same fold (comma-separated: an ensemble).")
     ap.add_argument("--tta", nargs="+", default=["identity", "d4"], help="TTA policies to compare under.")
+    ap.add_argument("--variant-tta", default=None, help="The variant's views instead of each --tta policy (e.g. two "
+                    "members x 4 views against one member x D4: equal cost).")
     ap.add_argument("--size", default=None, help="HxW input size of both models (e.g. the bundle's test-time size).")
     ap.add_argument("--variant-size", default=None, help="HxW input size of the variant (test-time resolution); "
                     "default: --size, else its training size.")

@@ -346,7 +346,8 @@ def _fold_ablations(add: Any, out: Path) -> None:
         def who(name: str) -> str:
             m = models.get(name, {})
             size = hw_text(m.get("input_size"))
-            return f"{Path(str(m.get('checkpoint', '?'))).parent.name}{' at ' + size if size else ''}"
+            names = "+".join(Path(str(c)).parent.name for c in m.get("checkpoints") or [m.get("checkpoint", "?")])
+            return f"{names}{' at ' + size if size else ''}"
 
         for tta, ch in r.get("change", {}).items():
             b, m = ch["bacc"], ch["mel_auc"]

@@ -44,6 +44,20 @@ def test_same_member_twice_gives_zero_change_and_other_folds_are_refused(tmp_pat
     assert fold_ablation.main([str(runs[0]), str(copy / "checkpoint"), "--tta", "identity", "--n-boot", "5", "--variant-size", bigger]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["models"]["reference"]["input_size"] == trained and res["models"]["variant"]["input_size"] == [trained[0] + 8, trained[1] + 8]
+    # an ensemble of the member and its copy is the member: no change under the same views; other views are named
+    pair = f"{runs[0]},{copy / 'checkpoint'}"
+    assert fold_ablation.main([str(runs[0]), pair, "--tta", "flips", "--variant-tta", "flips", "--n-boot", "5"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["models"]["variant"]["checkpoints"] == [str(runs[0]), str(copy / "checkpoint")]
+    assert res["change"]["flips vs flips"]["bacc"]["estimate"] == pytest.approx(0.0, abs=1e-12)
+    assert fold_ablation.main([str(runs[0]), pair, "--tta", "flips", "--variant-tta", "identity", "--n-boot", "5"]) == 0
+    mixed = json.loads(capsys.readouterr().out)
+    assert mixed["models"]["variant"]["flips"]["views"] == ["identity"]
+    assert fold_ablation.main([str(runs[0]), str(runs[0]), "--tta", "identity", "--n-boot", "5"]) == 0
+    alone = json.loads(capsys.readouterr().out)  # the member alone on the identity view: what the pair scored
+    assert mixed["models"]["variant"]["flips"]["bacc"] == alone["models"]["reference"]["identity"]["bacc"]
+    assert fold_ablation.main([str(runs[0]), f"{runs[0]},{runs[1]}", "--n-boot", "5"]) == 2
+    assert "same fold" in capsys.readouterr().err
     assert fold_ablation.main([str(runs[0]), str(copy / "checkpoint"), "--size", "big"]) == 2
     assert "--size" in capsys.readouterr().err
     assert fold_ablation.main([str(runs[0]), str(runs[1]), "--n-boot", "5"]) == 2
