@@ -327,6 +327,9 @@ def test_wall_time_counts_side_by_side_trainings_once() -> None:
         "build": {"seconds": 50.0, "started": at},  # not concurrent: adds up whatever its times
     }
     assert wall_seconds(steps) == pytest.approx(160 + 10 + 50)
+    steps["train:b"]["earlier_seconds"] = 25.0  # b resumed: its earlier process took 25 s, apart
+    assert wall_seconds(steps) == pytest.approx(160 + 10 + 50 + 25)
+    del steps["train:b"]["earlier_seconds"]
     sequential = {k: {kk: vv for kk, vv in v.items() if kk != "concurrent"} for k, v in steps.items()}
     assert wall_seconds(sequential) == pytest.approx(100 + 100 + 10 + 30 + 50)
 
@@ -336,33 +339,41 @@ def test_jobs_train_members_side_by_side_and_keep_the_finished_ones(tiny_members
     every training is recorded in recipe order with its start, and a member that fails loses none of
     the others and is named with its log."""
     import os
+    from datetime import datetime
 
     path = _recipe(tmp_path, tiny_members[0].parents[1] / "synthetic")
     spec = yaml.safe_load(path.read_text())
-    spec["members"][1]["set"].append("model.backbone=no_such_net")  # member b cannot train
+    spec["baseline"]["set"].append("model.backbone=no_such_net")  # the baseline cannot train
     path.write_text(yaml.safe_dump(spec))
     recipe, p = load_recipe(path)
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match=r"member 'b' failed.*no_such_net.*members/b/train\.log"):
+    with pytest.raises(ValueError, match=r"member 'base' failed.*no_such_net.*members/base/train\.log"):
         run_recipe(recipe, p, out, jobs=2)
     state = json.loads((out / "recipe_state.json").read_text())
-    assert list(state["steps"]) == ["train:a", "train:base"]  # both finished beside the failure, in recipe order
-    assert "no_such_net" in (out / "members" / "b" / "train.log").read_text()
-
-    spec["members"][1]["set"].remove("model.backbone=no_such_net")  # fixed: the re-run trains b alone
-    path.write_text(yaml.safe_dump(spec))
-    recipe, p = load_recipe(path)
-    state = run_recipe(recipe, p, out, jobs=2, only=["train:a", "train:b", "train:base"])
-    trains = {k: v for k, v in state["steps"].items() if k.startswith("train:")}
-    assert list(trains) == ["train:a", "train:b", "train:base"]
-    assert all(s["concurrent"] and s["started"] and s["seconds"] > 0 for s in trains.values())
-    seconds = [s["seconds"] for s in trains.values()]
-    assert max(seconds) / 60 - 0.01 <= state["total_minutes"] <= sum(seconds) / 60 + 0.01
+    assert list(state["steps"]) == ["train:a", "train:b"]  # both finished, in recipe order
+    assert "no_such_net" in (out / "members" / "base" / "train.log").read_text()
     threads = max(1, (os.cpu_count() or 1) // 2)
-    for name in ("a", "b", "base"):
+    span = {}
+    for name in ("a", "b"):
+        s = state["steps"][f"train:{name}"]
+        assert s["concurrent"] and s["seconds"] > 0
+        t0 = datetime.fromisoformat(s["started"]).timestamp()
+        span[name] = (t0, t0 + s["seconds"])
         meta = json.loads((out / "members" / name / "checkpoint" / "checkpoint.json").read_text())
         assert meta["config"]["trainer"]["threads"] == threads
         assert "Checkpoint written" in (out / "members" / name / "train.log").read_text()
+    overlap = min(span["a"][1], span["b"][1]) - max(span["a"][0], span["b"][0])
+    assert overlap > 0  # a and b trained at the same time
+
+    spec["baseline"]["set"].remove("model.backbone=no_such_net")  # fixed: the re-run trains the baseline, alone
+    path.write_text(yaml.safe_dump(spec))
+    recipe, p = load_recipe(path)
+    after = run_recipe(recipe, p, out, jobs=2, only=["train:a", "train:b", "train:base"])  # a, b: kept as recorded
+    trains = {k: v for k, v in after["steps"].items() if k.startswith("train:")}
+    assert list(trains) == ["train:a", "train:b", "train:base"]
+    assert not trains["train:base"].get("concurrent") and trains["train:a"] == state["steps"]["train:a"]
+    seconds = sum(s["seconds"] for s in trains.values())
+    assert after["total_minutes"] == pytest.approx((seconds - overlap) / 60, abs=0.051)  # the overlap counted once
 
 
 def test_jobs_refuse_multi_device_trainings(tiny_members: list[Path], tmp_path: Path) -> None:

@@ -179,16 +179,20 @@ def test_evaluate_without_bootstrap(tiny_run: Path, tmp_path: Path) -> None:
 
 def test_resume_keeps_the_epochs_logged_before_it(tmp_path) -> None:
     """Lightning's CSVLogger deletes metrics.csv when a run resumes; the earlier log is set aside and
-    the model card's validation curve still shows every epoch."""
+    the model card's validation curve still shows every epoch. The recorded wall time spans both
+    processes."""
     from skinlesion.model_card import validation_curve
     from skinlesion.train.config import load_config
     from skinlesion.train.run import train
 
     cfg = load_config("tiny", [f"data.root={tmp_path / 'syn'}", "train.epochs=1"])
     run_dir = tmp_path / "run"
-    train(cfg, run_dir=run_dir)
+    first = train(cfg, run_dir=run_dir)
     (run_dir / "checkpoint" / "checkpoint.json").unlink()  # as if cut off after epoch 1
     cfg2 = load_config("tiny", [f"data.root={tmp_path / 'syn'}", "train.epochs=2"])
-    train(cfg2, run_dir=run_dir, resume=True)
+    second = read_checkpoint_meta(train(cfg2, run_dir=run_dir, resume=True).checkpoint_dir)["training"]
     assert (run_dir / "logs" / "metrics.before-resume-1.csv").is_file()
     assert [e for e, _ in validation_curve(run_dir)] == [1, 2]
+    # the wall time counts the first process up to its saved state, then this one
+    earlier = second["wall_time_s"] - second["wall_time_this_process_s"]
+    assert 0 < earlier <= first.wall_time_s + 0.2

@@ -40,7 +40,8 @@ def _train(recipe: Recipe, spec: MemberSpec, out: Path, machine: list[str] | Non
         "checkpoint": str(run_dir / "checkpoint"),
         "val_bacc": meta["validation"].get("bacc"),
         "epochs": meta["training"].get("epochs_completed"),
-        "training_seconds": meta["training"].get("wall_time_s"),
+        "training_seconds": meta["training"].get("wall_time_s"),  # earlier processes of a resumed training included
+        "training_seconds_this_process": meta["training"].get("wall_time_this_process_s"),
         "overrides": overrides,
     }
 
@@ -106,9 +107,12 @@ def _train_side_by_side(
                 log.error("training %s failed: %s (log %s)", name, e, log_file)
                 failures.append((name, e, log_file))
                 continue
+            whole, this = info.get("training_seconds"), info.get("training_seconds_this_process")
+            earlier = max(0.0, float(whole) - float(this)) if whole is not None and this is not None else 0.0
             record(f"train:{name}", {
                 "seconds": round(t1 - t0, 1), "concurrent": True,
-                "started": datetime.fromtimestamp(t0, timezone.utc).isoformat(timespec="milliseconds"), **info,
+                "started": datetime.fromtimestamp(t0, timezone.utc).isoformat(timespec="milliseconds"),
+                **({"earlier_seconds": round(earlier, 1)} if earlier > 0 else {}), **info,
             })
     if failures:
         name, e, log_file = failures[0]
@@ -293,13 +297,18 @@ def _run_one(
         if on_step is not None:
             on_step(step, state)
 
-    trainings = [s for s in steps if s.startswith("train:") and wanted(s)]
-    if jobs > 1 and len(trainings) > 1 and not worker:
-        _train_side_by_side(recipe, [s.split(":", 1)[1] for s in trainings], specs, out, machine, jobs, record)
-        trainings = []  # recorded as each finished
+    def has_checkpoint(step: str) -> bool:
+        return (member_dir(out, step.split(":", 1)[1]) / "checkpoint" / "checkpoint.json").is_file()
+
+    unfinished = [s for s in steps if s.startswith("train:") and wanted(s) and not has_checkpoint(s)]
+    side_by_side = jobs > 1 and len(unfinished) > 1 and not worker
+    if side_by_side:
+        _train_side_by_side(recipe, [s.split(":", 1)[1] for s in unfinished], specs, out, machine, jobs, record)
     for step in steps:
-        if not wanted(step) or (step.startswith("train:") and step not in trainings):
+        if not wanted(step) or (side_by_side and step in unfinished):  # those were recorded as each finished
             continue
+        if step.startswith("train:") and has_checkpoint(step) and state["steps"].get(step, {}).get("status") == "done":
+            continue  # --only names a finished member: nothing to train, and its record (times) stays
         if (worker or trainings_only) and not step.startswith("train:"):
             continue  # rank 0 builds, calibrates and evaluates alone
         t0 = time.time()

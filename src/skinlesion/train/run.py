@@ -70,6 +70,29 @@ def _progress_bar():
     return RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=20)
 
 
+def _wall_clock(t0: float) -> Any:
+    """A Lightning callback that keeps the training's wall time across resumes: the seconds spent up
+    to each saved state travel in that state (``last.ckpt``), and a resumed run starts from them.
+    Time after the last saved state of an interrupted process (a partial epoch) is not known and not
+    counted."""
+    from lightning.pytorch.callbacks import Callback
+
+    class WallClock(Callback):
+        def __init__(self) -> None:
+            self.before = 0.0  # seconds of earlier processes, up to the state this run resumed from
+
+        def seconds(self) -> float:
+            return self.before + time.time() - t0
+
+        def state_dict(self) -> dict[str, float]:
+            return {"wall_time_s": self.seconds()}
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            self.before = float(state_dict.get("wall_time_s", 0.0))
+
+    return WallClock()
+
+
 def _train_table(cfg: TrainConfig, data: PreparedData) -> LesionTable:
     """The training split, subsampled (stratified) when ``data.max_train_images`` is set."""
     train_table = data.splits["train"]
@@ -254,7 +277,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         save_last=True,
         save_top_k=1,
     )
-    callbacks: list[Any] = [ckpt_cb, _progress_bar()]
+    clock = _wall_clock(t0)
+    callbacks: list[Any] = [ckpt_cb, _progress_bar(), clock]
     if val_loader is not None and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val_bacc", mode="max", patience=cfg.train.early_stopping_patience))
     trainer = L.Trainer(
@@ -296,7 +320,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         val_table = data.splits["val"]
         probs = predict_table(model, val_table, pre, batch_size=cfg.train.batch_size * 2, device="cpu")
         val_metrics = compute_classification_metrics(val_table.labels(), probs, classes)
-    wall = time.time() - t0
+    wall = clock.seconds()  # earlier processes of a resumed run included
     model_meta: dict[str, Any] = {
         "drop_rate": cfg.model.drop_rate, "drop_path_rate": cfg.model.drop_path_rate, "pretrained": cfg.model.pretrained,
     }
@@ -329,6 +353,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
             "best_val_bacc": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
             "stopped_early": any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in callbacks),
             "wall_time_s": round(wall, 1),
+            "wall_time_this_process_s": round(time.time() - t0, 1),
             "devices": trainer.num_devices,
             "strategy": type(trainer.strategy).__name__,
         },
