@@ -51,6 +51,7 @@ if not __package__:  # run as a file (python bench/speed.py): see bench/_as_pack
 from bench._cli import json_main
 from bench.onnx_speed import cpu_info, load_images, stats
 from bench.quality import resolve_bundle_path
+from skinlesion._params import parse_hw
 
 log = logging.getLogger("bench.speed")
 RECORDED_FIELD = "train_images_per_s"  # checkpoint.json training.<field>, when training records it
@@ -68,7 +69,7 @@ def synthetic_lesions(n: int, classes: Sequence[str], seed: int, size: tuple[int
 def bench_images(bundle: Any, n: int, args: argparse.Namespace) -> tuple[list[np.ndarray], str]:
     """``n`` RGB uint8 images: test-split images (``onnx_speed.load_images``) or synthetic lesions."""
     if args.synthetic:
-        h, w = (int(v) for v in args.image_size.lower().split("x"))
+        h, w = parse_hw(args.image_size, "--image-size", minimum=32)
         return synthetic_lesions(n, bundle.classes, args.seed, (h, w)), f"synthetic lesions {h}x{w} (skinlesion.data.synthetic)"
     return load_images(bundle, n, False, args.data_root, args.seed)
 
@@ -335,11 +336,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if min(args.batches) < 1:
         ap.error(f"--batches must be >= 1, got {args.batches}")
     try:
-        h, w = (int(v) for v in args.image_size.lower().split("x"))
-        if min(h, w) < 32:
-            raise ValueError
-    except ValueError:
-        ap.error(f"--image-size must be HxW with both >= 32, e.g. 450x600. Got {args.image_size!r} instead.")
+        parse_hw(args.image_size, "--image-size", minimum=32)
+    except ValueError as e:
+        ap.error(f"{e} (e.g. 450x600)")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     return args

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from skinlesion._params import parse_hw
 from skinlesion.models.factory import create_backbone
 
 PIPELINES = (
@@ -95,7 +96,7 @@ def profile_pipeline(args: argparse.Namespace) -> dict:
     table = load_dataset("ham10000", args.root)
     keep = stratified_subsample(table.labels(), args.batch * (args.steps + 2), seed=0)
     table = table.subset(table.frame["image_id"].to_numpy()[keep])
-    hw = SMALL if name.endswith("_small") else tuple(int(v) for v in args.size.lower().split("x"))
+    hw = SMALL if name.endswith("_small") else parse_hw(args.size, "--size")
     dc = data_config(backbone, hw)
     mean, std = list(dc["mean"]), list(dc["std"])
     encoder = MetadataEncoder(["age", "sex", "site"]).fit(table)
@@ -193,6 +194,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pretrained", default="auto")
     args = ap.parse_args()
+    try:
+        sizes = [parse_hw(s, "--sizes") for s in args.sizes]
+        parse_hw(args.size, "--size")
+    except ValueError as e:
+        ap.error(str(e))
     if args.pipeline_one:
         print(json.dumps(profile_pipeline(args)), flush=True)
         return
@@ -200,8 +206,7 @@ def main() -> None:
         run_pipelines(args)
         return
     for name in args.backbone:
-        for s in args.sizes:
-            h, w = (int(v) for v in s.lower().split("x"))
+        for h, w in sizes:
             print(json.dumps(measure(name, (h, w), args.batch, args.steps, args.threads)), flush=True)
 
 

@@ -19,8 +19,9 @@ import torch
 if not __package__:  # run as a file (python bench/tta_speed.py): see bench/_as_package.py
     import _as_package  # noqa: F401
 
-from bench._cli import json_main
+from bench._cli import BenchError, json_main
 
+from skinlesion._params import parse_hw
 from skinlesion.inference.tta import parse_views, tta_logits, tta_logits_loop
 from skinlesion.models.factory import create_backbone
 
@@ -46,7 +47,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
-    h, w = (int(v) for v in args.size.lower().split("x"))
+    try:
+        h, w = parse_hw(args.size, "--size")
+    except ValueError as e:
+        raise BenchError(str(e)) from None
     views = parse_views(args.views)
     model = create_backbone(args.backbone, num_classes=7, pretrained="none").eval()
     rows = []

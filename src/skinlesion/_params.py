@@ -28,12 +28,12 @@ def hw_text(size: Any) -> str:
     return "x".join(str(int(v)) for v in size or [])
 
 
-def parse_hw(text: str, option: str) -> tuple[int, int]:
-    """``"144x192"`` -> ``(144, 192)``; a ValueError naming ``option`` otherwise (both sides >= 8)."""
+def parse_hw(text: str, option: str, minimum: int = 8) -> tuple[int, int]:
+    """``"144x192"`` -> ``(144, 192)``; a ValueError naming ``option`` otherwise (both sides >= ``minimum``)."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"{option} must be HxW (e.g. 144x192), got {text!r}") from None
-    if h < 8 or w < 8:
-        raise ValueError(f"{option} must be HxW with both sides >= 8, got {text!r}")
+    if h < minimum or w < minimum:
+        raise ValueError(f"{option} must be HxW with both sides >= {minimum}, got {text!r}")
     return h, w

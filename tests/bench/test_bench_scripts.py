@@ -215,3 +215,16 @@ def test_recipe_jobs_times_sequential_and_side_by_side_trainings(tiny_members: l
     assert seq > 0 and side > 0 and res["median_speedup"] == pytest.approx(seq / side, abs=1e-3)
     rc, _, err = _run("recipe_jobs", ["--cores", "1"], capsys)
     assert rc == 2 and "--cores >= --jobs" in err
+
+
+@pytest.mark.parametrize(("script", "argv", "message"), [
+    ("train_speed.py", ["--sizes", "3x3"], "--sizes must be HxW with both sides >= 8, got '3x3'"),
+    ("train_speed.py", ["--size", "12"], "--size must be HxW (e.g. 144x192), got '12'"),
+    ("tta_speed.py", ["--size", "bad"], "--size must be HxW (e.g. 144x192), got 'bad'"),
+    ("speed.py", ["--synthetic", "--image-size", "10x10"], "--image-size must be HxW with both sides >= 32, got '10x10'"),
+])
+def test_bench_sizes_are_checked_with_one_message(script: str, argv: list[str], message: str, tmp_path: Path) -> None:
+    path = Path(__file__).resolve().parents[2] / "bench" / script
+    run = subprocess.run([sys.executable, str(path), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
