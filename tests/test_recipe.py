@@ -338,8 +338,9 @@ def test_jobs_train_members_side_by_side_and_keep_the_finished_ones(tiny_members
     """``--jobs 2``: the members train in their own processes, two at a time, each with its log;
     every training is recorded in recipe order with its start, and a member that fails loses none of
     the others and is named with its log."""
-    import os
     from datetime import datetime
+
+    from skinlesion.recipe.members import cores_available
 
     path = _recipe(tmp_path, tiny_members[0].parents[1] / "synthetic")
     spec = yaml.safe_load(path.read_text())
@@ -352,7 +353,7 @@ def test_jobs_train_members_side_by_side_and_keep_the_finished_ones(tiny_members
     state = json.loads((out / "recipe_state.json").read_text())
     assert list(state["steps"]) == ["train:a", "train:b"]  # both finished, in recipe order
     assert "no_such_net" in (out / "members" / "base" / "train.log").read_text()
-    threads = max(1, (os.cpu_count() or 1) // 2)
+    threads = max(1, cores_available() // 2)  # each started with half the cores
     span = {}
     for name in ("a", "b"):
         s = state["steps"][f"train:{name}"]
@@ -403,3 +404,27 @@ def test_the_card_counts_side_by_side_trainings_once(finished: tuple[Path, Path]
     assert wall_seconds(timed) == pytest.approx(sum(s["seconds"] for s in timed.values()) - overlap)
     assert f"Total recorded wall time: {wall_seconds(timed) / 60:.1f} min" in card
     assert "| train:a (side by side) |" in card and "their overlap counts once" in card
+
+
+def test_a_training_left_alone_takes_the_freed_cores() -> None:
+    """--jobs: at each epoch start a training takes cores // (trainings running) torch threads."""
+    import multiprocessing
+
+    import torch
+
+    from skinlesion.recipe.members import thread_share
+
+    running = multiprocessing.get_context("spawn").Value("i", 2)
+    share = thread_share(running, cores=4)
+    before = torch.get_num_threads()
+    try:
+        share.on_train_epoch_start(None, None)
+        assert torch.get_num_threads() == 2  # two trainings on four cores
+        running.value = 1  # the other one finished
+        share.on_train_epoch_start(None, None)
+        assert torch.get_num_threads() == 4
+        running.value = 8  # more trainings than cores: still one thread each
+        share.on_train_epoch_start(None, None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -25,8 +25,8 @@ def run_command(
         "--set trainer.strategy=ddp --set trainer.num_nodes=2.",
     ),
     jobs: int = typer.Option(
-        1, "--jobs", "-j", min=1, help="Members trained side by side, each in its own process with cores/jobs torch threads "
-        "(unless --threads) and its output in members/<name>/train.log; the total counts overlapping time once.",
+        1, "--jobs", "-j", min=1, help="Members trained side by side, each in its own process with cores/jobs torch threads, "
+        "more when fewer run (unless --threads), its output in members/<name>/train.log; overlapping time counts once.",
     ),
     smoke: bool = typer.Option(
         False, "--smoke", help="Every step on tiny generated data in the recipe's official file layout (CPU, minutes)."

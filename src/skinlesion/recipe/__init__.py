@@ -20,7 +20,8 @@ tiny generated data in the recipe's official file layout with tiny backbones, on
 (:mod:`skinlesion.recipe_smoke`).
 """
 
-from skinlesion.recipe.run import _train, package_bundle, run_recipe
+from skinlesion.recipe.members import _train
+from skinlesion.recipe.run import package_bundle, run_recipe
 from skinlesion.recipe.spec import (
     BUNDLE_DIR,
     RECIPE_DIR,

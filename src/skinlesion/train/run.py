@@ -8,9 +8,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +176,12 @@ def batch_transforms(cfg: TrainConfig, pre: dict[str, Any]) -> tuple[Any, Any]:
             partial(eval_batch, input_size=size, mean=mean, std=std))
 
 
-def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False, extra_callbacks: Sequence[Any] = (),
+) -> TrainResult:
     """Train one backbone. Writes ``run_dir/checkpoint`` (weights + JSON), ``config.yaml``, the split
-    manifest, per-epoch metrics (``metrics.csv``) and Lightning state for ``resume``."""
+    manifest, per-epoch metrics (``metrics.csv``) and Lightning state for ``resume``. ``extra_callbacks``:
+    more Lightning callbacks (e.g. the recipe's thread re-share between trainings side by side)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -278,7 +282,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         save_top_k=1,
     )
     clock = _wall_clock(t0)
-    callbacks: list[Any] = [ckpt_cb, _progress_bar(), clock]
+    callbacks: list[Any] = [ckpt_cb, _progress_bar(), clock, *extra_callbacks]
     if val_loader is not None and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val_bacc", mode="max", patience=cfg.train.early_stopping_patience))
     trainer = L.Trainer(
