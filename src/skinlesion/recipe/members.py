@@ -89,7 +89,6 @@ def _train_worker(
     """One member's training in its own process (``jobs`` > 1): its output goes to ``log_file``.
     With ``reshare`` its threads follow the number of trainings running (:func:`thread_share`).
     Returns the training's record and the process's own start and end times."""
-
     started = time.time()
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)

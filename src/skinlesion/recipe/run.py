@@ -88,9 +88,10 @@ def run_recipe(
     rank runs this function: ranks > 0 (:func:`distributed_rank`) only join the trainings, and rank 0
     alone writes the state and runs the steps after training.
     With ``recipe.seeds`` each seed is a whole run in ``out/seed-<s>`` (``only`` applies inside each).
-    ``jobs`` > 1: up to that many members train side by side, each in its own process with
-    ``cpu_count // jobs`` threads (unless ``threads`` is given) and its output in
-    ``members/<name>/train.log``; the recorded total counts their overlapping time once."""
+    ``jobs`` > 1: up to that many members train side by side, each in its own process starting with
+    ``cores // jobs`` threads and taking freed cores when fewer run (unless ``threads`` is given), its
+    output in ``members/<name>/train.log`` (:func:`skinlesion.recipe.members.train_side_by_side`); the
+    recorded total counts their overlapping time once."""
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     if jobs > 1 and distributed_rank() > 0:
