@@ -255,7 +255,7 @@ def test_a_ddp_worker_only_joins_the_trainings(m19: Path, tmp_path: Path, monkey
     shutil.rmtree(work / "members" / "v2s" / "checkpoint")  # as if the member were not trained yet
     before = (work / "recipe_state.json").read_text()
     trained: list[str] = []
-    monkeypatch.setattr(run_mod, "train", lambda cfg, run_dir, resume: trained.append(cfg.name))
+    monkeypatch.setattr(run_mod, "train", lambda cfg, run_dir, resume, **_: trained.append(cfg.name))
     monkeypatch.setenv("RANK", "1")
     recipe, path = load_recipe("melanomanet-isic2019")
     run_recipe(recipe, path, work, smoke=True, machine=["trainer.devices=2", "trainer.strategy=ddp"])
