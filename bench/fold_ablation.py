@@ -76,21 +76,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     folds = [_fold(c) for c in ckpts]
     if any(f != folds[0] for f in folds) or folds[0][1] is None:
         raise BenchError(f"every checkpoint must be trained on the same fold of one k-fold manifest; got (hash, fold) {folds}")
-    sizes = {"reference": args.size, "variant": args.variant_size or args.size}
-    flags = {"reference": "--size", "variant": "--variant-size"}
-    members: dict[str, list[Any]] = {}
-    for side, cs in sides.items():
-        members[side] = []
-        for c in cs:
-            member = bundle_from_checkpoint(c).members[0]
+    size_options = {"reference": (args.size, "--size"),
+                    "variant": (args.variant_size, "--variant-size") if args.variant_size else (args.size, "--size")}
+    try:
+        sizes = {side: parse_hw(text, flag) if text else None for side, (text, flag) in size_options.items()}
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+    bundles = {side: [bundle_from_checkpoint(c) for c in cs] for side, cs in sides.items()}
+    members: dict[str, list[Any]] = {side: [b.members[0] for b in bs] for side, bs in bundles.items()}
+    for side, ms in members.items():
+        for member in ms:
             if sizes[side]:
-                try:
-                    h, w = parse_hw(sizes[side], flags[side] if side == "variant" and args.variant_size else "--size")
-                except ValueError as e:
-                    raise BenchError(str(e)) from None
-                member.preprocessing = {**member.preprocessing, "input_size": [h, w]}
-            members[side].append(member)
-    first = bundle_from_checkpoint(ckpts[0])
+                member.preprocessing = {**member.preprocessing, "input_size": list(sizes[side])}
+    first = bundles["reference"][0]
     table = load_bundle_split(first, "val", args.data_root)
     y = table.labels()
     groups = group_ids(table).to_numpy()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from skinlesion.errors import ConfigError
-from skinlesion.recipe.spec import MemberSpec, Recipe, distributed_rank, member_dir
+from skinlesion.recipe.spec import MemberSpec, Recipe, distributed_rank, member_dir, member_trained
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ def _train(
     overrides += machine or []  # properties of the machine, not of the model (threads, devices, nodes)
     cfg = load_config(spec.preset, overrides)
     run_dir = member_dir(out, spec.name)
-    finished = (run_dir / "checkpoint" / "checkpoint.json").is_file()
-    if not finished:
+    if not member_trained(out, spec.name):
         resume = (run_dir / "lightning" / "last.ckpt").is_file()
         log.info("training %s (%s%s)", spec.name, spec.preset, ", resuming" if resume else "")
         train(cfg, run_dir=run_dir, resume=resume, extra_callbacks=extra_callbacks)

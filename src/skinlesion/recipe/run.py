@@ -11,7 +11,7 @@ from typing import Any
 
 from skinlesion.errors import ConfigError
 from skinlesion.recipe.members import _train, train_side_by_side
-from skinlesion.recipe.spec import BUNDLE_DIR, Recipe, distributed_rank, member_dir
+from skinlesion.recipe.spec import BUNDLE_DIR, Recipe, distributed_rank, member_dir, member_trained
 from skinlesion.recipe.state import read_state, total_minutes, write_state
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def _run_one(
             on_step(step, state)
 
     def has_checkpoint(step: str) -> bool:
-        return (member_dir(out, step.split(":", 1)[1]) / "checkpoint" / "checkpoint.json").is_file()
+        return member_trained(out, step.split(":", 1)[1])
 
     unfinished = [s for s in steps if s.startswith("train:") and wanted(s) and not has_checkpoint(s)]
     side_by_side = jobs > 1 and len(unfinished) > 1 and not worker

@@ -205,3 +205,8 @@ def distributed_rank() -> int:
 
 def member_dir(out: Path, name: str) -> Path:
     return out / "members" / name
+
+
+def member_trained(out: Path, name: str) -> bool:
+    """Whether member ``name`` of the run in ``out`` finished training (its checkpoint was written)."""
+    return (member_dir(out, name) / "checkpoint" / "checkpoint.json").is_file()
