@@ -428,3 +428,60 @@ def test_a_training_left_alone_takes_the_freed_cores() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _card_bundle(cross_fitted: bool) -> dict:
+    bundle = {
+        "members": [{"name": "a", "validation": {"bacc": 0.70}}, {"name": "b", "validation": {"bacc": 0.76}}],
+        "temperature": {"mode": "ensemble", "bias": ["MEL", "NV"]},
+        "validation": {"uncalibrated": {"bacc": 0.72, "nll": 1.0, "ece": 0.3}, "calibrated": {"bacc": 0.61, "nll": 0.5, "ece": 0.02},
+                       "identity_view_only": {"bacc": 0.60}},
+        "provenance": {"n_val": 100},
+    }
+    if cross_fitted:
+        bundle["cross_fitting"] = {"k": 2, "member_folds": {"a": 0, "b": 1}}
+    return bundle
+
+
+@pytest.mark.parametrize("cross_fitted", [False, True])
+def test_card_choices_compare_like_with_like(cross_fitted: bool) -> None:
+    """Raw against raw, calibrated against calibrated; a cross-fitted bundle's out-of-fold rows show no ensemble."""
+    from types import SimpleNamespace
+
+    from skinlesion.model_card import _choices
+
+    lines: list[str] = []
+    dec = {"policy": "diagnosis", "diagnosis": {"bacc": 0.74, "selection": {}}, "validation": {"bacc": 0.5}}
+    _choices(lines.append, _card_bundle(cross_fitted), SimpleNamespace(members=[], baseline=None), {}, {"views": ["identity", "hflip"]}, dec)
+    text = "\n".join(lines)
+    assert "| TTA (2 views) vs identity view (calibrated argmax) | 0.610 | 0.600 | +0.010 |" in text
+    assert "| temperature and class biases vs none (argmax) | 0.610 | 0.720 | -0.110 |" in text
+    assert "| diagnosis rule (per-class log-weights, in-sample) vs calibrated argmax | 0.740 | 0.610 | +0.130 |" in text
+    assert "| class thresholds (priority rule) vs calibrated argmax | 0.500 | 0.610 | -0.110 |" in text
+    assert "The shipped decision is the **diagnosis** rule" in text
+    ensemble_row = "| ensemble of 2 vs best member (both raw argmax, TTA) | 0.720 | 0.760 | -0.040 |"
+    if cross_fitted:  # each validation row comes from one member: no ensemble row, and the card says why
+        assert "ensemble of 2" not in text
+        assert "say nothing about averaging the 2 members" in text and "0.700 to 0.760; all rows pooled: 0.720" in text
+    else:
+        assert ensemble_row in text and "Out-of-fold rows" not in text
+
+
+@pytest.mark.parametrize(("keep", "best_epoch", "kept"), [("last", 3, "3 (last)"), ("best", 2, "2 (best)")])
+def test_card_epoch_table_names_the_epoch_kept(tmp_path: Path, keep: str, best_epoch: int, kept: str) -> None:
+    from types import SimpleNamespace
+
+    from skinlesion.model_card import _training_curves
+
+    run = tmp_path / "members" / "a"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "metrics.csv").write_text("epoch,val_bacc\n0,0.5\n1,0.7\n2,0.6\n")
+    (run / "checkpoint").mkdir()
+    (run / "checkpoint" / "checkpoint.json").write_text(json.dumps(
+        {"config": {"train": {"keep": keep}}, "training": {"best_epoch": best_epoch, "epochs_completed": 4}}))
+    lines: list[str] = []
+    _training_curves(lines.append, tmp_path, SimpleNamespace(members=[SimpleNamespace(name="a")], baseline=None))
+    text = "\n".join(lines)
+    # 4 epochs trained, 3 in the log (a resume that lost one); best of the log: epoch 2
+    assert f"| a | 4 (3 logged) | 0.500, 0.700, 0.600 | 2 (0.700) | {kept} |" in text
+    assert ("last epoch's" in text) == (keep == "last") and ("epoch of best validation BACC" in text) == (keep == "best")

@@ -145,28 +145,7 @@ def write_model_card(out: Path, recipe: Any, recipe_path: Path) -> Path:
     add(f"Of this, the shipped bundle itself (members, build, calibrate, review) took {bundle_min:.1f} min; the rest "
         "is the image-only baseline and the test evaluation, which only serve this card.\n")
 
-    add("## Choices and their effect on validation BACC\n")
-    add("| choice | with | without | change |")
-    add("|---|---|---|---|")
-    base = steps.get(f"train:{recipe.baseline.name}") if recipe.baseline else None
-    for m in recipe.members:
-        s = steps.get(f"train:{m.name}", {})
-        if base is not None:
-            add(f"| member {m.name} ({', '.join(m.set)}) vs baseline {recipe.baseline.name} ({', '.join(recipe.baseline.set) or 'preset'}) "
-                f"| {_f(s.get('val_bacc'))} | {_f(base.get('val_bacc'))} | {_delta(s.get('val_bacc'), base.get('val_bacc'))} |")
-    val = bundle.get("validation", {})
-    best = max((m.get("validation", {}).get("bacc") or 0.0) for m in bundle["members"])
-    ens = val.get("calibrated", {}).get("bacc")
-    add(f"| ensemble of {len(bundle['members'])} (TTA) vs best member (TTA) | {_f(ens)} | {_f(best)} | {_delta(ens, best)} |")
-    ident = val.get("identity_view_only", {}).get("bacc")
-    add(f"| TTA ({len(tta['views'])} views) vs identity view (ensemble) | {_f(ens)} | {_f(ident)} | {_delta(ens, ident)} |")
-    dv = (dec.get("validation") or {})
-    if dv.get("bacc") is not None:
-        add(f"| thresholds (decision rule) vs argmax | {_f(dv.get('bacc'))} | {_f(ens)} | {_delta(dv.get('bacc'), ens)} |")
-    add(f"\nTemperature on validation: NLL {_f(val.get('uncalibrated', {}).get('nll'))} -> {_f(val.get('calibrated', {}).get('nll'))}, "
-        f"ECE {_f(val.get('uncalibrated', {}).get('ece'))} -> {_f(val.get('calibrated', {}).get('ece'))}. One training run per "
-        f"setting: differences of a few hundredths are within run-to-run noise on {_count(bundle.get('provenance', {}).get('n_val'))} "
-        "validation images.\n")
+    _choices(add, bundle, recipe, steps, tta, dec)
 
     _training_curves(add, out, recipe)
     _ablation(add, out)
@@ -284,6 +263,76 @@ def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(curve.items())
 
 
+def _choices(add: Any, bundle: dict[str, Any], recipe: Any, steps: dict[str, Any], tta: dict[str, Any],
+             dec: dict[str, Any]) -> None:
+    """What each fitted choice did to validation BACC, each row comparing like with like: raw (temperature 1)
+    argmax against raw, calibrated against calibrated, and the shipped decision against the calibrated argmax.
+
+    A cross-fitted bundle's validation rows are out-of-fold: each is predicted by one member, so no
+    ensemble is ever seen there and the ensemble's effect is left to the test levers (``levers.json``)."""
+    add("## Choices and their effect on validation BACC\n")
+    add("| choice | with | without | change |")
+    add("|---|---|---|---|")
+    base = steps.get(f"train:{recipe.baseline.name}") if recipe.baseline else None
+    for m in recipe.members:
+        s = steps.get(f"train:{m.name}", {})
+        if base is not None:
+            add(f"| member {m.name} ({', '.join(m.set)}) vs baseline {recipe.baseline.name} ({', '.join(recipe.baseline.set) or 'preset'}) "
+                f"| {_f(s.get('val_bacc'))} | {_f(base.get('val_bacc'))} | {_delta(s.get('val_bacc'), base.get('val_bacc'))} |")
+    val = bundle.get("validation", {})
+    raw = val.get("uncalibrated", {}).get("bacc")
+    cal = val.get("calibrated", {}).get("bacc")
+    n = len(bundle["members"])
+    member_bacc = [b for b in (m.get("validation", {}).get("bacc") for m in bundle["members"]) if b is not None]
+    cross_fitted = bool(bundle.get("cross_fitting"))
+    biased = bool((bundle.get("temperature") or {}).get("bias"))
+    if member_bacc and not cross_fitted:
+        best = max(member_bacc)
+        add(f"| ensemble of {n} vs best member (both raw argmax, TTA) | {_f(raw)} | {_f(best)} | {_delta(raw, best)} |")
+    ident = (val.get("identity_view_only") or {}).get("bacc")
+    add(f"| TTA ({len(tta['views'])} views) vs identity view (calibrated argmax) | {_f(cal)} | {_f(ident)} | {_delta(cal, ident)} |")
+    add(f"| temperature{' and class biases' if biased else ''} vs none (argmax) | {_f(cal)} | {_f(raw)} | {_delta(cal, raw)} |")
+    diag = dec.get("diagnosis") or {}
+    if diag.get("bacc") is not None:
+        add(f"| diagnosis rule (per-class log-weights, in-sample) vs calibrated argmax | {_f(diag.get('bacc'))} | {_f(cal)} | "
+            f"{_delta(diag.get('bacc'), cal)} |")
+    dv = dec.get("validation") or {}
+    if dv.get("bacc") is not None:
+        add(f"| class thresholds (priority rule) vs calibrated argmax | {_f(dv.get('bacc'))} | {_f(cal)} | {_delta(dv.get('bacc'), cal)} |")
+    notes = []
+    if cross_fitted:
+        notes.append(
+            f"**Out-of-fold rows.** Each validation image is predicted by the one member that did not train on it, so "
+            f"these rows are single-member predictions and say nothing about averaging the {n} members; the ensemble's "
+            "effect is measured on test in the levers table below. Members' own-fold BACC (raw argmax, TTA): "
+            + (f"{min(member_bacc):.3f} to {max(member_bacc):.3f}; " if member_bacc else "") + f"all rows pooled: {_f(raw)}.")
+    if biased:
+        notes.append("The class biases fitted with the temperature restore the class frequencies (better NLL and ECE, "
+                     "lower argmax BACC); the decision rules re-balance from there.")
+    if diag.get("selection"):
+        notes.append("The diagnosis rule's cross-validated gain, free of its in-sample fit, is in the decision section above.")
+    policy = dec.get("policy") or "priority-threshold"
+    notes.append(f"The shipped decision is the **{policy}** rule"
+                 + ("; the class thresholds give the flags shown beside it." if policy == "diagnosis" else "."))
+    add("\n" + " ".join(notes) + "\n")
+    add(f"Temperature on validation: NLL {_f(val.get('uncalibrated', {}).get('nll'))} -> {_f(val.get('calibrated', {}).get('nll'))}, "
+        f"ECE {_f(val.get('uncalibrated', {}).get('ece'))} -> {_f(val.get('calibrated', {}).get('ece'))}. One training run per "
+        f"setting: differences of a few hundredths are within run-to-run noise on {_count(bundle.get('provenance', {}).get('n_val'))} "
+        "validation images.\n")
+
+
+def _kept_epoch(run_dir: Path) -> tuple[str | None, int | None, int | None]:
+    """``(keep mode, epoch kept, epochs completed)`` from a trained model's ``checkpoint/checkpoint.json``
+    (``train.keep``: ``last`` or ``best``; ``training.best_epoch`` is the epoch whose weights were saved)."""
+    path = Path(run_dir) / "checkpoint" / "checkpoint.json"
+    if not path.is_file():
+        return None, None, None
+    meta = json.loads(path.read_text())
+    training = meta.get("training") or {}
+    keep = ((meta.get("config") or {}).get("train") or {}).get("keep")
+    return keep, training.get("best_epoch"), training.get("epochs_completed")
+
+
 def _training_curves(add: Any, out: Path, recipe: Any) -> None:
     """Validation BACC after every epoch of every trained model: the evidence for the epoch budget."""
     specs = [*recipe.members, *([recipe.baseline] if recipe.baseline else [])]
@@ -291,15 +340,26 @@ def _training_curves(add: Any, out: Path, recipe: Any) -> None:
     if not any(c for _, c in rows):
         return
     add("## Validation BACC after each epoch\n")
-    add("| model | epochs | validation BACC by epoch (no TTA) | best epoch (kept) |")
-    add("|---|---|---|---|")
+    add("| model | epochs | validation BACC by epoch (no TTA) | best epoch | epoch kept |")
+    add("|---|---|---|---|---|")
+    modes: set[str] = set()
     for name, curve in rows:
         if curve:
             best = max(curve, key=lambda e: e[1])
-            add(f"| {name} | {len(curve)} | {', '.join(_f(b) for _, b in curve)} | {best[0]} ({_f(best[1])}) |")
-    add("\nThe checkpoint kept is the epoch of best validation BACC. A best epoch at the end of the run means "
-        "more epochs (more CPU time) would probably still help; one well before the end means the budget is not "
-        "the limit.\n")
+            keep, kept, done = _kept_epoch(out / "members" / name)
+            if keep:
+                modes.add(str(keep))
+            epochs = f"{len(curve)}" if done in (None, len(curve)) else f"{done} ({len(curve)} logged)"
+            kept_text = "n/a" if kept is None else f"{kept} ({keep})" if keep else str(kept)
+            add(f"| {name} | {epochs} | {', '.join(_f(b) for _, b in curve)} | {best[0]} ({_f(best[1])}) | {kept_text} |")
+    kept_how = {
+        "last": "The checkpoint kept is the last epoch's (a fixed number of epochs): nothing is selected on the "
+        "validation split, so its predictions there stay honest held-out predictions.",
+        "best": "The checkpoint kept is the epoch of best validation BACC (selected on the validation split).",
+    }
+    add("\n" + " ".join(kept_how.get(m, f"Checkpoint kept by rule {m!r}.") for m in sorted(modes))
+        + " A best epoch at the end of the run means more epochs (more CPU time) would probably still help; "
+        "one well before the end means the budget is not the limit.\n")
 
 
 def _ablation(add: Any, out: Path) -> None:
