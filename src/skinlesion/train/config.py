@@ -112,8 +112,11 @@ class OptimConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
-    loss: Literal["ce", "weighted_ce", "focal"] = "weighted_ce"
+    loss: Literal["ce", "weighted_ce", "focal", "logit_adjusted"] = "weighted_ce"
     focal_gamma: float = Field(2.0, ge=0)
+    logit_adjust_tau: float = Field(
+        1.0, ge=0, description="Strength of the prior in the 'logit_adjusted' loss (Menon et al. 2021): CE(z + tau log prior)."
+    )
     class_weight_power: float = Field(0.5, ge=0, le=1, description="Class weight = (1/freq)^power.")
     sampler: Literal["none", "weighted"] = "none"
     label_smoothing: float = Field(0.0, ge=0, lt=1)

@@ -47,15 +47,43 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
+class LogitAdjustedLoss(nn.Module):
+    """Logit-adjusted cross-entropy (Menon et al., ICLR 2021, "Long-tail learning via logit adjustment").
+
+    ``CE(z + tau * log prior, y)``: the training-set class prior is added to the logits inside the loss
+    only, so the network's own logits ``z`` learn the balanced (prior-free) posterior, which is what
+    balanced accuracy rewards; unlike class weights it does not scale rare classes' gradients up.
+    ``tau=0`` is plain cross-entropy. A class absent from training gets a prior of one image.
+    """
+
+    def __init__(self, labels: np.ndarray, n_classes: int, tau: float = 1.0, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+        counts = np.maximum(counts, 1.0)
+        self.tau = float(tau)
+        self.label_smoothing = float(label_smoothing)
+        self.register_buffer("offset", torch.tensor(tau * np.log(counts / counts.sum()), dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float() + self.offset, target, label_smoothing=self.label_smoothing)
+
+
+LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted")
+
+
 def build_loss(
-    kind: str, labels: np.ndarray, n_classes: int, *, power: float, gamma: float, label_smoothing: float
+    kind: str, labels: np.ndarray, n_classes: int, *, power: float, gamma: float, label_smoothing: float,
+    tau: float = 1.0,
 ) -> nn.Module:
-    """``ce`` (plain), ``weighted_ce`` (class-weighted) or ``focal`` (class-weighted focal)."""
+    """``ce`` (plain), ``weighted_ce`` (class-weighted), ``focal`` (class-weighted focal) or
+    ``logit_adjusted`` (prior added to the logits in the loss, strength ``tau``)."""
     if kind == "ce":
         return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    if kind == "logit_adjusted":
+        return LogitAdjustedLoss(labels, n_classes, tau=tau, label_smoothing=label_smoothing)
     weight = class_weights(labels, n_classes, power)
     if kind == "weighted_ce":
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
     if kind == "focal":
         return FocalLoss(gamma=gamma, weight=weight, label_smoothing=label_smoothing)
-    raise ValueError(f"The 'train.loss' parameter must be one of ('ce', 'weighted_ce', 'focal'). Got {kind!r} instead.")
+    raise ValueError(f"The 'train.loss' parameter must be one of {LOSSES}. Got {kind!r} instead.")

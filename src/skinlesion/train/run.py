@@ -251,6 +251,7 @@ def train(
         power=cfg.train.class_weight_power,
         gamma=cfg.train.focal_gamma,
         label_smoothing=cfg.train.label_smoothing,
+        tau=cfg.train.logit_adjust_tau,
     )
     batch_train, batch_eval = batch_transforms(cfg, pre)
     module = LesionClassifier(
