@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,37 @@ def test_members_run_side_by_side_with_the_same_results(exported: Bundle, fp32_e
     assert two.member_workers == 2 and one.member_workers == 1 and one._pool is None
     for z2, z1 in zip(two.view_logits(test_images[:5]), one.view_logits(test_images[:5]), strict=True):
         np.testing.assert_allclose(z2, z1, rtol=1e-5, atol=1e-5)
+
+
+def _member_threads() -> int:
+    return sum(t.name.startswith("onnx-member") and t.is_alive() for t in threading.enumerate())
+
+
+def _wait_for(condition: Callable[[], bool]) -> bool:
+    for _ in range(200):
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_member_threads_end_when_the_engine_is_closed_or_dropped(exported: Bundle, test_images: list) -> None:
+    import gc
+
+    before = _member_threads()
+    engine = OnnxEngine(exported, threads=2)
+    expected = engine.view_logits(test_images[:2])
+    assert _member_threads() > before  # the pool started its threads
+    engine.close()
+    assert _wait_for(lambda: _member_threads() == before)
+    for z, e in zip(engine.view_logits(test_images[:2]), expected, strict=True):  # still usable, members in turn
+        np.testing.assert_allclose(z, e, rtol=1e-5, atol=1e-5)
+    dropped = OnnxEngine(exported, threads=2)
+    dropped.view_logits(test_images[:1])
+    assert _member_threads() > before
+    del dropped
+    gc.collect()
+    assert _wait_for(lambda: _member_threads() == before)
 
 
 def test_manifest_records_provenance_files_and_parity(exported: Bundle) -> None:

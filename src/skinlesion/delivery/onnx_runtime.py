@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -247,6 +248,9 @@ class OnnxEngine:
         self.member_workers = min(self.threads, len(bundle.members)) if cpu else 1
         per_session = max(1, self.threads // self.member_workers)
         self._pool = ThreadPoolExecutor(self.member_workers, thread_name_prefix="onnx-member") if self.member_workers > 1 else None
+        #: The pool's threads end with :meth:`close` or when the engine is garbage collected (a server
+        #: that swaps its bundle must not keep the old engine's idle threads).
+        self._close_pool = weakref.finalize(self, self._pool.shutdown, wait=False) if self._pool is not None else None
         self.sessions: list[dict[tuple[int, int], Any]] = [
             {
                 shape: make_session(path, per_session, weights=member.model.state_dict() if shared else None)
@@ -258,6 +262,13 @@ class OnnxEngine:
         self.takes_metadata: list[bool] = [METADATA in graph_inputs(e) for e in self.manifest["members"]]
         self._check_sessions()
         self.max_rows = CPU_MAX_ROWS if cpu else None
+
+    def close(self) -> None:
+        """End the member threads now (call it when no prediction is running); the engine stays usable and
+        runs its members one after the other."""
+        if self._close_pool is not None:
+            self._close_pool()
+        self._pool = None
 
     @property
     def accepts_metadata(self) -> bool:
@@ -401,6 +412,7 @@ class OnnxEngine:
                     "engine, or leave the metadata out"
                 )
         members = range(len(self.bundle.members))
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             return [self.member_view_logits(i, images, metadata) for i in members]
-        return list(self._pool.map(lambda i: self.member_view_logits(i, images, metadata), members))
+        return list(pool.map(lambda i: self.member_view_logits(i, images, metadata), members))
