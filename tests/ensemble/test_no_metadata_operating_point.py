@@ -128,6 +128,40 @@ def test_calibrate_reuses_a_matching_cache_and_recomputes_a_stale_one(
         assert str(z["weights_sha256"][0]) != "0" * 64
 
 
+def _rewrite(path: Path, **changes: Any) -> None:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez_compressed(path, **{**arrays, **changes})
+
+
+def test_caches_computed_at_another_input_size_are_not_reused(
+    calibrated_fusion_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caches record each member's input size: logits of another test-time size are stale."""
+    path = _copy(calibrated_fusion_bundle, tmp_path)
+    b = load_bundle(path)
+    sizes = [list(m.input_size) for m in b.members]
+    for name in (VALIDATION_CACHE, VALIDATION_NO_METADATA_CACHE):
+        with np.load(path / name) as z:
+            assert z["input_size"].tolist() == sizes
+    calls: list[str] = []
+    real = build_module.member_view_logits
+    monkeypatch.setattr(build_module, "member_view_logits", lambda m, *a, **kw: calls.append(m.name) or real(m, *a, **kw))
+    other = np.asarray([[h + 8, w + 8] for h, w in sizes])
+    _rewrite(path / VALIDATION_NO_METADATA_CACHE, input_size=other)
+    calibrate_bundle(path, TARGETS, confidence=None)
+    assert calls == [b.fusion_members[0].name]  # recomputed at the bundle's size, and rewritten with it
+    with np.load(path / VALIDATION_NO_METADATA_CACHE) as z:
+        assert z["input_size"].tolist() == sizes
+    _rewrite(path / VALIDATION_CACHE, input_size=other)
+    with pytest.raises(BundleError, match=r"computed at input sizes .* rebuild the bundle"):
+        load_validation_cache(load_bundle(path))
+    with np.load(path / VALIDATION_CACHE) as z:
+        legacy = {k: z[k] for k in z.files if k != "input_size"}
+    np.savez_compressed(path / VALIDATION_CACHE, **legacy)  # written before sizes were recorded: taken as it is
+    assert len(load_validation_cache(load_bundle(path))[0]) == len(sizes)
+
+
 def test_image_only_bundles_get_no_without_metadata_point(tiny_bundle: Path, tmp_path: Path) -> None:
     path = _copy(tiny_bundle, tmp_path)
     decision = calibrate_bundle(path, TARGETS, confidence=None)

@@ -304,15 +304,29 @@ def build_bundle(
     sidecar = manifest_path.with_suffix(".json")
     if sidecar.is_file():
         shutil.copy2(sidecar, out / Path(MANIFEST).with_suffix(".json"))
-    save_validation_cache(out, val, y, names, policy.views, logits, **({} if folds is None else {"fold": val_folds}))
+    sizes = cache_input_sizes(members)
+    save_validation_cache(
+        out, val, y, names, policy.views, logits, input_size=sizes, **({} if folds is None else {"fold": val_folds})
+    )
     if hidden:
         save_validation_cache(
             out, val, y, names, policy.views, hidden, name=VALIDATION_NO_METADATA_CACHE,
-            weights_sha256=np.asarray([str(m.meta.get("weights_sha256")) for m in members]),
+            weights_sha256=np.asarray([str(m.meta.get("weights_sha256")) for m in members]), input_size=sizes,
         )
     write_meta(out, meta)
     log.info("Bundle written to %s", out)
     return load_bundle(out)
+
+
+def cache_input_sizes(members: Sequence[Any]) -> np.ndarray:
+    """``(M, 2)``: the (H, W) each member was fed when a logits cache was computed (its test-time size)."""
+    return np.asarray([list(m.input_size) for m in members], dtype=np.int64)
+
+
+def _other_input_size(z: Any, members: Sequence[Any]) -> bool:
+    """Whether an open logits cache was computed at other input sizes than ``members`` take now (caches
+    written before sizes were recorded hold none and are taken as they are)."""
+    return "input_size" in z.files and z["input_size"].tolist() != cache_input_sizes(members).tolist()
 
 
 def save_validation_cache(
@@ -375,6 +389,12 @@ def load_validation_cache(bundle: Bundle) -> tuple[list[np.ndarray], np.ndarray,
                 f"{path} was computed for members {names} and views {list(views)}, but {bundle.path / META} has "
                 f"{[m.name for m in bundle.members]} and {list(bundle.tta.views)}: rebuild the bundle"
             )
+        if _other_input_size(z, bundle.members):
+            raise BundleError(
+                f"{path} was computed at input sizes (H, W) {z['input_size'].tolist()}, but {bundle.path / META} feeds "
+                f"the members {cache_input_sizes(bundle.members).tolist()}: rebuild the bundle (`skinlesion ensemble build "
+                "--input-size`)"
+            )
         return _read_logits(z, len(names)), z["y"], z["group"]
 
 
@@ -392,6 +412,7 @@ def save_split_logits(path: Path, bundle: Bundle, table: Any, logits: Sequence[n
         np.asarray(group_ids(table).astype(str).tolist(), dtype=str), table.labels(),
         [m.name for m in bundle.members], bundle.tta.views, logits,
         weights_sha256=np.asarray([str(m.meta.get("weights_sha256")) for m in bundle.members]),
+        input_size=cache_input_sizes(bundle.members),
     )
 
 
@@ -405,8 +426,11 @@ def load_split_logits(path: str | Path, bundle: Bundle, image_id: Sequence[str])
         names = [str(n) for n in z["members"]]
         hashes = [str(h) for h in z["weights_sha256"]] if "weights_sha256" in z.files else None
         views = tuple(str(v) for v in z["views"])
-        if names != [m.name for m in bundle.members] or views != bundle.tta.views or hashes != [str(m.meta.get("weights_sha256")) for m in bundle.members]:
-            raise BundleError(f"{path} was computed for other members, weights or views than {bundle.path}: evaluate the bundle again")
+        if (names != [m.name for m in bundle.members] or views != bundle.tta.views
+                or hashes != [str(m.meta.get("weights_sha256")) for m in bundle.members] or _other_input_size(z, bundle.members)):
+            raise BundleError(
+                f"{path} was computed for other members, weights, views or input sizes than {bundle.path}: evaluate the bundle again"
+            )
         position = {str(i): k for k, i in enumerate(z["image_id"])}
         missing = [str(i) for i in image_id if str(i) not in position]
         if missing:
@@ -435,6 +459,9 @@ def _read_no_metadata_cache(bundle: Bundle, image_id: np.ndarray) -> list[np.nda
         want_hashes = [str(m.meta.get("weights_sha256")) for m in bundle.members]
         if names != [m.name for m in bundle.members] or views != bundle.tta.views or hashes != want_hashes:
             log.info("%s was computed for other members, weights or views: recomputing it", path)
+            return None
+        if _other_input_size(z, bundle.members):
+            log.info("%s was computed at other input sizes: recomputing it", path)
             return None
         if z["image_id"].shape != image_id.shape or not (z["image_id"] == image_id).all():
             log.info("%s was computed for other validation images than %s: recomputing it", path, VALIDATION_CACHE)
@@ -511,6 +538,7 @@ def validation_logits_without_metadata(
     _write_cache(
         bundle.path / VALIDATION_NO_METADATA_CACHE, image_id, group, y, [m.name for m in bundle.members], views, hidden,
         weights_sha256=np.asarray([str(m.meta.get("weights_sha256")) for m in bundle.members]),
+        input_size=cache_input_sizes(bundle.members),
     )
     return hidden
 
