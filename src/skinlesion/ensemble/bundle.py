@@ -225,6 +225,15 @@ class Bundle:
             "bias": None if bias is None else {c: float(bias[c]) for c in self.classes},
         }
 
+    def class_bias(self, operating_point: str = WITH_METADATA) -> np.ndarray | None:
+        """``(K,)`` per-class biases added after the ensemble temperature at ``operating_point``, in class
+        order; None unless the temperature mode is ``ensemble`` with biases (what every path that
+        scores logits with the bundle's temperatures adds: predictions, MC dropout, members x views)."""
+        bias = self.temperatures_for(operating_point)["bias"]
+        if self.temperature_mode != "ensemble" or not bias:
+            return None
+        return np.asarray([bias[c] for c in self.classes], dtype=np.float64)
+
     @property
     def priority(self) -> list[str]:
         return resolve_priority(self.classes, self.spec.decision.priority)
@@ -303,8 +312,8 @@ class Bundle:
             member_lp.append(apply_temperature(z, temps["members"][m.name] if mode == "member" else 1.0, average))
         lp = combine_log_probs(member_lp, self.weights)
         if mode == "ensemble":
-            bias = 0.0 if temps["bias"] is None else np.asarray([temps["bias"][c] for c in self.classes])
-            lp = log_softmax(lp / temps["ensemble"] + bias, axis=-1)
+            bias = self.class_bias(operating_point)
+            lp = log_softmax(lp / temps["ensemble"] + (0.0 if bias is None else bias), axis=-1)
         return lp
 
     def decide(self, probs: np.ndarray, *, operating_point: str = WITH_METADATA) -> tuple[np.ndarray, np.ndarray]:

@@ -65,8 +65,8 @@ def view_samples(bundle: Bundle, view_logits: Sequence[np.ndarray], points: np.n
     scaled = np.empty_like(z)
     for point in np.unique(points):
         rows = points == point
-        temps = bundle.temperatures_for(str(point))
-        bias = np.asarray([temps["bias"][c] for c in bundle.classes]) if temps["mode"] == "ensemble" and temps["bias"] else 0.0
+        bias = bundle.class_bias(str(point))
+        bias = 0.0 if bias is None else bias
         for i, member in enumerate(_tempered_members(bundle, str(point))):  # the temperatures MC passes use
             scaled[i, rows] = z[i, rows] / member.temperature + bias
     probs = _softmax(scaled)  # (M, N, V, K)

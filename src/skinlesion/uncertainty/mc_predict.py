@@ -74,11 +74,10 @@ def bundle_mc_predict(
     parts = []
     for point in np.unique(points) if n else [WITH_METADATA]:  # one group unless the batch mixes both
         rows = np.flatnonzero(points == point)
-        temps = bundle.temperatures_for(str(point))
         parts.append((rows, ensemble_mc_predict(
             _tempered_members(bundle, str(point)), [images[i] for i in rows],
             metadata=[metadata[i] for i in rows] if metadata is not None else None,
-            bias=[temps["bias"][c] for c in bundle.classes] if temps["mode"] == "ensemble" and temps["bias"] else None, **kw,
+            bias=bundle.class_bias(str(point)), **kw,
         )))
     if len(parts) == 1:
         return parts[0][1]
