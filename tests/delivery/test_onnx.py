@@ -12,7 +12,6 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -90,35 +89,32 @@ def test_members_run_side_by_side_with_the_same_results(exported: Bundle, fp32_e
         np.testing.assert_allclose(z2, z1, rtol=1e-5, atol=1e-5)
 
 
-def _member_threads() -> int:
-    return sum(t.name.startswith("onnx-member") and t.is_alive() for t in threading.enumerate())
-
-
-def _wait_for(condition: Callable[[], bool]) -> bool:
+def _ended(threads: set[threading.Thread]) -> bool:
     for _ in range(200):
-        if condition():
+        if not any(t.is_alive() for t in threads):
             return True
         time.sleep(0.01)
-    return condition()
+    return not any(t.is_alive() for t in threads)
 
 
 def test_member_threads_end_when_the_engine_is_closed_or_dropped(exported: Bundle, test_images: list) -> None:
     import gc
 
-    before = _member_threads()
     engine = OnnxEngine(exported, threads=2)
     expected = engine.view_logits(test_images[:2])
-    assert _member_threads() > before  # the pool started its threads
+    threads = set(engine._pool._threads)  # this engine's own pool (other engines may hold pools too)
+    assert threads and all(t.is_alive() and t.name.startswith("onnx-member") for t in threads)
     engine.close()
-    assert _wait_for(lambda: _member_threads() == before)
+    assert _ended(threads)
     for z, e in zip(engine.view_logits(test_images[:2]), expected, strict=True):  # still usable, members in turn
         np.testing.assert_allclose(z, e, rtol=1e-5, atol=1e-5)
     dropped = OnnxEngine(exported, threads=2)
     dropped.view_logits(test_images[:1])
-    assert _member_threads() > before
+    threads = set(dropped._pool._threads)
+    assert threads and all(t.is_alive() for t in threads)
     del dropped
     gc.collect()
-    assert _wait_for(lambda: _member_threads() == before)
+    assert _ended(threads)
 
 
 def test_manifest_records_provenance_files_and_parity(exported: Bundle) -> None:
