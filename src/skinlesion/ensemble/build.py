@@ -304,14 +304,13 @@ def build_bundle(
     sidecar = manifest_path.with_suffix(".json")
     if sidecar.is_file():
         shutil.copy2(sidecar, out / Path(MANIFEST).with_suffix(".json"))
-    sizes = cache_input_sizes(members)
     save_validation_cache(
-        out, val, y, names, policy.views, logits, input_size=sizes, **({} if folds is None else {"fold": val_folds})
+        out, val, y, names, policy.views, logits, input_size=cache_input_sizes(members), **({} if folds is None else {"fold": val_folds})
     )
     if hidden:
         save_validation_cache(
             out, val, y, names, policy.views, hidden, name=VALIDATION_NO_METADATA_CACHE,
-            weights_sha256=np.asarray([str(m.meta.get("weights_sha256")) for m in members]), input_size=sizes,
+            **_member_keys(members),
         )
     write_meta(out, meta)
     log.info("Bundle written to %s", out)
@@ -321,6 +320,15 @@ def build_bundle(
 def cache_input_sizes(members: Sequence[Any]) -> np.ndarray:
     """``(M, 2)``: the (H, W) each member was fed when a logits cache was computed (its test-time size)."""
     return np.asarray([list(m.input_size) for m in members], dtype=np.int64)
+
+
+def _member_keys(members: Sequence[Any]) -> dict[str, np.ndarray]:
+    """What a logits cache records to be checked against the bundle that reads it: the members'
+    weights hashes and input sizes."""
+    return {
+        "weights_sha256": np.asarray([str(m.meta.get("weights_sha256")) for m in members]),
+        "input_size": cache_input_sizes(members),
+    }
 
 
 def _other_input_size(z: Any, members: Sequence[Any]) -> bool:
@@ -411,8 +419,7 @@ def save_split_logits(path: Path, bundle: Bundle, table: Any, logits: Sequence[n
         Path(path), np.asarray(table.frame["image_id"].astype(str).tolist(), dtype=str),
         np.asarray(group_ids(table).astype(str).tolist(), dtype=str), table.labels(),
         [m.name for m in bundle.members], bundle.tta.views, logits,
-        weights_sha256=np.asarray([str(m.meta.get("weights_sha256")) for m in bundle.members]),
-        input_size=cache_input_sizes(bundle.members),
+        **_member_keys(bundle.members),
     )
 
 
@@ -537,8 +544,7 @@ def validation_logits_without_metadata(
             hidden.append(np.asarray(z))
     _write_cache(
         bundle.path / VALIDATION_NO_METADATA_CACHE, image_id, group, y, [m.name for m in bundle.members], views, hidden,
-        weights_sha256=np.asarray([str(m.meta.get("weights_sha256")) for m in bundle.members]),
-        input_size=cache_input_sizes(bundle.members),
+        **_member_keys(bundle.members),
     )
     return hidden
 
