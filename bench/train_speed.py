@@ -178,7 +178,7 @@ def run_pipelines(args: argparse.Namespace) -> None:
         }), flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", nargs="+", default=["tf_efficientnet_lite0"])
     ap.add_argument("--one-backbone", dest="one_backbone", default=None, help=argparse.SUPPRESS)
@@ -193,7 +193,7 @@ def main() -> None:
     ap.add_argument("--size", default="120x160", help="HxW (pipeline mode)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pretrained", default="auto")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     try:
         sizes = [parse_hw(s, "--sizes") for s in args.sizes]
         parse_hw(args.size, "--size")
@@ -201,14 +201,15 @@ def main() -> None:
         ap.error(str(e))
     if args.pipeline_one:
         print(json.dumps(profile_pipeline(args)), flush=True)
-        return
+        return 0
     if args.pipeline:
         run_pipelines(args)
-        return
+        return 0
     for name in args.backbone:
         for h, w in sizes:
             print(json.dumps(measure(name, (h, w), args.batch, args.steps, args.threads)), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

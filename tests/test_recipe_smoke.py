@@ -131,9 +131,9 @@ def test_isic2019_bundle_predicts_eight_probabilities_in_torch_onnx_and_the_api(
 def test_isic2018_smoke_gives_one_bundle_per_seed_and_their_mean_and_std(p18: tuple[Path, str]) -> None:
     out, output = p18
     state = json.loads((out / "recipe_state.json").read_text())
-    assert state["seeds"] == [42, 7, 123]
-    assert list(state["steps"]) == ["seed-42", "seed-7", "seed-123", "seeds"]
-    for seed in (42, 7, 123):
+    assert state["seeds"] == [42, 7]  # the smoke's seeds (the recipe's are 42, 7, 123)
+    assert list(state["steps"]) == ["seed-42", "seed-7", "seeds"]
+    for seed in (42, 7):
         sub = json.loads((out / f"seed-{seed}" / "recipe_state.json").read_text())
         assert list(sub["steps"]) == ["train:resnet50", "train:densenet121", "train:efficientnet_b3", "build", "calibrate",
                                       "review", "evaluate", "explain", "export", "card"]
@@ -144,12 +144,12 @@ def test_isic2018_smoke_gives_one_bundle_per_seed_and_their_mean_and_std(p18: tu
         assert list(b.classes) == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"] and len(b.members) == 3
         assert b.meta["weighting"]["method"] == "bacc" and set(b.thresholds) == {"MEL", "AKIEC"}
         assert json.loads((out / f"seed-{seed}" / "explain" / "summary.json").read_text())[0]["cam"] == "gradcam"
-    subs = [json.loads((out / f"seed-{s}" / "recipe_state.json").read_text())["steps"] for s in (42, 7, 123)]
+    subs = [json.loads((out / f"seed-{s}" / "recipe_state.json").read_text())["steps"] for s in (42, 7)]
     trained = max(v["finished"] for st in subs for k, v in st.items() if k.startswith("train:"))
     assert trained <= min(st["build"]["finished"] for st in subs)  # every seed's trainings first (DDP-safe)
     summary = json.loads((out / "seeds.json").read_text())
     values = [r["argmax_bacc"] for r in summary["seeds"]]
-    assert [r["seed"] for r in summary["seeds"]] == [42, 7, 123] and len(values) == 3
+    assert [r["seed"] for r in summary["seeds"]] == [42, 7] and len(values) == 2
     stats = summary["mean_std"]["argmax_bacc"]
     assert stats["mean"] == pytest.approx(float(np.mean(values)))
     assert stats["std"] == pytest.approx(float(np.std(values, ddof=1)))

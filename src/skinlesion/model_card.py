@@ -612,8 +612,8 @@ def _without_metadata(add: Any, bundle: dict[str, Any], metrics: dict[str, Any] 
     if not point and not nm:
         return
     add("## Without patient metadata\n")
-    add("What a user who gives no age, sex or site gets (the web page, `make run` and the ONNX engine never pass "
-        "metadata): the fusion members see their 'missing' input, and the prediction uses "
+    add("What a user who gives no age, sex or site gets (a CSV without those columns, a web upload with those fields "
+        "empty; both engines take them when given): the fusion members see their 'missing' input, and the prediction uses "
         + ("a second operating point whose temperature and thresholds were fitted on validation with the metadata hidden."
            if point else "the main operating point (this bundle has no operating point fitted without metadata).") + "\n")
     if point:

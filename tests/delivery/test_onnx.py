@@ -150,13 +150,50 @@ def test_graphs_are_the_network_with_a_dynamic_batch(exported: Bundle) -> None:
         for g in e["graphs"]:
             model = onnx.load(str(d / g["files"]["fp32"]["file"]))
             onnx.checker.check_model(model)
-            (inp,), (out,) = model.graph.input, model.graph.output
+            (inp,), (out, feat) = model.graph.input, model.graph.output
             dims = [x.dim_param or x.dim_value for x in inp.type.tensor_type.shape.dim]
-            assert inp.name == "input" and out.name == "logits"
+            assert inp.name == "input" and out.name == "logits" and feat.name == "features"
             assert isinstance(dims[0], str) and dims[1:] == [3, *g["input_size"]]
+            out_dims = [[x.dim_param or x.dim_value for x in t.type.tensor_type.shape.dim] for t in (out, feat)]
+            assert out_dims[0][1] == len(exported.classes) and all(isinstance(d[0], str) for d in out_dims)
             q = onnx.load(str(d / g["files"]["int8"]["file"]))
             ops = {n.op_type for n in q.graph.node}
             assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_the_gate_reads_the_features_of_the_onnx_pass(exported: Bundle, test_images: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graphs output the pooled image features of the identity view: the predictor hands them to the
+    out-of-distribution gate (no PyTorch pass), with the records of the torch engine."""
+    from skinlesion.ensemble.triage import fit_ood_gate
+    from skinlesion.ood import OODGate
+    from skinlesion.ood import features as ood_features
+    from skinlesion.records import gate_feature_members
+
+    bundle, images = load_bundle(exported.path), test_images[:6]  # a fresh copy in memory: the gate is set on it
+    gate = fit_ood_gate(bundle, score="knn", params={"k": 2}, quantile=0.8, max_train_images=30)
+    bundle.meta.setdefault("decision", {})["ood"] = gate.to_dict()
+    bundle.cache["ood_gate"] = gate
+    names = [m.name for m in bundle.members]
+    assert gate_feature_members(bundle) == names
+    want = Predictor(bundle, "torch", mc_samples=0, device="cpu").predict(images)
+    reference = ood_features.image_features(bundle.members, images, device="cpu")
+    logits, features = OnnxEngine(bundle).view_logits_and_features(images, features_of=names[:1])
+    assert list(features) == names[:1] and features[names[0]].shape == reference[0].features.shape
+    np.testing.assert_allclose(features[names[0]], reference[0].features, atol=1e-4)
+    assert all(np.array_equal(a, b) for a, b in zip(logits, OnnxEngine(bundle).view_logits(images), strict=True))
+
+    calls: list[int] = []
+    torch_pass = ood_features.image_features
+    monkeypatch.setattr(ood_features, "image_features", lambda *a, **k: calls.append(1) or torch_pass(*a, **k))
+    got = Predictor(bundle, "onnx", mc_samples=0).predict(images)
+    assert calls == []  # the gate read the ONNX pass
+    for g, w in zip(got, want, strict=True):
+        assert g["ood"]["gated"] == w["ood"]["gated"] and g["ood"]["score"] == pytest.approx(w["ood"]["score"], abs=1e-4)
+    # a gate that reads logits needs the image-only logits: its members run in PyTorch
+    bundle.cache["ood_gate"] = OODGate("energy", quantile=0.9).fit(reference, reference)
+    assert gate_feature_members(bundle) == []
+    Predictor(bundle, "onnx", mc_samples=0).predict(images[:2])
+    assert calls == [1]
 
 
 def test_int8_probabilities_stay_close_to_fp32(exported: Bundle, fp32_engine: OnnxEngine, test_images: list) -> None:

@@ -64,8 +64,11 @@ def test_fusion_graphs_take_the_metadata_and_the_manifest_says_so(exported: Bund
 
     d = exported.path / "onnx"
     m = read_manifest(d)
-    assert m["format_version"] == 2 and "metadata" in m["graph"]
+    assert m["format_version"] == 3 and "metadata" in m["graph"] and "'features'" in m["graph"]
     fusion, image_only = m["members"]
+    assert fusion["outputs"] == image_only["outputs"] == ["logits", "features"]
+    # the gate's features: the fusion member's backbone features, whatever the metadata (identity view)
+    assert 0 <= fusion["parity"]["fp32"]["max_abs_feature_diff"] < PARITY and fp32.gives_features == [True, True]
     encoder = exported.members[0].model.metadata_encoder
     assert fusion["inputs"] == ["input", "metadata"] and image_only["inputs"] == ["input"]
     assert fusion["metadata"]["feature_names"] == list(encoder.feature_names_) and fusion["metadata"]["dim"] == encoder.n_features
@@ -148,6 +151,17 @@ def test_refuses_metadata_features_other_than_the_members(exported: Bundle, tmp_
 
 
 # -- an export written before graphs took metadata (manifest format 1) -----------------------------------
+def _logits_only(path: Path) -> None:
+    """A graph as exports before format 3 wrote it: the logits are its only output."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [o for o in proto.graph.output if o.name == "logits"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    onnx.save(proto, str(path))
+
+
 @pytest.fixture(scope="module")
 def old_export(exported: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The export as format 1 wrote it: the fusion member's graphs are ``model(x)`` (image only)."""
@@ -159,11 +173,14 @@ def old_export(exported: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Pa
     m["format_version"] = 1
     model = copy.deepcopy(exported.members[0].model).cpu().eval()
     for e in m["members"]:
-        e.pop("inputs"), e.pop("metadata")
-    for g in m["members"][0]["graphs"]:
-        path = d / g["files"]["fp32"]["file"]
-        export_graph(model, tuple(g["input_size"]), path)
-        g["files"] = {"fp32": {**g["files"]["fp32"], "sha256": sha256_file(path)}}
+        e.pop("inputs"), e.pop("metadata"), e.pop("outputs")
+    for i, e in enumerate(m["members"]):
+        for g in e["graphs"]:
+            path = d / g["files"]["fp32"]["file"]
+            if i == 0:
+                export_graph(model, tuple(g["input_size"]), path)
+            _logits_only(path)
+            g["files"] = {"fp32": {**g["files"]["fp32"], "sha256": sha256_file(path)}}
     m["precisions"] = ["fp32"]
     (d / MANIFEST).write_text(json.dumps(m))
     return d
@@ -172,6 +189,8 @@ def old_export(exported: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_an_old_image_only_export_still_loads_and_refuses_metadata(exported: Bundle, old_export: Path) -> None:
     engine = OnnxEngine(exported, old_export)
     assert engine.takes_metadata == [False, False] and not engine.accepts_metadata
+    assert engine.gives_features == [False, False]  # the gate then runs its members in PyTorch
+    assert engine.view_logits_and_features(_lesions(1), features_of=[FUSION])[1] == {}
     assert engine.image_only_fusion_members() == [FUSION]
     images = _lesions(2)
     reexport = r"re-export with `skinlesion export onnx .*/bundle --out .*/onnx` \(graphs that take the metadata\), use the torch engine"

@@ -95,3 +95,14 @@ def test_mahalanobis_fits_class_means_and_shared_precision() -> None:
     np.testing.assert_allclose(s.means_, np.stack([x[y == k].mean(0) for k in range(K)]), atol=1e-5)
     # a class mean is at distance 0 from itself
     assert s.score(s.means_.astype(np.float64)).max() < 1e-6
+
+
+def test_knn_scores_follow_a_refitted_bank() -> None:
+    """The float32 copy of the bank is kept between calls, and made anew when the bank changes."""
+    x_a, x_b = in_dist(200, seed=0)[0], shifted(200, seed=1)[0]
+    s = KNNScore(k=5).fit(x_a)
+    first = s.score(x_b[:10])
+    np.testing.assert_array_equal(s.score(x_b[:10]), first)  # the kept copy gives the same scores
+    s.fit(x_b)
+    np.testing.assert_array_equal(s.score(x_b[:10]), KNNScore(k=5).fit(x_b).score(x_b[:10]))
+    assert not np.allclose(s.score(x_b[:10]), first)

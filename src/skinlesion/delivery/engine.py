@@ -24,7 +24,9 @@ the ONNX engine accepts (manifest, members, weights, file hashes: the checks of
 :class:`~skinlesion.delivery.onnx_runtime.OnnxEngine`) and that serves metadata whenever the
 bundle has fusion members; else eager PyTorch. The choice and its reason are logged and kept in
 :attr:`Predictor.engine_choice`; every record names the engine (``bundle.engine``). Explanations
-(Grad-CAM), MC dropout and the out-of-distribution gate always run on the PyTorch members.
+(Grad-CAM) and MC dropout always run on the PyTorch members; the out-of-distribution gate reads
+the image features of the ONNX engine's own pass when its graphs give them (format 3 exports),
+else it runs its members in PyTorch.
 
 An image whose fusion members receive no metadata value is decided by the bundle's
 *without-metadata* operating point (temperature and thresholds fitted on validation with the
@@ -53,6 +55,7 @@ from skinlesion.records import (
     decision_records,
     check_mc_samples,
     default_mc_samples,
+    gate_feature_members,
     metadata_members,
     metadata_summary,
     normalise_metadata,
@@ -228,8 +231,17 @@ class Predictor:
             return []
         records = self.check_metadata(metadata, len(images))
         with self.lock:
-            # Without metadata, the call of the original Engine protocol (engines that take images only).
-            logits = self.engine.view_logits(images) if records is None else self.engine.view_logits(images, metadata=records)
+            # An engine that gives the pooled image features of its own pass (ONNX, format 3) spares the
+            # out-of-distribution gate a second pass of its members.
+            gate_members = gate_feature_members(self.bundle)
+            with_features = getattr(self.engine, "view_logits_and_features", None)
+            features: dict[str, np.ndarray] = {}
+            if gate_members and with_features is not None:
+                logits, features = with_features(images, records, features_of=gate_members)
+            elif records is None:  # the call of the original Engine protocol (engines that take images only)
+                logits = self.engine.view_logits(images)
+            else:
+                logits = self.engine.view_logits(images, metadata=records)
             # Images without any metadata value (always, on image-only engines) use the bundle's
             # without-metadata operating point when it has one.
             pred = self.bundle.predict_from_logits(logits, metadata_given=self.bundle.metadata_given(records, len(images)))
@@ -237,7 +249,7 @@ class Predictor:
                 uncertainty_records(self.bundle, images, self.mc_samples, self.seed, metadata=records, view_logits=logits)
                 if self.with_uncertainty else None
             )
-            ood = ood_records(self.bundle, images, device=self.device)
+            ood = ood_records(self.bundle, images, device=self.device, features=features)
         info = self.bundle_info()
         return [
             prediction_record(

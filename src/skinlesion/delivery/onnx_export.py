@@ -1,8 +1,9 @@
 """Export a decision bundle's members to ONNX, optionally with static INT8 quantisation.
 
 Each member becomes ``<member>.fp32.onnx``: the network only, input ``"input"`` ``(batch, 3, H, W)``
-float32 resized and normalised as the member's ``preprocessing`` says, output ``"logits"``
-``(batch, K)``, dynamic batch axis, static spatial axes (a non-square member whose TTA views swap
+float32 resized and normalised as the member's ``preprocessing`` says, outputs ``"logits"``
+``(batch, K)`` and ``"features"`` ``(batch, F)`` (the pooled image features of the same pass, read by
+the out-of-distribution gate; manifest format 3 lists each member's ``outputs``), dynamic batch axis, static spatial axes (a non-square member whose TTA views swap
 the axes also gets ``<member>.transposed.fp32.onnx`` for ``(W, H)``; see
 :mod:`skinlesion.delivery.onnx_runtime`). A metadata fusion member's graphs have a second input
 ``"metadata"`` ``(batch, D)`` float32 on the same batch axis, the member's own encoding of age, sex
@@ -53,6 +54,7 @@ from skinlesion.data.metadata import SEXES
 from skinlesion.delivery.onnx_runtime import (
     FORMAT,
     FORMAT_VERSION,
+    FEATURES,
     INPUT,
     MANIFEST,
     METADATA,
@@ -74,6 +76,7 @@ from skinlesion.ensemble.predict import CPU_MAX_ROWS, images_view_logits
 from skinlesion.errors import SkinLesionError
 from skinlesion.inference.tta import SWAPS_AXES, apply_view
 from skinlesion.models.fusion import MetadataFusionNet
+from skinlesion.ood.features import image_features, logits_and_image_features
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,8 @@ GRAPH_NOTE = (
     "Network only: input 'input' (batch, 3, H, W) float32, resized and normalised as the member's "
     "preprocessing in bundle.json says; a metadata fusion member also takes 'metadata' (batch, D) "
     "float32, its encoder's encoding of age, sex and site (all-missing encoding: metadata unknown); "
-    "output 'logits' (batch, K). Preprocessing, metadata encoding, TTA views, temperatures, member "
+    "outputs 'logits' (batch, K) and 'features' (batch, F), the pooled image features (a fusion member's "
+    "backbone features, before the metadata is joined) that the out-of-distribution gate reads. Preprocessing, metadata encoding, TTA views, temperatures, member "
     "weights, thresholds and the decision rule stay in bundle.json and the members' checkpoints."
 )
 SHARED_NOTE = (
@@ -190,6 +194,8 @@ def export_graph(
 ) -> None:
     """Export ``model`` (eval mode, CPU) for inputs ``(batch, 3, *shape)`` with a dynamic batch axis
     (torch.export-based exporter; spatial axes static, see :mod:`skinlesion.delivery.onnx_runtime`).
+    Outputs: ``"logits"`` and ``"features"``, the pooled image features of the same pass
+    (:func:`~skinlesion.ood.features.logits_and_image_features`).
 
     ``meta_dim``: a fusion model's metadata length ``D``: the graph computes ``model(x, meta)`` with a
     second input ``"metadata"`` ``(batch, D)`` sharing the batch axis.
@@ -200,6 +206,7 @@ def export_graph(
     filled in from the member's weights when the graph is loaded
     (:func:`~skinlesion.delivery.onnx_runtime.graph_with_weights`), so the export adds kilobytes
     to a bundle, not a second copy of its weights."""
+    model = _with_features(model)
     batch = torch.export.Dim("batch", min=1, max=4096)
     example: tuple[torch.Tensor, ...] = (torch.zeros(2, 3, *shape),)  # batch 2: a batch of 1 would be specialised
     names, dynamic = [INPUT], [{0: batch}]
@@ -209,7 +216,7 @@ def export_graph(
     with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")  # exporter chatter; parity is checked after export
         program = torch.onnx.export(
-            model, example, input_names=names, output_names=[OUTPUT], opset_version=opset, dynamo=True,
+            model, example, input_names=names, output_names=[OUTPUT, FEATURES], opset_version=opset, dynamo=True,
             dynamic_shapes=tuple(dynamic), external_data=False, verbose=False, optimize=not share_weights,
         )
     if not share_weights:
@@ -221,6 +228,19 @@ def export_graph(
 
     onnx.save(proto, str(path))
     check_graph(path, shape, meta_dim=meta_dim, weights=model)
+
+
+def _logits_and_features(self: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return logits_and_image_features(self, x, meta)
+
+
+def _with_features(model: torch.nn.Module) -> torch.nn.Module:
+    """A shallow twin of ``model`` (same modules, parameters and names) whose ``forward`` returns the
+    logits and the pooled image features of one pass: the graph's two outputs."""
+    twin = copy.copy(model)
+    cls = type(model)
+    twin.__class__ = type(f"{cls.__name__}WithFeatures", (cls,), {"forward": _logits_and_features})
+    return twin
 
 
 def _fold_constants(proto: Any) -> Any:
@@ -273,16 +293,24 @@ def check_graph(
         proto = graph_with_weights(onnx.load(str(path)), weights.state_dict(), str(path))
         onnx.checker.check_model(proto, full_check=True)
         graph = proto.graph
-    dims = [[d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim] for t in (*graph.input, graph.output[0])]
+    def dims(t: Any) -> list[Any]:
+        return [d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim]
+
     names = [INPUT] if meta_dim is None else [INPUT, METADATA]
+    ins, outs = [dims(t) for t in graph.input], [dims(t) for t in graph.output]
+    batch = ins[0][0] if ins and ins[0] else None
     ok = (
-        [t.name for t in graph.input] == names and [t.name for t in graph.output] == [OUTPUT]
-        and isinstance(dims[0][0], str) and dims[0][1:] == [3, *shape] and isinstance(dims[-1][0], str)
-        and (meta_dim is None or (dims[1][1:] == [meta_dim] and dims[1][0] == dims[0][0]))
+        [t.name for t in graph.input] == names and [t.name for t in graph.output] == [OUTPUT, FEATURES]
+        and isinstance(batch, str) and ins[0][1:] == [3, *shape]
+        and all(len(o) == 2 and isinstance(o[0], str) for o in outs)
+        and (meta_dim is None or (ins[1][1:] == [meta_dim] and ins[1][0] == batch))
     )
     if not ok:
         want = f"input {INPUT!r} (batch, 3, {shape[0]}, {shape[1]})" + (f", {METADATA!r} (batch, {meta_dim})" if meta_dim else "")
-        raise OnnxError(f"{path}: expected {want} and output {OUTPUT!r} (batch, K); got inputs {names} {dims[:-1]}, output {dims[-1]}")
+        raise OnnxError(
+            f"{path}: expected {want} and outputs {OUTPUT!r} (batch, K), {FEATURES!r} (batch, F); got inputs "
+            f"{[t.name for t in graph.input]} {ins}, outputs {[t.name for t in graph.output]} {outs}"
+        )
 
 
 def quantize_graph(fp32: Path, int8: Path, rows: np.ndarray, meta: np.ndarray | None = None, *, batch_size: int = 16) -> None:
@@ -375,19 +403,26 @@ def member_parity(
     cases: dict[str, Sequence[dict[str, Any]] | None] = {"missing": None}
     if takes:
         cases = {"given": records if records is not None else synthetic_records(len(images), [member]), "missing": None}
+    outputs = [o.name for o in first.get_outputs()]
     out: dict[str, dict[str, float]] = {}
+    got_features = None
     for case, recs in cases.items():
         ref = (reference or {}).get(case)
         if ref is None:
             ref = images_view_logits(member, images, views, device="cpu", metadata=recs)
         meta = encoded_metadata(member, recs, len(images)) if takes else None
-        got = run_views(x, views, lambda s: session_runner(sessions[s]), max_rows=CPU_MAX_ROWS, meta=meta)
-        out[case] = _diffs(ref, got)
+        got = run_views(x, views, lambda s: session_runner(sessions[s], outputs), max_rows=CPU_MAX_ROWS, meta=meta)
+        out[case] = _diffs(ref, got[0])
+        if len(got) > 1 and "identity" in views:
+            got_features = got[1][:, list(views).index("identity")]
     worst = {
         "max_abs_prob_diff": max(d["max_abs_prob_diff"] for d in out.values()),
         "max_abs_logit_diff": max(d["max_abs_logit_diff"] for d in out.values()),
         "argmax_agreement": min(d["argmax_agreement"] for d in out.values()),
     }
+    if got_features is not None:  # what the out-of-distribution gate reads: identity view, image only
+        ref_features = image_features(member, images, device="cpu")[0].features
+        worst["max_abs_feature_diff"] = float(np.abs(ref_features - got_features).max())
     return {**worst, "n_images": len(images), "n_views": len(views), **({"metadata": out} if takes else {})}
 
 
@@ -440,6 +475,7 @@ def _export_member(
         "weights_sha256": member.meta.get("weights_sha256"),
         "input_size": list(member.input_size),
         "inputs": [INPUT] if meta_dim is None else [INPUT, METADATA],
+        "outputs": [OUTPUT, FEATURES],
         "weights": "member" if share_weights else "graph",
         "metadata": metadata,
         "opset": opset,

@@ -1,7 +1,11 @@
 """Run a decision bundle's members on ONNX Runtime (files written by ``skinlesion export onnx``).
 
 The ONNX graphs are the networks only: input ``"input"`` ``(batch, 3, H, W)`` float32, already
-resized and normalised as the member's ``preprocessing`` says; output ``"logits"`` ``(batch, K)``.
+resized and normalised as the member's ``preprocessing`` says; output ``"logits"`` ``(batch, K)``
+and, since manifest format 3, ``"features"`` ``(batch, F)``: the pooled image features of the same
+pass, which the bundle's out-of-distribution gate reads (:meth:`OnnxEngine.view_logits_and_features`
+gives them for the identity view, so the gate costs no second pass; an export of format 2 or older
+has no such output and the gate then runs its members in PyTorch).
 Resizing, normalisation and the TTA views run here exactly as in PyTorch (the member's own
 preprocessing, then :func:`skinlesion.inference.tta.apply_view` on the tensor); temperatures,
 member weights, thresholds and the decision rule stay in ``bundle.json`` and are applied by
@@ -54,20 +58,25 @@ from skinlesion.errors import SkinLesionError
 from skinlesion.inference.tta import SWAPS_AXES, apply_view, view_groups
 
 FORMAT = "skinlesion-onnx"
-FORMAT_VERSION = 2  # 2: fusion members' graphs take a second input, METADATA (1: image-only graphs)
+#: 3: graphs output FEATURES beside the logits; 2: fusion members' graphs take a second input, METADATA;
+#: 1: image-only graphs
+FORMAT_VERSION = 3
 MANIFEST = "onnx.json"
 DEFAULT_DIR = "onnx"
 PRECISIONS = ("fp32", "int8")
 INPUT = "input"
 METADATA = "metadata"
 OUTPUT = "logits"
+#: The graphs' second output (format 3): pooled image features (see :func:`~skinlesion.ood.features.logits_and_image_features`).
+FEATURES = "features"
 #: Graph metadata key of a shared-weight graph (``export onnx --share-weights``): JSON ``{name: shape}``
 #: of the initializers left out of the file, the member's own ``state_dict`` tensors.
 WEIGHTS_KEY = "skinlesion.member_weights"
 
 #: Runs a graph on normalised rows ``(R, 3, H, W)`` and, for a graph with a metadata input, their
-#: encoded metadata ``(R, D)`` (None for an image-only graph).
-RunFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+#: encoded metadata ``(R, D)`` (None for an image-only graph); returns the outputs it was made for,
+#: ``R`` rows each (:func:`session_runner`).
+RunFn = Callable[[np.ndarray, np.ndarray | None], Sequence[np.ndarray]]
 
 
 class OnnxError(SkinLesionError, ValueError):
@@ -127,8 +136,9 @@ def graph_shapes(input_size: Sequence[int], views: Sequence[str]) -> list[tuple[
 def run_views(
     x: torch.Tensor, views: Sequence[str], run: Callable[[tuple[int, int]], RunFn], *, max_rows: int | None = None,
     meta: np.ndarray | None = None,
-) -> np.ndarray:
-    """Logits ``(N, V, K)`` float32 of every view of a normalised batch ``x`` ``(N, 3, h, w)``.
+) -> list[np.ndarray]:
+    """Every output of ``run`` for every view of a normalised batch ``x`` ``(N, 3, h, w)``: one float32
+    array ``(N, V, ...)`` per output, in the runner's order (logits ``(N, V, K)`` first).
 
     ``run(shape)`` returns the function that runs the graph for inputs of spatial ``shape``. Views
     of one shape go through one call, at most ``max_rows`` rows (whole views) at a time, as
@@ -138,17 +148,18 @@ def run_views(
     """
     n = x.shape[0]
     per_call = len(views) if max_rows is None else max(1, max_rows // max(n, 1))
-    out: list[np.ndarray | None] = [None] * len(views)
+    out: list[list[np.ndarray] | None] = [None] * len(views)
     with torch.inference_mode():
         for group in view_groups(views, x.shape[-1] == x.shape[-2]):
             for start in range(0, len(group), per_call):
                 chunk = group[start : start + per_call]
                 rows = torch.cat([apply_view(x, views[i]) for i in chunk], dim=0).contiguous()
                 meta_rows = None if meta is None else np.tile(meta, (len(chunk), 1))
-                logits = run((int(rows.shape[-2]), int(rows.shape[-1])))(rows.numpy().astype(np.float32, copy=False), meta_rows)
+                results = run((int(rows.shape[-2]), int(rows.shape[-1])))(rows.numpy().astype(np.float32, copy=False), meta_rows)
                 for j, i in enumerate(chunk):
-                    out[i] = logits[j * n : (j + 1) * n]
-    return np.stack(out, axis=1).astype(np.float32, copy=False)  # type: ignore[arg-type]
+                    out[i] = [r[j * n : (j + 1) * n] for r in results]
+    n_outputs = len(out[0]) if out and out[0] is not None else 0
+    return [np.stack([o[k] for o in out], axis=1).astype(np.float32, copy=False) for k in range(n_outputs)]  # type: ignore[index]
 
 
 def providers() -> list[str]:
@@ -200,10 +211,13 @@ def make_session(path: str | Path, threads: int | None = None, *, weights: Mappi
     return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=providers())
 
 
-def session_runner(session: Any) -> RunFn:
-    def run(batch: np.ndarray, meta: np.ndarray | None = None) -> np.ndarray:
+def session_runner(session: Any, outputs: Sequence[str] = (OUTPUT,)) -> RunFn:
+    """A :data:`RunFn` of ``session`` that returns ``outputs`` (default: the logits only)."""
+    names = list(outputs)
+
+    def run(batch: np.ndarray, meta: np.ndarray | None = None) -> Sequence[np.ndarray]:
         feed = {INPUT: batch} if meta is None else {INPUT: batch, METADATA: meta.astype(np.float32, copy=False)}
-        return session.run([OUTPUT], feed)[0]
+        return session.run(names, feed)
 
     return run
 
@@ -211,6 +225,11 @@ def session_runner(session: Any) -> RunFn:
 def graph_inputs(entry: Mapping[str, Any]) -> list[str]:
     """The input names of a manifest member's graphs (format 1 manifests: the image only)."""
     return [str(v) for v in entry.get("inputs", [INPUT])]
+
+
+def graph_outputs(entry: Mapping[str, Any]) -> list[str]:
+    """The output names of a manifest member's graphs (before format 3: the logits only)."""
+    return [str(v) for v in entry.get("outputs", [OUTPUT])]
 
 
 def encoded_metadata(member: Any, metadata: Sequence[Mapping[str, Any]] | None, n: int) -> np.ndarray:
@@ -260,6 +279,8 @@ class OnnxEngine:
         ]
         #: Per member: whether its graphs take the encoded metadata as a second input.
         self.takes_metadata: list[bool] = [METADATA in graph_inputs(e) for e in self.manifest["members"]]
+        #: Per member: whether its graphs also output the pooled image features (format 3).
+        self.gives_features: list[bool] = [FEATURES in graph_outputs(e) for e in self.manifest["members"]]
         self._check_sessions()
         self.max_rows = CPU_MAX_ROWS if cpu else None
 
@@ -367,28 +388,35 @@ class OnnxEngine:
         return out
 
     def _check_sessions(self) -> None:
-        """Each graph's inputs are what the manifest says (a hand-edited manifest cannot mislead)."""
+        """Each graph's inputs and outputs are what the manifest says (a hand-edited manifest cannot mislead)."""
         for member, entry, sessions in zip(self.bundle.members, self.manifest["members"], self.sessions, strict=True):
             for shape, session in sessions.items():
-                got = [i.name for i in session.get_inputs()]
-                if got != graph_inputs(entry):
-                    raise OnnxError(
-                        f"{self.onnx_dir / MANIFEST}: member {member.name!r}'s graph for input {shape} has inputs {got}, "
-                        f"the manifest says {graph_inputs(entry)}: {self._fix()} again"
-                    )
+                for what, got, want in (
+                    ("inputs", [i.name for i in session.get_inputs()], graph_inputs(entry)),
+                    ("outputs", [o.name for o in session.get_outputs()], graph_outputs(entry)),
+                ):
+                    if got != want:
+                        raise OnnxError(
+                            f"{self.onnx_dir / MANIFEST}: member {member.name!r}'s graph for input {shape} has {what} {got}, "
+                            f"the manifest says {want}: {self._fix()} again"
+                        )
 
     # -- running -------------------------------------------------------------------------------
     def member_view_logits(
-        self, index: int, images: Sequence[np.ndarray], metadata: Sequence[Mapping[str, Any]] | None = None
-    ) -> np.ndarray:
+        self, index: int, images: Sequence[np.ndarray], metadata: Sequence[Mapping[str, Any]] | None = None,
+        *, features: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(N, V, K)`` logits of member ``index`` for RGB uint8 images (and metadata records, None:
-        all missing; used only by a graph with a metadata input)."""
+        all missing; used only by a graph with a metadata input) and, with ``features`` when its graphs
+        output them, the pooled image features ``(N, V, F)`` of the same pass (else None)."""
         member, sessions = self.bundle.members[index], self.sessions[index]
         x = member.preprocess(images, "cpu")
         meta = encoded_metadata(member, metadata, len(images)) if self.takes_metadata[index] else None
-        return run_views(
-            x, self.bundle.tta.views, lambda shape: session_runner(sessions[shape]), max_rows=self.max_rows, meta=meta
+        outputs = (OUTPUT, FEATURES) if features and self.gives_features[index] else (OUTPUT,)
+        got = run_views(
+            x, self.bundle.tta.views, lambda shape: session_runner(sessions[shape], outputs), max_rows=self.max_rows, meta=meta
         )
+        return got[0], got[1] if len(got) > 1 else None
 
     def view_logits(
         self, images: Sequence[np.ndarray], metadata: Sequence[Mapping[str, Any]] | None = None
@@ -397,6 +425,15 @@ class OnnxEngine:
 
         ``metadata``: one record per image (None: all missing), fed to graphs with a metadata input;
         refused when a fusion member's graphs take the image only (a format 1 export)."""
+        return self.view_logits_and_features(images, metadata)[0]
+
+    def view_logits_and_features(
+        self, images: Sequence[np.ndarray], metadata: Sequence[Mapping[str, Any]] | None = None,
+        features_of: Sequence[str] = (),
+    ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """:meth:`view_logits`, plus the pooled image features ``(N, F)`` of the identity view of each
+        member named in ``features_of`` whose graphs output them (format 3), by member name: what the
+        out-of-distribution gate reads (:func:`~skinlesion.records.ood.ood_records`), from the same pass."""
         if metadata is not None:
             if len(metadata) != len(images):
                 raise ValueError(
@@ -411,8 +448,16 @@ class OnnxEngine:
                     f"members {image_only} of this bundle use patient metadata: {self.metadata_fix()}use the torch "
                     "engine, or leave the metadata out"
                 )
+        views = list(self.bundle.tta.views)
+        wanted = [m.name in features_of and "identity" in views for m in self.bundle.members]
+
+        def member(i: int) -> tuple[np.ndarray, np.ndarray | None]:
+            return self.member_view_logits(i, images, metadata, features=wanted[i])
+
         members = range(len(self.bundle.members))
         pool = self._pool
-        if pool is None:
-            return [self.member_view_logits(i, images, metadata) for i in members]
-        return list(pool.map(lambda i: self.member_view_logits(i, images, metadata), members))
+        results = [member(i) for i in members] if pool is None else list(pool.map(member, members))
+        features = {
+            m.name: f[:, views.index("identity")] for m, (_, f) in zip(self.bundle.members, results, strict=True) if f is not None
+        }
+        return [z for z, _ in results], features

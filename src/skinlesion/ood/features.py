@@ -51,19 +51,30 @@ class MemberFeatures:
         return MemberFeatures(self.member, self.features[rows], self.logits[rows])
 
 
+def logits_and_image_features(
+    model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One backbone pass: the logits ``model(x, meta)`` ``(N, K)`` (``meta``: a fusion model's encoded
+    metadata, None: all missing; ignored by other models) and the pooled **image** features ``(N, D)``
+    (a fusion model's backbone features, before the metadata is joined). What the ONNX graphs output
+    (:func:`skinlesion.delivery.onnx_export.export_graph`)."""
+    maps = model.forward_features(x)
+    if isinstance(model, MetadataFusionNet):
+        pooled = model.backbone.forward_head(maps, pre_logits=True)  # before the metadata is joined
+        logits = model.forward_head(maps, meta=meta)
+    else:
+        pooled = model.forward_head(maps, pre_logits=True)
+        logits = model.forward_head(maps)
+    return logits, pooled.flatten(1)
+
+
 def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled image features ``(N, D)`` and image-only logits ``(N, K)`` of a normalised batch ``x``.
 
     Call under ``torch.inference_mode()`` with the model in eval mode.
     """
-    maps = model.forward_features(x)
-    if isinstance(model, MetadataFusionNet):
-        pooled = model.backbone.forward_head(maps, pre_logits=True)  # before the metadata is joined
-        logits = model.forward_head(maps)  # meta=None: all metadata missing
-    else:
-        pooled = model.forward_head(maps, pre_logits=True)
-        logits = model.forward_head(maps)
-    return pooled.flatten(1), logits
+    logits, pooled = logits_and_image_features(model, x)
+    return pooled, logits
 
 
 def _check_images(images: Sequence[np.ndarray], start: int = 0) -> None:
@@ -140,4 +151,4 @@ def table_features(
     return _run(members, int(idx.size), lambda i: table.load_image(int(idx[i])), batch_size, device)
 
 
-__all__ = ["MemberFeatures", "features_and_logits", "image_features", "table_features"]
+__all__ = ["MemberFeatures", "features_and_logits", "image_features", "logits_and_image_features", "table_features"]

@@ -135,6 +135,12 @@ class OODGate:
         z = [(r - self.standardise_[c][0]) / self.standardise_[c][1] for c, r in zip(self.components_, raw, strict=True)]
         return np.max(z, axis=0)
 
+    @property
+    def inputs_(self) -> set[str]:
+        """What the fitted scores read: ``{"features"}``, ``{"logits"}`` or both."""
+        self._check_fitted()
+        return {s.input for scorers in self.scorers_ for s in scorers}
+
     def score(self, outputs: Sequence[MemberFeatures]) -> np.ndarray:
         """``(N,)`` gate scores (mean over the gate's members), higher = more out-of-distribution."""
         self._check_fitted()

@@ -196,10 +196,17 @@ class KNNScore(OODScore):
         self.n_features_in_ = int(x.shape[1])
         return self
 
+    def _bank_float32(self) -> np.ndarray:
+        """The float16 bank as float32, converted once per bank (4 ms a call for 500 x 1280 otherwise)."""
+        cached = getattr(self, "_bank32", None)
+        if cached is None or cached[0] is not self.bank_:
+            cached = self._bank32 = (self.bank_, self.bank_.astype(np.float32))
+        return cached[1]
+
     def score(self, X: Any, chunk: int = 1024) -> np.ndarray:  # noqa: N803
         self._check_fitted()
         q = self._normalise(self._check_x(X)).astype(np.float32)
-        bank = self.bank_.astype(np.float32)
+        bank = self._bank_float32()
         k = min(int(self.k), len(bank))
         out = np.empty(len(q))
         for s in range(0, len(q), chunk):

@@ -24,7 +24,7 @@ from skinlesion.records.metadata import (
     normalise_metadata,
     normalise_records,
 )
-from skinlesion.records.ood import ood_records
+from skinlesion.records.ood import gate_feature_members, ood_records
 from skinlesion.records.record import bundle_ref, prediction_record
 from skinlesion.records.schema import (
     NOTICE,
@@ -76,6 +76,7 @@ __all__ = [
     "model_change",
     "normalise_metadata",
     "normalise_records",
+    "gate_feature_members",
     "ood_records",
     "operating_point_text",
     "prediction_record",
