@@ -270,3 +270,31 @@ def test_errors_name_the_parameter() -> None:
         ensemble_cam([toy_member("a", (32, 32))], [np.zeros((8, 8), dtype=np.uint8)])
     with pytest.raises(ValueError, match=r"'alpha' parameter must be a float in \[0, 1\]. Got 1.5"):
         overlay_array(square_image(), np.zeros((4, 4)), alpha=1.5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
+def test_backward_stops_at_the_target_layer_with_the_same_maps(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The maps need the gradients at the target layer only: backward no longer runs through the
+    earlier layers (the stem here), and the maps are what the full backward pass gave."""
+    import contextlib
+
+    from skinlesion.explain import cam as cam_module
+
+    torch.manual_seed(1)
+    model = create_backbone("test_efficientnet", num_classes=3)
+    x = torch.rand(2, 3, 48, 64)
+    reached: list[int] = []
+
+    def watch(module: nn.Module, args: object, output: torch.Tensor) -> None:
+        if output.requires_grad:
+            output.register_hook(lambda g: reached.append(1))
+
+    handle = model.conv_stem.register_forward_hook(watch)
+    cut = compute_cam(model, "test_efficientnet", x, method=method, views="flips", layers=["blocks.1"])
+    assert reached == []
+    monkeypatch.setattr(cam_module, "_backward_stops_at", lambda model, layers: contextlib.nullcontext())
+    full = compute_cam(model, "test_efficientnet", x, method=method, views="flips", layers=["blocks.1"])
+    assert reached  # the uncut backward pass runs through the stem
+    handle.remove()
+    np.testing.assert_allclose(cut, full, atol=1e-6)
+    assert cut.max() > 0 and not model._forward_pre_hooks and not model.blocks[1]._forward_hooks

@@ -96,7 +96,7 @@ def test_training_step_loss_is_the_lam_weighted_loss_of_both_labels() -> None:
     module.eval()  # no dropout: the forward pass can be repeated exactly
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
     loss = module.training_step((x, y, torch.arange(8)), 0)
-    rng = np.random.default_rng([3, 0])  # the module's generator: seed 3, rank 0
+    rng = np.random.default_rng([3, 0, 0])  # the module's generator: seed 3, rank 0, epoch 0
     assert rng.random() < 1.0  # its draw against mix_prob, then the mix itself
     m = mix_batch(x, cutmix_alpha=1.0, rng=rng)
     with torch.no_grad():
@@ -116,3 +116,25 @@ def test_mixing_is_off_by_default_and_mix_prob_zero_turns_it_off() -> None:
         loss = module.training_step((x, y, torch.arange(8)), 0)
         with torch.no_grad():
             assert loss.item() == pytest.approx(module.loss_fn(module(x), y).item(), rel=1e-6)
+
+
+def test_a_resumed_run_mixes_as_the_uninterrupted_run_did_in_that_epoch() -> None:
+    """The generator is seeded per epoch: a module that starts at epoch 2 (a resume) draws what one that
+    ran epochs 0 and 1 first draws in epoch 2; other epochs draw otherwise."""
+    from types import SimpleNamespace
+
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
+
+    def losses(module: LesionClassifier, epochs: list[int]) -> list[float]:
+        module.log = lambda *a, **k: None  # type: ignore[method-assign]
+        module.eval()
+        out = []
+        for e in epochs:
+            module._trainer = SimpleNamespace(current_epoch=e, global_rank=0)  # what Lightning's trainer says
+            out += [module.training_step((x, y, torch.arange(8)), i).item() for i in range(3)]
+        return out
+
+    whole = losses(_module(cutmix_alpha=1.0, mixup_alpha=0.4, mix_prob=0.5, seed=3), [0, 1, 2])
+    resumed = losses(_module(cutmix_alpha=1.0, mixup_alpha=0.4, mix_prob=0.5, seed=3), [2])
+    assert resumed == pytest.approx(whole[6:], rel=1e-6)
+    assert whole[:3] != pytest.approx(whole[6:], rel=1e-3)

@@ -201,6 +201,33 @@ def _grad_to_input_only(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
+def _backward_stops_at(model: nn.Module, layers: Sequence[nn.Module]) -> Iterator[None]:
+    """Backward stops at the first target layer that runs in each forward pass: its output becomes a
+    leaf that requires grad. The maps need the gradients at the target layers only; without the cut,
+    backward went on through every earlier layer down to the input (for a Lite0 at ``blocks.4``: the
+    stem and blocks 0-3, the high-resolution half of the network). The layers' outputs and gradients
+    are unchanged; a layer whose output is not a tensor is not cut (gradients then flow from the input)."""
+    cut = {"done": False}
+
+    def start(module: nn.Module, args: Any) -> None:
+        cut["done"] = False
+
+    def leaf(module: nn.Module, args: Any, output: Any) -> Any:
+        if cut["done"] or not isinstance(output, torch.Tensor):
+            return None
+        cut["done"] = True
+        return output.detach().requires_grad_(True)
+
+    handles = [model.register_forward_pre_hook(start)]
+    handles += [layer.register_forward_hook(leaf, prepend=True) for layer in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
 def _cam_session(method: str, model: nn.Module, layers: Sequence[nn.Module]) -> Iterator[Any]:
     """The library's CAM object, with its hooks released on exit.
 
@@ -236,7 +263,7 @@ def _cam_views(
         x = F.interpolate(x, size=big, mode="bilinear", align_corners=False)
     per_view: list[np.ndarray | None] = [None] * len(views)
     identity_logits = None
-    with _grad_to_input_only(model), _cam_session(method, model, layers) as cam:
+    with _grad_to_input_only(model), _backward_stops_at(model, layers), _cam_session(method, model, layers) as cam:
         for group in view_groups(views, x.shape[-1] == x.shape[-2]):
             batch = torch.cat([apply_view(x, views[i]) for i in group]).detach().clone().requires_grad_(True)
             targets = [ClassifierOutputTarget(int(c)) for _ in group for c in classes]

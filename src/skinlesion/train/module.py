@@ -79,6 +79,7 @@ class LesionClassifier(L.LightningModule):
         self.mix_prob = mix_prob if (mixup_alpha > 0 or cutmix_alpha > 0) else 0.0
         self.seed = seed
         self._mix_rng: np.random.Generator | None = None
+        self._mix_epoch = -1
         self.ema = None
         if ema_decay:
             from timm.utils import ModelEmaV3
@@ -126,11 +127,13 @@ class LesionClassifier(L.LightningModule):
 
     def _mix(self, x: torch.Tensor, meta: torch.Tensor | None) -> MixedBatch | None:
         """Mixup / CutMix on a fraction ``mix_prob`` of the batches (None: this batch stays as it is).
-        Each process draws from its own generator, seeded by the run's seed and its rank."""
+        Each process draws from its own generator, seeded by the run's seed, its rank and the epoch:
+        a run resumed at an epoch mixes as the uninterrupted run did in that epoch."""
         if self.mix_prob <= 0:
             return None
-        if self._mix_rng is None:
-            self._mix_rng = np.random.default_rng([self.seed, self.global_rank])
+        epoch = int(self.current_epoch)
+        if self._mix_rng is None or self._mix_epoch != epoch:
+            self._mix_rng, self._mix_epoch = np.random.default_rng([self.seed, self.global_rank, epoch]), epoch
         if self._mix_rng.random() >= self.mix_prob:
             return None
         mixed = mix_batch(x, meta, mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha, rng=self._mix_rng)
