@@ -3,9 +3,9 @@
 Each member becomes ``<member>.fp32.onnx``: the network only, input ``"input"`` ``(batch, 3, H, W)``
 float32 resized and normalised as the member's ``preprocessing`` says, outputs ``"logits"``
 ``(batch, K)`` and ``"features"`` ``(batch, F)`` (the pooled image features of the same pass, read by
-the out-of-distribution gate; manifest format 3 lists each member's ``outputs``), dynamic batch axis, static spatial axes (a non-square member whose TTA views swap
-the axes also gets ``<member>.transposed.fp32.onnx`` for ``(W, H)``; see
-:mod:`skinlesion.delivery.onnx_runtime`). A metadata fusion member's graphs have a second input
+the out-of-distribution gate; manifest format 3 lists each member's ``outputs``), dynamic batch
+axis, static spatial axes (a non-square member whose TTA views swap the axes also gets
+``<member>.transposed.fp32.onnx`` for ``(W, H)``; see :mod:`skinlesion.delivery.onnx_runtime`). A metadata fusion member's graphs have a second input
 ``"metadata"`` ``(batch, D)`` float32 on the same batch axis, the member's own encoding of age, sex
 and site (``model.encode_metadata``; the all-missing encoding gives what ``model(x)`` gives): they
 compute ``model(x, meta)`` (manifest format 2 records each member's ``inputs`` and ``metadata``).
@@ -87,7 +87,8 @@ GRAPH_NOTE = (
     "preprocessing in bundle.json says; a metadata fusion member also takes 'metadata' (batch, D) "
     "float32, its encoder's encoding of age, sex and site (all-missing encoding: metadata unknown); "
     "outputs 'logits' (batch, K) and 'features' (batch, F), the pooled image features (a fusion member's "
-    "backbone features, before the metadata is joined) that the out-of-distribution gate reads. Preprocessing, metadata encoding, TTA views, temperatures, member "
+    "backbone features, before the metadata is joined) that the out-of-distribution gate reads. "
+    "Preprocessing, metadata encoding, TTA views, temperatures, member "
     "weights, thresholds and the decision rule stay in bundle.json and the members' checkpoints."
 )
 SHARED_NOTE = (
@@ -230,7 +231,9 @@ def export_graph(
     check_graph(path, shape, meta_dim=meta_dim, weights=model)
 
 
-def _logits_and_features(self: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _logits_and_features(
+    self: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     return logits_and_image_features(self, x, meta)
 
 
