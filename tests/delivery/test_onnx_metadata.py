@@ -111,6 +111,10 @@ def test_onnx_matches_torch_with_metadata_given_missing_and_mixed(exported: Bund
     moved = np.abs(z_onnx[0] - z_missing[0]).max()
     assert (moved > 100 * PARITY) if case != "missing" else moved == 0
     np.testing.assert_array_equal(z_onnx[1], z_missing[1])  # the image-only member ignores it
+    # the features the out-of-distribution gate reads are the image's alone, whatever the metadata
+    _, f_with = fp32.view_logits_and_features(images, metadata=records, features_of=[FUSION])
+    _, f_without = fp32.view_logits_and_features(images, features_of=[FUSION])
+    np.testing.assert_allclose(f_with[FUSION], f_without[FUSION], atol=1e-6)
 
 
 def test_predictor_records_match_torch_for_a_mixed_batch(exported: Bundle) -> None:
