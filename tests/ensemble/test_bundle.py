@@ -248,7 +248,7 @@ def test_calibrate_needs_a_matching_validation_cache(bundle_dir: Path, tmp_path:
     meta = json.loads((work / "bundle.json").read_text())
     meta["tta"]["views"] = ["identity"]
     (work / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="was computed for members .* and views .*: rebuild the bundle"):
+    with pytest.raises(BundleError, match=r"validation.npz does not match .*bundle.json: it was computed for views \['identity', 'hflip', 'vflip'\] \(the bundle has \['identity'\]\)\. Rebuild the bundle"):
         calibrate_bundle(work, [Target("MEL", 0.5)])
     (work / "validation.npz").unlink()
     with pytest.raises(BundleError, match="validation.npz is missing: rebuild the bundle"):

@@ -154,7 +154,7 @@ def test_caches_computed_at_another_input_size_are_not_reused(
     with np.load(path / VALIDATION_NO_METADATA_CACHE) as z:
         assert z["input_size"].tolist() == sizes
     _rewrite(path / VALIDATION_CACHE, input_size=other)
-    with pytest.raises(BundleError, match=r"computed at input sizes .* rebuild the bundle"):
+    with pytest.raises(BundleError, match=r"computed for input sizes \(H, W\) .* \(the bundle feeds .*\)\. Rebuild the bundle .*--input-size"):
         load_validation_cache(load_bundle(path))
     with np.load(path / VALIDATION_CACHE) as z:
         legacy = {k: z[k] for k in z.files if k != "input_size"}

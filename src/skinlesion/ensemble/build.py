@@ -331,10 +331,24 @@ def _member_keys(members: Sequence[Any]) -> dict[str, np.ndarray]:
     }
 
 
-def _other_input_size(z: Any, members: Sequence[Any]) -> bool:
-    """Whether an open logits cache was computed at other input sizes than ``members`` take now (caches
-    written before sizes were recorded hold none and are taken as they are)."""
-    return "input_size" in z.files and z["input_size"].tolist() != cache_input_sizes(members).tolist()
+def _cache_mismatch(z: Any, bundle: Bundle) -> str | None:
+    """What an open logits cache was computed for that ``bundle`` does not have, in words (None: it
+    matches): other members, views, member weights or input sizes. Weights hashes and input sizes are
+    checked when the cache records them (caches written before they were recorded are taken as they are)."""
+    names, have = [str(n) for n in z["members"]], [m.name for m in bundle.members]
+    if names != have:
+        return f"members {names} (the bundle has {have})"
+    views = [str(v) for v in z["views"]]
+    if views != list(bundle.tta.views):
+        return f"views {views} (the bundle has {list(bundle.tta.views)})"
+    if "weights_sha256" in z.files:
+        keys = _member_keys(bundle.members)
+        other = [n for n, a, b in zip(names, z["weights_sha256"].tolist(), keys["weights_sha256"].tolist(), strict=True) if a != b]
+        if other:
+            return f"other weights of members {other}"
+    if "input_size" in z.files and z["input_size"].tolist() != cache_input_sizes(bundle.members).tolist():
+        return f"input sizes (H, W) {z['input_size'].tolist()} (the bundle feeds {cache_input_sizes(bundle.members).tolist()})"
+    return None
 
 
 def save_validation_cache(
@@ -390,20 +404,13 @@ def load_validation_cache(bundle: Bundle) -> tuple[list[np.ndarray], np.ndarray,
     if not path.is_file():
         raise BundleError(f"{path} is missing: rebuild the bundle with `skinlesion ensemble build`")
     with np.load(path, allow_pickle=False) as z:
-        names = [str(n) for n in z["members"]]
-        views = tuple(str(v) for v in z["views"])
-        if names != [m.name for m in bundle.members] or views != bundle.tta.views:
+        mismatch = _cache_mismatch(z, bundle)
+        if mismatch is not None:
             raise BundleError(
-                f"{path} was computed for members {names} and views {list(views)}, but {bundle.path / META} has "
-                f"{[m.name for m in bundle.members]} and {list(bundle.tta.views)}: rebuild the bundle"
+                f"{path} does not match {bundle.path / META}: it was computed for {mismatch}. Rebuild the bundle "
+                "(`skinlesion ensemble build`, with --input-size for another test-time size)"
             )
-        if _other_input_size(z, bundle.members):
-            raise BundleError(
-                f"{path} was computed at input sizes (H, W) {z['input_size'].tolist()}, but {bundle.path / META} feeds "
-                f"the members {cache_input_sizes(bundle.members).tolist()}: rebuild the bundle (`skinlesion ensemble build "
-                "--input-size`)"
-            )
-        return _read_logits(z, len(names)), z["y"], z["group"]
+        return _read_logits(z, len(z["members"])), z["y"], z["group"]
 
 
 #: ``evaluate`` writes the split's view logits beside its metrics (with and without metadata), so that
@@ -431,13 +438,9 @@ def load_split_logits(path: str | Path, bundle: Bundle, image_id: Sequence[str])
         raise BundleError(f"{path} does not exist: run `skinlesion evaluate` on the bundle first")
     with np.load(path, allow_pickle=False) as z:
         names = [str(n) for n in z["members"]]
-        hashes = [str(h) for h in z["weights_sha256"]] if "weights_sha256" in z.files else None
-        views = tuple(str(v) for v in z["views"])
-        if (names != [m.name for m in bundle.members] or views != bundle.tta.views
-                or hashes != [str(m.meta.get("weights_sha256")) for m in bundle.members] or _other_input_size(z, bundle.members)):
-            raise BundleError(
-                f"{path} was computed for other members, weights, views or input sizes than {bundle.path}: evaluate the bundle again"
-            )
+        mismatch = "no record of the members' weights" if "weights_sha256" not in z.files else _cache_mismatch(z, bundle)
+        if mismatch is not None:
+            raise BundleError(f"{path} does not match {bundle.path}: it was computed for {mismatch}. Evaluate the bundle again")
         position = {str(i): k for k, i in enumerate(z["image_id"])}
         missing = [str(i) for i in image_id if str(i) not in position]
         if missing:
@@ -461,14 +464,9 @@ def _read_no_metadata_cache(bundle: Bundle, image_id: np.ndarray) -> list[np.nda
         return None
     with np.load(path, allow_pickle=False) as z:
         names = [str(n) for n in z["members"]]
-        views = tuple(str(v) for v in z["views"])
-        hashes = [str(h) for h in z["weights_sha256"]] if "weights_sha256" in z.files else None
-        want_hashes = [str(m.meta.get("weights_sha256")) for m in bundle.members]
-        if names != [m.name for m in bundle.members] or views != bundle.tta.views or hashes != want_hashes:
-            log.info("%s was computed for other members, weights or views: recomputing it", path)
-            return None
-        if _other_input_size(z, bundle.members):
-            log.info("%s was computed at other input sizes: recomputing it", path)
+        mismatch = "no record of the members' weights" if "weights_sha256" not in z.files else _cache_mismatch(z, bundle)
+        if mismatch is not None:
+            log.info("%s was computed for %s: recomputing it", path, mismatch)
             return None
         if z["image_id"].shape != image_id.shape or not (z["image_id"] == image_id).all():
             log.info("%s was computed for other validation images than %s: recomputing it", path, VALIDATION_CACHE)
