@@ -331,10 +331,11 @@ def _member_keys(members: Sequence[Any]) -> dict[str, np.ndarray]:
     }
 
 
-def _cache_mismatch(z: Any, bundle: Bundle) -> str | None:
+def _cache_mismatch(z: Any, bundle: Bundle, *, weights_required: bool = False) -> str | None:
     """What an open logits cache was computed for that ``bundle`` does not have, in words (None: it
     matches): other members, views, member weights or input sizes. Weights hashes and input sizes are
-    checked when the cache records them (caches written before they were recorded are taken as they are)."""
+    checked when the cache records them (caches written before they were recorded are taken as they
+    are, except that ``weights_required`` refuses a cache without weights hashes)."""
     names, have = [str(n) for n in z["members"]], [m.name for m in bundle.members]
     if names != have:
         return f"members {names} (the bundle has {have})"
@@ -342,10 +343,11 @@ def _cache_mismatch(z: Any, bundle: Bundle) -> str | None:
     if views != list(bundle.tta.views):
         return f"views {views} (the bundle has {list(bundle.tta.views)})"
     if "weights_sha256" in z.files:
-        keys = _member_keys(bundle.members)
-        other = [n for n, a, b in zip(names, z["weights_sha256"].tolist(), keys["weights_sha256"].tolist(), strict=True) if a != b]
-        if other:
-            return f"other weights of members {other}"
+        got, want = [str(h) for h in z["weights_sha256"].tolist()], _member_keys(bundle.members)["weights_sha256"].tolist()
+        if got != want:
+            return f"other weights of members {[n for n, a, b in zip(names, got, want) if a != b] or names}"
+    elif weights_required:
+        return "members whose weights it does not record"
     if "input_size" in z.files and z["input_size"].tolist() != cache_input_sizes(bundle.members).tolist():
         return f"input sizes (H, W) {z['input_size'].tolist()} (the bundle feeds {cache_input_sizes(bundle.members).tolist()})"
     return None
@@ -438,7 +440,7 @@ def load_split_logits(path: str | Path, bundle: Bundle, image_id: Sequence[str])
         raise BundleError(f"{path} does not exist: run `skinlesion evaluate` on the bundle first")
     with np.load(path, allow_pickle=False) as z:
         names = [str(n) for n in z["members"]]
-        mismatch = "no record of the members' weights" if "weights_sha256" not in z.files else _cache_mismatch(z, bundle)
+        mismatch = _cache_mismatch(z, bundle, weights_required=True)
         if mismatch is not None:
             raise BundleError(f"{path} does not match {bundle.path}: it was computed for {mismatch}. Evaluate the bundle again")
         position = {str(i): k for k, i in enumerate(z["image_id"])}
@@ -464,7 +466,7 @@ def _read_no_metadata_cache(bundle: Bundle, image_id: np.ndarray) -> list[np.nda
         return None
     with np.load(path, allow_pickle=False) as z:
         names = [str(n) for n in z["members"]]
-        mismatch = "no record of the members' weights" if "weights_sha256" not in z.files else _cache_mismatch(z, bundle)
+        mismatch = _cache_mismatch(z, bundle, weights_required=True)
         if mismatch is not None:
             log.info("%s was computed for %s: recomputing it", path, mismatch)
             return None
