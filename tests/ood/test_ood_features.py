@@ -71,3 +71,19 @@ def test_bad_images_are_refused_by_position() -> None:
         image_features(_plain(), ims, batch_size=2)
     with pytest.raises(ValueError, match=r"The 'images' parameter holds no image"):
         image_features(_plain(), [])
+
+
+def test_a_member_with_a_module_left_in_train_mode_is_put_in_eval_mode() -> None:
+    """Only the root's flag in eval mode is not enough: a BatchNorm left in train mode would use the
+    batch's statistics (and move its running ones); the features are those of the model in eval mode."""
+    m = _plain()
+    ims = _images()
+    with torch.inference_mode():
+        want = image_features(m, ims, batch_size=5)[0]
+    bn = next(mod for mod in m.model.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm))
+    bn.train()
+    assert not m.model.training and bn.training
+    got = image_features(m, ims, batch_size=5)[0]
+    assert not bn.training
+    np.testing.assert_array_equal(got.features, want.features)
+    np.testing.assert_array_equal(got.logits, want.logits)

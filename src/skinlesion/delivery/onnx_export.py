@@ -5,13 +5,13 @@ float32 resized and normalised as the member's ``preprocessing`` says, outputs `
 ``(batch, K)`` and ``"features"`` ``(batch, F)`` (the pooled image features of the same pass, read by
 the out-of-distribution gate; manifest format 3 lists each member's ``outputs``), dynamic batch
 axis, static spatial axes (a non-square member whose TTA views swap the axes also gets
-``<member>.transposed.fp32.onnx`` for ``(W, H)``; see :mod:`skinlesion.delivery.onnx_runtime`). A metadata fusion member's graphs have a second input
-``"metadata"`` ``(batch, D)`` float32 on the same batch axis, the member's own encoding of age, sex
-and site (``model.encode_metadata``; the all-missing encoding gives what ``model(x)`` gives): they
-compute ``model(x, meta)`` (manifest format 2 records each member's ``inputs`` and ``metadata``).
-Resizing, normalisation, TTA views, temperatures, member
-weights, thresholds and the decision rule are *not* in the graphs: they stay in ``bundle.json``,
-so both engines share one post-processing path.
+``<member>.transposed.fp32.onnx`` for ``(W, H)``; see :mod:`skinlesion.delivery.onnx_runtime`). A
+metadata fusion member's graphs have a second input ``"metadata"`` ``(batch, D)`` float32 on the
+same batch axis, the member's own encoding of age, sex and site (``model.encode_metadata``; the
+all-missing encoding gives what ``model(x)`` gives): they compute ``model(x, meta)`` (manifest
+format 2 records each member's ``inputs`` and ``metadata``). Resizing, normalisation, TTA views,
+temperatures, member weights, thresholds and the decision rule are *not* in the graphs: they stay
+in ``bundle.json``, so both engines share one post-processing path.
 
 ``int8=True`` adds ``<member>.int8.onnx``: ONNX Runtime static quantisation in QDQ format (uint8
 activations, int8 weights per output channel, MinMax ranges; Jacob et al. 2018, "Quantization and
