@@ -204,6 +204,15 @@ def test_metadata_pass_compares_one_and_two_passes_on_fusion_members(
     assert rc == 2 and "no metadata fusion member" in err
 
 
+def test_table_engine_times_both_engines_on_the_same_logits(calibrated_fusion_bundle: Path, capsys) -> None:
+    rc, res, err = _run("table_engine", [str(calibrated_fusion_bundle), "--images", "6", "--repeats", "2"], capsys)
+    assert rc == 0, err
+    assert res["images"] == 6 and res["member"] == "m0-test_efficientnet"
+    assert all(len(v) == 2 for v in res["seconds"].values()) and res["median_ratio_torch_over_onnx"] > 0
+    assert set(res["ms_per_image_view"]) == {"torch", "onnx"}
+    assert max(res["max_abs_diff"].values()) < 1e-4
+
+
 def test_recipe_jobs_times_sequential_and_side_by_side_trainings(tiny_members: list[Path], capsys) -> None:
     syn = tiny_members[0].parents[1] / "synthetic"
     argv = ["--preset", "tiny", "--no-folds", "--root", str(syn), "--train-batches", "2", "--val-batches", "1",

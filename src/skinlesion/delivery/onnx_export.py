@@ -32,13 +32,11 @@ is an error and no manifest is written.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import tempfile
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -74,13 +72,12 @@ from skinlesion.ensemble.bundle import Bundle
 from skinlesion.ensemble.members import Member
 from skinlesion.ensemble.predict import CPU_MAX_ROWS, images_view_logits
 from skinlesion.errors import SkinLesionError
+from skinlesion.inference.onnx_graph import DEFAULT_OPSET, metadata_dim, onnx_program, quiet_root_logger
 from skinlesion.inference.tta import SWAPS_AXES, apply_view
-from skinlesion.models.fusion import MetadataFusionNet
-from skinlesion.ood.features import image_features, logits_and_image_features
+from skinlesion.ood.features import image_features
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 20
 MIN_OPSET = 18  # the opset of torch's ONNX function library
 GRAPH_NOTE = (
     "Network only: input 'input' (batch, 3, H, W) float32, resized and normalised as the member's "
@@ -171,24 +168,6 @@ def synthetic_records(n: int, members: Sequence[Member], seed: int = 0) -> list[
 
 
 # -- one graph -------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """Keep third-party INFO chatter (onnxscript passes, one line per adjusted weight scale in
-    onnxruntime.quantization) out of the CLI's log: loggers without a level follow the root's."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-def metadata_dim(model: torch.nn.Module) -> int | None:
-    """Length ``D`` of a fusion model's encoded metadata (its graph's second input), None otherwise."""
-    return int(model.missing_metadata.shape[0]) if isinstance(model, MetadataFusionNet) else None
-
-
 def export_graph(
     model: torch.nn.Module, shape: tuple[int, int], path: Path, opset: int = DEFAULT_OPSET, *, meta_dim: int | None = None,
     share_weights: bool = False,
@@ -196,7 +175,8 @@ def export_graph(
     """Export ``model`` (eval mode, CPU) for inputs ``(batch, 3, *shape)`` with a dynamic batch axis
     (torch.export-based exporter; spatial axes static, see :mod:`skinlesion.delivery.onnx_runtime`).
     Outputs: ``"logits"`` and ``"features"``, the pooled image features of the same pass
-    (:func:`~skinlesion.ood.features.logits_and_image_features`).
+    (:func:`~skinlesion.models.fusion.logits_and_image_features`), built by
+    :func:`~skinlesion.inference.onnx_graph.onnx_program`.
 
     ``meta_dim``: a fusion model's metadata length ``D``: the graph computes ``model(x, meta)`` with a
     second input ``"metadata"`` ``(batch, D)`` sharing the batch axis.
@@ -207,19 +187,7 @@ def export_graph(
     filled in from the member's weights when the graph is loaded
     (:func:`~skinlesion.delivery.onnx_runtime.graph_with_weights`), so the export adds kilobytes
     to a bundle, not a second copy of its weights."""
-    model = _with_features(model)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    example: tuple[torch.Tensor, ...] = (torch.zeros(2, 3, *shape),)  # batch 2: a batch of 1 would be specialised
-    names, dynamic = [INPUT], [{0: batch}]
-    if meta_dim is not None:
-        example += (model.missing_metadata.detach().cpu().float().expand(2, meta_dim).clone(),)
-        names, dynamic = [INPUT, METADATA], [{0: batch}, {0: batch}]
-    with warnings.catch_warnings(), _quiet_root_logger():
-        warnings.simplefilter("ignore")  # exporter chatter; parity is checked after export
-        program = torch.onnx.export(
-            model, example, input_names=names, output_names=[OUTPUT, FEATURES], opset_version=opset, dynamo=True,
-            dynamic_shapes=tuple(dynamic), external_data=False, verbose=False, optimize=not share_weights,
-        )
+    program = onnx_program(model, shape, opset=opset, meta_dim=meta_dim, optimize=not share_weights)
     if not share_weights:
         program.save(str(path), external_data=False)
         check_graph(path, shape, meta_dim=meta_dim)
@@ -231,28 +199,13 @@ def export_graph(
     check_graph(path, shape, meta_dim=meta_dim, weights=model)
 
 
-def _logits_and_features(
-    self: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return logits_and_image_features(self, x, meta)
-
-
-def _with_features(model: torch.nn.Module) -> torch.nn.Module:
-    """A shallow twin of ``model`` (same modules, parameters and names) whose ``forward`` returns the
-    logits and the pooled image features of one pass: the graph's two outputs."""
-    twin = copy.copy(model)
-    cls = type(model)
-    twin.__class__ = type(f"{cls.__name__}WithFeatures", (cls,), {"forward": _logits_and_features})
-    return twin
-
-
 def _fold_constants(proto: Any) -> Any:
     """Constant folding and dead-node removal only (onnxscript), keeping the parameters as they are:
     the exporter's full optimisation also folds batch norms into the convolution weights."""
     from onnxscript import ir, optimizer
 
     model = ir.serde.deserialize_model(proto)
-    with _quiet_root_logger():
+    with quiet_root_logger():
         optimizer.fold_constants(model)
         optimizer.remove_unused_nodes(model)
     return ir.serde.serialize_model(model)
@@ -339,7 +292,7 @@ def quantize_graph(fp32: Path, int8: Path, rows: np.ndarray, meta: np.ndarray | 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._batches, None)
 
-    with tempfile.TemporaryDirectory() as tmp, _quiet_root_logger():
+    with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre))  # shape inference + graph optimisation, as ORT recommends
         quantize_static(

@@ -55,6 +55,7 @@ import torch
 from skinlesion._hashing import sha256_file
 from skinlesion.ensemble.bundle import Bundle
 from skinlesion.errors import SkinLesionError
+from skinlesion.inference.onnx_graph import FEATURES, INPUT, METADATA, OUTPUT, providers, session_options
 from skinlesion.inference.tta import SWAPS_AXES, apply_view, view_groups
 
 FORMAT = "skinlesion-onnx"
@@ -64,11 +65,6 @@ FORMAT_VERSION = 3
 MANIFEST = "onnx.json"
 DEFAULT_DIR = "onnx"
 PRECISIONS = ("fp32", "int8")
-INPUT = "input"
-METADATA = "metadata"
-OUTPUT = "logits"
-#: The graphs' second output (format 3): pooled image features (see :func:`~skinlesion.ood.features.logits_and_image_features`).
-FEATURES = "features"
 #: Graph metadata key of a shared-weight graph (``export onnx --share-weights``): JSON ``{name: shape}``
 #: of the initializers left out of the file, the member's own ``state_dict`` tensors.
 WEIGHTS_KEY = "skinlesion.member_weights"
@@ -162,14 +158,6 @@ def run_views(
     return [np.stack([o[k] for o in out], axis=1).astype(np.float32, copy=False) for k in range(n_outputs)]  # type: ignore[index]
 
 
-def providers() -> list[str]:
-    """CUDA when ONNX Runtime has it, else the CPU."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
-
-
 def graph_with_weights(proto: Any, state_dict: Mapping[str, torch.Tensor], where: str) -> Any:
     """A shared-weight graph (:data:`WEIGHTS_KEY`) with its member's tensors filled in as float32
     initializers; ``where`` names the file in errors. A graph without the key is returned as is."""
@@ -194,15 +182,7 @@ def make_session(path: str | Path, threads: int | None = None, *, weights: Mappi
     the filled graph is built in memory, the file stays as exported."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3  # errors only
-    # idle intra-op threads sleep instead of spinning: between the many small runs of a prediction
-    # (members x views) spinning threads take the cores from the preprocessing and from PyTorch
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts = session_options(threads)
     if weights is None:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers())
     import onnx

@@ -32,14 +32,16 @@ def member_view_logits(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     use_metadata: bool = True,
+    engine: str | None = None,
 ) -> np.ndarray:
     """Logits of every TTA view for every image of ``table``: ``(N, V, K)`` float32, table row order.
 
-    A metadata fusion member gets the table's metadata (``use_metadata=False``: hidden, all missing)."""
+    A metadata fusion member gets the table's metadata (``use_metadata=False``: hidden, all missing).
+    ``engine``: PyTorch or ONNX Runtime (:func:`~skinlesion.inference.onnx_graph.table_engine`)."""
     dev = default_device(device)
     return table_view_logits(
         member.model, table, member.preprocessing, views, batch_size=batch_size, num_workers=num_workers,
-        device=dev, max_rows=_max_rows(dev), use_metadata=use_metadata,
+        device=dev, max_rows=_max_rows(dev), use_metadata=use_metadata, engine=engine,
     )
 
 
@@ -51,13 +53,14 @@ def member_view_logits_with_hidden(
     batch_size: int = 32,
     num_workers: int = 0,
     device: str | torch.device | None = None,
+    engine: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`member_view_logits` with the table's metadata and with it hidden, from one pass of the
     member's backbone (a fusion member runs its head twice; other members give the same array twice)."""
     dev = default_device(device)
     return table_view_logits_with_hidden(
         member.model, table, member.preprocessing, views, batch_size=batch_size, num_workers=num_workers,
-        device=dev, max_rows=_max_rows(dev),
+        device=dev, max_rows=_max_rows(dev), engine=engine,
     )
 
 

@@ -1,6 +1,8 @@
 """Running one model: test-time augmentation views (:mod:`~skinlesion.inference.tta`: exact D4 and
 centre-zoom views, batched into one forward call) and batched prediction over a table
-(:mod:`~skinlesion.inference.table`, with the model's own preprocessing).
+(:mod:`~skinlesion.inference.table`, with the model's own preprocessing; long passes on the CPU run
+in ONNX Runtime, :mod:`~skinlesion.inference.onnx_graph`, which also builds the graphs the bundle
+export writes).
 
 Below ``train`` and ``ensemble``: training predicts its validation split with it, and a bundle's
 members run through it, so neither knows the other.

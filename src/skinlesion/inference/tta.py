@@ -168,7 +168,7 @@ def tta_logits(
             return [model(batch).float()]
         return [model(batch, meta.repeat(n_views, 1)).float()]  # view-major: the metadata repeats once per view
 
-    return _run_views(x, views, max_rows, forward)[0]
+    return forward_views(x, views, max_rows, forward)[0]
 
 
 def tta_logits_with_hidden(
@@ -194,11 +194,11 @@ def tta_logits_with_hidden(
             model.forward_head(features, meta=None).float(),
         ]
 
-    given, hidden = _run_views(x, views, max_rows, forward)
+    given, hidden = forward_views(x, views, max_rows, forward)
     return given, hidden
 
 
-def _run_views(
+def forward_views(
     x: torch.Tensor, views: Sequence[str], max_rows: int | None,
     forward: Callable[[torch.Tensor, int], list[torch.Tensor]],
 ) -> list[torch.Tensor]:

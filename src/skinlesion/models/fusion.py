@@ -105,7 +105,11 @@ class MetadataFusionNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, meta: torch.Tensor | None = None) -> torch.Tensor:
         """Fused features (``pre_logits``) or logits from backbone feature maps ``x``."""
-        pooled = self.backbone.forward_head(x, pre_logits=True)
+        return self.head_from_pooled(self.backbone.forward_head(x, pre_logits=True), pre_logits=pre_logits, meta=meta)
+
+    def head_from_pooled(self, pooled: torch.Tensor, pre_logits: bool = False, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward_head` from the backbone's pooled image features ``(N, F)`` (what
+        :func:`logits_and_image_features` returns beside the logits): the metadata branch joins here."""
         m = self._meta(meta, pooled.shape[0], pooled)
         h = F.dropout(self.meta_in(m), self.drop_rate, self.training)
         z = F.dropout(torch.cat([pooled, self.meta_out(h)], dim=1), self.drop_rate, self.training)
@@ -185,4 +189,24 @@ def metadata_spec(model: nn.Module) -> dict[str, Any] | None:
     }
 
 
-__all__ = ["MetadataFusionNet", "create_fusion_model", "hide_metadata", "metadata_spec", "table_metadata"]
+def logits_and_image_features(
+    model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One backbone pass: the logits ``model(x, meta)`` ``(N, K)`` (``meta``: a fusion model's encoded
+    metadata, None: all missing; ignored by other models) and the pooled **image** features ``(N, D)``
+    (a fusion model's backbone features, before the metadata is joined). What the ONNX graphs output
+    (:func:`skinlesion.inference.onnx_graph.onnx_program`) and what out-of-distribution scores read
+    (:mod:`skinlesion.ood.features`)."""
+    maps = model.forward_features(x)
+    if isinstance(model, MetadataFusionNet):
+        pooled = model.backbone.forward_head(maps, pre_logits=True)  # before the metadata is joined
+        logits = model.head_from_pooled(pooled, meta=meta)
+    else:
+        pooled = model.forward_head(maps, pre_logits=True)
+        logits = model.forward_head(maps)
+    return logits, pooled.flatten(1)
+
+
+__all__ = [
+    "MetadataFusionNet", "create_fusion_model", "hide_metadata", "logits_and_image_features", "metadata_spec", "table_metadata",
+]

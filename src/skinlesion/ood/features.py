@@ -23,7 +23,7 @@ from skinlesion._params import positive_int
 from skinlesion.data.table import LesionTable
 from skinlesion.data.transforms import images_to_batch, preprocessing_transform
 from skinlesion.inference import default_device
-from skinlesion.models.fusion import MetadataFusionNet
+from skinlesion.models.fusion import logits_and_image_features
 
 
 class Member(Protocol):
@@ -49,23 +49,6 @@ class MemberFeatures:
     def subset(self, rows: np.ndarray) -> MemberFeatures:
         """The selected rows (an index array or a boolean mask)."""
         return MemberFeatures(self.member, self.features[rows], self.logits[rows])
-
-
-def logits_and_image_features(
-    model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One backbone pass: the logits ``model(x, meta)`` ``(N, K)`` (``meta``: a fusion model's encoded
-    metadata, None: all missing; ignored by other models) and the pooled **image** features ``(N, D)``
-    (a fusion model's backbone features, before the metadata is joined). What the ONNX graphs output
-    (:func:`skinlesion.delivery.onnx_export.export_graph`)."""
-    maps = model.forward_features(x)
-    if isinstance(model, MetadataFusionNet):
-        pooled = model.backbone.forward_head(maps, pre_logits=True)  # before the metadata is joined
-        logits = model.forward_head(maps, meta=meta)
-    else:
-        pooled = model.forward_head(maps, pre_logits=True)
-        logits = model.forward_head(maps)
-    return logits, pooled.flatten(1)
 
 
 def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
