@@ -91,7 +91,8 @@ def _table_pass(
     if chosen == "torch":
         return _run_table(model, table, preprocessing, views, forward=None, **kw)
     try:
-        return _run_table(model, table, preprocessing, views, forward=OrtForward(model.to(device).eval(), rows=max_rows or batch_size), **kw)
+        forward = OrtForward(model.to(device).eval(), rows=max_rows or batch_size)
+        return _run_table(model, table, preprocessing, views, forward=forward, **kw)
     except OnnxGraphError as e:
         if (engine or os.environ.get(ENGINE_ENV)) == "onnx":  # asked for, not chosen by auto
             raise
