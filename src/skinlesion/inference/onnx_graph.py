@@ -11,12 +11,12 @@ over thousands of images and every TTA view (the default recipe: 58k passes to b
 evaluate). On a 2-core CPU without a GPU an EfficientNet-Lite0 at 144x192 took 23 ms an image in
 eager PyTorch (one thread, batches of 8-32, freed memory kept), 20 ms with channels_last, and 8 ms
 in ONNX Runtime, which folds batch norms into convolutions and fuses activations at load time.
-The export (static batch) costs about 7 s per input shape there (two shapes when rotated views swap the axes),
-so :func:`table_engine` picks ONNX Runtime for long passes on the CPU (``auto``: at least
-:data:`AUTO_MIN_PASSES` image-views, where the export has paid for itself); the
-environment variable :data:`ENGINE_ENV` (``torch``, ``onnx`` or ``auto``) chooses for every table
-pass of a process. The graphs are checked against the PyTorch model on the first rows run at each
-input shape (:data:`ATOL`, :data:`RTOL`): a mismatch, or a model the exporter cannot take, is an error
+The export (static batch) costs about 7 s per input shape there (two shapes when rotated views
+swap the axes), so :func:`table_engine` picks ONNX Runtime for long passes on the CPU (``auto``: at
+least :data:`AUTO_MIN_PASSES` image-views, where the export has paid for itself); the environment
+variable :data:`ENGINE_ENV` (``torch``, ``onnx`` or ``auto``) chooses for every table pass of a
+process. The graphs are checked against the PyTorch model on the first rows run at each input
+shape (:data:`ATOL`, :data:`RTOL`): a mismatch, or a model the exporter cannot take, is an error
 under ``onnx`` and falls back to PyTorch, with a warning, under ``auto``.
 """
 
@@ -35,8 +35,6 @@ import torch
 
 from skinlesion.errors import SkinLesionError
 from skinlesion.models.fusion import MetadataFusionNet, logits_and_image_features
-
-log = logging.getLogger(__name__)
 
 INPUT = "input"
 METADATA = "metadata"
