@@ -205,14 +205,14 @@ class OrtForward:
         return np.concatenate([a, np.zeros((self.rows - len(a), *a.shape[1:]), dtype=a.dtype)])
 
     def _session(self, shape: tuple[int, int]) -> Any:
-        import onnxruntime as ort
-
         try:
+            import onnxruntime as ort
+
             proto = onnx_program(self.model, shape, meta_dim=self.meta_dim, batch=self.rows).model_proto
             return ort.InferenceSession(
                 proto.SerializeToString(), sess_options=session_options(self.threads), providers=["CPUExecutionProvider"]
             )
-        except Exception as e:  # the exporter raises many types; all mean "this model has no graph"
+        except Exception as e:  # the exporter raises many types (ImportError without onnxruntime): no graph
             raise OnnxGraphError(
                 f"{type(self.model).__name__} could not be exported to ONNX for inputs of size {shape}: {e}"
             ) from e
