@@ -54,8 +54,9 @@ def test_onnx_table_pass_gives_pytorchs_logits_with_the_metadata_given_and_hidde
 
 def test_onnx_table_pass_of_an_image_only_member(fusion_case: tuple) -> None:
     _, member, table = fusion_case
-    (got,) = _both(member, table, False, "onnx")
-    np.testing.assert_allclose(got, _both(member, table, False, "torch")[0], atol=PARITY)
+    given, hidden = _both(member, table, True, "onnx")  # metadata hidden changes nothing: the same logits twice
+    np.testing.assert_allclose(given, _both(member, table, False, "torch")[0], atol=PARITY)
+    np.testing.assert_array_equal(given, hidden)
 
 
 def test_ort_forward_pads_and_splits_calls_to_its_rows(fusion_case: tuple) -> None:
