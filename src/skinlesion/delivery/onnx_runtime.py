@@ -56,7 +56,7 @@ from skinlesion._hashing import sha256_file
 from skinlesion.ensemble.bundle import Bundle
 from skinlesion.errors import SkinLesionError
 from skinlesion.inference.onnx_graph import FEATURES, INPUT, METADATA, OUTPUT, providers, session_options
-from skinlesion.inference.tta import SWAPS_AXES, apply_view, view_groups
+from skinlesion.inference.tta import SWAPS_AXES, forward_views
 
 FORMAT = "skinlesion-onnx"
 #: 3: graphs output FEATURES beside the logits; 2: fusion members' graphs take a second input, METADATA;
@@ -137,25 +137,20 @@ def run_views(
     array ``(N, V, ...)`` per output, in the runner's order (logits ``(N, V, K)`` first).
 
     ``run(shape)`` returns the function that runs the graph for inputs of spatial ``shape``. Views
-    of one shape go through one call, at most ``max_rows`` rows (whole views) at a time, as
-    :func:`skinlesion.inference.tta.tta_logits` does for PyTorch. ``meta`` ``(N, D)``: encoded
-    metadata for a graph with a metadata input, repeated for every view (rows are view-major);
-    None for an image-only graph.
+    of one shape go through one call, at most ``max_rows`` rows (whole views) at a time: the view
+    batching of :func:`skinlesion.inference.tta.forward_views`, as PyTorch runs them. ``meta``
+    ``(N, D)``: encoded metadata for a graph with a metadata input, repeated for every view (rows
+    are view-major); None for an image-only graph.
     """
-    n = x.shape[0]
-    per_call = len(views) if max_rows is None else max(1, max_rows // max(n, 1))
-    out: list[list[np.ndarray] | None] = [None] * len(views)
+
+    def forward(rows: torch.Tensor, n_views: int) -> list[torch.Tensor]:
+        meta_rows = None if meta is None else np.tile(meta, (n_views, 1))
+        shape = (int(rows.shape[-2]), int(rows.shape[-1]))
+        results = run(shape)(rows.contiguous().numpy().astype(np.float32, copy=False), meta_rows)
+        return [torch.from_numpy(np.asarray(r)) for r in results]
+
     with torch.inference_mode():
-        for group in view_groups(views, x.shape[-1] == x.shape[-2]):
-            for start in range(0, len(group), per_call):
-                chunk = group[start : start + per_call]
-                rows = torch.cat([apply_view(x, views[i]) for i in chunk], dim=0).contiguous()
-                meta_rows = None if meta is None else np.tile(meta, (len(chunk), 1))
-                results = run((int(rows.shape[-2]), int(rows.shape[-1])))(rows.numpy().astype(np.float32, copy=False), meta_rows)
-                for j, i in enumerate(chunk):
-                    out[i] = [r[j * n : (j + 1) * n] for r in results]
-    n_outputs = len(out[0]) if out and out[0] is not None else 0
-    return [np.stack([o[k] for o in out], axis=1).astype(np.float32, copy=False) for k in range(n_outputs)]  # type: ignore[index]
+        return [z.numpy().astype(np.float32, copy=False) for z in forward_views(x, views, max_rows, forward)]
 
 
 def graph_with_weights(proto: Any, state_dict: Mapping[str, torch.Tensor], where: str) -> Any:
