@@ -82,11 +82,25 @@ def test_probabilities_match_pytorch_after_post_processing(exported: Bundle, fp3
 
 
 def test_members_run_side_by_side_with_the_same_results(exported: Bundle, fp32_engine: OnnxEngine, test_images: list) -> None:
-    two = OnnxEngine(exported, threads=2)  # CPU: one thread per member, members in parallel
+    two = OnnxEngine(exported, threads=2)  # CPU: one thread per task, tasks in parallel
     one = OnnxEngine(exported, threads=1)
     assert two.member_workers == 2 and one.member_workers == 1 and one._pool is None
-    for z2, z1 in zip(two.view_logits(test_images[:5]), one.view_logits(test_images[:5]), strict=True):
+    # a task is one member's views of one input shape: the non-square member has two, the square one one
+    views = list(exported.tta.views)
+    swapped = [i for i, v in enumerate(views) if v in ("rot90", "rot270", "transpose", "transverse")]
+    same = [i for i in range(len(views)) if i not in swapped]
+    assert two.tasks == [(0, same), (0, swapped), (1, list(range(len(views))))]
+    names = [m.name for m in exported.members]
+    z2s, f2 = two.view_logits_and_features(test_images[:5], features_of=names)
+    z1s, f1 = one.view_logits_and_features(test_images[:5], features_of=names)
+    assert list(f2) == list(f1) == names
+    for i, (z2, z1) in enumerate(zip(z2s, z1s, strict=True)):
         np.testing.assert_allclose(z2, z1, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(f2[names[i]], f1[names[i]], rtol=1e-5, atol=1e-5)
+        # the assembled views are the member's own pass over all views, in the bundle's view order
+        whole, feats = one.member_view_logits(i, test_images[:5], features=True)
+        np.testing.assert_allclose(z2, whole, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(f2[names[i]], feats[:, views.index("identity")], rtol=1e-5, atol=1e-5)
 
 
 def _ended(threads: set[threading.Thread]) -> bool:

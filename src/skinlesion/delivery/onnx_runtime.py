@@ -56,7 +56,7 @@ from skinlesion._hashing import sha256_file
 from skinlesion.ensemble.bundle import Bundle
 from skinlesion.errors import SkinLesionError
 from skinlesion.inference.onnx_graph import FEATURES, INPUT, METADATA, OUTPUT, providers, session_options
-from skinlesion.inference.tta import SWAPS_AXES, forward_views
+from skinlesion.inference.tta import SWAPS_AXES, forward_views, view_groups
 
 FORMAT = "skinlesion-onnx"
 #: 3: graphs output FEATURES beside the logits; 2: fusion members' graphs take a second input, METADATA;
@@ -153,6 +153,19 @@ def run_views(
         return [z.numpy().astype(np.float32, copy=False) for z in forward_views(x, views, max_rows, forward)]
 
 
+def preprocessed(members: Sequence[Any], images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    """Each member's normalised batch of ``images`` (:meth:`~skinlesion.ensemble.members.Member.preprocess`),
+    computed once per distinct ``preprocessing`` (members trained alike share it)."""
+    done: dict[str, torch.Tensor] = {}
+    out = []
+    for m in members:
+        key = json.dumps(m.preprocessing, sort_keys=True, default=str)
+        if key not in done:
+            done[key] = m.preprocess(images, "cpu")
+        out.append(done[key])
+    return out
+
+
 def graph_with_weights(proto: Any, state_dict: Mapping[str, torch.Tensor], where: str) -> Any:
     """A shared-weight graph (:data:`WEIGHTS_KEY`) with its member's tensors filled in as float32
     initializers; ``where`` names the file in errors. A graph without the key is returned as is."""
@@ -237,9 +250,18 @@ class OnnxEngine:
         files = self._checked_files()
         self.providers = providers()
         #: Members run side by side on the CPU, one thread each (a member's graphs at batch 1 are too
-        #: small to keep several intra-op threads busy); on a GPU, one after the other.
+        #: small to keep several intra-op threads busy), in units of one member and one input shape
+        #: (:attr:`tasks`); on a GPU, one after the other.
         cpu = self.providers[0] != "CUDAExecutionProvider"
-        self.member_workers = min(self.threads, len(bundle.members)) if cpu else 1
+        #: Units of work of one prediction: ``(member index, view indices)``, the views of one input
+        #: shape of one member (two per non-square member under D4 TTA): five members on two threads
+        #: split 5:5 graph calls instead of 3:2 members.
+        self.tasks: list[tuple[int, list[int]]] = [
+            (i, group)
+            for i, m in enumerate(bundle.members)
+            for group in view_groups(bundle.tta.views, m.input_size[0] == m.input_size[1])
+        ]
+        self.member_workers = min(self.threads, len(self.tasks)) if cpu else 1
         per_session = max(1, self.threads // self.member_workers)
         self._pool = ThreadPoolExecutor(self.member_workers, thread_name_prefix="onnx-member") if self.member_workers > 1 else None
         #: The pool's threads end with :meth:`close` or when the engine is garbage collected (a server
@@ -379,18 +401,21 @@ class OnnxEngine:
     # -- running -------------------------------------------------------------------------------
     def member_view_logits(
         self, index: int, images: Sequence[np.ndarray], metadata: Sequence[Mapping[str, Any]] | None = None,
-        *, features: bool = False,
+        *, features: bool = False, views: Sequence[int] | None = None, batch: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(N, V, K)`` logits of member ``index`` for RGB uint8 images (and metadata records, None:
         all missing; used only by a graph with a metadata input) and, with ``features`` when its graphs
-        output them, the pooled image features ``(N, V, F)`` of the same pass (else None)."""
+        output them, the pooled image features ``(N, V, F)`` of the same pass (else None).
+
+        ``views``: indices into the bundle's TTA views (default all; ``V`` is their number);
+        ``batch``: the images already through the member's preprocessing (default: done here)."""
         member, sessions = self.bundle.members[index], self.sessions[index]
-        x = member.preprocess(images, "cpu")
+        x = member.preprocess(images, "cpu") if batch is None else batch
         meta = encoded_metadata(member, metadata, len(images)) if self.takes_metadata[index] else None
         outputs = (OUTPUT, FEATURES) if features and self.gives_features[index] else (OUTPUT,)
-        got = run_views(
-            x, self.bundle.tta.views, lambda shape: session_runner(sessions[shape], outputs), max_rows=self.max_rows, meta=meta
-        )
+        all_views = self.bundle.tta.views
+        names = all_views if views is None else [all_views[j] for j in views]
+        got = run_views(x, names, lambda shape: session_runner(sessions[shape], outputs), max_rows=self.max_rows, meta=meta)
         return got[0], got[1] if len(got) > 1 else None
 
     def view_logits(
@@ -424,15 +449,23 @@ class OnnxEngine:
                     "engine, or leave the metadata out"
                 )
         views = list(self.bundle.tta.views)
-        wanted = [m.name in features_of and "identity" in views for m in self.bundle.members]
+        identity = views.index("identity") if "identity" in views else None
+        members = self.bundle.members
+        batches = preprocessed(members, images)
 
-        def member(i: int) -> tuple[np.ndarray, np.ndarray | None]:
-            return self.member_view_logits(i, images, metadata, features=wanted[i])
+        def task(t: tuple[int, list[int]]) -> tuple[np.ndarray, np.ndarray | None]:
+            i, group = t
+            features = members[i].name in features_of and identity in group
+            return self.member_view_logits(i, images, metadata, features=features, views=group, batch=batches[i])
 
-        members = range(len(self.bundle.members))
         pool = self._pool
-        results = [member(i) for i in members] if pool is None else list(pool.map(member, members))
-        features = {
-            m.name: f[:, views.index("identity")] for m, (_, f) in zip(self.bundle.members, results, strict=True) if f is not None
-        }
-        return [z for z, _ in results], features
+        results = [task(t) for t in self.tasks] if pool is None else list(pool.map(task, self.tasks))
+        logits: list[np.ndarray | None] = [None] * len(members)
+        features: dict[str, np.ndarray] = {}
+        for (i, group), (z, f) in zip(self.tasks, results, strict=True):
+            if logits[i] is None:
+                logits[i] = np.empty((z.shape[0], len(views), *z.shape[2:]), dtype=z.dtype)
+            logits[i][:, group] = z  # type: ignore[index]
+            if f is not None:
+                features[members[i].name] = f[:, group.index(identity)]
+        return logits, features  # type: ignore[return-value]
