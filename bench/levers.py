@@ -14,6 +14,12 @@ on both sides; :func:`skinlesion.metrics.bootstrap.bootstrap_difference_ci`):
 * ``ensemble`` (``--test``): the K-member average vs each single member on the test split (on
   validation a cross-fitted bundle has one member per row, so the ensemble's gain is only
   measurable on test).
+* ``stacking`` (a cross-fitted bundle): a class-balanced multinomial logistic regression on the
+  view-averaged log-probabilities, alone and with the patient's age, sex and site (one-hot; age
+  scaled, with a missing flag), vs the plain average; fitted on the other folds' out-of-fold rows
+  and applied to the held-out fold, so that every row is scored by a model that did not see it.
+  It asks whether a second, decision-level use of the metadata (beside the fusion members' own)
+  or a learned combination of the classes buys anything.
 * ``--versus OTHER``: this bundle vs another bundle of the same member weights and views, built
   another way (e.g. ``skinlesion ensemble build --input-size 144x192`` vs the training size): the
   lever is named by what differs (``input size: 144x192 vs 120x160``), on the validation rows and,
@@ -59,6 +65,62 @@ def _compare(variant: np.ndarray, reference: np.ndarray, y: np.ndarray, groups: 
         out[name] = {"reference": float(fn(y, reference)), "variant": float(fn(y, variant)),
                      "difference": d["estimate"], "ci": [d["low"], d["high"]]}
     return out
+
+
+def metadata_matrix(frame: Any) -> np.ndarray:
+    """Age / 100 (missing: the mean age, and a missing flag), sex and site one-hot (missing: all zero)
+    of a dataset table's frame: ``(N, 2 + sexes + sites)``."""
+    import pandas as pd
+
+    age = pd.to_numeric(frame["age"], errors="coerce")
+    missing = age.isna().to_numpy()
+    fill = float(age.mean()) if (~missing).any() else 50.0
+    cols = [age.fillna(fill).to_numpy()[:, None] / 100.0, missing[:, None].astype(float)]
+    for name in ("sex", "site"):
+        values = frame[name].astype("string").fillna("").str.lower().to_numpy()
+        kinds = sorted({v for v in values if v and v != "unknown"})
+        cols.append(np.stack([values == k for k in kinds], axis=1).astype(float) if kinds else np.zeros((len(values), 0)))
+    return np.hstack(cols)
+
+
+def stacked_probabilities(features: np.ndarray, y: np.ndarray, folds: np.ndarray, c: float = 1.0) -> np.ndarray:
+    """Cross-fitted ``(N, K)`` probabilities of a class-balanced multinomial logistic regression on
+    ``features``: each fold's rows from a model fitted on the other folds' rows (K = ``y.max() + 1``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    k = int(y.max()) + 1
+    out = np.zeros((len(y), k))
+    for f in np.unique(folds):
+        held, fit = folds == f, folds != f
+        scale = StandardScaler().fit(features[fit])
+        clf = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+        clf.fit(scale.transform(features[fit]), y[fit])
+        out[np.ix_(held, clf.classes_)] = clf.predict_proba(scale.transform(features[held]))
+    return out
+
+
+def _stacking(bundle: Any, full: np.ndarray, y: np.ndarray, groups: np.ndarray, fns: dict[str, Any], where: str,
+              data_root: str | None, kw: dict[str, Any]) -> dict[str, Any]:
+    """The stacking levers of a cross-fitted bundle (see the module docstring)."""
+    from skinlesion.ensemble.build import VALIDATION_CACHE, _cache_ids
+    from skinlesion.evaluation import load_bundle_split
+
+    with np.load(bundle.path / VALIDATION_CACHE, allow_pickle=False) as z:
+        folds = z["fold"]
+    ids = _cache_ids(bundle)[0].astype(str)
+    frame = load_bundle_split(bundle, "val", data_root).frame.set_index("image_id")
+    meta = metadata_matrix(frame.loc[ids].reset_index())
+    logp = np.log(np.clip(full, 1e-12, None))
+    alone = stacked_probabilities(logp, y, folds)
+    with_meta = stacked_probabilities(np.hstack([logp, meta]), y, folds)
+    tag = f"{where}, cross-fitted by fold"
+    return {
+        f"stacking: logistic regression on the log-probabilities vs their average ({tag})": _compare(alone, full, y, groups, fns, **kw),
+        f"stacking: logistic regression on the log-probabilities and age, sex, site vs their average ({tag})":
+            _compare(with_meta, full, y, groups, fns, **kw),
+        f"stacking: age, sex, site added to the logistic regression ({tag})": _compare(with_meta, alone, y, groups, fns, **kw),
+    }
 
 
 def _sizes(bundle: Any) -> str:
@@ -122,6 +184,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if bundle.fusion_members:
         hidden = _probs(validation_logits_without_metadata(bundle, logits, data_root=args.data_root), w, all_views)
         lv[f"metadata: given vs hidden ({where})"] = _compare(full, hidden, y, groups, fns, **kw)
+    if bundle.member_folds and not args.no_stacking:
+        lv.update(_stacking(bundle, full, y, groups, fns, where, args.data_root, kw))
     other = load_bundle(args.versus) if args.versus else None
     if other is not None:
         name = _versus(bundle, other)
@@ -159,6 +223,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-dir", default=None, help="`skinlesion evaluate`'s folder for this bundle's test split: reuse its view logits.")
     ap.add_argument("--versus", default=None, help="Another bundle of the same members (e.g. built at another --input-size).")
     ap.add_argument("--versus-eval-dir", default=None, help="`skinlesion evaluate`'s folder for the --versus bundle's test split.")
+    ap.add_argument("--no-stacking", action="store_true", help="Leave out the stacking levers (they read the validation images' metadata).")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=32)

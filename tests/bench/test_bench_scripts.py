@@ -153,6 +153,34 @@ def test_levers_pairs_tta_metadata_and_ensemble_on_the_same_images(calibrated_fu
             assert r["ci"][0] <= r["difference"] <= r["ci"][1]
 
 
+def test_stacking_is_cross_fitted_and_reads_the_metadata() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from bench.levers import metadata_matrix, stacked_probabilities
+
+    frame = pd.DataFrame({"age": [30.0, None, 70.0], "sex": ["male", "unknown", "FEMALE"], "site": ["back", None, "face"]})
+    m = metadata_matrix(frame)
+    # age / 100 (missing: the mean, flagged), sex one-hot (female, male), site one-hot (back, face)
+    np.testing.assert_allclose(m, [[0.3, 0, 0, 1, 1, 0], [0.5, 1, 0, 0, 0, 0], [0.7, 0, 1, 0, 0, 1]])
+
+    rng = np.random.default_rng(0)
+    n = 600
+    site = rng.integers(0, 3, n)
+    y = site.copy()  # the class is the site: only the metadata column tells it
+    folds = np.arange(n) % 3
+    noise = rng.normal(size=(n, 3))
+    with_site = stacked_probabilities(np.hstack([noise, np.eye(3)[site]]), y, folds)
+    without = stacked_probabilities(noise, y, folds)
+    assert (with_site.argmax(1) == y).mean() > 0.95 and (without.argmax(1) == y).mean() < 0.5
+    # every fold's rows come from a model fitted on the other folds: relabelling fold 0 leaves them unchanged
+    y2 = y.copy()
+    y2[folds == 0] = (y2[folds == 0] + 1) % 3
+    again = stacked_probabilities(np.hstack([noise, np.eye(3)[site]]), y2, folds)
+    np.testing.assert_allclose(again[folds == 0], with_site[folds == 0])
+    assert not np.allclose(again[folds == 1], with_site[folds == 1])
+
+
 def test_levers_versus_names_the_input_size_and_pairs_the_same_rows(tiny_members: list[Path], tmp_path: Path, capsys) -> None:
     from skinlesion.ensemble.build import build_bundle
 

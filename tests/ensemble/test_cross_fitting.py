@@ -162,3 +162,25 @@ def test_caches_store_identical_logits_once_and_read_old_files(tmp_path: Path) -
     np.savez(tmp_path / "old.npz", logits_0=a, logits_1=b)  # written before aliases: one array per member
     with np.load(tmp_path / "old.npz") as z:
         np.testing.assert_array_equal(_read_logits(z, 2)[1], b)
+
+
+def test_levers_stack_out_of_fold_on_a_cross_fitted_bundle(
+    fold_members: tuple[list[Path], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from bench import levers
+    from skinlesion.ensemble.build import build_bundle
+
+    runs, _ = fold_members
+    build_bundle(runs, tmp_path / "b", tta="flips", weighting="bacc", temperature="ensemble")
+    assert levers.main([str(tmp_path / "b"), "--n-boot", "10"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    stacking = [k for k in res["levers"] if k.startswith("stacking: ")]
+    assert len(stacking) == 3 and all("cross-fitted by fold" in k for k in stacking)
+    for k in stacking:
+        for m in ("bacc", "mel_auc"):
+            r = res["levers"][k][m]
+            assert r["difference"] == pytest.approx(r["variant"] - r["reference"]) and r["ci"][0] <= r["difference"] <= r["ci"][1]
+    assert levers.main([str(tmp_path / "b"), "--n-boot", "10", "--no-stacking"]) == 0
+    assert not [k for k in json.loads(capsys.readouterr().out)["levers"] if k.startswith("stacking: ")]
