@@ -37,6 +37,21 @@ def test_shipped_bundle_is_complete_and_small(shipped) -> None:  # noqa: ANN001
         assert needed in card, needed
 
 
+def test_shipped_validation_caches_name_the_weights_and_size_they_were_computed_for(shipped) -> None:  # noqa: ANN001
+    """Both cached validation tables (what calibrate refits from) record the members' weights hashes and
+    the input size, and match the shipped members (a stale cache would be refused, not used)."""
+    from skinlesion.ensemble.build import _cache_ids, _read_no_metadata_cache, load_validation_cache
+
+    for name in ("validation.npz", "validation_no_metadata.npz"):
+        with np.load(shipped.path / name) as z:
+            assert [str(h) for h in z["weights_sha256"]] == [m.meta["weights_sha256"] for m in shipped.members], name
+            assert z["input_size"].tolist() == [list(m.input_size) for m in shipped.members], name
+    logits, y, _ = load_validation_cache(shipped)
+    hidden = _read_no_metadata_cache(shipped, _cache_ids(shipped)[0])
+    assert hidden is not None and len(hidden) == len(logits) == len(shipped.members)
+    assert logits[0].shape == hidden[0].shape == (len(y), len(shipped.tta.views), len(shipped.classes))
+
+
 def test_shipped_bundle_classifies_with_and_without_metadata(shipped) -> None:  # noqa: ANN001
     from skinlesion.data.synthetic import generate_lesion
 

@@ -255,6 +255,28 @@ def test_calibrate_needs_a_matching_validation_cache(bundle_dir: Path, tmp_path:
         calibrate_bundle(work, [Target("MEL", 0.5)])
 
 
+def test_the_validation_cache_records_and_checks_the_members_weights(bundle_dir: Path, tmp_path: Path) -> None:
+    """The validation cache records the members' weights hashes: a cache computed for other weights
+    of a member (e.g. one copied from another build of the same names) is refused, naming the member."""
+    from skinlesion.ensemble.build import load_validation_cache
+
+    work = tmp_path / "b"
+    shutil.copytree(bundle_dir, work)
+    with np.load(work / "validation.npz") as z:
+        recorded = [str(h) for h in z["weights_sha256"]]
+        arrays = {k: z[k] for k in z.files}
+    b = load_bundle(work)
+    assert recorded == [m.meta["weights_sha256"] for m in b.members]
+    load_validation_cache(b)  # matches
+    np.savez_compressed(work / "validation.npz", **{**arrays, "weights_sha256": np.asarray([recorded[0], "0" * 64])})
+    name = b.members[1].name
+    with pytest.raises(BundleError, match=rf"it was computed for other weights of members \['{name}'\]\. Rebuild the bundle"):
+        load_validation_cache(b)
+    # a cache written before the hashes were recorded is read as it is
+    np.savez_compressed(work / "validation.npz", **{k: v for k, v in arrays.items() if k != "weights_sha256"})
+    assert len(load_validation_cache(b)[0]) == 2
+
+
 def test_the_ensemble_temperature_carries_class_biases(bundle_dir: Path, tmp_path: Path) -> None:
     from scipy.special import log_softmax
 

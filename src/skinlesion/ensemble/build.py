@@ -305,7 +305,7 @@ def build_bundle(
     if sidecar.is_file():
         shutil.copy2(sidecar, out / Path(MANIFEST).with_suffix(".json"))
     save_validation_cache(
-        out, val, y, names, policy.views, logits, input_size=cache_input_sizes(members), **({} if folds is None else {"fold": val_folds})
+        out, val, y, names, policy.views, logits, **_member_keys(members), **({} if folds is None else {"fold": val_folds})
     )
     if hidden:
         save_validation_cache(
