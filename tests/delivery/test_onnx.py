@@ -85,9 +85,11 @@ def test_members_run_side_by_side_with_the_same_results(exported: Bundle, fp32_e
     two = OnnxEngine(exported, threads=2)  # CPU: one thread per task, tasks in parallel
     one = OnnxEngine(exported, threads=1)
     assert two.member_workers == 2 and one.member_workers == 1 and one._pool is None
+    from skinlesion.inference.tta import SWAPS_AXES
+
     # a task is one member's views of one input shape: the non-square member has two, the square one one
     views = list(exported.tta.views)
-    swapped = [i for i, v in enumerate(views) if v in ("rot90", "rot270", "transpose", "transverse")]
+    swapped = [i for i, v in enumerate(views) if v in SWAPS_AXES]  # rot90, rot270, transpose, transverse
     same = [i for i in range(len(views)) if i not in swapped]
     assert two.tasks == [(0, same), (0, swapped), (1, list(range(len(views))))]
     names = [m.name for m in exported.members]
