@@ -201,3 +201,40 @@ def test_resume_keeps_the_epochs_logged_before_it(tmp_path) -> None:
     # the wall time counts the first process up to its saved state, then this one
     earlier = second["wall_time_s"] - second["wall_time_this_process_s"]
     assert 0 < earlier <= first.wall_time_s + 0.2
+
+
+def test_sparse_validation_still_saves_a_resumable_state_every_epoch(tmp_path) -> None:
+    """``train.val_every_n_epochs=2`` validates after epoch 2 only; ``last.ckpt`` is written after every
+    epoch all the same: a run killed after its first (unvalidated) epoch resumes from it, and the kept
+    weights still get their final validation pass."""
+    import lightning as L
+    import torch
+
+    from skinlesion.model_card import validation_curve
+
+    class Killed(Exception):
+        pass
+
+    class KillAtEpoch2(L.Callback):
+        def on_train_epoch_start(self, trainer, module) -> None:  # noqa: ANN001
+            if trainer.current_epoch == 1:
+                raise Killed
+
+    over = [f"data.root={tmp_path / 'syn'}", "train.keep=last", "train.val_every_n_epochs=2", "train.epochs=3"]
+    run_dir = tmp_path / "run"
+    with pytest.raises(Killed):
+        train(load_config("tiny", over), run_dir=run_dir, extra_callbacks=[KillAtEpoch2()])
+    assert validation_curve(run_dir) == []  # epoch 1 was not validated
+    assert torch.load(run_dir / "lightning" / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 0
+    res = train(load_config("tiny", over), run_dir=run_dir, resume=True)
+    assert [e for e, _ in validation_curve(run_dir)] == [2]
+    assert read_checkpoint_meta(res.checkpoint_dir)["training"]["epochs_completed"] == 3
+    assert 0.0 <= res.val_metrics["bacc"] <= 1.0  # the final pass of the kept (last) weights
+
+
+def test_sparse_validation_refuses_what_reads_the_validation() -> None:
+    with pytest.raises(ConfigError, match=r"val_every_n_epochs=3 needs train\.keep=last.*keep='best'"):
+        load_config("tiny", ["train.val_every_n_epochs=3", "train.keep=best"])
+    with pytest.raises(ConfigError, match=r"early_stopping_patience=4"):
+        load_config("tiny", ["train.val_every_n_epochs=3", "train.keep=last", "train.early_stopping_patience=4"])
+    assert load_config("tiny", ["train.val_every_n_epochs=3", "train.keep=last"]).train.val_every_n_epochs == 3

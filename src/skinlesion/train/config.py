@@ -134,6 +134,10 @@ class OptimConfig(_Strict):
         description="Checkpoint to keep: the epoch with the best validation BACC, or the last one (fixed epochs; "
         "the only honest choice when the validation fold's predictions are used as out-of-fold predictions).",
     )
+    val_every_n_epochs: int = Field(
+        1, gt=0, description="Validate after every n-th epoch only (the final validation pass of the kept weights "
+        "always runs); more than 1 needs keep: last and no early stopping, which are what read the validation."
+    )
     max_time_minutes: float | None = Field(None, gt=0)
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
@@ -146,6 +150,16 @@ class OptimConfig(_Strict):
         None, gt=0, lt=1, description="Exponential moving average of the weights (timm ModelEmaV3, with warm-up); "
         "validation and the saved checkpoint use the average. null = off."
     )
+
+    @model_validator(mode="after")
+    def _sparse_validation(self) -> OptimConfig:
+        if self.val_every_n_epochs > 1 and (self.keep != "last" or self.early_stopping_patience):
+            raise ValueError(
+                f"train.val_every_n_epochs={self.val_every_n_epochs} needs train.keep=last and "
+                f"train.early_stopping_patience=null (got keep={self.keep!r}, early_stopping_patience="
+                f"{self.early_stopping_patience!r}): choosing or stopping by validation needs it after every epoch."
+            )
+        return self
 
 
 class TrainerConfig(_Strict):

@@ -281,6 +281,8 @@ def train(
         mode="max",
         save_last=True,
         save_top_k=1,
+        # keep=last: last.ckpt after every epoch, validated or not (a resume loses at most one epoch)
+        save_on_train_epoch_end=None if monitor else True,
     )
     clock = _wall_clock(t0)
     callbacks: list[Any] = [ckpt_cb, _progress_bar(), clock, *extra_callbacks]
@@ -293,6 +295,7 @@ def train(
         strategy=cfg.trainer.strategy,
         precision=cfg.trainer.precision,
         max_epochs=cfg.train.epochs,
+        check_val_every_n_epoch=cfg.train.val_every_n_epochs,
         max_time={"minutes": cfg.train.max_time_minutes} if cfg.train.max_time_minutes else None,
         limit_train_batches=cfg.train.limit_train_batches,
         limit_val_batches=cfg.train.limit_val_batches,
