@@ -329,9 +329,36 @@ def test_wall_time_counts_side_by_side_trainings_once() -> None:
     assert wall_seconds(steps) == pytest.approx(160 + 10 + 50)
     steps["train:b"]["earlier_seconds"] = 25.0  # b resumed: its earlier process took 25 s, apart
     assert wall_seconds(steps) == pytest.approx(160 + 10 + 50 + 25)
-    del steps["train:b"]["earlier_seconds"]
+    # ... unless its start is recorded: an earlier process that ran inside a's span adds nothing,
+    steps["train:b"]["earlier_processes"] = [["2026-12-07T10:00:30+00:00", 25.0]]  # [30, 55]
+    assert wall_seconds(steps) == pytest.approx(160 + 10 + 50)
+    # one that ran apart adds its own span, and seconds of processes of unknown start count in full
+    steps["train:b"]["earlier_processes"] = [["2026-12-07T09:00:00+00:00", 20.0]]
+    steps["train:b"]["earlier_seconds"] = 45.0  # 20 s known, 25 s of an older process without a start
+    assert wall_seconds(steps) == pytest.approx(160 + 10 + 50 + 20 + 25)
+    del steps["train:b"]["earlier_seconds"], steps["train:b"]["earlier_processes"]
     sequential = {k: {kk: vv for kk, vv in v.items() if kk != "concurrent"} for k, v in steps.items()}
     assert wall_seconds(sequential) == pytest.approx(100 + 100 + 10 + 30 + 50)
+
+
+def test_a_finished_member_passes_on_when_its_earlier_processes_ran(tmp_path: Path) -> None:
+    """What the recipe records of a trained member comes from its checkpoint; the starts of a resumed
+    training's earlier processes travel with it, so :func:`wall_seconds` can overlap them."""
+    from skinlesion.recipe.members import _train
+    from skinlesion.recipe.spec import Recipe
+
+    recipe = Recipe.model_validate({"name": "r", "members": [{"name": "a", "preset": "tiny"}]})
+    ck = tmp_path / "members" / "a" / "checkpoint"
+    ck.mkdir(parents=True)
+    training = {"epochs_completed": 3, "wall_time_s": 70.0, "wall_time_this_process_s": 50.0,
+                "earlier_processes": [["2026-12-07T10:00:00.000+00:00", 20.0]]}
+    (ck / "checkpoint.json").write_text(json.dumps({"validation": {"bacc": 0.5}, "training": training}))
+    info = _train(recipe, recipe.members[0], tmp_path)
+    assert info["earlier_processes"] == [["2026-12-07T10:00:00.000+00:00", 20.0]]
+    assert (info["training_seconds"], info["training_seconds_this_process"], info["epochs"]) == (70.0, 50.0, 3)
+    training["earlier_processes"] = []  # not resumed: nothing to add
+    (ck / "checkpoint.json").write_text(json.dumps({"validation": {"bacc": 0.5}, "training": training}))
+    assert "earlier_processes" not in _train(recipe, recipe.members[0], tmp_path)
 
 
 def test_jobs_train_members_side_by_side_and_keep_the_finished_ones(tiny_members: list[Path], tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -192,15 +193,22 @@ def test_resume_keeps_the_epochs_logged_before_it(tmp_path) -> None:
 
     cfg = load_config("tiny", [f"data.root={tmp_path / 'syn'}", "train.epochs=1"])
     run_dir = tmp_path / "run"
+    before = datetime.now(timezone.utc)
     first = train(cfg, run_dir=run_dir)
+    assert read_checkpoint_meta(first.checkpoint_dir)["training"]["earlier_processes"] == []
     (run_dir / "checkpoint" / "checkpoint.json").unlink()  # as if cut off after epoch 1
     cfg2 = load_config("tiny", [f"data.root={tmp_path / 'syn'}", "train.epochs=2"])
+    between = datetime.now(timezone.utc)
     second = read_checkpoint_meta(train(cfg2, run_dir=run_dir, resume=True).checkpoint_dir)["training"]
     assert (run_dir / "logs" / "metrics.before-resume-1.csv").is_file()
     assert [e for e, _ in validation_curve(run_dir)] == [1, 2]
     # the wall time counts the first process up to its saved state, then this one
     earlier = second["wall_time_s"] - second["wall_time_this_process_s"]
     assert 0 < earlier <= first.wall_time_s + 0.2
+    # and when that process ran, so that side-by-side trainings can count overlapping time once
+    [(started, seconds)] = second["earlier_processes"]
+    assert seconds == pytest.approx(earlier, abs=0.2)
+    assert before - timedelta(milliseconds=1) <= datetime.fromisoformat(started) <= between - timedelta(seconds=seconds)
 
 
 def test_sparse_validation_still_saves_a_resumable_state_every_epoch(tmp_path) -> None:

@@ -43,6 +43,7 @@ def _train(
         "epochs": meta["training"].get("epochs_completed"),
         "training_seconds": meta["training"].get("wall_time_s"),  # earlier processes of a resumed training included
         "training_seconds_this_process": meta["training"].get("wall_time_this_process_s"),
+        **({"earlier_processes": meta["training"]["earlier_processes"]} if meta["training"].get("earlier_processes") else {}),
         "overrides": overrides,
     }
 

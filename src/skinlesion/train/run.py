@@ -81,15 +81,19 @@ def _wall_clock(t0: float) -> Any:
     class WallClock(Callback):
         def __init__(self) -> None:
             self.before = 0.0  # seconds of earlier processes, up to the state this run resumed from
+            # [start (Unix time), seconds] of each earlier process, up to that state; a state written
+            # before spans were kept has none (its seconds are in ``before`` all the same)
+            self.earlier: list[list[float]] = []
 
         def seconds(self) -> float:
             return self.before + time.time() - t0
 
-        def state_dict(self) -> dict[str, float]:
-            return {"wall_time_s": self.seconds()}
+        def state_dict(self) -> dict[str, Any]:
+            return {"wall_time_s": self.seconds(), "spans": [*self.earlier, [t0, time.time() - t0]]}
 
         def load_state_dict(self, state_dict: dict[str, Any]) -> None:
             self.before = float(state_dict.get("wall_time_s", 0.0))
+            self.earlier = [[float(a), float(b)] for a, b in state_dict.get("spans", [])]
 
     return WallClock()
 
@@ -362,6 +366,10 @@ def train(
             "stopped_early": any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in callbacks),
             "wall_time_s": round(wall, 1),
             "wall_time_this_process_s": round(time.time() - t0, 1),
+            "earlier_processes": [  # when each earlier process of a resumed run started, and its seconds
+                [datetime.fromtimestamp(a, timezone.utc).isoformat(timespec="milliseconds"), round(b, 1)]
+                for a, b in clock.earlier
+            ],
             "devices": trainer.num_devices,
             "strategy": type(trainer.strategy).__name__,
         },
