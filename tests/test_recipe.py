@@ -512,3 +512,8 @@ def test_card_epoch_table_names_the_epoch_kept(tmp_path: Path, keep: str, best_e
     # 4 epochs trained, 3 in the log (a resume that lost one); best of the log: epoch 2
     assert f"| a | 4 (3 logged) | 0.500, 0.700, 0.600 | 2 (0.700) | {kept} |" in text
     assert ("last epoch's" in text) == (keep == "last") and ("epoch of best validation BACC" in text) == (keep == "best")
+    (run / "checkpoint" / "checkpoint.json").write_text(json.dumps({"config": {"train": {"keep": keep}}, "training": {
+        "best_epoch": best_epoch, "epochs_completed": 4, "epochs_planned": 20, "stopped_at_time_cap": True}}))
+    lines.clear()
+    _training_curves(lines.append, tmp_path, SimpleNamespace(members=[SimpleNamespace(name="a")], baseline=None))
+    assert "| a | 4 (3 logged) of 20, stopped by the time cap | 0.500, 0.700, 0.600 |" in "\n".join(lines)

@@ -321,16 +321,17 @@ def _choices(add: Any, bundle: dict[str, Any], recipe: Any, steps: dict[str, Any
         "validation images.\n")
 
 
-def _kept_epoch(run_dir: Path) -> tuple[str | None, int | None, int | None]:
-    """``(keep mode, epoch kept, epochs completed)`` from a trained model's ``checkpoint/checkpoint.json``
-    (``train.keep``: ``last`` or ``best``; ``training.best_epoch`` is the epoch whose weights were saved)."""
+def _kept_epoch(run_dir: Path) -> tuple[str | None, int | None, int | None, dict[str, Any]]:
+    """``(keep mode, epoch kept, epochs completed, training record)`` from a trained model's
+    ``checkpoint/checkpoint.json`` (``train.keep``: ``last`` or ``best``; ``training.best_epoch`` is the
+    epoch whose weights were saved)."""
     path = Path(run_dir) / "checkpoint" / "checkpoint.json"
     if not path.is_file():
-        return None, None, None
+        return None, None, None, {}
     meta = json.loads(path.read_text())
     training = meta.get("training") or {}
     keep = ((meta.get("config") or {}).get("train") or {}).get("keep")
-    return keep, training.get("best_epoch"), training.get("epochs_completed")
+    return keep, training.get("best_epoch"), training.get("epochs_completed"), training
 
 
 def _training_curves(add: Any, out: Path, recipe: Any) -> None:
@@ -346,10 +347,12 @@ def _training_curves(add: Any, out: Path, recipe: Any) -> None:
     for name, curve in rows:
         if curve:
             best = max(curve, key=lambda e: e[1])
-            keep, kept, done = _kept_epoch(out / "members" / name)
+            keep, kept, done, training = _kept_epoch(out / "members" / name)
             if keep:
                 modes.add(str(keep))
             epochs = f"{len(curve)}" if done in (None, len(curve)) else f"{done} ({len(curve)} logged)"
+            if training.get("stopped_at_time_cap"):
+                epochs += f" of {training.get('epochs_planned')}, stopped by the time cap"
             kept_text = "n/a" if kept is None else f"{kept} ({keep})" if keep else str(kept)
             add(f"| {name} | {epochs} | {', '.join(_f(b) for _, b in curve)} | {best[0]} ({_f(best[1])}) | {kept_text} |")
     kept_how = {

@@ -47,6 +47,7 @@ def test_checkpoint_is_weights_plus_complete_metadata(tiny_run: Path) -> None:
     assert 0.0 <= meta["validation"]["bacc"] <= 1.0
     assert meta["config"]["train"]["epochs"] == 1
     assert meta["training"]["best_epoch"] == 1
+    assert (meta["training"]["epochs_planned"], meta["training"]["stopped_at_time_cap"]) == (1, False)
     assert meta["versions"]["torch"]
     assert (tiny_run / "config.yaml").is_file()
 
@@ -246,3 +247,34 @@ def test_sparse_validation_refuses_what_reads_the_validation() -> None:
     with pytest.raises(ConfigError, match=r"early_stopping_patience=4"):
         load_config("tiny", ["train.val_every_n_epochs=3", "train.keep=last", "train.early_stopping_patience=4"])
     assert load_config("tiny", ["train.val_every_n_epochs=3", "train.keep=last"]).train.val_every_n_epochs == 3
+
+
+def test_time_cap_is_forecast_after_the_first_epoch_and_recorded(tmp_path, caplog) -> None:
+    """A capped training warns, after its first epoch, when that pace will not fit its epochs into the
+    cap, and its checkpoint says the cap stopped it (and how many epochs were planned)."""
+    import logging
+    import time
+    from types import SimpleNamespace
+
+    from skinlesion.train.run import _wall_clock
+
+    now = time.time()
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=20)
+    clock = _wall_clock(now - 29.0, cap_minutes=2.0)  # ~29 s into the process, one ~30-s epoch done
+    clock._epoch_start = now - 30.0
+    with caplog.at_level(logging.WARNING, logger="skinlesion.train.run"):
+        clock.on_train_epoch_end(trainer, None)
+    assert clock.forecast["epochs_in_cap"] == 4 and clock.forecast["minutes_needed"] == pytest.approx(10.0, abs=0.1)
+    assert "20 epochs need ~10 min: the 2-min cap (train.max_time_minutes) will stop this training after about 4" in caplog.text
+    roomy = _wall_clock(now - 30.0, cap_minutes=20.0)
+    roomy._epoch_start = now - 30.0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="skinlesion.train.run"):
+        roomy.on_train_epoch_end(trainer, None)
+    assert roomy.forecast["epochs_in_cap"] == 20 and "cap" not in caplog.text
+
+    cut = train(load_config("tiny", [f"data.root={tmp_path / 'syn'}", "train.epochs=3", "train.max_time_minutes=0.0001"]),
+                run_dir=tmp_path / "cut")
+    training = read_checkpoint_meta(cut.checkpoint_dir)["training"]
+    assert training["stopped_at_time_cap"] is True and training["epochs_planned"] == 3
+    assert training["epochs_completed"] < 3

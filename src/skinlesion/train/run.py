@@ -71,11 +71,12 @@ def _progress_bar():
     return RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=20)
 
 
-def _wall_clock(t0: float) -> Any:
+def _wall_clock(t0: float, cap_minutes: float | None = None) -> Any:
     """A Lightning callback that keeps the training's wall time across resumes: the seconds spent up
     to each saved state travel in that state (``last.ckpt``), and a resumed run starts from them.
     Time after the last saved state of an interrupted process (a partial epoch) is not known and not
-    counted."""
+    counted. With a time cap (``train.max_time_minutes``) it warns after this process's first epoch
+    when, at that epoch's pace, the cap will stop the training before its last epoch."""
     from lightning.pytorch.callbacks import Callback
 
     class WallClock(Callback):
@@ -84,9 +85,26 @@ def _wall_clock(t0: float) -> Any:
             # [start (Unix time), seconds] of each earlier process, up to that state; a state written
             # before spans were kept has none (its seconds are in ``before`` all the same)
             self.earlier: list[list[float]] = []
+            self._epoch_start: float | None = None
+            self.forecast: dict[str, Any] | None = None
 
         def seconds(self) -> float:
             return self.before + time.time() - t0
+
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            self._epoch_start = time.time()
+
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            if cap_minutes is None or self.forecast is not None or self._epoch_start is None:
+                return
+            per = time.time() - self._epoch_start  # training and, when it ran, validation of this epoch
+            done, planned = trainer.current_epoch + 1, int(trainer.max_epochs)
+            need = self.seconds() + (planned - done) * per
+            fits = min(planned, done + int(max(0.0, cap_minutes * 60 - self.seconds()) // max(per, 1e-9)))
+            self.forecast = {"epoch_minutes": round(per / 60, 2), "minutes_needed": round(need / 60, 1), "epochs_in_cap": fits}
+            if fits < planned:
+                log.warning("at %.1f min an epoch, %d epochs need ~%.0f min: the %g-min cap (train.max_time_minutes) "
+                            "will stop this training after about %d of them", per / 60, planned, need / 60, cap_minutes, fits)
 
         def state_dict(self) -> dict[str, Any]:
             return {"wall_time_s": self.seconds(), "spans": [*self.earlier, [t0, time.time() - t0]]}
@@ -288,7 +306,7 @@ def train(
         # keep=last: last.ckpt after every epoch, validated or not (a resume loses at most one epoch)
         save_on_train_epoch_end=None if monitor else True,
     )
-    clock = _wall_clock(t0)
+    clock = _wall_clock(t0, cfg.train.max_time_minutes)
     callbacks: list[Any] = [ckpt_cb, _progress_bar(), clock, *extra_callbacks]
     if val_loader is not None and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val_bacc", mode="max", patience=cfg.train.early_stopping_patience))
@@ -333,6 +351,7 @@ def train(
         probs = predict_table(model, val_table, pre, batch_size=cfg.train.batch_size * 2, device="cpu")
         val_metrics = compute_classification_metrics(val_table.labels(), probs, classes)
     wall = clock.seconds()  # earlier processes of a resumed run included
+    stopped_early = any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in callbacks)
     model_meta: dict[str, Any] = {
         "drop_rate": cfg.model.drop_rate, "drop_path_rate": cfg.model.drop_path_rate, "pretrained": cfg.model.pretrained,
     }
@@ -363,7 +382,10 @@ def train(
             "epochs_completed": trainer.current_epoch,
             "best_epoch": best_epoch,
             "best_val_bacc": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
-            "stopped_early": any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in callbacks),
+            "stopped_early": stopped_early,
+            "epochs_planned": cfg.train.epochs,
+            "stopped_at_time_cap": bool(cfg.train.max_time_minutes) and not stopped_early
+            and trainer.current_epoch < cfg.train.epochs,
             "wall_time_s": round(wall, 1),
             "wall_time_this_process_s": round(time.time() - t0, 1),
             "earlier_processes": [  # when each earlier process of a resumed run started, and its seconds
