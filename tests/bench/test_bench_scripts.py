@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -268,3 +269,62 @@ def test_bench_sizes_are_checked_with_one_message(script: str, argv: list[str], 
         rc = e.code
     err = capsys.readouterr().err
     assert rc == 2 and message in err, err[-2000:]
+
+
+def _write_eval(folder: Path, images: list[str], truth: list[str], probs: np.ndarray, diagnosis: list[str],
+                flags: list[str], refer: list[bool], order: list[int]) -> None:
+    classes = ["MEL", "NV", "BKL"]
+    folder.mkdir(parents=True)
+    with (folder / "predictions.csv").open("w") as f:
+        f.write("image," + ",".join(classes) + "\n")
+        for i in order:
+            f.write(images[i] + "," + ",".join(f"{p:.6f}" for p in probs[i]) + "\n")
+    with (folder / "decisions.csv").open("w") as f:
+        f.write("image,truth,argmax,diagnosis,priority_threshold_decision,threshold_fired,flags,refer\n")
+        for i in order:
+            am = classes[int(np.argmax(probs[i]))]
+            f.write(f"{images[i]},{truth[i]},{am},{diagnosis[i]},{am},,{flags[i]},{'true' if refer[i] else 'false'}\n")
+
+
+def test_rerun_compare_pairs_two_evaluations_image_by_image(tmp_path: Path, capsys) -> None:
+    """Same images in another row order are matched by id; the differences and agreement rates are
+    those of the two folders' answers, and folders of other images or other truths are refused."""
+    images = [f"img{i}" for i in range(12)]
+    truth = ["MEL"] * 4 + ["NV"] * 4 + ["BKL"] * 4
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=12)
+    probs[:4, 0] += 1.0  # MEL images score highest on MEL
+    probs /= probs.sum(1, keepdims=True)
+    diagnosis = list(truth)
+    diagnosis[8] = "NV"  # one BKL called NV by the reference
+    flags = ["MEL"] * 4 + [""] * 8
+    refer = [True] * 4 + [False] * 8
+    (tmp_path / "m.csv").write_text("image_id,lesion_id\n" + "".join(f"img{i},L{i // 2}\n" for i in range(12)))
+    _write_eval(tmp_path / "a", images, truth, probs, diagnosis, flags, refer, list(range(12)))
+    fixed, flags_b = list(diagnosis), list(flags)
+    fixed[8] = "BKL"  # the rerun gets it right...
+    flags_b[3], flags_b[5] = "", "MEL"  # ...misses one melanoma's flag and flags one naevus
+    _write_eval(tmp_path / "b", images, truth, probs, fixed, flags_b, refer, list(range(11, -1, -1)))
+    argv = [str(tmp_path / "a"), str(tmp_path / "b"), "--manifest", str(tmp_path / "m.csv"), "--n-boot", "20"]
+    rc, out, _ = _run("rerun_compare", argv, capsys)
+    assert rc == 0
+    m = out["metrics"]
+    assert m["bacc_diagnosis"]["reference"] == pytest.approx((1 + 1 + 0.75) / 3, abs=1e-4)
+    assert m["bacc_diagnosis"]["rerun"] == 1.0 and m["bacc_diagnosis"]["difference"] == pytest.approx(1 - 2.75 / 3, abs=1e-4)
+    assert m["bacc_argmax"]["difference"] == 0.0 and m["auc_MEL"]["difference"] == 0.0  # same probabilities
+    assert (m["flag_MEL_sensitivity"]["rerun"], m["flag_MEL_specificity"]["rerun"]) == (0.75, 0.875)
+    assert out["same_answer_fraction"] == {"diagnosis": round(11 / 12, 4), "argmax": 1.0, "refer": 1.0, "flag_MEL": round(10 / 12, 4)}
+    assert out["diagnosis_changes"] == 1 and out["probability_change"]["max"] == 0.0
+    assert (out["n_images"], out["n_lesions"]) == (12, 6)
+
+    truth_c = list(truth)
+    truth_c[0] = "NV"
+    _write_eval(tmp_path / "c", images, truth_c, probs, diagnosis, flags, refer, list(range(12)))
+    rc, _, err = _run("rerun_compare", [str(tmp_path / "a"), str(tmp_path / "c"), "--manifest", str(tmp_path / "m.csv")], capsys)
+    assert rc == 2 and "different truth" in err
+    _write_eval(tmp_path / "d", images[:6], truth[:6], probs[:6], diagnosis[:6], flags[:6], refer[:6], list(range(6)))
+    rc, _, err = _run("rerun_compare", [str(tmp_path / "a"), str(tmp_path / "d"), "--manifest", str(tmp_path / "m.csv")], capsys)
+    assert rc == 2 and "different images (12 vs 6)" in err
+    (tmp_path / "d" / "decisions.csv").write_text("image,truth,argmax,diagnosis,flags,refer\n")
+    rc, _, err = _run("rerun_compare", [str(tmp_path / "d"), str(tmp_path / "a"), "--manifest", str(tmp_path / "m.csv")], capsys)
+    assert rc == 2 and "decisions.csv: no row for 6 image(s) of predictions.csv, e.g. img0" in err
