@@ -11,12 +11,14 @@ intervals: AURC, E-AURC and the errors caught when ``--rate`` of cases are revie
 maximum probability, predictive entropy and mutual information over members x TTA views (no
 extra pass), the members' disagreement alone (mutual information of the members' TTA-averaged
 probabilities), MC-dropout mutual information and predictive entropy (``--n-samples`` passes; 0
-skips) and the out-of-distribution gate's score (``--ood``). Every score ranks the same decision:
-the argmax of the members x views mean. Also writes the risk-coverage curves (``--curves CSV``).
+skips), the out-of-distribution gate's score (``--ood``) and the probability of the decided class
+(``decision_prob``). Every score ranks the same decision, the one a clinician is shown: the bundle's
+policy (its diagnosis rule, which may pick a class other than the most probable one) on the members x
+views mean. Also writes the risk-coverage curves (``--curves CSV``).
 
 MC dropout (Gal & Ghahramani 2016) over the bundle's members on its validation and test splits;
 AURC, E-AURC and optimal AURC (Geifman et al. 2019) and the selective risk at coverage
-0.5/0.8/0.9/1.0 for max_prob, predictive entropy, mutual information and expected entropy; the
+0.5/0.8/0.9/1.0 for max_prob, decision_prob, predictive entropy, mutual information and expected entropy; the
 ReviewFlagger threshold fitted on validation only and its effect on test. bundle.json is changed
 only with ``--write``. See ``skinlesion.uncertainty.review_fit.fit_review_flag``.
 """
@@ -35,7 +37,8 @@ if not __package__:  # run as a file (python bench/risk_coverage.py): see bench/
 
 from bench._cli import BenchError, json_main
 
-from skinlesion.uncertainty.review_fit import fit_review_flag
+from skinlesion.uncertainty.review import CONFIDENCE_SCORES
+from skinlesion.uncertainty.review_fit import fit_review_flag, with_decisions
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -87,11 +90,12 @@ def compare(args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()
     bundle = load_bundle(args.bundle)
-    kw = {"rate": args.rate, "n_boot": args.n_boot}
-    val = cache_outputs(bundle, data_root=args.data_root)
+    kw = {"rate": args.rate, "n_boot": args.n_boot, "higher_is_confident": CONFIDENCE_SCORES}
+    val = with_decisions(bundle, cache_outputs(bundle, data_root=args.data_root))
     result: dict = {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
                     "views": list(bundle.tta.views), "out_of_fold_validation": bool(bundle.member_folds)}
-    val_scores = {"max_prob": val["max_prob"], "predictive_entropy": val["predictive_entropy"], "views_mutual_information": val["mutual_information"]}
+    val_scores = {"max_prob": val["max_prob"], "decision_prob": val["decision_prob"], "predictive_entropy": val["predictive_entropy"],
+                  "views_mutual_information": val["mutual_information"]}
     if not bundle.member_folds:
         val_scores["members_x_views_mutual_information"] = val_scores.pop("views_mutual_information")
     result["validation"] = compare_scores(val_scores, val["correct"], val["groups"], **kw)
@@ -110,10 +114,12 @@ def compare(args: argparse.Namespace) -> dict:
         logits = [member_view_logits(m, table, bundle.tta.views, batch_size=args.batch_size) for m in bundle.members]
     points = np.full(len(table), WITH_METADATA)
     ids = table.frame["image_id"].astype(str).to_numpy()
-    test = outputs_from_samples(view_samples(bundle, logits, points), table.labels(), group_ids(table).to_numpy(), ids, split="test")
+    test = with_decisions(bundle, outputs_from_samples(
+        view_samples(bundle, logits, points), table.labels(), group_ids(table).to_numpy(), ids,
+        probs=np.exp(bundle.log_probs(logits)), split="test"))
     seconds = {"members_x_views": round(time.perf_counter() - t0, 1)}
     scores = {
-        "max_prob": test["max_prob"], "predictive_entropy": test["predictive_entropy"],
+        "max_prob": test["max_prob"], "decision_prob": test["decision_prob"], "predictive_entropy": test["predictive_entropy"],
         "members_x_views_mutual_information": test["mutual_information"],
         "members_mutual_information": _member_disagreement(bundle, logits, points),
     }
@@ -162,7 +168,7 @@ def _write_curves(path: str, scores: dict, correct: np.ndarray) -> None:
         w = csv.writer(f)
         w.writerow(["score", "coverage", "risk"])
         for name, s in scores.items():
-            cov, risk, _ = risk_coverage_curve(s, correct, higher_is_confident=name == "max_prob")
+            cov, risk, _ = risk_coverage_curve(s, correct, higher_is_confident=name in CONFIDENCE_SCORES)
             for c, r in zip(cov.tolist(), risk.tolist(), strict=True):
                 w.writerow([name, f"{c:.5f}", f"{r:.5f}"])
 
@@ -177,7 +183,7 @@ def _plot(path: str, scores: dict, correct: np.ndarray, summary: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     for name, s in scores.items():
-        cov, risk, _ = risk_coverage_curve(s, correct, higher_is_confident=name == "max_prob")
+        cov, risk, _ = risk_coverage_curve(s, correct, higher_is_confident=name in CONFIDENCE_SCORES)
         ax.plot(cov, risk, label=f"{name} (AURC {summary['scores'][name]['aurc']:.3f})", lw=1.4)
     ax.axhline(1 - float(np.mean(correct)), color="grey", ls=":", lw=1, label="no review")
     ax.set_xlabel("coverage (fraction of cases not sent to review)")

@@ -68,7 +68,7 @@ def test_run_writes_every_step_and_a_model_card(finished: tuple[Path, Path]) -> 
     assert "CC BY-NC 4.0" in card and "not a diagnosis" in card and "vs baseline base" in card
     assert "age, sex, site" in card  # member a's metadata features
     review_test = b.meta["review"]["test"]
-    assert f"catches {review_test['errors_removed']:.3f} of the {review_test['n_errors']} argmax errors" in card
+    assert f"catches {review_test['errors_removed']:.3f} of the {review_test['n_errors']} errors of the decision shown" in card
     assert "- without metadata (fitted with the metadata hidden" in card
     bundle_s = sum(s["seconds"] for n, s in state["steps"].items() if n not in ("train:base", "evaluate", "card"))
     assert f"the shipped bundle itself (members, build, calibrate, review) took {bundle_s / 60:.1f} min" in card
@@ -517,3 +517,28 @@ def test_card_epoch_table_names_the_epoch_kept(tmp_path: Path, keep: str, best_e
     lines.clear()
     _training_curves(lines.append, tmp_path, SimpleNamespace(members=[SimpleNamespace(name="a")], baseline=None))
     assert "| a | 4 (3 logged) of 20, stopped by the time cap | 0.500, 0.700, 0.600 |" in "\n".join(lines)
+
+
+def test_card_keeps_side_results_measured_before_a_review_refit(tmp_path: Path) -> None:
+    """A side result (levers, faithfulness...) measured on bundle id X stays this bundle's when
+    bundle.json's history shows that only the review flag was refitted since X; any other change
+    since X is flagged as an earlier build."""
+    from skinlesion._hashing import sha256_file
+    from skinlesion.model_card import _built_on
+
+    (tmp_path / "bundle").mkdir()
+    meta = tmp_path / "bundle" / "bundle.json"
+
+    def card_lines(history: list[dict]) -> str:
+        meta.write_text(json.dumps({"history": history}))
+        lines: list[str] = []
+        _built_on(lines.append, {"bundle_id": "a" * 64}, tmp_path)
+        return "\n".join(lines)
+
+    only_review = [{"action": "calibrate"}, {"action": "review", "previous_bundle_id": "a" * 64}, {"action": "review", "previous_bundle_id": "b" * 64}]
+    assert "only the review flag was refitted" in card_lines(only_review) and "earlier build" not in card_lines(only_review)
+    assert "Measured on an earlier build" in card_lines([*only_review, {"action": "calibrate"}])
+    assert "Measured on an earlier build" in card_lines([{"action": "review", "previous_bundle_id": "c" * 64}])
+    lines: list[str] = []
+    _built_on(lines.append, {"bundle_id": sha256_file(meta)}, tmp_path)
+    assert lines == []  # measured on this very bundle.json: nothing to say

@@ -432,9 +432,16 @@ def _built_on(add: Any, res: dict[str, Any], out: Path) -> None:
     if not was or not meta.is_file():
         return
     now = sha256_file(meta)
-    if was != now:
-        add(f"**Measured on an earlier build of this bundle** (bundle id {str(was)[:12]}, this card's is {now[:12]}): "
-            "these numbers describe that build, not this one.\n")
+    if was == now:
+        return
+    history = json.loads(meta.read_text()).get("history") or []
+    start = next((i for i, h in enumerate(history) if h.get("previous_bundle_id") == was), None)
+    if start is not None and all(h.get("action") == "review" for h in history[start:]):
+        add(f"Measured on bundle id {str(was)[:12]}; since then only the review flag was refitted (bundle.json history; "
+            f"this card's id is {now[:12]}), which these numbers do not read.\n")
+        return
+    add(f"**Measured on an earlier build of this bundle** (bundle id {str(was)[:12]}, this card's is {now[:12]}): "
+        "these numbers describe that build, not this one.\n")
 
 
 def _levers(add: Any, out: Path) -> None:
@@ -580,12 +587,12 @@ def _concepts(add: Any, out: Path) -> None:
     add("")
 
 
-def _review_effect(res: dict[str, Any] | None) -> str:
+def _review_effect(res: dict[str, Any] | None, errors: str = "argmax errors") -> str:
     """A review flag's effect on one split, in words (``fit_review_flag``'s validation/test dicts)."""
     if not res:
         return "not measured by the recipe (`skinlesion explain review BUNDLE --dry-run` measures it)"
     return (f"flags {_f(res.get('flagged_fraction'))} of {res.get('n')} images and catches {_f(res.get('errors_removed'))} of "
-            f"the {res.get('n_errors')} argmax errors; accuracy {_f(res.get('accuracy_unflagged'))} on unflagged vs "
+            f"the {res.get('n_errors')} {errors}; accuracy {_f(res.get('accuracy_unflagged'))} on unflagged vs "
             f"{_f(res.get('accuracy_flagged'))} on flagged images, BACC {_f(res.get('bacc_unflagged'))} vs {_f(res.get('bacc_flagged'))}")
 
 
@@ -595,14 +602,17 @@ def _review(add: Any, rv: dict[str, Any] | None, split: str) -> None:
         return
     how = ("scored on the members x TTA views of the prediction, no MC-dropout pass" if rv.get("method") == "ensemble"
            else f"{rv['n_samples']} MC-dropout passes")
-    add(f"\nReview flag ({how}, goal {rv['goal']} {rv['target']}, fitted on {rv.get('fitted_on', 'validation')}):\n")
+    # fitted on the errors of the decision shown since review.errors_of exists; before, on the argmax's
+    errors = "errors of the decision shown" if rv.get("errors_of") else "argmax errors"
+    add(f"\nReview flag ({how}, goal {rv['goal']} {rv['target']}, fitted on {rv.get('fitted_on', 'validation')}"
+        f"{', for ' + rv['errors_of'] if rv.get('errors_of') else ''}):\n")
     add(f"- with metadata: {rv['score']} {rv.get('flag_when', '>= threshold')}, threshold {_f(rv.get('threshold'), 4)}; "
-        f"validation: {_review_effect(rv.get('validation'))}; {split}: {_review_effect(rv.get('test'))}.")
+        f"validation: {_review_effect(rv.get('validation'), errors)}; {split}: {_review_effect(rv.get('test'), errors)}.")
     nm = rv.get("without_metadata")
     if nm:
         add(f"- without metadata (fitted with the metadata hidden and that operating point's temperature): threshold "
-            f"{_f(nm.get('threshold'), 4)}; validation: {_review_effect(nm.get('validation'))}; {split}, metadata hidden: "
-            f"{_review_effect(nm.get('test'))}.")
+            f"{_f(nm.get('threshold'), 4)}; validation: {_review_effect(nm.get('validation'), errors)}; {split}, metadata hidden: "
+            f"{_review_effect(nm.get('test'), errors)}.")
     add("")
 
 

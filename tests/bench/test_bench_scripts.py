@@ -210,7 +210,7 @@ def test_risk_coverage_compare_scores_every_source_on_the_same_images(calibrated
     assert rc == 0, err
     test = res["test"]
     assert test["n"] == 12 and set(test["scores"]) == {
-        "max_prob", "predictive_entropy", "members_x_views_mutual_information", "members_mutual_information",
+        "max_prob", "decision_prob", "predictive_entropy", "members_x_views_mutual_information", "members_mutual_information",
         "mc_dropout_mutual_information", "mc_dropout_predictive_entropy", "ood_score",
     }
     assert test["best"] in test["scores"] and "aurc_minus_max_prob_ci" in test["scores"]["ood_score"]

@@ -74,6 +74,25 @@ def test_review_banner_only_when_flagged(explained: tuple) -> None:
     assert "Not computed (MC-dropout passes set to 0)" in render_report(flagged, image, arrays)
 
 
+def test_review_banner_says_why_in_words_and_names_an_overridden_most_probable_class(explained: tuple) -> None:
+    """A probability score flags low values (<=), an entropy high ones (>=); a decision that is not the
+    most probable class is named as such in the banner."""
+    result, image, arrays, _ = explained
+    r = copy.deepcopy(result)
+    probs = r["prediction"]["probabilities"]
+    top = max(probs, key=probs.get)
+    other = next(c for c in probs if c != top)
+    r["prediction"].update(decision=other, argmax=top)
+    r["uncertainty"]["review"].update(flag=True, score="decision_prob", value=0.03, threshold=0.398)
+    html = render_report(r, image, arrays)
+    assert "probability of the decided class 0.0300 &le; threshold 0.3980" in html
+    assert f"the decision {other} is not the most probable class ({top}, p = " in html
+    r["prediction"].update(decision=top)
+    r["uncertainty"]["review"].update(score="mutual_information", value=0.5, threshold=0.2)
+    html = render_report(r, image, arrays)
+    assert "mutual information (epistemic) 0.5000 &ge; threshold 0.2000" in html and "is not the most probable class" not in html
+
+
 def test_diameter_in_mm_only_with_spacing(explained: tuple) -> None:
     _, image, _, predictor = explained
     result, arrays = predictor.explain(image, pixel_spacing_mm=0.05)

@@ -116,5 +116,68 @@ def test_auto_score_is_the_lowest_validation_aurc(work: Path) -> None:
     res = fit_review_flag(work, score="auto", method=ENSEMBLE, test=False, persist=False)
     sel = res["score_selection"]
     assert res["score"] == sel["chosen"] == min(sel["aurc"], key=sel["aurc"].get)
-    assert set(sel["aurc"]) == {"max_prob", "predictive_entropy", "mutual_information", "expected_entropy"}
+    assert set(sel["aurc"]) == {"max_prob", "decision_prob", "predictive_entropy", "mutual_information", "expected_entropy"}
     assert sel["aurc"][res["score"]] == pytest.approx(res["validation"]["risk_coverage"][res["score"]]["aurc"])
+
+
+def _force_diagnosis(path: Path, favoured: str, weight: float) -> None:
+    """Give the bundle a diagnosis rule that favours one class by ``weight`` (log-odds)."""
+    meta = json.loads((path / "bundle.json").read_text())
+    meta["decision"]["policy"] = "diagnosis"
+    meta["decision"]["diagnosis"] = {"rule": "balanced", "log_weights": {c: (weight if c == favoured else 0.0) for c in meta["classes"]}}
+    (path / "bundle.json").write_text(json.dumps(meta))
+
+
+def test_the_flag_judges_the_decision_shown_not_the_most_probable_class(work: Path) -> None:
+    """Where the diagnosis rule overrides the most probable class, the flag is fitted on the errors of
+    the diagnosis and ``decision_prob`` reads the probability of the class decided: low for an
+    override, so such a case is sent to review even when the most probable class is a confident one."""
+    from skinlesion.uncertainty.mc_predict import review_flag_from_bundle
+    from skinlesion.uncertainty.review_fit import with_decisions
+
+    _force_diagnosis(work, "DF", 3.0)
+    bundle = load_bundle(work)
+    val = with_decisions(bundle, cache_outputs(bundle))
+    k = bundle.classes.index("DF")
+    override = val["prediction"] != val["argmax"]
+    assert override.any() and (val["prediction"][override] == k).all()
+    np.testing.assert_array_equal(val["correct"], val["prediction"] == val["y"])
+    np.testing.assert_allclose(val["decision_prob"], val["mean_probs"][np.arange(len(val["y"])), val["prediction"]])
+    assert (val["decision_prob"][override] < val["max_prob"][override]).all()
+
+    before = bundle.bundle_id
+    res = fit_review_flag(work, score="decision_prob", goal="error_fraction", target=0.5, method=ENSEMBLE, test=False)
+    assert res["errors_of"] == "the bundle's decision (policy 'diagnosis')"
+    assert json.loads((work / "bundle.json").read_text())["history"][-1]["previous_bundle_id"] == before
+    assert res["validation"]["n_errors"] == int((~val["correct"]).sum())
+    bundle = load_bundle(work)
+    images = [generate_lesion(c, seed=i)[0] for i, c in enumerate(("MEL", "NV", "BCC", "BKL", "VASC", "AKIEC"))]
+    predictor = Predictor(bundle)
+    records = predictor.predict(images)
+    samples = view_samples(bundle, predictor.engine.view_logits(images))
+    thr = res["threshold"]
+    for i, rec in enumerate(records):
+        decided = bundle.classes.index(rec["prediction"]["decision"])
+        value = rec["uncertainty"]["review"]["value"]
+        assert rec["uncertainty"]["review"]["score"] == "decision_prob"
+        assert value == pytest.approx(samples.mean_probs[i, decided])
+        assert rec["uncertainty"]["review"]["flag"] == (value <= thr)
+    # the threshold reads the diagnosis rule: changing the rule makes it stale; a max_prob one does not read it
+    _force_diagnosis(work, "DF", 1.0)
+    with pytest.raises(Exception, match="another decision rule"):
+        review_flag_from_bundle(load_bundle(work))
+    fit_review_flag(work, score="max_prob", method=ENSEMBLE, test=False)
+    _force_diagnosis(work, "DF", 2.0)
+    assert review_flag_from_bundle(load_bundle(work)) is not None
+
+
+def test_decision_prob_needs_the_decisions() -> None:
+    from skinlesion.uncertainty.review import ReviewFlagger
+
+    res = view_samples.__globals__["MCResult"].from_samples(
+        np.array([[[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]]), np.array([1.0]), stochastic=True, stochastic_layers=("views",))
+    flagger = ReviewFlagger("decision_prob")
+    np.testing.assert_allclose(flagger.score_of(res, np.array([1, 2])), [0.2, 0.6])
+    for bad in (None, np.array([1]), np.array([0, 3]), np.array([0.0, 1.0])):
+        with pytest.raises(ValueError, match="'decisions' parameter must hold the decided class index in \\[0, 3\\)"):
+            flagger.score_of(res, bad)

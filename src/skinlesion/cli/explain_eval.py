@@ -91,8 +91,8 @@ def review_command(
     n_samples: int = typer.Option(20, "--n-samples", min=1, help="MC-dropout passes per member (method mc_dropout)."),
     score: str = typer.Option(
         "mutual_information", "--score",
-        help="mutual_information, predictive_entropy, expected_entropy, predicted_class_variance, max_prob, or auto "
-        "(the one with the lowest validation AURC).",
+        help="mutual_information, predictive_entropy, expected_entropy, predicted_class_variance, max_prob, decision_prob "
+        "(probability of the class the bundle decided), or auto (the one with the lowest validation AURC).",
     ),
     goal: str = typer.Option("error_fraction", "--goal", help="error_fraction, coverage or risk."),
     target: float = typer.Option(0.5, "--target", help="Fraction of errors to catch / review budget / max risk."),

@@ -246,7 +246,8 @@ class Predictor:
             # without-metadata operating point when it has one.
             pred = self.bundle.predict_from_logits(logits, metadata_given=self.bundle.metadata_given(records, len(images)))
             unc = (
-                uncertainty_records(self.bundle, images, self.mc_samples, self.seed, metadata=records, view_logits=logits)
+                uncertainty_records(self.bundle, images, self.mc_samples, self.seed, metadata=records, view_logits=logits,
+                                    decisions=self.bundle.policy_decision_of(pred))
                 if self.with_uncertainty else None
             )
             ood = ood_records(self.bundle, images, device=self.device, features=features)

@@ -269,6 +269,28 @@ def _review(u: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict((u or {}).get("review") or {})
 
 
+#: What a review score is, in words, and which side of its threshold flags (probabilities: low values).
+_SCORE_WORDS = {
+    "decision_prob": ("probability of the decided class", "&le;"), "max_prob": ("highest class probability", "&le;"),
+    "predictive_entropy": ("predictive entropy", "&ge;"), "mutual_information": ("mutual information (epistemic)", "&ge;"),
+    "expected_entropy": ("expected entropy (aleatoric)", "&ge;"), "predicted_class_variance": ("variance of the predicted class", "&ge;"),
+}
+
+
+def _review_reason(r: Mapping[str, Any], prediction: Mapping[str, Any] | None) -> str:
+    """Why a case was flagged: its score against the threshold, and when the decision is not the most
+    probable class, that too (the diagnosis rule chose a class the model finds less likely)."""
+    words, side = _SCORE_WORDS.get(str(r.get("score")), (_e(r.get("score")), "beyond"))
+    text = f"{words} {_num(r.get('value'))} {side} threshold {_num(r.get('threshold'))}"
+    p = prediction or {}
+    decision, argmax = p.get("decision"), p.get("argmax")
+    if decision and argmax and decision != argmax:
+        probs = p.get("probabilities") or {}
+        text += (f"; the decision {_e(decision)} is not the most probable class ({_e(argmax)}, p = {_num(probs.get(argmax))}): "
+                 "the diagnosis rule chose it to balance the classes' sensitivities")
+    return text
+
+
 def _uncertainty(u: Mapping[str, Any] | None) -> str:
     if not u:
         return "<p>Not computed (MC-dropout passes set to 0): no uncertainty and no review flag.</p>"
@@ -287,7 +309,8 @@ def _uncertainty(u: Mapping[str, Any] | None) -> str:
         html += f"<p>Review flag: not available ({_e(r.get('note', 'no review threshold in this bundle'))}).</p>"
     else:
         html += (
-            f"<p>Review flag: <strong>{'REVIEW' if r['flag'] else 'not flagged'}</strong>; {_e(r.get('score'))} = "
+            f"<p>Review flag: <strong>{'REVIEW' if r['flag'] else 'not flagged'}</strong>; {_e(r.get('score'))} "
+            f"({_SCORE_WORDS.get(str(r.get('score')), ('', ''))[0] or 'score'}) = "
             f"{_num(r.get('value'))}, threshold {_num(r.get('threshold'))} ({_e(r.get('goal'))}).</p>"
         )
     if u.get("method"):
@@ -391,7 +414,7 @@ def render_report(
     if _review(u).get("flag"):
         r = _review(u)
         banner = (f'<div class="review"><strong>REVIEW</strong>: the model is unusually uncertain about this image '
-                  f"({_e(r.get('score'))} {_num(r.get('value'))} &ge; threshold {_num(r.get('threshold'))}); "
+                  f"({_review_reason(r, result.get('prediction'))}); "
                   "a clinician should look at it with particular care.</div>")
     notice = result.get("notice") or NOTICE
     return f"""<!DOCTYPE html>

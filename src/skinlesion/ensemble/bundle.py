@@ -45,7 +45,7 @@ from scipy.special import log_softmax
 
 from skinlesion._hashing import sha256_file
 from skinlesion._json import json_default
-from skinlesion.calibration.decision import DEFAULT_POLICY, decide, resolve_priority
+from skinlesion.calibration.decision import DEFAULT_POLICY, PRIORITY_POLICY, decide, resolve_priority
 from skinlesion.calibration.temperature import apply_temperature
 from skinlesion.data.table import LesionTable
 from skinlesion.ensemble.bundle_schema import (
@@ -266,6 +266,17 @@ class Bundle:
         """Diagnoses ``(N,)``: ``argmax_k log p_k + log_weights_k`` (:mod:`skinlesion.calibration.diagnosis`)."""
         p = np.asarray(probs, dtype=np.float64)
         return (np.log(np.clip(p, 1e-12, None)) + self.diagnosis_weights(operating_point)).argmax(axis=1)
+
+    def policy_decisions(self, probs: np.ndarray, *, operating_point: str = WITH_METADATA) -> np.ndarray:
+        """The decision ``(N,)`` the bundle's :attr:`policy` gives calibrated probabilities ``(N, K)``:
+        the diagnosis, or the priority-threshold rule's decision."""
+        if self.policy == PRIORITY_POLICY:
+            return np.asarray(self.decide(probs, operating_point=operating_point)[0], dtype=np.int64)
+        return self.diagnose(probs, operating_point=operating_point)
+
+    def policy_decision_of(self, pred: BundlePrediction) -> np.ndarray:
+        """The class index ``(N,)`` each row of ``pred`` is decided under the bundle's policy."""
+        return np.asarray(pred.decision if self.policy == PRIORITY_POLICY else pred.diagnosis, dtype=np.int64)
 
     def referral_spec(self, operating_point: str = WITH_METADATA) -> ReferralSpec | None:
         """The malignancy referral of ``operating_point`` (None: not fitted)."""

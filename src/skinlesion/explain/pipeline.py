@@ -48,9 +48,9 @@ def _class_index(bundle: Bundle, class_name: str | None, predicted: int) -> int:
 
 
 def _uncertainty(
-    bundle: Bundle, image: np.ndarray, n_samples: int, seed: int, metadata: dict[str, Any] | None
+    bundle: Bundle, image: np.ndarray, n_samples: int, seed: int, metadata: dict[str, Any] | None, decision: int
 ) -> Uncertainty:
-    return uncertainty_records(bundle, [image], n_samples, seed, metadata=[metadata] if metadata else None)[0]
+    return uncertainty_records(bundle, [image], n_samples, seed, metadata=[metadata] if metadata else None, decisions=[decision])[0]
 
 
 def _concepts(bundle: Bundle, image: np.ndarray, class_index: int) -> dict[str, Any]:
@@ -116,7 +116,8 @@ def explain_image(
     tds, abcde = dermoscopy_score(image, seg.mask, pixel_spacing_mm) if found else (None, None)
     if record is None:
         n_samples = default_mc_samples(bundle) if mc_samples is None else mc_samples
-        unc = _uncertainty(bundle, image, n_samples, seed, given) if check_mc_samples(bundle, mc_samples) else None
+        decided = bundle.classes.index(prediction["decision"])
+        unc = _uncertainty(bundle, image, n_samples, seed, given, decided) if check_mc_samples(bundle, mc_samples) else None
         record = prediction_record(bundle_ref(bundle), prediction, unc, summary, _first(ood_records(bundle, [image])))
 
     result = Explanation(

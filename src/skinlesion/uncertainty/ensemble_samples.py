@@ -76,9 +76,13 @@ def view_samples(bundle: Bundle, view_logits: Sequence[np.ndarray], points: np.n
     return MCResult.from_samples(samples, weights, stochastic=True, stochastic_layers=("members", "views"))
 
 
-def outputs_from_samples(res: MCResult, y: np.ndarray, groups: np.ndarray, image_ids: np.ndarray, **info: Any) -> dict[str, Any]:
-    """The arrays :func:`~skinlesion.uncertainty.review_fit.fit_review_flag` fits and reports on."""
+def outputs_from_samples(res: MCResult, y: np.ndarray, groups: np.ndarray, image_ids: np.ndarray, probs: np.ndarray | None = None,
+                         **info: Any) -> dict[str, Any]:
+    """The arrays :func:`~skinlesion.uncertainty.review_fit.fit_review_flag` fits and reports on;
+    ``probs``: the bundle's calibrated probabilities of the same rows (what its decision is taken on)."""
     out: dict[str, Any] = {key: np.asarray(getattr(res, key)) for key in ARRAYS}
+    if probs is not None:
+        out["probs"] = np.asarray(probs)
     out["prediction"] = out["mean_probs"].argmax(axis=1)
     out["y"] = np.asarray(y)
     out["correct"] = out["prediction"] == out["y"]
@@ -97,9 +101,10 @@ def cache_outputs(bundle: Bundle, *, hide_metadata: bool = False, data_root: str
     image_id, group, y = _cache_ids(bundle)
     if hide_metadata:
         logits = validation_logits_without_metadata(bundle, logits, data_root=data_root)
-    points = np.full(len(y), WITHOUT_METADATA if hide_metadata and bundle.without_metadata is not None else WITH_METADATA)
+    point = WITHOUT_METADATA if hide_metadata and bundle.without_metadata is not None else WITH_METADATA
     return outputs_from_samples(
-        view_samples(bundle, logits, points), y, group, image_id, split="val", metadata_hidden=bool(hide_metadata),
+        view_samples(bundle, logits, np.full(len(y), point)), y, group, image_id,
+        probs=np.exp(bundle.log_probs(logits, operating_point=point)), split="val", metadata_hidden=bool(hide_metadata),
         out_of_fold=bool(bundle.member_folds),
     )
 
@@ -115,10 +120,11 @@ def split_outputs(bundle: Bundle, split: str, *, hide_metadata: bool = False, da
     logits = [
         member_view_logits(m, table, bundle.tta.views, batch_size=batch_size, use_metadata=not hide_metadata) for m in bundle.members
     ]
-    points = np.full(len(table), WITHOUT_METADATA if hide_metadata and bundle.without_metadata is not None else WITH_METADATA)
+    point = WITHOUT_METADATA if hide_metadata and bundle.without_metadata is not None else WITH_METADATA
     return outputs_from_samples(
-        view_samples(bundle, logits, points), table.labels(), group_ids(table).to_numpy(),
-        table.frame["image_id"].astype(str).to_numpy(), split=split, metadata_hidden=bool(hide_metadata),
+        view_samples(bundle, logits, np.full(len(table), point)), table.labels(), group_ids(table).to_numpy(),
+        table.frame["image_id"].astype(str).to_numpy(), probs=np.exp(bundle.log_probs(logits, operating_point=point)),
+        split=split, metadata_hidden=bool(hide_metadata),
     )
 
 

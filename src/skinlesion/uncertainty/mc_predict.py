@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from skinlesion.calibration.decision import DEFAULT_POLICY
 from skinlesion.ensemble.bundle import WITH_METADATA, WITHOUT_METADATA, Bundle, BundleError, load_bundle
 from skinlesion.ensemble.bundle_schema import BundleMeta, ReviewSpec, parse_meta
 from skinlesion.uncertainty.mc_dropout import MCResult, ensemble_mc_predict
-from skinlesion.uncertainty.review import CONFIDENCE_SCORES, ReviewFlagger
+from skinlesion.uncertainty.review import CONFIDENCE_SCORES, DECISION_SCORES, ReviewFlagger
 
 
 def as_bundle(bundle: Bundle | str | Path) -> Bundle:
@@ -90,18 +91,32 @@ def bundle_mc_predict(
     )
 
 
-def review_fingerprint(spec: BundleMeta | dict[str, Any], operating_point: str = WITH_METADATA) -> dict[str, Any]:
+def review_fingerprint(
+    spec: BundleMeta | dict[str, Any], operating_point: str = WITH_METADATA, score: str | None = None
+) -> dict[str, Any]:
     """What the review threshold depends on: member weights files, weights and temperatures (of the
-    without-metadata point too, for its threshold). ``spec``: ``bundle.spec`` (or bundle.json as a dict)."""
+    without-metadata point too, for its threshold) and, for a score read at the decided class
+    (``decision_prob``), the decision rule of that point. ``spec``: ``bundle.spec`` (or bundle.json as a dict)."""
     spec = spec if isinstance(spec, BundleMeta) else parse_meta(spec)
     out: dict[str, Any] = {
         "members": [[m.name, m.weights_sha256, float(m.weight), float(m.temperature)] for m in spec.members],
         "temperature": {"mode": spec.temperature.mode, "ensemble": spec.temperature.ensemble}
         | ({"bias": spec.temperature.bias} if spec.temperature.bias is not None else {}),
     }
+    point = spec.decision.without_metadata if operating_point == WITHOUT_METADATA else None
     if operating_point == WITHOUT_METADATA:
-        point = spec.decision.without_metadata
         out["without_metadata_temperature"] = None if point is None else point.temperature.model_dump(exclude_unset=True)
+    if score in DECISION_SCORES:
+        dec = spec.decision
+        diagnosis = point.diagnosis if point is not None and point.diagnosis is not None else dec.diagnosis
+        thresholds = point.thresholds if point is not None else dec.thresholds
+        out["decision"] = {
+            "policy": dec.policy or DEFAULT_POLICY,
+            "diagnosis_log_weights": None if diagnosis is None else diagnosis.log_weights,
+            "thresholds": {c: t.threshold for c, t in thresholds.items()},
+            "priority": dec.priority,
+            "conflict": dec.conflict,
+        }
     return out
 
 
@@ -129,10 +144,11 @@ def review_flag_from_bundle(bundle: Any, operating_point: str = WITH_METADATA) -
     missing = [f for f in ("score", "goal", "target", "threshold", "fitted_for", "validation") if f not in review.model_fields_set]
     if missing:
         raise BundleError(f"{where}: field '{field}' lacks {missing}")
-    if review.fitted_for != review_fingerprint(bundle.spec, operating_point):
+    if review.fitted_for != review_fingerprint(bundle.spec, operating_point, review.score):
         raise BundleError(
             f"{where}: the review threshold ('{field}') was fitted for other members, weights or temperatures than "
-            "the bundle now has (or before its without-metadata operating point); refit it (skinlesion explain review BUNDLE)."
+            "the bundle now has (or before its without-metadata operating point, or, for a score read at the decided "
+            "class, for another decision rule); refit it (skinlesion explain review BUNDLE)."
         )
     flagger = ReviewFlagger(review.score, review.goal, review.target)
     flagger._check_params()

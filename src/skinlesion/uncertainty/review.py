@@ -5,7 +5,9 @@ cases it is least sure of; the rest are its *coverage*, the error rate on them i
 The threshold is chosen on a validation split **only**, for a stated goal, and then frozen; report
 its effect with :meth:`ReviewFlagger.evaluate` on a separate test split, never on the data it was
 fitted on. Scores: an MC-dropout quantity (:class:`~skinlesion.uncertainty.mc_dropout.MCResult`),
-where higher means less certain, or ``max_prob``, where lower means less certain.
+where higher means less certain, or a probability, where lower means less certain: ``max_prob``
+(of the most probable class) or ``decision_prob`` (of the class the bundle decided, which its
+diagnosis rule may have chosen over the most probable one).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from skinlesion.metrics.classification import UndefinedMetricWarning
 from skinlesion.metrics.risk_coverage import check_scores_correct, tie_groups
 
 UNCERTAINTY_SCORES = ("mutual_information", "predictive_entropy", "expected_entropy", "predicted_class_variance")
-CONFIDENCE_SCORES = ("max_prob",)
+CONFIDENCE_SCORES = ("max_prob", "decision_prob")
+#: Scores read at the decided class (they need the decisions beside the samples).
+DECISION_SCORES = ("decision_prob",)
 #: The per-image arrays of scored outputs (MC dropout or members x views) that review flags are fitted on.
 ARRAYS: tuple[str, ...] = (
     "mean_probs", "predictive_entropy", "expected_entropy", "mutual_information", "predicted_class_variance", "max_prob"
@@ -36,7 +40,8 @@ class ReviewFlagger:
     ----------
     score : name of the score used; ``"mutual_information"`` (epistemic), ``"predictive_entropy"``
         (total), ``"expected_entropy"``, ``"predicted_class_variance"`` (flag high values) or
-        ``"max_prob"`` (flag low values). Only names the convention: ``fit``/``flag`` take the arrays.
+        ``"max_prob"`` / ``"decision_prob"`` (flag low values). Only names the convention: ``fit``/``flag``
+        take the arrays.
     goal : what the threshold must achieve on validation.
         ``"error_fraction"``: flag the smallest fraction of cases that contains at least ``target``
         of the validation errors (default: half of them).
@@ -47,7 +52,7 @@ class ReviewFlagger:
     target : a fraction in [0, 1] ((0, 1] for ``"error_fraction"``).
 
     Equal scores are flagged together. Learned attributes (on the validation split): ``threshold_``
-    (flag ``score >= threshold_``, or ``score <= threshold_`` for ``max_prob``; +-inf flags nothing),
+    (flag ``score >= threshold_``, or ``score <= threshold_`` for the probabilities; +-inf flags nothing),
     ``flagged_fraction_``, ``errors_removed_`` (fraction of validation errors flagged, NaN without
     errors) and ``selective_risk_`` (error rate on the unflagged validation cases, 0 if none remain).
     """
@@ -146,10 +151,20 @@ class ReviewFlagger:
         s = s.astype(np.float64)
         return s >= self.threshold_ if self._higher_is_uncertain else s <= self.threshold_
 
-    def score_of(self, result: Any) -> np.ndarray:
-        """The array of this flagger's ``score`` from an :class:`MCResult` (``getattr(result, score)``)."""
+    def score_of(self, result: Any, decisions: Any = None) -> np.ndarray:
+        """The array of this flagger's ``score`` from an :class:`MCResult` (``getattr(result, score)``);
+        ``decision_prob``: the mean probability of each image's decided class (``decisions`` ``(N,)``)."""
         self._check_params()
-        return np.asarray(getattr(result, self.score))
+        if self.score not in DECISION_SCORES:
+            return np.asarray(getattr(result, self.score))
+        probs = np.asarray(result.mean_probs)
+        d = None if decisions is None else np.asarray(decisions)
+        if d is None or d.shape != probs.shape[:1] or not np.issubdtype(d.dtype, np.integer) or (
+                d.size and (d.min() < 0 or d.max() >= probs.shape[1])):
+            got = "None" if d is None else f"{d.dtype} of shape {d.shape}"
+            raise ValueError(f"The 'decisions' parameter must hold the decided class index in [0, {probs.shape[1]}) of "
+                             f"each of the {probs.shape[0]} images for score {self.score!r}. Got {got} instead.")
+        return probs[np.arange(d.size), d]
 
     def evaluate(self, scores_test: Any, correct_test: Any) -> dict[str, float]:
         """Effect of the frozen threshold on a held-out split.

@@ -25,7 +25,7 @@ import numpy as np
 
 from skinlesion._params import positive_int
 from skinlesion.data.splits import group_ids
-from skinlesion.ensemble.bundle import MANIFEST, WITHOUT_METADATA
+from skinlesion.ensemble.bundle import MANIFEST, WITH_METADATA, WITHOUT_METADATA
 from skinlesion.metrics.classification import balanced_accuracy, to_jsonable
 from skinlesion.metrics.risk_coverage import aurc, optimal_aurc, risk_coverage_curve
 from skinlesion.uncertainty.mc_dropout import NotStochasticWarning
@@ -39,8 +39,8 @@ from skinlesion.uncertainty.review import (
 
 log = logging.getLogger(__name__)
 
-#: Scores compared by risk-coverage (``max_prob``: higher = more confident; the others: less).
-SCORES: tuple[str, ...] = ("max_prob", "predictive_entropy", "mutual_information", "expected_entropy")
+#: Scores compared by risk-coverage (the probabilities: higher = more confident; the others: less).
+SCORES: tuple[str, ...] = ("max_prob", "decision_prob", "predictive_entropy", "mutual_information", "expected_entropy")
 COVERAGES: tuple[float, ...] = (0.5, 0.8, 0.9, 1.0)
 REVIEW_SCORES: tuple[str, ...] = UNCERTAINTY_SCORES + CONFIDENCE_SCORES
 
@@ -150,6 +150,19 @@ def uncertainty_over_split(
     return out
 
 
+def with_decisions(bundle: Any, out: dict[str, Any], operating_point: str = WITH_METADATA) -> dict[str, Any]:
+    """``out`` judged by what the clinician is shown: ``prediction`` becomes the bundle's decision under
+    its policy (the diagnosis rule may pick a class other than the most probable one) on the bundle's
+    calibrated probabilities (``out["probs"]``, as predict decides; MC-dropout outputs have none: their
+    mean probabilities), ``correct`` its correctness, ``decision_prob`` the samples' mean probability of
+    the decided class (what a record's review reads); the most probable class stays as ``argmax``."""
+    decision = bundle.policy_decisions(out.get("probs", out["mean_probs"]), operating_point=operating_point)
+    return {
+        **out, "argmax": out["prediction"], "prediction": decision, "correct": decision == out["y"],
+        "decision_prob": out["mean_probs"][np.arange(decision.size), decision], "decided_by": bundle.policy,
+    }
+
+
 def _risk_at(coverage: np.ndarray, risk: np.ndarray, c: float) -> float:
     """Selective risk at the smallest coverage >= ``c`` that ties allow."""
     return float(risk[int(np.flatnonzero(coverage >= c - 1e-12)[0])])
@@ -237,7 +250,9 @@ def fit_review_flag(
 
     ``bundle_path`` may also be a checkpoint (a one-member bundle): then nothing is saved.
 
-    Correct = the argmax of the MC mean probabilities equals the label. The threshold comes from
+    Correct = the bundle's decision (its policy: the diagnosis rule or the priority-threshold rule, on
+    the samples' mean probabilities) equals the label: the flag is fitted on the errors a clinician
+    would see (:func:`with_decisions`). The threshold comes from
     validation only (Geifman & El-Yaniv 2017); test numbers are reported, never used to fit. With
     ``persist``, ``bundle.json`` gets ``review`` = ``{score, goal, target, threshold (None: flags
     nothing), flag_when, n_samples, include_backbone, seed, fitted_on: "val", fitted_for,
@@ -276,10 +291,13 @@ def fit_review_flag(
 
     def outputs(split: str, hide_metadata: bool = False) -> dict[str, Any]:
         if not ensemble:
-            return uncertainty_over_split(bundle, split, **kw, hide_metadata=hide_metadata)
-        if split == "val":
-            return es.cache_outputs(bundle, hide_metadata=hide_metadata, data_root=data_root)
-        return es.split_outputs(bundle, split, hide_metadata=hide_metadata, data_root=data_root, batch_size=batch_size)
+            out = uncertainty_over_split(bundle, split, **kw, hide_metadata=hide_metadata)
+        elif split == "val":
+            out = es.cache_outputs(bundle, hide_metadata=hide_metadata, data_root=data_root)
+        else:
+            out = es.split_outputs(bundle, split, hide_metadata=hide_metadata, data_root=data_root, batch_size=batch_size)
+        point = WITHOUT_METADATA if hide_metadata and bundle.without_metadata is not None else WITH_METADATA
+        return with_decisions(bundle, out, point)
 
     val = outputs("val")
     selection = None
@@ -301,7 +319,8 @@ def fit_review_flag(
         "seed": None if ensemble else int(seed),
         "fitted_on": "val, out-of-fold" if bundle.member_folds else "val",
         **({"score_selection": selection} if selection else {}),
-        "fitted_for": review_fingerprint(bundle.spec),
+        "fitted_for": review_fingerprint(bundle.spec, score=score),
+        "errors_of": f"the bundle's decision (policy {bundle.policy!r})",
         **main,
     }
     if bundle.without_metadata is not None and bundle.fusion_members:
@@ -311,7 +330,7 @@ def fit_review_flag(
         review["without_metadata"] = {
             "threshold": point.pop("threshold"),
             "fitted_on": "val, metadata hidden",
-            "fitted_for": review_fingerprint(bundle.spec, WITHOUT_METADATA),
+            "fitted_for": review_fingerprint(bundle.spec, WITHOUT_METADATA, score),
             **point,
         }
     review["fitted"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -319,8 +338,10 @@ def fit_review_flag(
     if persist:
         meta = dict(bundle.meta)
         meta["review"] = review
+        # the id bundle.json had before: results measured on it stay valid for all the review does not touch
         meta["history"] = [*meta.get("history", []), {"at": review["fitted"], "action": "review", "method": method,
-                                                      "score": score, "goal": goal, "target": float(target)}]
+                                                      "score": score, "goal": goal, "target": float(target),
+                                                      "previous_bundle_id": bundle.bundle_id}]
         write_meta(bundle.path, meta)
     return {**review, "bundle": str(bundle.path or bundle.spec.provenance.checkpoint), "persisted": bool(persist),
             "seconds": round(time.perf_counter() - started, 2)}
@@ -332,4 +353,5 @@ __all__ = [
     "fit_review_flag",
     "risk_coverage_report",
     "uncertainty_over_split",
+    "with_decisions",
 ]
