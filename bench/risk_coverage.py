@@ -93,7 +93,8 @@ def compare(args: argparse.Namespace) -> dict:
     kw = {"rate": args.rate, "n_boot": args.n_boot, "higher_is_confident": CONFIDENCE_SCORES}
     val = with_decisions(bundle, cache_outputs(bundle, data_root=args.data_root))
     result: dict = {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
-                    "views": list(bundle.tta.views), "out_of_fold_validation": bool(bundle.member_folds)}
+                    "views": list(bundle.tta.views), "out_of_fold_validation": bool(bundle.member_folds),
+                    "errors_of": f"the bundle's decision (policy {bundle.policy!r})"}
     val_scores = {"max_prob": val["max_prob"], "decision_prob": val["decision_prob"], "predictive_entropy": val["predictive_entropy"],
                   "views_mutual_information": val["mutual_information"]}
     if not bundle.member_folds:

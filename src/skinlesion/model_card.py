@@ -474,7 +474,8 @@ def _review_scores(add: Any, out: Path) -> None:
         if not r:
             continue
         rate = r["review_rate"]
-        add(f"{label}: {r['n']} images, {r['n_lesions']} lesions, {r['n_errors']} errors; lower AURC is better; errors caught when "
+        errors = f"errors of {res['errors_of']}" if res.get("errors_of") else "argmax errors"
+        add(f"{label}: {r['n']} images, {r['n_lesions']} lesions, {r['n_errors']} {errors}; lower AURC is better; errors caught when "
             f"the {rate:.0%} least confident cases are reviewed (95% lesion-bootstrap intervals).\n")
         add("| score | AURC | E-AURC | AURC minus max prob | errors caught |")
         add("|---|---|---|---|---|")

@@ -214,6 +214,7 @@ def test_risk_coverage_compare_scores_every_source_on_the_same_images(calibrated
         "mc_dropout_mutual_information", "mc_dropout_predictive_entropy", "ood_score",
     }
     assert test["best"] in test["scores"] and "aurc_minus_max_prob_ci" in test["scores"]["ood_score"]
+    assert res["errors_of"] == "the bundle's decision (policy 'diagnosis')"  # what the clinician is shown, not the argmax
     assert "members_x_views_mutual_information" in res["validation"]["scores"]  # a plain (not cross-fitted) bundle
     assert (tmp_path / "rc.png").read_bytes()[:4] == b"\x89PNG"
     rows = (tmp_path / "rc.csv").read_text().splitlines()
