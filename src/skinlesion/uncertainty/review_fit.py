@@ -251,8 +251,8 @@ def fit_review_flag(
     ``bundle_path`` may also be a checkpoint (a one-member bundle): then nothing is saved.
 
     Correct = the bundle's decision (its policy: the diagnosis rule or the priority-threshold rule, on
-    the samples' mean probabilities) equals the label: the flag is fitted on the errors a clinician
-    would see (:func:`with_decisions`). The threshold comes from
+    the bundle's calibrated probabilities; MC-dropout outputs: on their mean probabilities) equals the
+    label: the flag is fitted on the errors a clinician would see (:func:`with_decisions`). The threshold comes from
     validation only (Geifman & El-Yaniv 2017); test numbers are reported, never used to fit. With
     ``persist``, ``bundle.json`` gets ``review`` = ``{score, goal, target, threshold (None: flags
     nothing), flag_when, n_samples, include_backbone, seed, fitted_on: "val", fitted_for,
