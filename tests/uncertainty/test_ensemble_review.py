@@ -142,8 +142,8 @@ def test_the_flag_judges_the_decision_shown_not_the_most_probable_class(work: Pa
     override = val["prediction"] != val["argmax"]
     assert override.any() and (val["prediction"][override] == k).all()
     np.testing.assert_array_equal(val["correct"], val["prediction"] == val["y"])
-    np.testing.assert_allclose(val["decision_prob"], val["mean_probs"][np.arange(len(val["y"])), val["prediction"]])
-    assert (val["decision_prob"][override] < val["max_prob"][override]).all()
+    np.testing.assert_allclose(val["decision_prob"], val["probs"][np.arange(len(val["y"])), val["prediction"]])
+    assert (val["decision_prob"][override] < val["probs"][override].max(axis=1)).all()
 
     before = bundle.bundle_id
     res = fit_review_flag(work, score="decision_prob", goal="error_fraction", target=0.5, method=ENSEMBLE, test=False)
@@ -154,13 +154,11 @@ def test_the_flag_judges_the_decision_shown_not_the_most_probable_class(work: Pa
     images = [generate_lesion(c, seed=i)[0] for i, c in enumerate(("MEL", "NV", "BCC", "BKL", "VASC", "AKIEC"))]
     predictor = Predictor(bundle)
     records = predictor.predict(images)
-    samples = view_samples(bundle, predictor.engine.view_logits(images))
     thr = res["threshold"]
-    for i, rec in enumerate(records):
-        decided = bundle.classes.index(rec["prediction"]["decision"])
+    for rec in records:  # the review reads the probability the record shows for its decision
         value = rec["uncertainty"]["review"]["value"]
         assert rec["uncertainty"]["review"]["score"] == "decision_prob"
-        assert value == pytest.approx(samples.mean_probs[i, decided])
+        assert value == pytest.approx(rec["prediction"]["probabilities"][rec["prediction"]["decision"]])
         assert rec["uncertainty"]["review"]["flag"] == (value <= thr)
     # the threshold reads the diagnosis rule: changing the rule makes it stale; a max_prob one does not read it
     _force_diagnosis(work, "DF", 1.0)
@@ -177,7 +175,9 @@ def test_decision_prob_needs_the_decisions() -> None:
     res = view_samples.__globals__["MCResult"].from_samples(
         np.array([[[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]]), np.array([1.0]), stochastic=True, stochastic_layers=("views",))
     flagger = ReviewFlagger("decision_prob")
-    np.testing.assert_allclose(flagger.score_of(res, np.array([1, 2])), [0.2, 0.6])
+    np.testing.assert_allclose(flagger.score_of(res, np.array([1, 2])), [0.2, 0.6])  # the samples' mean
+    calibrated = np.array([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]])
+    np.testing.assert_allclose(flagger.score_of(res, np.array([1, 2]), calibrated), [0.3, 0.6])  # the record's
     for bad in (None, np.array([1]), np.array([0, 3]), np.array([0.0, 1.0])):
         with pytest.raises(ValueError, match="'decisions' parameter must hold the decided class index in \\[0, 3\\)"):
             flagger.score_of(res, bad)

@@ -247,7 +247,7 @@ class Predictor:
             pred = self.bundle.predict_from_logits(logits, metadata_given=self.bundle.metadata_given(records, len(images)))
             unc = (
                 uncertainty_records(self.bundle, images, self.mc_samples, self.seed, metadata=records, view_logits=logits,
-                                    decisions=self.bundle.policy_decision_of(pred))
+                                    decisions=self.bundle.policy_decision_of(pred), probs=pred.probs)
                 if self.with_uncertainty else None
             )
             ood = ood_records(self.bundle, images, device=self.device, features=features)

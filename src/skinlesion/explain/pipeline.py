@@ -48,9 +48,12 @@ def _class_index(bundle: Bundle, class_name: str | None, predicted: int) -> int:
 
 
 def _uncertainty(
-    bundle: Bundle, image: np.ndarray, n_samples: int, seed: int, metadata: dict[str, Any] | None, decision: int
+    bundle: Bundle, image: np.ndarray, n_samples: int, seed: int, metadata: dict[str, Any] | None, prediction: Any
 ) -> Uncertainty:
-    return uncertainty_records(bundle, [image], n_samples, seed, metadata=[metadata] if metadata else None, decisions=[decision])[0]
+    """The uncertainty part of one image, its review read at ``prediction``'s decision and probabilities."""
+    probs = np.asarray([[float(prediction["probabilities"][c]) for c in bundle.classes]])
+    return uncertainty_records(bundle, [image], n_samples, seed, metadata=[metadata] if metadata else None,
+                               decisions=[bundle.classes.index(prediction["decision"])], probs=probs)[0]
 
 
 def _concepts(bundle: Bundle, image: np.ndarray, class_index: int) -> dict[str, Any]:
@@ -116,8 +119,7 @@ def explain_image(
     tds, abcde = dermoscopy_score(image, seg.mask, pixel_spacing_mm) if found else (None, None)
     if record is None:
         n_samples = default_mc_samples(bundle) if mc_samples is None else mc_samples
-        decided = bundle.classes.index(prediction["decision"])
-        unc = _uncertainty(bundle, image, n_samples, seed, given, decided) if check_mc_samples(bundle, mc_samples) else None
+        unc = _uncertainty(bundle, image, n_samples, seed, given, prediction) if check_mc_samples(bundle, mc_samples) else None
         record = prediction_record(bundle_ref(bundle), prediction, unc, summary, _first(ood_records(bundle, [image])))
 
     result = Explanation(

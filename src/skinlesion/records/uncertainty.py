@@ -51,7 +51,7 @@ def check_mc_samples(bundle: Bundle, mc_samples: int | None) -> bool:
 def uncertainty_records(
     bundle: Bundle, images: Sequence[np.ndarray], n_samples: int, seed: int = 0,
     metadata: Sequence[Mapping[str, Any] | None] | None = None, view_logits: Sequence[np.ndarray] | None = None,
-    decisions: Sequence[int] | np.ndarray | None = None,
+    decisions: Sequence[int] | np.ndarray | None = None, probs: np.ndarray | None = None,
 ) -> list[Uncertainty]:
     """Per image: entropy decomposition (nats) and the bundle's review flag.
 
@@ -59,9 +59,10 @@ def uncertainty_records(
     An image decided by the without-metadata operating point is scored with that point's
     temperatures and flagged by the review threshold fitted with the metadata hidden.
     ``view_logits``: the prediction's ``M x (N, V, K)`` logits, used (or computed) when the review
-    flag scores members x views; ``n_samples`` and ``seed`` then do not apply. ``decisions``: the class
-    index each image's record decided (a review scored on the decided class, ``decision_prob``, reads
-    it; None: the bundle's policy on the samples' mean probabilities)."""
+    flag scores members x views; ``n_samples`` and ``seed`` then do not apply. ``decisions`` and
+    ``probs``: the class index each image's record decided and its calibrated probabilities ``(N, K)``,
+    which a review scored on the decided class (``decision_prob``) reads (None: the bundle's policy on
+    the samples' mean probabilities, and those)."""
     points = mc_operating_points(bundle, metadata, len(images))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NotStochasticWarning)
@@ -86,7 +87,7 @@ def uncertainty_records(
             flagger = review_flag_from_bundle(bundle, point)
             decided = (np.asarray(decisions, dtype=np.int64) if decisions is not None
                        else bundle.policy_decisions(mc.mean_probs, operating_point=point))
-            scores[rows] = np.asarray(flagger.score_of(mc, decided))[rows]  # type: ignore[union-attr]
+            scores[rows] = np.asarray(flagger.score_of(mc, decided, probs))[rows]  # type: ignore[union-attr]
             flags[rows] = np.asarray(flagger.flag(scores[rows]))  # type: ignore[union-attr]
     out = []
     for i in range(len(images)):

@@ -6,8 +6,9 @@ The threshold is chosen on a validation split **only**, for a stated goal, and t
 its effect with :meth:`ReviewFlagger.evaluate` on a separate test split, never on the data it was
 fitted on. Scores: an MC-dropout quantity (:class:`~skinlesion.uncertainty.mc_dropout.MCResult`),
 where higher means less certain, or a probability, where lower means less certain: ``max_prob``
-(of the most probable class) or ``decision_prob`` (of the class the bundle decided, which its
-diagnosis rule may have chosen over the most probable one).
+(of the most probable class) or ``decision_prob`` (the bundle's calibrated probability of the class
+it decided, the p shown with the decision; its diagnosis rule may have chosen that class over the
+most probable one).
 """
 
 from __future__ import annotations
@@ -151,13 +152,14 @@ class ReviewFlagger:
         s = s.astype(np.float64)
         return s >= self.threshold_ if self._higher_is_uncertain else s <= self.threshold_
 
-    def score_of(self, result: Any, decisions: Any = None) -> np.ndarray:
+    def score_of(self, result: Any, decisions: Any = None, probs: Any = None) -> np.ndarray:
         """The array of this flagger's ``score`` from an :class:`MCResult` (``getattr(result, score)``);
-        ``decision_prob``: the mean probability of each image's decided class (``decisions`` ``(N,)``)."""
+        ``decision_prob``: the probability of each image's decided class (``decisions`` ``(N,)``) in
+        ``probs`` ``(N, K)``, the bundle's calibrated probabilities (None: the result's mean probabilities)."""
         self._check_params()
         if self.score not in DECISION_SCORES:
             return np.asarray(getattr(result, self.score))
-        probs = np.asarray(result.mean_probs)
+        probs = np.asarray(result.mean_probs if probs is None else probs)
         d = None if decisions is None else np.asarray(decisions)
         if d is None or d.shape != probs.shape[:1] or not np.issubdtype(d.dtype, np.integer) or (
                 d.size and (d.min() < 0 or d.max() >= probs.shape[1])):

@@ -154,12 +154,14 @@ def with_decisions(bundle: Any, out: dict[str, Any], operating_point: str = WITH
     """``out`` judged by what the clinician is shown: ``prediction`` becomes the bundle's decision under
     its policy (the diagnosis rule may pick a class other than the most probable one) on the bundle's
     calibrated probabilities (``out["probs"]``, as predict decides; MC-dropout outputs have none: their
-    mean probabilities), ``correct`` its correctness, ``decision_prob`` the samples' mean probability of
-    the decided class (what a record's review reads); the most probable class stays as ``argmax``."""
-    decision = bundle.policy_decisions(out.get("probs", out["mean_probs"]), operating_point=operating_point)
+    mean probabilities), ``correct`` its correctness, ``decision_prob`` the probability of the decided
+    class in those probabilities (what a record shows and its review reads), and ``argmax`` the most
+    probable class in them."""
+    probs = out.get("probs", out["mean_probs"])
+    decision = bundle.policy_decisions(probs, operating_point=operating_point)
     return {
-        **out, "argmax": out["prediction"], "prediction": decision, "correct": decision == out["y"],
-        "decision_prob": out["mean_probs"][np.arange(decision.size), decision], "decided_by": bundle.policy,
+        **out, "argmax": probs.argmax(axis=1), "prediction": decision, "correct": decision == out["y"],
+        "decision_prob": probs[np.arange(decision.size), decision], "decided_by": bundle.policy,
     }
 
 
